@@ -1,0 +1,419 @@
+//! The messages. Every struct denies unknown fields: a peer that sends a field
+//! we do not know is speaking another protocol and gets a clear error.
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+
+/// The first frame on every connection: says what the connection is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Hello {
+    /// A control connection: request/response frames follow.
+    Control {
+        /// The sender's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// A stdio stream of one process: raw bytes follow the acknowledgement.
+    Stream {
+        /// The sender's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The container the process belongs to.
+        container_id: String,
+        /// `None` for the container's init process, else the exec id.
+        exec_id: Option<String>,
+        /// Which stream this connection carries.
+        stream: StreamKind,
+    },
+}
+
+impl Hello {
+    /// The protocol version the peer put in its hello.
+    pub fn version(&self) -> u32 {
+        match self {
+            Hello::Control { version } | Hello::Stream { version, .. } => *version,
+        }
+    }
+}
+
+/// One stdio stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Host -> process. Closing the connection (or `CloseStdin`) is EOF.
+    Stdin,
+    /// Process -> host; EOF when every writer in the guest has closed it.
+    Stdout,
+    /// Process -> host.
+    Stderr,
+    /// Both directions of the process's terminal (when `process.terminal`).
+    Pty,
+}
+
+/// Which stdio streams the host will attach to a process. A stream the host
+/// does not attach is `/dev/null` in the guest. With `process.terminal` the
+/// process gets a pty and only [`StreamKind::Pty`] is attached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioSpec {
+    /// Attach stdin.
+    pub stdin: bool,
+    /// Attach stdout.
+    pub stdout: bool,
+    /// Attach stderr.
+    pub stderr: bool,
+}
+
+/// A request frame on a control connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Chosen by the client; echoed in the response.
+    pub id: u64,
+    /// What is asked.
+    pub request: Request,
+}
+
+/// What the host can ask the agent. Requests on one control connection are
+/// answered in order; `WaitProcess` blocks its connection until the process
+/// exits, so a client that must do other work meanwhile opens a second one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "args", deny_unknown_fields)]
+pub enum Request {
+    /// The agent's version; a cheap liveness check.
+    Version,
+    /// Build a container: namespaces, cgroup, rootfs and mounts, all of the
+    /// spec but the final exec, which waits for `StartContainer`.
+    CreateContainer(CreateContainer),
+    /// Let a created container's init exec its process.
+    StartContainer(ContainerRef),
+    /// Start a further process in a running container's namespaces and cgroup.
+    ExecProcess(ExecProcess),
+    /// Send a signal to a process (or, with `all`, every process of the container).
+    SignalProcess(SignalProcess),
+    /// Wait until a process exits; answers [`Response::Exited`].
+    WaitProcess(ProcessRef),
+    /// Set the window size of a process's pty.
+    ResizeTty(ResizeTty),
+    /// Close the guest side of a process's stdin (EOF for the process).
+    CloseStdin(ProcessRef),
+    /// The container's state; answers [`Response::State`].
+    State(ContainerRef),
+    /// The container's processes; answers [`Response::Processes`].
+    ListProcesses(ContainerRef),
+    /// The container's cgroup v2 numbers; answers [`Response::Stats`].
+    Stats(ContainerRef),
+    /// Kill what is left of the container, unmount its rootfs and mounts,
+    /// remove its cgroup and forget it.
+    RemoveContainer(ContainerRef),
+    /// Power the VM off once the response is sent.
+    Shutdown,
+}
+
+/// Names a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRef {
+    /// The container id.
+    pub container_id: String,
+}
+
+/// Names one process of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessRef {
+    /// The container id.
+    pub container_id: String,
+    /// `None` for the container's init process, else the exec id.
+    pub exec_id: Option<String>,
+}
+
+/// Arguments of [`Request::CreateContainer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainer {
+    /// The container id (unique within the VM).
+    pub container_id: String,
+    /// The OCI spec with every host path (root.path, bind-mount sources)
+    /// already rewritten to its guest path.
+    pub spec: Spec,
+    /// virtio-fs tags to mount (at [`crate::share_mount_point`]) before the
+    /// container is built; already-mounted tags are left as they are.
+    pub shares: Vec<String>,
+    /// The stdio streams of the init process the host will attach.
+    pub stdio: StdioSpec,
+}
+
+/// Arguments of [`Request::ExecProcess`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcess {
+    /// The container to join.
+    pub container_id: String,
+    /// The new process's id, unique within the container.
+    pub exec_id: String,
+    /// The process to run (args, env, cwd, user, caps, rlimits, terminal...).
+    pub process: Process,
+    /// The stdio streams the host will attach.
+    pub stdio: StdioSpec,
+}
+
+/// Arguments of [`Request::SignalProcess`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalProcess {
+    /// The container id.
+    pub container_id: String,
+    /// `None` for the container's init process, else the exec id.
+    pub exec_id: Option<String>,
+    /// The signal number.
+    pub signal: i32,
+    /// Signal every process in the container (runc `kill --all`).
+    pub all: bool,
+}
+
+/// Arguments of [`Request::ResizeTty`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeTty {
+    /// The container id.
+    pub container_id: String,
+    /// `None` for the container's init process, else the exec id.
+    pub exec_id: Option<String>,
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// A response frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFrame {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The id of the request answered (0 for a hello acknowledgement).
+    pub id: u64,
+    /// The answer.
+    pub result: Result<Response, ProtocolError>,
+}
+
+impl ResponseFrame {
+    /// A response of this protocol version.
+    pub fn new(id: u64, result: Result<Response, ProtocolError>) -> Self {
+        ResponseFrame { version: PROTOCOL_VERSION, id, result }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "body", deny_unknown_fields)]
+pub enum Response {
+    /// Done; nothing to report.
+    Empty,
+    /// The agent's version.
+    Version {
+        /// [`PROTOCOL_VERSION`] of the agent.
+        protocol: u32,
+        /// The agent's crate version.
+        agent: String,
+    },
+    /// A process was created (init) or started (exec); its guest pid.
+    Process {
+        /// The pid in the guest's root pid namespace.
+        pid: i32,
+    },
+    /// A process exited.
+    Exited {
+        /// The exit code, or 128 + the signal number for a signal death.
+        exit_status: i32,
+    },
+    /// See [`ContainerState`].
+    State(ContainerState),
+    /// The processes of a container.
+    Processes {
+        /// One entry per process.
+        processes: Vec<ProcessInfo>,
+    },
+    /// See [`CgroupStats`].
+    Stats(CgroupStats),
+}
+
+/// The lifecycle state of a container, as the OCI runtime spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    /// Being built.
+    Creating,
+    /// Built; init waits for `StartContainer`.
+    Created,
+    /// Init has exec'd and not exited.
+    Running,
+    /// Init has exited.
+    Stopped,
+}
+
+/// What [`Request::State`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerState {
+    /// The container id.
+    pub container_id: String,
+    /// The lifecycle state.
+    pub status: ContainerStatus,
+    /// The guest pid of the init process (0 once it is reaped and gone).
+    pub pid: i32,
+    /// Set once init has exited.
+    pub exit_status: Option<i32>,
+}
+
+/// One process of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// The guest pid.
+    pub pid: i32,
+    /// The exec id that started it, if it was started by `ExecProcess`;
+    /// `None` for init and its descendants.
+    pub exec_id: Option<String>,
+}
+
+/// cgroup v2 numbers of a container (missing controllers give `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupStats {
+    /// memory.current, bytes.
+    pub memory_usage: Option<u64>,
+    /// memory.max, bytes (`None` for "max").
+    pub memory_limit: Option<u64>,
+    /// memory.stat anon + file, bytes, when available.
+    pub memory_stat: Vec<(String, u64)>,
+    /// cpu.stat usage_usec.
+    pub cpu_usage_usec: Option<u64>,
+    /// cpu.stat user_usec.
+    pub cpu_user_usec: Option<u64>,
+    /// cpu.stat system_usec.
+    pub cpu_system_usec: Option<u64>,
+    /// pids.current.
+    pub pids_current: Option<u64>,
+    /// pids.max (`None` for "max").
+    pub pids_limit: Option<u64>,
+}
+
+/// A typed error: the code says what kind, the message says what exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    /// The kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable explanation, naming the thing that failed.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtocolError { code, message: message.into() }
+    }
+}
+
+/// The kinds of failure a request can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No such container or process.
+    NotFound,
+    /// A container or exec with that id exists already.
+    AlreadyExists,
+    /// The request or spec is malformed or asks for something impossible.
+    InvalidArgument,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// The object is not in a state that allows the request.
+    FailedPrecondition,
+    /// The process could not be executed (missing binary, permission...);
+    /// the message carries the errno.
+    ExecFailed,
+    /// Anything else that went wrong in the agent.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ErrorCode::NotFound => "not found",
+            ErrorCode::AlreadyExists => "already exists",
+            ErrorCode::InvalidArgument => "invalid argument",
+            ErrorCode::UnsupportedVersion => "unsupported protocol version",
+            ErrorCode::FailedPrecondition => "failed precondition",
+            ErrorCode::ExecFailed => "exec failed",
+            ErrorCode::Internal => "internal error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Checks a peer's version: anything but ours is refused.
+pub fn check_version(version: u32) -> Result<(), ProtocolError> {
+    if version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_roundtrip_and_shape() {
+        let f = RequestFrame {
+            version: PROTOCOL_VERSION,
+            id: 7,
+            request: Request::SignalProcess(SignalProcess {
+                container_id: "c".into(),
+                exec_id: None,
+                signal: 9,
+                all: false,
+            }),
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["request"]["type"], "SignalProcess");
+        assert_eq!(v["request"]["args"]["signal"], 9);
+        let back: RequestFrame = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        let extra = r#"{"version":1,"id":1,"request":{"type":"Version"},"x":1}"#;
+        assert!(serde_json::from_str::<RequestFrame>(extra).is_err());
+        let unknown = r#"{"version":1,"id":1,"request":{"type":"Reformat"}}"#;
+        let err = serde_json::from_str::<RequestFrame>(unknown).unwrap_err();
+        assert!(err.to_string().contains("Reformat"), "{err}");
+        let inner = r#"{"version":1,"id":1,"request":{"type":"State","args":{"container_id":"a","b":2}}}"#;
+        assert!(serde_json::from_str::<RequestFrame>(inner).is_err());
+    }
+
+    #[test]
+    fn hello_and_errors() {
+        let h: Hello = serde_json::from_str(
+            r#"{"kind":"stream","version":1,"container_id":"c","exec_id":null,"stream":"stdout"}"#,
+        )
+        .unwrap();
+        assert_eq!(h.version(), 1);
+        assert!(check_version(2).is_err());
+        let r = ResponseFrame::new(3, Err(ProtocolError::new(ErrorCode::NotFound, "no c")));
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains("not_found"), "{s}");
+        assert_eq!(serde_json::from_str::<ResponseFrame>(&s).unwrap(), r);
+    }
+}

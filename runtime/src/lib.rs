@@ -1,0 +1,1 @@
+//! The host side of husk. See the crate README.

@@ -1,0 +1,1 @@
+//! The per-container monitor. See the crate README.
