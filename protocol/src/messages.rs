@@ -87,11 +87,11 @@ pub enum Request {
     Version,
     /// Build a container: namespaces, cgroup, rootfs and mounts, all of the
     /// spec but the final exec, which waits for `StartContainer`.
-    CreateContainer(CreateContainer),
+    CreateContainer(Box<CreateContainer>),
     /// Let a created container's init exec its process.
     StartContainer(ContainerRef),
     /// Start a further process in a running container's namespaces and cgroup.
-    ExecProcess(ExecProcess),
+    ExecProcess(Box<ExecProcess>),
     /// Send a signal to a process (or, with `all`, every process of the container).
     SignalProcess(SignalProcess),
     /// Wait until a process exits; answers [`Response::Exited`].
