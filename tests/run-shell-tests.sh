@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every tests/shell/*.sh; exit 77 means skipped (with its reason printed).
+# Ends with the plain "N passed, N failed, N skipped" line.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+pass=0 fail=0 skip=0
+for t in "$here"/shell/*.sh; do
+  name=$(basename "$t" .sh)
+  out=$(bash "$t" 2>&1); rc=$?
+  case $rc in
+    0) pass=$((pass+1)); echo "ok   $name" ;;
+    77) skip=$((skip+1)); echo "skip $name: $(tail -n1 <<<"$out")" ;;
+    *) fail=$((fail+1)); echo "FAIL $name (exit $rc)"; sed 's/^/    /' <<<"$out" | tail -30 ;;
+  esac
+done
+echo "shell: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]

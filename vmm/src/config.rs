@@ -1,0 +1,403 @@
+//! The VM configuration: one JSON document (`--config FILE`) that command-line
+//! flags can override, and its validation.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::{CreateContainer, DEFAULT_AGENT_PORT};
+use serde::{Deserialize, Serialize};
+
+/// The longest path a Unix socket address can hold (`sun_path` less the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for [`VmConfig`].
+    #[error("bad config {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A field has a value that cannot work.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// A file the VM needs does not exist.
+    #[error("{what} {path} does not exist or is not a regular file")]
+    MissingFile {
+        /// What the file is for.
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The state directory could not be created.
+    #[error("cannot create state dir {path}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which engine runs the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The builtin KVM engine where the host has hardware virtualization,
+    /// else QEMU (TCG).
+    #[default]
+    Auto,
+    /// The builtin KVM engine.
+    Builtin,
+    /// `qemu-system-x86_64` as a child process.
+    Qemu,
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "builtin" => Ok(EngineChoice::Builtin),
+            "qemu" => Ok(EngineChoice::Qemu),
+            _ => Err(format!("unknown engine {s:?} (auto, builtin or qemu)")),
+        }
+    }
+}
+
+/// virtiofsd's `--cache` policy for a share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePolicy {
+    /// Close-to-open consistency (attributes cached about a second, data
+    /// revalidated on open): host-side changes are seen by the next open,
+    /// and executables can still be mmap'd. The default.
+    #[default]
+    Auto,
+    /// No guest caching: every access goes to the host. Shared mmap of files
+    /// is refused, which breaks some programs.
+    Never,
+    /// Only metadata cached.
+    Metadata,
+    /// Cache everything; only for directories nothing else writes.
+    Always,
+}
+
+impl CachePolicy {
+    /// The value virtiofsd's `--cache` takes.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            CachePolicy::Auto => "auto",
+            CachePolicy::Never => "never",
+            CachePolicy::Metadata => "metadata",
+            CachePolicy::Always => "always",
+        }
+    }
+}
+
+/// One host directory shared with the guest over virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    /// The virtio-fs tag; the agent mounts it at `/run/husk/shares/TAG`.
+    pub tag: String,
+    /// The host directory.
+    pub host_dir: PathBuf,
+    /// virtiofsd's cache policy.
+    #[serde(default)]
+    pub cache: CachePolicy,
+    /// Refuse guest writes (virtiofsd `--readonly`).
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for ShareConfig {
+    type Err = String;
+    /// Parses `TAG=HOSTDIR`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tag, dir) = s.split_once('=').ok_or_else(|| format!("share {s:?} is not TAG=DIR"))?;
+        Ok(ShareConfig {
+            tag: tag.to_owned(),
+            host_dir: PathBuf::from(dir),
+            cache: CachePolicy::default(),
+            readonly: false,
+        })
+    }
+}
+
+/// The hybrid vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The Unix socket the host connects to (`CONNECT <port>`); default
+    /// `STATE_DIR/vsock.sock`.
+    #[serde(default)]
+    pub uds_path: Option<PathBuf>,
+    /// The guest's context id (>= 3).
+    #[serde(default = "default_cid")]
+    pub guest_cid: u32,
+    /// The vsock port the agent listens on.
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u32,
+}
+
+impl Default for VsockConfig {
+    fn default() -> Self {
+        VsockConfig { uds_path: None, guest_cid: default_cid(), agent_port: default_agent_port() }
+    }
+}
+
+/// Explicit paths of the helper programs; unset ones are looked up in
+/// `$PATH`, `/usr/local/bin`, then `~/.cargo/bin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinaryPaths {
+    /// `qemu-system-x86_64`.
+    #[serde(default)]
+    pub qemu: Option<PathBuf>,
+    /// `virtiofsd`.
+    #[serde(default)]
+    pub virtiofsd: Option<PathBuf>,
+    /// `vhost-device-vsock`.
+    #[serde(default)]
+    pub vhost_device_vsock: Option<PathBuf>,
+}
+
+/// Container supervisor mode: after boot, create this container and
+/// supervise it (see the crate README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The request sent to the agent; its `stdio` says which of the
+    /// monitor's fds 0/1/2 are forwarded.
+    pub create: CreateContainer,
+    /// An inherited fd to report readiness on (one JSON line, then closed).
+    #[serde(default)]
+    pub ready_fd: Option<i32>,
+}
+
+/// Everything needed to run one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The uncompressed guest kernel (`vmlinux`, PVH entry).
+    pub kernel: PathBuf,
+    /// The initramfs holding the agent as `/init`.
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Extra guest kernel command-line arguments.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Guest vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Where the monitor keeps its sockets and logs (created if missing).
+    pub state_dir: PathBuf,
+    /// The vsock device.
+    #[serde(default)]
+    pub vsock: VsockConfig,
+    /// virtio-fs shares.
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
+    /// Where the guest serial console is written; default
+    /// `STATE_DIR/console.log`.
+    #[serde(default)]
+    pub console_path: Option<PathBuf>,
+    /// The engine.
+    #[serde(default)]
+    pub engine: EngineChoice,
+    /// Helper program paths.
+    #[serde(default)]
+    pub binaries: BinaryPaths,
+    /// Seconds to wait for the agent to answer after the engine starts.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_s: u64,
+    /// Container supervisor mode.
+    #[serde(default)]
+    pub container: Option<ContainerConfig>,
+}
+
+fn default_cid() -> u32 {
+    3
+}
+fn default_agent_port() -> u32 {
+    DEFAULT_AGENT_PORT
+}
+fn default_memory() -> u32 {
+    256
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_boot_timeout() -> u64 {
+    120
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the kernel and state dir.
+    pub fn new(kernel: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: None,
+            memory_mib: default_memory(),
+            vcpus: default_vcpus(),
+            state_dir: state_dir.into(),
+            vsock: VsockConfig::default(),
+            shares: Vec::new(),
+            console_path: None,
+            engine: EngineChoice::default(),
+            binaries: BinaryPaths::default(),
+            boot_timeout_s: default_boot_timeout(),
+            container: None,
+        }
+    }
+
+    /// Parses a config document.
+    pub fn from_json(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        serde_json::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: origin.to_owned(), source })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_json(&text, path)
+    }
+
+    /// The hybrid vsock socket the host connects to.
+    pub fn vsock_uds_path(&self) -> PathBuf {
+        self.vsock.uds_path.clone().unwrap_or_else(|| self.state_dir.join("vsock.sock"))
+    }
+
+    /// The vhost-user socket between the engine and vhost-device-vsock.
+    pub fn vsock_backend_socket(&self) -> PathBuf {
+        self.state_dir.join("vhost-vsock.sock")
+    }
+
+    /// The vhost-user socket between the engine and the share's virtiofsd.
+    pub fn fs_backend_socket(&self, tag: &str) -> PathBuf {
+        self.state_dir.join(format!("vhost-fs-{tag}.sock"))
+    }
+
+    /// The serial console log.
+    pub fn console_log_path(&self) -> PathBuf {
+        self.console_path.clone().unwrap_or_else(|| self.state_dir.join("console.log"))
+    }
+
+    /// Checks every field that can be checked without starting anything.
+    /// Does not touch the file system beyond `stat`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        require_file("kernel", &self.kernel)?;
+        if let Some(i) = &self.initramfs {
+            require_file("initramfs", i)?;
+        }
+        if !(32..=1024 * 1024).contains(&self.memory_mib) {
+            return invalid(format!("memory_mib {} is outside 32..=1048576", self.memory_mib));
+        }
+        if !(1..=255).contains(&self.vcpus) {
+            return invalid(format!("vcpus {} is outside 1..=255", self.vcpus));
+        }
+        if self.vsock.guest_cid < 3 || self.vsock.guest_cid == u32::MAX {
+            return invalid(format!("guest_cid {} is reserved (use 3 or more)", self.vsock.guest_cid));
+        }
+        if self.vsock.agent_port == 0 || self.vsock.agent_port == u32::MAX {
+            return invalid(format!("agent_port {} is not a usable port", self.vsock.agent_port));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return invalid("state_dir is empty".into());
+        }
+        if let Some(c) = &self.cmdline {
+            if c.contains('\n') {
+                return invalid("cmdline contains a newline".into());
+            }
+        }
+        let mut tags = HashSet::new();
+        for s in &self.shares {
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if s.tag.is_empty() || s.tag.len() > 36 || !s.tag.chars().all(ok_char) {
+                return invalid(format!(
+                    "share tag {:?} must be 1-36 characters of [A-Za-z0-9._-]",
+                    s.tag
+                ));
+            }
+            if !tags.insert(s.tag.as_str()) {
+                return invalid(format!("share tag {:?} is used twice", s.tag));
+            }
+            if !s.host_dir.is_dir() {
+                return invalid(format!(
+                    "share {:?}: {} is not a directory",
+                    s.tag,
+                    s.host_dir.display()
+                ));
+            }
+        }
+        let mut sockets = vec![self.vsock_uds_path(), self.vsock_backend_socket()];
+        sockets.extend(self.shares.iter().map(|s| self.fs_backend_socket(&s.tag)));
+        for p in sockets {
+            // vhost-device-vsock also listens on UDS_PORT for guest-initiated
+            // connections: leave room for "_4294967295".
+            if p.as_os_str().len() + 11 > MAX_SOCKET_PATH {
+                return invalid(format!(
+                    "socket path {} is too long for a Unix socket (shorten state_dir)",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(c) = &self.container {
+            if c.create.container_id.is_empty() {
+                return invalid("container.create.container_id is empty".into());
+            }
+            if c.create.spec.process().as_ref().is_some_and(|p| p.terminal() == Some(true)) {
+                return invalid("container supervisor mode does not forward a terminal yet".into());
+            }
+            for t in &c.create.shares {
+                if !tags.contains(t.as_str()) {
+                    return invalid(format!("container uses share {t:?}, which is not configured"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the state directory (mode 0700) if it is missing.
+    pub fn ensure_state_dir(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state_dir)
+            .map_err(|source| ConfigError::StateDir { path: self.state_dir.clone(), source })
+    }
+}
+
+fn require_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(ConfigError::MissingFile { what, path: path.to_owned() })
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;
