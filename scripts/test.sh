@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as root on a Debian 12 machine: builds and installs
+# what the tests need (scripts/setup.sh --no-run, cached), then the Rust
+# tests of every crate (unit, host-root, KVM and end-to-end tiers; a test
+# whose host lacks something prints why it skips), then the shell tests.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib.sh"
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+jobs=${HUSK_JOBS:-$(nproc)}
+
+"$root/scripts/setup.sh" --no-run
+
+cd "$root"
+log "cargo test (workspace)"
+# One test thread: the end-to-end tests each boot a VM, and two cores
+# cannot run several TCG guests at once without timeouts.
+cargo test -j"$jobs" --workspace -- --test-threads=1
+
+log "shell tests"
+"$root/tests/run-shell-tests.sh"
