@@ -7,7 +7,10 @@ use std::process::Command;
 use oci_spec::runtime::Spec;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn make_bundle(dir: &Path, flags: &[&str], args: &[&str]) {
@@ -17,7 +20,11 @@ fn make_bundle(dir: &Path, flags: &[&str], args: &[&str]) {
         .args(args)
         .output()
         .expect("run make-bundle.sh");
-    assert!(out.status.success(), "make-bundle.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make-bundle.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn have_busybox() -> bool {
@@ -38,15 +45,30 @@ fn bundle_config_parses_with_oci_spec() {
     make_bundle(&dir, &[], &["echo", "hello world", "it's"]);
     let spec = Spec::load(dir.join("config.json")).expect("oci-spec parses config.json");
     let process = spec.process().as_ref().expect("process");
-    assert_eq!(process.args().as_ref().unwrap(), &["echo", "hello world", "it's"]);
+    assert_eq!(
+        process.args().as_ref().unwrap(),
+        &["echo", "hello world", "it's"]
+    );
     assert_eq!(process.terminal(), Some(false));
     let root = spec.root().as_ref().expect("root");
     assert_eq!(root.path(), Path::new("rootfs"));
     assert_eq!(root.readonly(), Some(false));
-    assert!(spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().len() >= 5);
+    assert!(
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .len()
+            >= 5
+    );
     let sh = dir.join("rootfs/bin/sh");
     assert!(sh.symlink_metadata().is_ok(), "no /bin/sh in rootfs");
-    let out = Command::new("chroot").arg(dir.join("rootfs")).args(["/bin/sh", "-c", "echo ok"]).output();
+    let out = Command::new("chroot")
+        .arg(dir.join("rootfs"))
+        .args(["/bin/sh", "-c", "echo ok"])
+        .output();
     if let Ok(out) = out {
         if out.status.success() {
             assert_eq!(out.stdout, b"ok\n");
@@ -77,7 +99,10 @@ fn bundle_script_refuses_an_existing_bundle() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
     make_bundle(&dir, &[], &["true"]);
-    let out = Command::new(repo_root().join("tests/make-bundle.sh")).arg(&dir).output().unwrap();
+    let out = Command::new(repo_root().join("tests/make-bundle.sh"))
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a bundle"));
 }

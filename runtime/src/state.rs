@@ -1,0 +1,319 @@
+//! The state directory: `ROOT/ID/` holds what husk knows of one container.
+//!
+//! `state.json` is written atomically (write a temp file, fsync, rename), so
+//! a reader never sees half a state. Creating the directory itself is the
+//! atomic claim on the id: a second `create` with the same id fails on
+//! `mkdir`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No container with this id.
+    #[error("container \"{0}\" does not exist")]
+    NotFound(String),
+    /// A container with this id exists already.
+    #[error("container \"{0}\" already exists")]
+    AlreadyExists(String),
+    /// The id cannot be used as a directory name.
+    #[error("invalid container id {0:?}: use 1-1024 characters of [A-Za-z0-9_.+-], not starting with '.'")]
+    InvalidId(String),
+    /// A file of the state could not be read or written.
+    #[error("state file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `state.json` is corrupt.
+    #[error("corrupt state file {path}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The lifecycle status, as the OCI runtime spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created.
+    Creating,
+    /// Created, waiting for `start`.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process has exited (or the VM is gone).
+    Stopped,
+    /// Its VM's vCPUs are paused.
+    Paused,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Paused => "paused",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// The OCI version of the bundle's config.
+    pub oci_version: String,
+    /// The container id.
+    pub id: String,
+    /// The last status husk recorded (the live one also looks at the monitor).
+    pub status: Status,
+    /// The monitor's pid (`state.pid`): it exits with the container's status.
+    pub pid: i32,
+    /// The monitor's start time in clock ticks since boot (field 22 of
+    /// /proc/PID/stat), so a recycled pid is not taken for the monitor.
+    pub pid_start_time: u64,
+    /// The absolute bundle path.
+    pub bundle: PathBuf,
+    /// The absolute host rootfs path.
+    pub rootfs: PathBuf,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// The spec's annotations.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The guest pid of the container's init, as the agent reported it.
+    pub guest_pid: i32,
+    /// The engine's pid (paused and resumed with SIGSTOP/SIGCONT), if known.
+    pub engine_pid: Option<i32>,
+    /// The monitor's hybrid vsock socket.
+    pub vsock_uds: PathBuf,
+    /// The agent's vsock port.
+    pub agent_port: u32,
+    /// Host paths husk bind-mounted into the share directory; unmounted on
+    /// delete.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// The state directory root (`--root`).
+#[derive(Debug, Clone)]
+pub struct StateRoot {
+    root: PathBuf,
+}
+
+impl StateRoot {
+    /// A root at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateRoot { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of container `id`.
+    pub fn dir(&self, id: &str) -> Result<PathBuf, StateError> {
+        validate_id(id)?;
+        Ok(self.root.join(id))
+    }
+
+    /// Claims `id`: creates its directory, failing if it exists.
+    pub fn claim(&self, id: &str) -> Result<PathBuf, StateError> {
+        let dir = self.dir(id)?;
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError::Io { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&self.root)
+            .map_err(io_err(&self.root))?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(StateError::AlreadyExists(id.to_owned()))
+            }
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    /// Loads the state of `id`.
+    pub fn load(&self, id: &str) -> Result<ContainerState, StateError> {
+        let path = self.dir(id)?.join("state.json");
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.to_owned()))
+            }
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Writes the state of `state.id` atomically.
+    pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
+        let dir = self.dir(&state.id)?;
+        let body = serde_json::to_vec_pretty(state).expect("state serializes");
+        write_atomic(&dir.join("state.json"), &body)
+    }
+
+    /// The ids of every container with a state directory, sorted.
+    pub fn list(&self) -> Result<Vec<String>, StateError> {
+        let rd = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: self.root.clone(),
+                    source,
+                })
+            }
+        };
+        let mut ids: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| validate_id(id).is_ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes the directory of `id` and everything in it.
+    pub fn remove(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.dir(id)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path: dir, source }),
+        }
+    }
+}
+
+/// Writes `body` to `path` so that readers see the old or the new file.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let io_err = |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::File::create(&tmp).map_err(io_err)?;
+    f.write_all(body).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    fs::rename(&tmp, path).map_err(io_err)
+}
+
+/// Checks that `id` is a safe single path component (runc's rule).
+pub fn validate_id(id: &str) -> Result<(), StateError> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidId(id.to_owned()))
+    }
+}
+
+/// The start time of `pid` (clock ticks since boot), if it is alive.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let state = rest.split(' ').next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+impl ContainerState {
+    /// Whether the monitor recorded in the state still runs.
+    pub fn monitor_alive(&self) -> bool {
+        self.pid > 0 && process_start_time(self.pid) == Some(self.pid_start_time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str) -> ContainerState {
+        ContainerState {
+            oci_version: "1.0.2".into(),
+            id: id.into(),
+            status: Status::Created,
+            pid: std::process::id() as i32,
+            pid_start_time: process_start_time(std::process::id() as i32).unwrap(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            annotations: Default::default(),
+            guest_pid: 1,
+            engine_pid: None,
+            vsock_uds: "/x.sock".into(),
+            agent_port: 1024,
+            mounts: vec![],
+        }
+    }
+
+    #[test]
+    fn claim_is_exclusive_and_state_roundtrips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot::new(tmp.path().join("root"));
+        root.claim("a").unwrap();
+        assert!(matches!(root.claim("a"), Err(StateError::AlreadyExists(_))));
+        assert!(matches!(root.load("a"), Err(StateError::NotFound(_))));
+        let s = sample("a");
+        root.save(&s).unwrap();
+        assert_eq!(root.load("a").unwrap(), s);
+        assert!(s.monitor_alive());
+        assert_eq!(root.list().unwrap(), vec!["a".to_string()]);
+        root.remove("a").unwrap();
+        assert!(root.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for id in ["", "..", ".hidden", "a/b", "a b", "x\n"] {
+            assert!(validate_id(id).is_err(), "{id:?}");
+        }
+        validate_id("abc-DEF_1.2+3").unwrap();
+    }
+
+    #[test]
+    fn corrupt_state_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateRoot::new(tmp.path());
+        let d = root.claim("c").unwrap();
+        fs::write(d.join("state.json"), b"{").unwrap();
+        assert!(matches!(root.load("c"), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn dead_or_recycled_pid_is_not_alive() {
+        let mut s = sample("d");
+        s.pid_start_time += 1;
+        assert!(!s.monitor_alive());
+        s.pid = 0;
+        assert!(!s.monitor_alive());
+    }
+}
