@@ -28,7 +28,9 @@ pub enum BinaryError {
 /// The directories searched, in order: `$PATH`, `/usr/local/bin`,
 /// `$HOME/.cargo/bin`.
 pub fn search_dirs(path_var: Option<&OsStr>, home: Option<&OsStr>) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = path_var.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = path_var
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
     dirs.push(PathBuf::from("/usr/local/bin"));
     if let Some(h) = home {
         dirs.push(Path::new(h).join(".cargo/bin"));
@@ -43,25 +45,37 @@ pub fn locate(name: &'static str, explicit: Option<&Path>) -> Result<PathBuf, Bi
         return if is_executable(p) {
             Ok(p.to_owned())
         } else {
-            Err(BinaryError::NotExecutable { name, path: p.to_owned() })
+            Err(BinaryError::NotExecutable {
+                name,
+                path: p.to_owned(),
+            })
         };
     }
-    let dirs = search_dirs(std::env::var_os("PATH").as_deref(), std::env::var_os("HOME").as_deref());
+    let dirs = search_dirs(
+        std::env::var_os("PATH").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    );
     locate_in(name, &dirs)
 }
 
 /// [`locate`] over explicit directories.
 pub fn locate_in(name: &'static str, dirs: &[PathBuf]) -> Result<PathBuf, BinaryError> {
-    dirs.iter().map(|d| d.join(name)).find(|p| is_executable(p)).ok_or_else(|| {
-        BinaryError::NotFound {
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| BinaryError::NotFound {
             name,
-            searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-        }
-    })
+            searched: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 fn is_executable(p: &Path) -> bool {
-    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
@@ -71,8 +85,10 @@ mod tests {
     #[test]
     fn search_order_and_errors() {
         let d = search_dirs(Some(OsStr::new("/a:/b")), Some(OsStr::new("/home/x")));
-        let want: Vec<PathBuf> =
-            ["/a", "/b", "/usr/local/bin", "/home/x/.cargo/bin"].iter().map(PathBuf::from).collect();
+        let want: Vec<PathBuf> = ["/a", "/b", "/usr/local/bin", "/home/x/.cargo/bin"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(d, want);
 
         let tmp = tempfile::tempdir().unwrap();
@@ -85,7 +101,10 @@ mod tests {
         let exe = second.join("prog");
         std::fs::write(&exe, "").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(locate_in("prog", &[first.clone(), second.clone()]).unwrap(), exe);
+        assert_eq!(
+            locate_in("prog", &[first.clone(), second.clone()]).unwrap(),
+            exe
+        );
         let err = locate_in("nope", &[first]).unwrap_err().to_string();
         assert!(err.contains("cannot find nope"), "{err}");
         let err = locate("prog", Some(&plain)).unwrap_err().to_string();

@@ -129,7 +129,9 @@ impl std::str::FromStr for ShareConfig {
     type Err = String;
     /// Parses `TAG=HOSTDIR`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (tag, dir) = s.split_once('=').ok_or_else(|| format!("share {s:?} is not TAG=DIR"))?;
+        let (tag, dir) = s
+            .split_once('=')
+            .ok_or_else(|| format!("share {s:?} is not TAG=DIR"))?;
         Ok(ShareConfig {
             tag: tag.to_owned(),
             host_dir: PathBuf::from(dir),
@@ -157,7 +159,11 @@ pub struct VsockConfig {
 
 impl Default for VsockConfig {
     fn default() -> Self {
-        VsockConfig { uds_path: None, guest_cid: default_cid(), agent_port: default_agent_port() }
+        VsockConfig {
+            uds_path: None,
+            guest_cid: default_cid(),
+            agent_port: default_agent_port(),
+        }
     }
 }
 
@@ -272,20 +278,27 @@ impl VmConfig {
 
     /// Parses a config document.
     pub fn from_json(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        serde_json::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: origin.to_owned(), source })
+        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })
     }
 
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_json(&text, path)
     }
 
     /// The hybrid vsock socket the host connects to.
     pub fn vsock_uds_path(&self) -> PathBuf {
-        self.vsock.uds_path.clone().unwrap_or_else(|| self.state_dir.join("vsock.sock"))
+        self.vsock
+            .uds_path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("vsock.sock"))
     }
 
     /// The vhost-user socket between the engine and vhost-device-vsock.
@@ -300,7 +313,9 @@ impl VmConfig {
 
     /// The serial console log.
     pub fn console_log_path(&self) -> PathBuf {
-        self.console_path.clone().unwrap_or_else(|| self.state_dir.join("console.log"))
+        self.console_path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("console.log"))
     }
 
     /// Checks every field that can be checked without starting anything.
@@ -312,16 +327,25 @@ impl VmConfig {
             require_file("initramfs", i)?;
         }
         if !(32..=1024 * 1024).contains(&self.memory_mib) {
-            return invalid(format!("memory_mib {} is outside 32..=1048576", self.memory_mib));
+            return invalid(format!(
+                "memory_mib {} is outside 32..=1048576",
+                self.memory_mib
+            ));
         }
         if !(1..=255).contains(&self.vcpus) {
             return invalid(format!("vcpus {} is outside 1..=255", self.vcpus));
         }
         if self.vsock.guest_cid < 3 || self.vsock.guest_cid == u32::MAX {
-            return invalid(format!("guest_cid {} is reserved (use 3 or more)", self.vsock.guest_cid));
+            return invalid(format!(
+                "guest_cid {} is reserved (use 3 or more)",
+                self.vsock.guest_cid
+            ));
         }
         if self.vsock.agent_port == 0 || self.vsock.agent_port == u32::MAX {
-            return invalid(format!("agent_port {} is not a usable port", self.vsock.agent_port));
+            return invalid(format!(
+                "agent_port {} is not a usable port",
+                self.vsock.agent_port
+            ));
         }
         if self.state_dir.as_os_str().is_empty() {
             return invalid("state_dir is empty".into());
@@ -367,12 +391,19 @@ impl VmConfig {
             if c.create.container_id.is_empty() {
                 return invalid("container.create.container_id is empty".into());
             }
-            if c.create.spec.process().as_ref().is_some_and(|p| p.terminal() == Some(true)) {
+            if c.create
+                .spec
+                .process()
+                .as_ref()
+                .is_some_and(|p| p.terminal() == Some(true))
+            {
                 return invalid("container supervisor mode does not forward a terminal yet".into());
             }
             for t in &c.create.shares {
                 if !tags.contains(t.as_str()) {
-                    return invalid(format!("container uses share {t:?}, which is not configured"));
+                    return invalid(format!(
+                        "container uses share {t:?}, which is not configured"
+                    ));
                 }
             }
         }
@@ -386,7 +417,10 @@ impl VmConfig {
             .recursive(true)
             .mode(0o700)
             .create(&self.state_dir)
-            .map_err(|source| ConfigError::StateDir { path: self.state_dir.clone(), source })
+            .map_err(|source| ConfigError::StateDir {
+                path: self.state_dir.clone(),
+                source,
+            })
     }
 }
 
@@ -394,7 +428,10 @@ fn require_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
     if path.is_file() {
         Ok(())
     } else {
-        Err(ConfigError::MissingFile { what, path: path.to_owned() })
+        Err(ConfigError::MissingFile {
+            what,
+            path: path.to_owned(),
+        })
     }
 }
 

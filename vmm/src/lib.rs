@@ -1,1 +1,18 @@
-//! The per-container monitor. See the crate README.
+//! husk's per-container monitor: runs one microVM (today with QEMU as the
+//! engine, later with a builtin KVM engine), supervises its vhost-user device
+//! daemons (virtiofsd, vhost-device-vsock), and in container supervisor mode
+//! runs one container through the guest agent and exits with its status.
+//! See `vmm/README.md`.
+
+pub mod binaries;
+pub mod config;
+pub mod container;
+pub mod daemons;
+pub mod engine;
+pub mod monitor;
+pub mod process;
+pub mod signals;
+pub mod vm;
+
+pub use config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
+pub use vm::{Vm, VmError, VmExit, VmHandle};

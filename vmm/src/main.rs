@@ -1,17 +1,222 @@
-//! `husk-vmm`: the per-container monitor process.
+//! `husk-vmm`: the per-container monitor process. See `vmm/README.md`.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::Context;
 use clap::Parser;
+use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
+use husk_vmm::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
+use husk_vmm::signals::Signals;
 
-/// Runs one husk microVM and its device daemons.
+/// Runs one husk microVM and its device daemons; with a container section,
+/// runs that container and exits with its status.
 #[derive(Debug, Parser)]
 #[command(name = "husk-vmm", version, about)]
 struct Args {
-    /// The VM configuration (JSON).
+    /// The VM configuration (JSON); the flags below override its fields.
     #[arg(long)]
-    config: Option<std::path::PathBuf>,
+    config: Option<PathBuf>,
+    /// The guest kernel (uncompressed vmlinux).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The initramfs (agent as /init).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Extra guest kernel command-line arguments.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest RAM in MiB.
+    #[arg(long)]
+    memory_mib: Option<u32>,
+    /// Guest vCPUs.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Directory for sockets and logs (created if missing).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The hybrid vsock Unix socket (default STATE_DIR/vsock.sock).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long)]
+    guest_cid: Option<u32>,
+    /// The agent's vsock port.
+    #[arg(long)]
+    agent_port: Option<u32>,
+    /// A virtio-fs share, TAG=HOSTDIR (repeatable; replaces the config's).
+    #[arg(long = "share")]
+    shares: Vec<ShareConfig>,
+    /// The serial console log (default STATE_DIR/console.log).
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// auto, builtin or qemu.
+    #[arg(long)]
+    engine: Option<EngineChoice>,
+    /// Path of qemu-system-x86_64.
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// Path of virtiofsd.
+    #[arg(long)]
+    virtiofsd: Option<PathBuf>,
+    /// Path of vhost-device-vsock.
+    #[arg(long)]
+    vhost_device_vsock: Option<PathBuf>,
+    /// Seconds to wait for the agent.
+    #[arg(long)]
+    boot_timeout: Option<u64>,
+    /// Container supervisor mode: a JSON file holding the CreateContainer
+    /// request.
+    #[arg(long)]
+    container: Option<PathBuf>,
+    /// Inherited fd to write one JSON readiness line to.
+    #[arg(long)]
+    ready_fd: Option<i32>,
+    /// Log file (default: stderr; STATE_DIR/husk-vmm.log in container mode,
+    /// where stderr is the container's).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// Validate the configuration, print it as JSON and exit.
+    #[arg(long)]
+    check: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("husk-vmm: not implemented yet")
+fn build_config(a: &Args) -> anyhow::Result<VmConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => VmConfig::load(p)?,
+        None => {
+            let kernel = a
+                .kernel
+                .clone()
+                .context("--kernel is required without --config")?;
+            let state = a
+                .state_dir
+                .clone()
+                .context("--state-dir is required without --config")?;
+            VmConfig::new(kernel, state)
+        }
+    };
+    macro_rules! set {
+        ($flag:expr, $field:expr) => {
+            if let Some(v) = $flag.clone() {
+                $field = v;
+            }
+        };
+    }
+    set!(a.kernel, cfg.kernel);
+    set!(a.state_dir, cfg.state_dir);
+    set!(a.memory_mib, cfg.memory_mib);
+    set!(a.vcpus, cfg.vcpus);
+    set!(a.guest_cid, cfg.vsock.guest_cid);
+    set!(a.agent_port, cfg.vsock.agent_port);
+    set!(a.engine, cfg.engine);
+    set!(a.boot_timeout, cfg.boot_timeout_s);
+    if a.initramfs.is_some() {
+        cfg.initramfs = a.initramfs.clone();
+    }
+    if a.cmdline.is_some() {
+        cfg.cmdline = a.cmdline.clone();
+    }
+    if a.vsock_uds.is_some() {
+        cfg.vsock.uds_path = a.vsock_uds.clone();
+    }
+    if a.console.is_some() {
+        cfg.console_path = a.console.clone();
+    }
+    if !a.shares.is_empty() {
+        cfg.shares = a.shares.clone();
+    }
+    if a.qemu.is_some() {
+        cfg.binaries.qemu = a.qemu.clone();
+    }
+    if a.virtiofsd.is_some() {
+        cfg.binaries.virtiofsd = a.virtiofsd.clone();
+    }
+    if a.vhost_device_vsock.is_some() {
+        cfg.binaries.vhost_device_vsock = a.vhost_device_vsock.clone();
+    }
+    if let Some(p) = &a.container {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let create = serde_json::from_str(&text)
+            .with_context(|| format!("bad container request {}", p.display()))?;
+        cfg.container = Some(ContainerConfig {
+            create,
+            ready_fd: None,
+        });
+    }
+    if let (Some(fd), Some(c)) = (a.ready_fd, cfg.container.as_mut()) {
+        c.ready_fd = Some(fd);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn init_logging(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match path {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .with_context(|| format!("cannot open log {}", p.display()))?;
+            b.with_ansi(false).with_writer(Mutex::new(f)).init();
+        }
+        None => b.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn real_main() -> anyhow::Result<i32> {
+    let args = Args::parse();
+    // Block signals before anything could start a thread.
+    let mut signals = Signals::block().context("cannot set up signal handling")?;
+    let ready_fd = args.ready_fd;
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            // Report on the ready fd too, so a parent waiting there learns why.
+            let fd = ready_fd.or(None);
+            if let Some(Ok(mut r)) = fd.map(ReadyFd::from_inherited) {
+                r.fail(&format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    };
+    if args.check {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(0);
+    }
+    let ready_fd = ready_fd.or(cfg.container.as_ref().and_then(|c| c.ready_fd));
+    let ready = match ready_fd {
+        Some(fd) => ReadyFd::from_inherited(fd).with_context(|| format!("bad --ready-fd {fd}"))?,
+        None => ReadyFd::default(),
+    };
+    cfg.ensure_state_dir()?;
+    let log = args.log_file.clone().or_else(|| {
+        cfg.container
+            .as_ref()
+            .map(|_| cfg.state_dir.join("husk-vmm.log"))
+    });
+    init_logging(log)?;
+    Ok(if cfg.container.is_some() {
+        husk_vmm::container::run_container(&cfg, &mut signals, ready)
+    } else {
+        husk_vmm::monitor::run_plain(&cfg, &mut signals, ready)
+    })
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let chain: &dyn std::error::Error = e.as_ref();
+            eprintln!("husk-vmm: error: {}", error_chain(chain));
+            ExitCode::from(EXIT_FAILURE as u8)
+        }
+    }
 }

@@ -1,0 +1,154 @@
+use super::*;
+
+fn files() -> (tempfile::TempDir, VmConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("vmlinux");
+    std::fs::write(&k, "k").unwrap();
+    std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+    let cfg = VmConfig::new(k, dir.path().join("state"));
+    (dir, cfg)
+}
+
+#[test]
+fn parses_with_defaults_and_refuses_unknown_fields() {
+    let c = VmConfig::from_json(r#"{"kernel":"/k","state_dir":"/s"}"#, Path::new("x")).unwrap();
+    assert_eq!(c.memory_mib, 256);
+    assert_eq!(c.vcpus, 1);
+    assert_eq!(c.vsock.guest_cid, 3);
+    assert_eq!(c.vsock.agent_port, 1024);
+    assert_eq!(c.engine, EngineChoice::Auto);
+    assert_eq!(c.vsock_uds_path(), Path::new("/s/vsock.sock"));
+    assert_eq!(c.console_log_path(), Path::new("/s/console.log"));
+
+    let full = r#"{"kernel":"/k","state_dir":"/s","initramfs":"/i","memory_mib":512,"vcpus":2,
+        "vsock":{"uds_path":"/u.sock","guest_cid":7},"engine":"qemu",
+        "shares":[{"tag":"rootfs","host_dir":"/b","cache":"never","readonly":true}],
+        "binaries":{"qemu":"/q"}}"#;
+    let c = VmConfig::from_json(full, Path::new("x")).unwrap();
+    assert_eq!(c.shares[0].cache, CachePolicy::Never);
+    assert_eq!(c.vsock.agent_port, 1024);
+    assert_eq!(c.engine, EngineChoice::Qemu);
+
+    let err = VmConfig::from_json(
+        r#"{"kernel":"/k","state_dir":"/s","memroy_mib":1}"#,
+        Path::new("c.json"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }));
+    assert!(err.to_string().contains("c.json"));
+    assert!(std::error::Error::source(&err)
+        .unwrap()
+        .to_string()
+        .contains("memroy_mib"));
+    assert!(VmConfig::from_json(
+        r#"{"kernel":"/k","state_dir":"/s","engine":"kvm"}"#,
+        Path::new("x")
+    )
+    .is_err());
+}
+
+#[test]
+fn validation() {
+    let (dir, cfg) = files();
+    cfg.validate().unwrap();
+
+    let check = |f: &dyn Fn(&mut VmConfig), want: &str| {
+        let mut c = cfg.clone();
+        f(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e:?} lacks {want:?}");
+        assert!(!e.contains('\n'));
+    };
+    check(
+        &|c| c.kernel = "/nonexistent/vmlinux".into(),
+        "kernel /nonexistent/vmlinux does not exist",
+    );
+    check(
+        &|c| c.initramfs = Some("/nope.cpio".into()),
+        "initramfs /nope.cpio",
+    );
+    check(&|c| c.memory_mib = 8, "memory_mib 8");
+    check(&|c| c.vcpus = 0, "vcpus 0");
+    check(&|c| c.vsock.guest_cid = 2, "guest_cid 2 is reserved");
+    check(&|c| c.vsock.agent_port = 0, "agent_port 0");
+    check(&|c| c.cmdline = Some("a\nb".into()), "newline");
+    let rootfs = dir.path().join("rootfs");
+    check(
+        &|c| {
+            c.shares
+                .push(ShareConfig::from_str_lossy("bad/tag", &rootfs))
+        },
+        "share tag \"bad/tag\"",
+    );
+    check(
+        &|c| {
+            c.shares.push(ShareConfig::from_str_lossy("a", &rootfs));
+            c.shares.push(ShareConfig::from_str_lossy("a", &rootfs));
+        },
+        "used twice",
+    );
+    check(
+        &|c| {
+            c.shares
+                .push(ShareConfig::from_str_lossy("a", Path::new("/nonexistent")))
+        },
+        "not a directory",
+    );
+    check(
+        &|c| c.state_dir = PathBuf::from(format!("/tmp/{}", "x".repeat(90))),
+        "too long for a Unix socket",
+    );
+
+    let mut ok = cfg.clone();
+    ok.shares
+        .push(ShareConfig::from_str_lossy("rootfs", &rootfs));
+    ok.validate().unwrap();
+}
+
+#[test]
+fn container_section() {
+    let (dir, mut cfg) = files();
+    let rootfs = dir.path().join("rootfs");
+    cfg.shares
+        .push(ShareConfig::from_str_lossy("rootfs", &rootfs));
+    let req = r#"{"container_id":"c1","spec":{"ociVersion":"1.0.2","root":{"path":"/run/husk/shares/rootfs"},
+        "process":{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}},"shares":["rootfs"],
+        "stdio":{"stdin":false,"stdout":true,"stderr":true}}"#;
+    let create: CreateContainer = serde_json::from_str(req).unwrap();
+    cfg.container = Some(ContainerConfig {
+        create,
+        ready_fd: Some(3),
+    });
+    cfg.validate().unwrap();
+    let text = serde_json::to_string(&cfg).unwrap();
+    assert_eq!(VmConfig::from_json(&text, Path::new("x")).unwrap(), cfg);
+
+    let mut bad = cfg.clone();
+    bad.container.as_mut().unwrap().create.shares = vec!["other".into()];
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("\"other\", which is not configured"));
+    let mut bad = cfg.clone();
+    bad.container.as_mut().unwrap().create.container_id.clear();
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn share_flag() {
+    let s: ShareConfig = "rootfs=/a=b".parse().unwrap();
+    assert_eq!(
+        (s.tag.as_str(), s.host_dir.as_path()),
+        ("rootfs", Path::new("/a=b"))
+    );
+    assert!("nodir".parse::<ShareConfig>().is_err());
+    assert_eq!("qemu".parse::<EngineChoice>().unwrap(), EngineChoice::Qemu);
+    assert!("kvm".parse::<EngineChoice>().is_err());
+}
+
+impl ShareConfig {
+    fn from_str_lossy(tag: &str, dir: &Path) -> Self {
+        format!("{tag}={}", dir.display()).parse().unwrap()
+    }
+}

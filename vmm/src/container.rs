@@ -1,0 +1,367 @@
+//! Container supervisor mode: the monitor is the container's host-side pid.
+//! After boot it creates the container through the agent, forwards the
+//! declared stdio between its own fds 0/1/2 and the container, forwards the
+//! signals it gets to the container's init, and exits with init's status.
+//!
+//! Threads: one per forwarded stdio stream and one blocked in
+//! `WaitProcess`, all started after every child process was spawned. The
+//! main thread polls the signalfd, the children's pidfds and the waiter.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
+use husk_protocol::frame::{read_frame, write_frame};
+use husk_protocol::{
+    check_version, Hello, ProcessRef, Request, Response, ResponseFrame, SignalProcess, StreamKind,
+    PROTOCOL_VERSION,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::config::{ContainerConfig, VmConfig};
+use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
+use crate::signals::{is_stop_signal, Signals};
+use crate::vm::{Vm, VmHandle};
+
+/// How long the stdout/stderr pumps get to drain after init exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest gets to reboot after `Shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the monitor gave up before the container ran.
+enum Abort {
+    Failed(String),
+    Signal(nix::sys::signal::Signal),
+}
+
+/// Runs `cfg` (which must carry a container) and returns the exit status.
+pub fn run_container(cfg: &VmConfig, signals: &mut Signals, mut ready: ReadyFd) -> i32 {
+    let Some(ccfg) = cfg.container.as_ref() else {
+        ready.fail("no container section in the config");
+        return EXIT_FAILURE;
+    };
+    let mut vm = match Vm::start(cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let msg = error_chain(&e);
+            ready.fail(&msg);
+            tracing::error!("{msg}");
+            return EXIT_FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let setup = match setup(cfg, ccfg, &mut vm, signals) {
+        Ok(s) => s,
+        Err(abort) => {
+            vm.shutdown();
+            return match abort {
+                Abort::Failed(msg) => {
+                    tracing::error!("{msg}");
+                    ready.fail(&msg);
+                    EXIT_FAILURE
+                }
+                Abort::Signal(sig) => {
+                    ready.fail(&format!("interrupted by {sig}"));
+                    128 + sig as i32
+                }
+            };
+        }
+    };
+    tracing::info!(pid = setup.pid, elapsed = ?started.elapsed(), "container created");
+    ready.ok(Some(setup.pid));
+    supervise(ccfg, vm, signals, setup)
+}
+
+struct Setup {
+    pid: i32,
+    control: Arc<Mutex<AgentClient>>,
+    waiter: mpsc::Receiver<Result<i32, String>>,
+    waiter_wake: UnixStream,
+    pumps: Vec<(mpsc::Receiver<()>, UnixStream)>,
+}
+
+fn setup(
+    cfg: &VmConfig,
+    ccfg: &ContainerConfig,
+    vm: &mut VmHandle,
+    signals: &mut Signals,
+) -> Result<Setup, Abort> {
+    let addr = vm.agent_addr();
+    let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s);
+    let mut control = loop {
+        if let Some(exit) = vm.try_wait() {
+            return Err(Abort::Failed(format!(
+                "the VM stopped before the agent answered: {exit}"
+            )));
+        }
+        while let Some(sig) = signals.next() {
+            if is_stop_signal(sig) {
+                return Err(Abort::Signal(sig));
+            }
+        }
+        match connect_control(&addr, Duration::from_secs(2)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Abort::Failed(format!(
+                    "the agent did not answer at {addr} within {}s: {e}",
+                    cfg.boot_timeout_s
+                )))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let fail = |what: &str, e: ClientError| Abort::Failed(format!("{what}: {}", error_chain(&e)));
+    let cid = ccfg.create.container_id.clone();
+    let pid = match control.call(Request::CreateContainer(Box::new(ccfg.create.clone()))) {
+        Ok(Response::Process { pid }) => pid,
+        Ok(other) => return Err(Abort::Failed(format!("CreateContainer answered {other:?}"))),
+        Err(e) => return Err(fail("cannot create the container", e)),
+    };
+    let stdio = ccfg.create.stdio;
+    let mut streams = Vec::new();
+    for (on, kind) in [
+        (stdio.stdin, StreamKind::Stdin),
+        (stdio.stdout, StreamKind::Stdout),
+        (stdio.stderr, StreamKind::Stderr),
+    ] {
+        if on {
+            let s = addr
+                .open_stream(&cid, None, kind)
+                .map_err(|e| fail("cannot attach stdio", e))?;
+            streams.push((kind, s));
+        }
+    }
+    let mut wait_client = AgentClient::connect(&addr, Duration::from_secs(5))
+        .map_err(|e| fail("cannot open the wait connection", e))?;
+
+    // Every child process exists now: threads from here on.
+    let control = Arc::new(Mutex::new(control));
+    let (wtx, waiter) = mpsc::channel();
+    let (waiter_wake, mut wake_tx) =
+        UnixStream::pair().map_err(|e| Abort::Failed(format!("socketpair: {e}")))?;
+    let wcid = cid.clone();
+    thread::spawn(move || {
+        let r = wait_client.wait(&wcid, None).map_err(|e| error_chain(&e));
+        let _ = wtx.send(r);
+        let _ = wake_tx.write_all(b"x");
+    });
+    let mut pumps = Vec::new();
+    for (kind, stream) in streams {
+        let clone = stream
+            .try_clone()
+            .map_err(|e| Abort::Failed(format!("dup stream: {e}")))?;
+        let (dtx, drx) = mpsc::channel();
+        match kind {
+            StreamKind::Stdin => {
+                let control = control.clone();
+                let cid = cid.clone();
+                let stdin = io::stdin().as_fd().try_clone_to_owned();
+                thread::spawn(move || {
+                    if let Ok(fd) = stdin {
+                        pump_stdin(std::fs::File::from(fd), stream, &control, &cid);
+                    }
+                });
+                // Not drained at exit: nobody waits for stdin.
+                drop(drx);
+                drop(dtx);
+                drop(clone);
+            }
+            StreamKind::Stdout | StreamKind::Stderr => {
+                let out = if kind == StreamKind::Stdout {
+                    io::stdout().as_fd().try_clone_to_owned()
+                } else {
+                    io::stderr().as_fd().try_clone_to_owned()
+                };
+                let out = out.map_err(|e| Abort::Failed(format!("dup stdio: {e}")))?;
+                thread::spawn(move || {
+                    pump_out(stream, std::fs::File::from(out));
+                    let _ = dtx.send(());
+                });
+                pumps.push((drx, clone));
+            }
+            StreamKind::Pty => {}
+        }
+    }
+    Ok(Setup {
+        pid,
+        control,
+        waiter,
+        waiter_wake,
+        pumps,
+    })
+}
+
+/// Connects a control connection, with timeouts on every step so a guest
+/// that is not up yet cannot hang the monitor.
+fn connect_control(addr: &AgentAddr, step: Duration) -> io::Result<AgentClient> {
+    let mut s = match addr {
+        AgentAddr::Unix(p) => UnixStream::connect(p)?,
+        AgentAddr::HybridVsock { uds, port } => {
+            let mut s = UnixStream::connect(uds)?;
+            s.set_read_timeout(Some(step))?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while line.len() < 64 {
+                match s.read(&mut b)? {
+                    0 => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            "no listener yet",
+                        ))
+                    }
+                    _ if b[0] == b'\n' => break,
+                    _ => line.push(b[0]),
+                }
+            }
+            if !line.starts_with(b"OK ") {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "CONNECT refused",
+                ));
+            }
+            s
+        }
+    };
+    s.set_read_timeout(Some(step))?;
+    write_frame(
+        &mut s,
+        &Hello::Control {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .map_err(io::Error::other)?;
+    let ack: ResponseFrame = read_frame(&mut s).map_err(io::Error::other)?;
+    check_version(ack.version).map_err(io::Error::other)?;
+    ack.result.map_err(io::Error::other)?;
+    s.set_read_timeout(None)?;
+    Ok(AgentClient::from_stream(s))
+}
+
+fn pump_stdin(
+    mut input: std::fs::File,
+    mut stream: UnixStream,
+    control: &Mutex<AgentClient>,
+    cid: &str,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let r = ProcessRef {
+        container_id: cid.to_owned(),
+        exec_id: None,
+    };
+    if let Ok(mut c) = control.lock() {
+        if let Err(e) = c.call(Request::CloseStdin(r)) {
+            tracing::debug!("CloseStdin: {}", error_chain(&e));
+        }
+    }
+}
+
+fn pump_out(mut stream: UnixStream, mut out: std::fs::File) {
+    if io::copy(&mut stream, &mut out).is_err() {
+        // Our reader went away: keep draining so the container never blocks.
+        let _ = io::copy(&mut stream, &mut io::sink());
+    }
+}
+
+fn supervise(ccfg: &ContainerConfig, mut vm: VmHandle, signals: &mut Signals, setup: Setup) -> i32 {
+    let cid = ccfg.create.container_id.clone();
+    let mut wake_buf = [0u8; 8];
+    let result: Result<i32, String> = loop {
+        if let Ok(r) = setup.waiter.try_recv() {
+            break r;
+        }
+        while let Some(sig) = signals.next() {
+            let req = Request::SignalProcess(SignalProcess {
+                container_id: cid.clone(),
+                exec_id: None,
+                signal: sig as i32,
+                all: false,
+            });
+            tracing::debug!("forwarding {sig}");
+            if let Ok(mut c) = setup.control.lock() {
+                if let Err(e) = c.call(req) {
+                    tracing::warn!("cannot forward {sig}: {}", error_chain(&e));
+                }
+            }
+        }
+        if let Some(exit) = vm.try_wait() {
+            // The waiter may have its answer already; prefer it.
+            match setup.waiter.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => break r,
+                Err(_) => break Err(format!("{exit} while the container ran")),
+            }
+        }
+        let mut fds = vec![
+            PollFd::new(signals.fd(), PollFlags::POLLIN),
+            PollFd::new(setup.waiter_wake.as_fd(), PollFlags::POLLIN),
+        ];
+        fds.extend(
+            vm.exit_fds()
+                .into_iter()
+                .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+        );
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        let _ = (&setup.waiter_wake).read(&mut wake_buf);
+    };
+    let status = match result {
+        Ok(s) => {
+            tracing::info!(status = s, "container init exited");
+            drain(&setup.pumps);
+            if let Ok(mut c) = setup.control.lock() {
+                if let Err(e) = c.call(Request::Shutdown) {
+                    tracing::debug!("Shutdown: {}", error_chain(&e));
+                }
+            }
+            match vm.wait_timeout(Some(SHUTDOWN_TIMEOUT)) {
+                Some(exit) if exit.is_clean() => {}
+                Some(exit) => tracing::warn!("after the container exited: {exit}"),
+                None => {
+                    tracing::warn!("the guest did not stop within {SHUTDOWN_TIMEOUT:?}; killing it")
+                }
+            }
+            if (0..=255).contains(&s) {
+                s
+            } else {
+                255
+            }
+        }
+        Err(msg) => {
+            tracing::error!("{msg}");
+            EXIT_FAILURE
+        }
+    };
+    vm.shutdown();
+    status
+}
+
+/// Waits for the output pumps to reach EOF, cutting them off after
+/// [`DRAIN_TIMEOUT`].
+fn drain(pumps: &[(mpsc::Receiver<()>, UnixStream)]) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for (done, stream) in pumps {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done.recv_timeout(left).is_err() {
+            tracing::warn!("output not drained within {DRAIN_TIMEOUT:?}; cutting it off");
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = done.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}

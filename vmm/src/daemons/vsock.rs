@@ -1,0 +1,37 @@
+//! `vhost-device-vsock`: the hybrid vsock backend (the host connects to a
+//! Unix socket and writes `CONNECT <port>\n`).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+
+use super::{remove_socket, remove_vsock_sockets, wait_for_socket, DaemonError, SOCKET_TIMEOUT};
+use crate::config::VmConfig;
+use crate::process::Supervised;
+
+/// vhost-device-vsock 0.3.0's arguments for `cfg`.
+pub fn vsock_args(cfg: &VmConfig) -> Vec<OsString> {
+    vec![
+        "--socket".into(),
+        cfg.vsock_backend_socket().into(),
+        "--uds-path".into(),
+        cfg.vsock_uds_path().into(),
+        "--guest-cid".into(),
+        cfg.vsock.guest_cid.to_string().into(),
+    ]
+}
+
+/// Starts vhost-device-vsock and waits for its vhost-user socket.
+pub fn start_vsock(program: &Path, cfg: &VmConfig) -> Result<Supervised, DaemonError> {
+    remove_socket(&cfg.vsock_backend_socket());
+    remove_vsock_sockets(&cfg.vsock_uds_path());
+    let mut cmd = Command::new(program);
+    cmd.args(vsock_args(cfg));
+    let mut child = Supervised::spawn(
+        "vhost-device-vsock",
+        cmd,
+        &cfg.state_dir.join("vhost-device-vsock.log"),
+    )?;
+    wait_for_socket(&mut child, &cfg.vsock_backend_socket(), SOCKET_TIMEOUT)?;
+    Ok(child)
+}

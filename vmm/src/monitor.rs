@@ -1,0 +1,116 @@
+//! The plain monitor loop (no container): start the VM, report readiness,
+//! then wait for the guest to stop, a child to die or a stop signal.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::config::VmConfig;
+use crate::signals::{is_stop_signal, Signals};
+use crate::vm::Vm;
+
+/// The exit status for a monitor failure (bad config, a daemon or the engine
+/// failing, no agent).
+pub const EXIT_FAILURE: i32 = 1;
+
+/// The inherited fd the monitor reports readiness on: one JSON line, then
+/// closed. A no-op when none was given.
+#[derive(Debug, Default)]
+pub struct ReadyFd(Option<File>);
+
+impl ReadyFd {
+    /// Takes ownership of inherited fd `fd` and marks it close-on-exec so no
+    /// child inherits it. Fails if `fd` is not open or is 0..=2.
+    pub fn from_inherited(fd: i32) -> std::io::Result<Self> {
+        if fd <= 2 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "ready fd must be 3 or more",
+            ));
+        }
+        // SAFETY: F_GETFD only inspects the fd table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is open (checked above) and was inherited for us to
+        // report on; main calls this once, so nothing else owns it.
+        let f = unsafe { File::from_raw_fd(fd) };
+        // SAFETY: F_SETFD on an fd we own.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(ReadyFd(Some(f)))
+    }
+
+    /// Reports success (with the container's guest pid in container mode).
+    pub fn ok(&mut self, pid: Option<i32>) {
+        let v = match pid {
+            Some(pid) => serde_json::json!({"ok": true, "pid": pid}),
+            None => serde_json::json!({"ok": true}),
+        };
+        self.send(v);
+    }
+
+    /// Reports failure.
+    pub fn fail(&mut self, error: &str) {
+        self.send(serde_json::json!({"ok": false, "error": error}));
+    }
+
+    fn send(&mut self, v: serde_json::Value) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "{v}");
+        }
+    }
+}
+
+/// Formats an error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs a VM without a container until the guest stops (exit 0), a child
+/// fails (1) or a stop signal arrives (128 + signal).
+pub fn run_plain(cfg: &VmConfig, signals: &mut Signals, mut ready: ReadyFd) -> i32 {
+    let mut vm = match Vm::start(cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let msg = error_chain(&e);
+            ready.fail(&msg);
+            tracing::error!("{msg}");
+            return EXIT_FAILURE;
+        }
+    };
+    ready.ok(None);
+    loop {
+        while let Some(sig) = signals.next() {
+            if is_stop_signal(sig) {
+                tracing::info!("{sig}: stopping the VM");
+                vm.shutdown();
+                return 128 + sig as i32;
+            }
+        }
+        if let Some(exit) = vm.try_wait() {
+            vm.shutdown();
+            if exit.is_clean() {
+                tracing::info!("{exit}");
+                return 0;
+            }
+            tracing::error!("{exit}");
+            return EXIT_FAILURE;
+        }
+        let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+        fds.extend(
+            vm.exit_fds()
+                .into_iter()
+                .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+        );
+        let _ = poll(&mut fds, PollTimeout::NONE);
+    }
+}

@@ -1,0 +1,245 @@
+//! [`Vm::start`]: daemons, then the engine; [`VmHandle`]: watching and
+//! stopping what was started, on every path (including drop).
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use husk_protocol::client::AgentAddr;
+
+use crate::config::{ConfigError, VmConfig};
+use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError, Sandbox};
+use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
+use crate::process::{describe, Supervised};
+
+/// The VM could not be started or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A device daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Namespace for [`Vm::start`].
+#[derive(Debug)]
+pub struct Vm;
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest rebooted or powered off (the agent's `Shutdown`).
+    GuestStopped,
+    /// The engine failed.
+    EngineFailed(String),
+    /// A device daemon exited while the guest ran.
+    DaemonExited(String),
+}
+
+impl VmExit {
+    /// True for a clean guest stop.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, VmExit::GuestStopped)
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::GuestStopped => f.write_str("the guest stopped"),
+            VmExit::EngineFailed(m) => write!(f, "engine failed: {m}"),
+            VmExit::DaemonExited(m) => write!(f, "device daemon died: {m}"),
+        }
+    }
+}
+
+/// A running VM: its daemons and engine. Dropping it stops everything and
+/// removes the sockets.
+#[derive(Debug)]
+pub struct VmHandle {
+    daemons: Vec<Supervised>,
+    engine: Option<Box<dyn EngineInstance>>,
+    sockets: Vec<PathBuf>,
+    vsock_uds: PathBuf,
+    agent_addr: AgentAddr,
+    kind: EngineKind,
+    exit: Option<VmExit>,
+}
+
+impl Vm {
+    /// Validates `cfg`, starts the device daemons, waits for their sockets,
+    /// then starts the engine. Everything started is stopped again if a later
+    /// step fails. Spawns no threads: call it before starting any if the
+    /// children must die with this thread (PR_SET_PDEATHSIG).
+    pub fn start(cfg: &VmConfig) -> Result<VmHandle, VmError> {
+        cfg.validate()?;
+        let (kind, warning) =
+            engine::select(cfg.engine, &HostFacts::probe(), engine::BUILTIN_AVAILABLE)?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        // Resolve every program before starting anything.
+        let vsock_bin = crate::binaries::locate(
+            "vhost-device-vsock",
+            cfg.binaries.vhost_device_vsock.as_deref(),
+        )
+        .map_err(DaemonError::from)?;
+        let fs_bin = if cfg.shares.is_empty() {
+            None
+        } else {
+            Some(
+                crate::binaries::locate("virtiofsd", cfg.binaries.virtiofsd.as_deref())
+                    .map_err(DaemonError::from)?,
+            )
+        };
+        if kind == EngineKind::Qemu {
+            crate::binaries::locate("qemu-system-x86_64", cfg.binaries.qemu.as_deref())
+                .map_err(EngineError::from)?;
+        }
+        cfg.ensure_state_dir()?;
+
+        let mut h = VmHandle {
+            daemons: Vec::new(),
+            engine: None,
+            sockets: vec![cfg.vsock_backend_socket()],
+            vsock_uds: cfg.vsock_uds_path(),
+            agent_addr: AgentAddr::HybridVsock {
+                uds: cfg.vsock_uds_path(),
+                port: cfg.vsock.agent_port,
+            },
+            kind,
+            exit: None,
+        };
+        let started = Instant::now();
+        h.daemons.push(daemons::start_vsock(&vsock_bin, cfg)?);
+        let mut sandbox = Sandbox::Namespace;
+        for share in &cfg.shares {
+            h.sockets.push(cfg.fs_backend_socket(&share.tag));
+            let (d, used) = daemons::start_virtiofsd(
+                fs_bin.as_deref().unwrap_or(&vsock_bin),
+                cfg,
+                share,
+                sandbox,
+            )?;
+            sandbox = used;
+            h.daemons.push(d);
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "device daemons ready");
+        h.engine = Some(engine::start(kind, cfg)?);
+        tracing::info!(engine = ?kind, pid = ?h.engine_pid(), "guest started");
+        Ok(h)
+    }
+}
+
+impl VmHandle {
+    /// Where the agent answers.
+    pub fn agent_addr(&self) -> AgentAddr {
+        self.agent_addr.clone()
+    }
+
+    /// The engine running the guest.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// The engine's pid (qemu), if it is a separate process.
+    pub fn engine_pid(&self) -> Option<u32> {
+        self.engine.as_ref().and_then(|e| e.pid())
+    }
+
+    /// The pids of the device daemons.
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        self.daemons.iter().map(Supervised::pid).collect()
+    }
+
+    /// Fds that become readable when the engine or a daemon stops, for a
+    /// caller's own poll loop; then call [`VmHandle::try_wait`].
+    pub fn exit_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v: Vec<BorrowedFd<'_>> = self.daemons.iter().map(Supervised::exit_fd).collect();
+        v.extend(self.engine.as_ref().map(|e| e.exit_fd()));
+        v
+    }
+
+    /// `Some` once the guest stopped or anything failed; does not block.
+    pub fn try_wait(&mut self) -> Option<VmExit> {
+        if self.exit.is_some() {
+            return self.exit.clone();
+        }
+        if let Some(e) = self.engine.as_mut() {
+            match e.try_wait() {
+                Some(Ok(())) => self.exit = Some(VmExit::GuestStopped),
+                Some(Err(m)) => self.exit = Some(VmExit::EngineFailed(m)),
+                None => {}
+            }
+        }
+        if self.exit.is_none() {
+            for d in &mut self.daemons {
+                if let Some(s) = d.try_wait() {
+                    let msg = format!("{} exited with {}: {}", d.name(), describe(s), d.log_tail());
+                    self.exit = Some(VmExit::DaemonExited(msg));
+                    break;
+                }
+            }
+        }
+        self.exit.clone()
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for the guest to stop or
+    /// anything to fail.
+    pub fn wait_timeout(&mut self, timeout: Option<Duration>) -> Option<VmExit> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(e) = self.try_wait() {
+                return Some(e);
+            }
+            let ms: i32 = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    left.as_millis().min(i32::MAX as u128) as i32
+                }
+            };
+            let fds = self.exit_fds();
+            let mut pfds: Vec<_> = fds
+                .iter()
+                .map(|f| nix::poll::PollFd::new(*f, nix::poll::PollFlags::POLLIN))
+                .collect();
+            let t = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::NONE);
+            let _ = nix::poll::poll(&mut pfds, t);
+        }
+    }
+
+    /// Waits for the guest to stop or anything to fail.
+    pub fn wait(&mut self) -> VmExit {
+        self.wait_timeout(None).unwrap_or(VmExit::GuestStopped)
+    }
+
+    /// Stops the engine, then the daemons, reaps them and removes the
+    /// sockets. Idempotent.
+    pub fn shutdown(&mut self) {
+        if let Some(mut e) = self.engine.take() {
+            e.stop(Duration::from_secs(2));
+        }
+        for mut d in self.daemons.drain(..) {
+            d.stop(Duration::from_millis(500));
+        }
+        for s in &self.sockets {
+            remove_socket(s);
+        }
+        remove_vsock_sockets(&self.vsock_uds);
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
