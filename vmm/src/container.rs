@@ -26,7 +26,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::config::{ContainerConfig, VmConfig};
 use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use crate::signals::{is_stop_signal, Signals};
-use crate::vm::{Vm, VmHandle};
+use crate::vm::{Vm, VmError, VmHandle};
 
 /// How long the stdout/stderr pumps get to drain after init exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,26 +40,23 @@ enum Abort {
 }
 
 /// Runs `cfg` (which must carry a container) and returns the exit status.
-pub fn run_container(cfg: &VmConfig, signals: &mut Signals, mut ready: ReadyFd) -> i32 {
+/// A VM that cannot start is an error (also reported on the ready fd).
+pub fn run_container(
+    cfg: &VmConfig,
+    signals: &mut Signals,
+    mut ready: ReadyFd,
+) -> Result<i32, VmError> {
     let Some(ccfg) = cfg.container.as_ref() else {
         ready.fail("no container section in the config");
-        return EXIT_FAILURE;
+        return Ok(EXIT_FAILURE);
     };
-    let mut vm = match Vm::start(cfg) {
-        Ok(vm) => vm,
-        Err(e) => {
-            let msg = error_chain(&e);
-            ready.fail(&msg);
-            tracing::error!("{msg}");
-            return EXIT_FAILURE;
-        }
-    };
+    let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
     let started = Instant::now();
     let setup = match setup(cfg, ccfg, &mut vm, signals) {
         Ok(s) => s,
         Err(abort) => {
             vm.shutdown();
-            return match abort {
+            return Ok(match abort {
                 Abort::Failed(msg) => {
                     tracing::error!("{msg}");
                     ready.fail(&msg);
@@ -69,12 +66,12 @@ pub fn run_container(cfg: &VmConfig, signals: &mut Signals, mut ready: ReadyFd) 
                     ready.fail(&format!("interrupted by {sig}"));
                     128 + sig as i32
                 }
-            };
+            });
         }
     };
     tracing::info!(pid = setup.pid, elapsed = ?started.elapsed(), "container created");
     ready.ok(Some(setup.pid));
-    supervise(ccfg, vm, signals, setup)
+    Ok(supervise(ccfg, vm, signals, setup))
 }
 
 struct Setup {
@@ -99,7 +96,7 @@ fn setup(
                 "the VM stopped before the agent answered: {exit}"
             )));
         }
-        while let Some(sig) = signals.next() {
+        while let Some(sig) = signals.next_signal() {
             if is_stop_signal(sig) {
                 return Err(Abort::Signal(sig));
             }
@@ -288,7 +285,7 @@ fn supervise(ccfg: &ContainerConfig, mut vm: VmHandle, signals: &mut Signals, se
         if let Ok(r) = setup.waiter.try_recv() {
             break r;
         }
-        while let Some(sig) = signals.next() {
+        while let Some(sig) = signals.next_signal() {
             let req = Request::SignalProcess(SignalProcess {
                 container_id: cid.clone(),
                 exec_id: None,

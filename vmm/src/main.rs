@@ -1,5 +1,6 @@
 //! `husk-vmm`: the per-container monitor process. See `vmm/README.md`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -166,7 +167,10 @@ fn init_logging(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open log {}", p.display()))?;
             b.with_ansi(false).with_writer(Mutex::new(f)).init();
         }
-        None => b.with_writer(std::io::stderr).init(),
+        None => b
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }
@@ -180,8 +184,7 @@ fn real_main() -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(e) => {
             // Report on the ready fd too, so a parent waiting there learns why.
-            let fd = ready_fd.or(None);
-            if let Some(Ok(mut r)) = fd.map(ReadyFd::from_inherited) {
+            if let Some(Ok(mut r)) = ready_fd.map(ReadyFd::from_inherited) {
                 r.fail(&format!("{e:#}"));
             }
             return Err(e);
@@ -203,11 +206,12 @@ fn real_main() -> anyhow::Result<i32> {
             .map(|_| cfg.state_dir.join("husk-vmm.log"))
     });
     init_logging(log)?;
-    Ok(if cfg.container.is_some() {
-        husk_vmm::container::run_container(&cfg, &mut signals, ready)
+    let code = if cfg.container.is_some() {
+        husk_vmm::container::run_container(&cfg, &mut signals, ready)?
     } else {
-        husk_vmm::monitor::run_plain(&cfg, &mut signals, ready)
-    })
+        husk_vmm::monitor::run_plain(&cfg, &mut signals, ready)?
+    };
+    Ok(code)
 }
 
 fn main() -> ExitCode {

@@ -9,7 +9,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::VmConfig;
 use crate::signals::{is_stop_signal, Signals};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmError};
 
 /// The exit status for a monitor failure (bad config, a daemon or the engine
 /// failing, no agent).
@@ -76,34 +76,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Runs a VM without a container until the guest stops (exit 0), a child
-/// fails (1) or a stop signal arrives (128 + signal).
-pub fn run_plain(cfg: &VmConfig, signals: &mut Signals, mut ready: ReadyFd) -> i32 {
-    let mut vm = match Vm::start(cfg) {
-        Ok(vm) => vm,
-        Err(e) => {
-            let msg = error_chain(&e);
-            ready.fail(&msg);
-            tracing::error!("{msg}");
-            return EXIT_FAILURE;
-        }
-    };
+/// fails (1) or a stop signal arrives (128 + signal). A VM that cannot
+/// start is an error (also reported on the ready fd).
+pub fn run_plain(
+    cfg: &VmConfig,
+    signals: &mut Signals,
+    mut ready: ReadyFd,
+) -> Result<i32, VmError> {
+    let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
     ready.ok(None);
     loop {
-        while let Some(sig) = signals.next() {
+        while let Some(sig) = signals.next_signal() {
             if is_stop_signal(sig) {
                 tracing::info!("{sig}: stopping the VM");
                 vm.shutdown();
-                return 128 + sig as i32;
+                return Ok(128 + sig as i32);
             }
         }
         if let Some(exit) = vm.try_wait() {
             vm.shutdown();
             if exit.is_clean() {
                 tracing::info!("{exit}");
-                return 0;
+                return Ok(0);
             }
             tracing::error!("{exit}");
-            return EXIT_FAILURE;
+            return Ok(EXIT_FAILURE);
         }
         let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
         fds.extend(

@@ -92,23 +92,7 @@ impl Supervised {
         // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
         // getppid, _exit) and touches no locks or allocations.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The monitor died between fork and prctl: nobody would kill us.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || die_with_parent(parent));
         }
         let program = PathBuf::from(cmd.get_program());
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
@@ -212,6 +196,32 @@ impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop(Duration::from_millis(500));
     }
+}
+
+/// Runs in the forked child before exec: asks for SIGKILL when the monitor
+/// dies. Async-signal-safe.
+fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments has no memory effects.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    // The monitor died between fork and prctl: nobody would kill us.
+    if ppid as u32 != parent {
+        // SAFETY: ends the forked child without running any destructors.
+        unsafe { libc::_exit(1) };
+    }
+    Ok(())
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {

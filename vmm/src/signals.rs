@@ -54,7 +54,7 @@ impl Signals {
     }
 
     /// The next pending signal, without blocking.
-    pub fn next(&mut self) -> Option<Signal> {
+    pub fn next_signal(&mut self) -> Option<Signal> {
         loop {
             let info = self.fd.read_signal().ok()??;
             if let Ok(s) = Signal::try_from(info.ssi_signo as i32) {
@@ -73,10 +73,10 @@ mod tests {
         // Runs in its own thread so the mask stays local to it.
         std::thread::spawn(|| {
             let mut s = Signals::block().unwrap();
-            assert_eq!(s.next(), None);
+            assert_eq!(s.next_signal(), None);
             nix::sys::pthread::pthread_kill(nix::sys::pthread::pthread_self(), Signal::SIGUSR2)
                 .unwrap();
-            assert_eq!(s.next(), Some(Signal::SIGUSR2));
+            assert_eq!(s.next_signal(), Some(Signal::SIGUSR2));
             assert!(!is_stop_signal(Signal::SIGUSR2) && is_stop_signal(Signal::SIGTERM));
         })
         .join()

@@ -26,6 +26,10 @@ pub enum VmError {
     Engine(#[from] EngineError),
 }
 
+/// How long a daemon's exit may precede the engine's for the pair to count
+/// as one clean guest stop.
+const DAEMON_EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// Namespace for [`Vm::start`].
 #[derive(Debug)]
 pub struct Vm;
@@ -180,6 +184,13 @@ impl VmHandle {
         if self.exit.is_none() {
             for d in &mut self.daemons {
                 if let Some(s) = d.try_wait() {
+                    // A daemon exits when the engine disconnects: when the
+                    // guest stopped, the engine's exit is about to show.
+                    if let Some(e) = self.engine.as_mut() {
+                        if e.wait_timeout(DAEMON_EXIT_GRACE) {
+                            return self.try_wait();
+                        }
+                    }
                     let msg = format!("{} exited with {}: {}", d.name(), describe(s), d.log_tail());
                     self.exit = Some(VmExit::DaemonExited(msg));
                     break;
@@ -233,6 +244,10 @@ impl VmHandle {
         }
         for s in &self.sockets {
             remove_socket(s);
+            // virtiofsd's pid file next to its socket.
+            let mut pid = s.clone().into_os_string();
+            pid.push(".pid");
+            let _ = std::fs::remove_file(pid);
         }
         remove_vsock_sockets(&self.vsock_uds);
     }

@@ -120,6 +120,8 @@ pub trait EngineInstance: std::fmt::Debug + Send {
     /// `Some` once the guest has stopped: `Ok` for a guest reboot/poweroff,
     /// `Err(description)` for an engine failure.
     fn try_wait(&mut self) -> Option<Result<(), String>>;
+    /// Waits up to `timeout` for the guest to stop; true once it has.
+    fn wait_timeout(&mut self, timeout: Duration) -> bool;
     /// Stops the guest now (waiting up to `grace` for a clean exit).
     fn stop(&mut self, grace: Duration);
 }

@@ -154,6 +154,10 @@ impl EngineInstance for QemuEngine {
         }
     }
 
+    fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        self.child.wait_timeout(timeout).is_some()
+    }
+
     fn stop(&mut self, grace: Duration) {
         self.stopping = true;
         self.child.stop(grace);

@@ -1,0 +1,279 @@
+//! The monitor without a container, on a busybox initramfs: boot, virtio-fs,
+//! guest reboot, stop signals, a dying daemon, and the one-line errors.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Packs /bin/busybox and `script` as /init into a newc cpio.
+fn busybox_initramfs(dir: &Path, script: &str) -> Result<PathBuf, String> {
+    let bb = Path::new("/bin/busybox");
+    if !bb.is_file() {
+        return Err("no /bin/busybox (apt-get install busybox-static)".into());
+    }
+    let root = dir.join("initrd");
+    for d in ["bin", "proc", "dev", "sys", "mnt"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(bb, root.join("bin/busybox")).unwrap();
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n{script}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("initrd.cpio");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .map_err(|e| format!("sh: {e}"))?;
+    if !st.success() {
+        return Err("cpio failed (apt-get install cpio)".into());
+    }
+    Ok(out)
+}
+
+#[test]
+fn boot_share_and_guest_reboot() {
+    let kernel = match host_ready() {
+        Ok(k) => k,
+        Err(why) => return skip(&why),
+    };
+    let tmp = scratch("boot");
+    let script = "mount -t proc proc /proc\n\
+        echo \"GUEST-KERNEL $(uname -r)\"\n\
+        mount -t virtiofs data /mnt && cat /mnt/from-host && echo from-guest > /mnt/from-guest\n\
+        sync\nreboot -f";
+    let initrd = match busybox_initramfs(tmp.path(), script) {
+        Ok(i) => i,
+        Err(why) => return skip(&why),
+    };
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("from-host"), "HOST-FILE-CONTENT\n").unwrap();
+    let state = tmp.path().join("state");
+    let t0 = Instant::now();
+    let out = vmm(&kernel, &state)
+        .arg("--initramfs")
+        .arg(&initrd)
+        .arg("--share")
+        .arg(format!("data={}", share.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    eprintln!("boot to guest reboot: {:?}", t0.elapsed());
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap();
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let guest_line = console
+        .lines()
+        .find(|l| l.starts_with("GUEST-KERNEL "))
+        .expect(&console);
+    assert!(guest_line.starts_with("GUEST-KERNEL 6.12."), "{guest_line}");
+    assert_ne!(guest_line, format!("GUEST-KERNEL {host_release}"));
+    assert!(console.contains("HOST-FILE-CONTENT"), "{console}");
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest")).unwrap(),
+        "from-guest\n"
+    );
+    assert!(stderr.contains("the guest stopped"), "{stderr}");
+    assert_eq!(
+        stderr.matches("using the qemu engine").count(),
+        0,
+        "forced qemu: no warning"
+    );
+    assert_nothing_left(&state);
+}
+
+/// Boots a guest that idles, waits for it, then `disturb`s the monitor.
+fn idle_guest(
+    name: &str,
+    disturb: impl FnOnce(u32, &Path),
+) -> Option<(std::process::Output, PathBuf, tempfile::TempDir)> {
+    let kernel = match host_ready() {
+        Ok(k) => k,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let tmp = scratch(name);
+    let initrd = match busybox_initramfs(tmp.path(), "echo IDLING\nexec sleep 1000") {
+        Ok(i) => i,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let state = tmp.path().join("state");
+    let mut child = vmm(&kernel, &state)
+        .arg("--initramfs")
+        .arg(&initrd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_text(
+        &state.join("console.log"),
+        "IDLING",
+        Duration::from_secs(60),
+    );
+    disturb(child.id(), &state);
+    let t0 = Instant::now();
+    wait_child(&mut child, Duration::from_secs(20));
+    eprintln!("monitor exit after disturbance: {:?}", t0.elapsed());
+    let out = child.wait_with_output().unwrap();
+    Some((out, state, tmp))
+}
+
+#[test]
+fn stop_signal_stops_everything() {
+    let Some((out, state, _tmp)) = idle_guest("term", |pid, _| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }) else {
+        return;
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(&state);
+}
+
+#[test]
+fn dying_daemon_stops_everything() {
+    let Some((out, state, _tmp)) = idle_guest("daemon", |_, state| {
+        let needle = state.join("vhost-vsock.sock");
+        let procs = processes_mentioning(needle.to_str().unwrap());
+        let (pid, _) = procs
+            .iter()
+            .find(|(_, c)| c.contains("vhost-device-vsock"))
+            .expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("device daemon died: vhost-device-vsock exited with signal 9"),
+        "{stderr}"
+    );
+    assert_nothing_left(&state);
+}
+
+/// One line on stderr, exit 1, nothing started.
+fn expect_error(args: &[&str], want: &str) {
+    let out = Command::new(VMM)
+        .args(args)
+        .env("PATH", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+    assert!(
+        lines[0].contains(want),
+        "{args:?}: {stderr:?} lacks {want:?}"
+    );
+}
+
+#[test]
+fn clear_errors() {
+    let tmp = scratch("err");
+    let k = tmp.path().join("vmlinux");
+    std::fs::write(&k, "not really a kernel").unwrap();
+    let state = tmp.path().join("state");
+    let (k, s) = (k.to_str().unwrap(), state.to_str().unwrap());
+    expect_error(
+        &["--kernel", "/nonexistent/vmlinux", "--state-dir", s],
+        "kernel /nonexistent/vmlinux does not exist",
+    );
+    expect_error(&["--state-dir", s], "--kernel is required");
+    expect_error(
+        &["--kernel", k, "--state-dir", s, "--engine", "builtin"],
+        "builtin KVM engine is not built yet",
+    );
+    expect_error(
+        &["--kernel", k, "--state-dir", s, "--share", "x=/nonexistent"],
+        "is not a directory",
+    );
+    expect_error(
+        &[
+            "--kernel",
+            k,
+            "--state-dir",
+            s,
+            "--vhost-device-vsock",
+            "/nonexistent/vd",
+        ],
+        "/nonexistent/vd is not an executable",
+    );
+    // Every other program is found; qemu is not.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("vhost-device-vsock");
+    std::fs::write(&fake, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = fake.to_str().unwrap();
+    expect_error(
+        &[
+            "--kernel",
+            k,
+            "--state-dir",
+            s,
+            "--vhost-device-vsock",
+            f,
+            "--engine",
+            "qemu",
+        ],
+        "cannot find qemu-system-x86_64",
+    );
+    // A daemon that dies at once: its failure, not a hang.
+    expect_error(
+        &[
+            "--kernel",
+            k,
+            "--state-dir",
+            s,
+            "--vhost-device-vsock",
+            f,
+            "--engine",
+            "qemu",
+            "--qemu",
+            "/bin/true",
+        ],
+        "vhost-device-vsock exited with exit code 1 before serving",
+    );
+    let cfg = tmp.path().join("c.json");
+    std::fs::write(&cfg, r#"{"kernel":"/k","state_dir":"/s","vcpu":2}"#).unwrap();
+    expect_error(&["--config", cfg.to_str().unwrap()], "unknown field `vcpu`");
+    assert_nothing_left(&state);
+}
