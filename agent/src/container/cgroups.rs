@@ -1,0 +1,247 @@
+//! cgroup v2: one cgroup per container under the agent's cgroup2 mount,
+//! `linux.resources` written to its files, stats read back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::CgroupStats;
+use oci_spec::runtime::LinuxResources;
+
+/// The cgroup2 magic number of statfs.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Why a cgroup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A cgroup file or directory could not be written.
+    #[error("cgroup {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec's value cannot be expressed in cgroup v2.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Whether `dir` is a cgroup2 mount.
+pub fn is_cgroup2(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The cgroup2 hierarchy the agent manages containers in.
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    root: PathBuf,
+}
+
+impl CgroupRoot {
+    /// `root` if it is a cgroup2 mount, else `None` (hosts with cgroup v1).
+    pub fn detect(root: &Path) -> Option<Self> {
+        is_cgroup2(root).then(|| CgroupRoot {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory of a container's cgroup: `linux.cgroupsPath` (relative
+    /// to the root) or `husk/ID`.
+    pub fn path_for(&self, id: &str, cgroups_path: Option<&Path>) -> Result<PathBuf, CgroupError> {
+        let rel = match cgroups_path {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from(format!("husk/{id}")),
+        };
+        let joined = super::mounts::join_in_root(&self.root, &rel).map_err(|_| {
+            CgroupError::Invalid(format!("cgroupsPath {} leaves the root", rel.display()))
+        })?;
+        if joined == self.root {
+            return Err(CgroupError::Invalid(
+                "cgroupsPath names the root cgroup".into(),
+            ));
+        }
+        Ok(joined)
+    }
+
+    /// Creates `dir` and enables every available controller on the way down.
+    pub fn create(&self, dir: &Path) -> Result<(), CgroupError> {
+        let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
+        let mut cur = self.root.clone();
+        for c in rel.components() {
+            enable_controllers(&cur);
+            cur.push(c);
+            if !cur.exists() {
+                fs::create_dir(&cur).map_err(|e| CgroupError::Io {
+                    path: cur.clone(),
+                    source: e,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `+ctrl` for each controller of `dir` into its subtree_control
+/// (best effort: a controller may be busy or missing).
+pub fn enable_controllers(dir: &Path) {
+    let Ok(avail) = fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return;
+    };
+    for c in avail.split_whitespace() {
+        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+    }
+}
+
+fn write(dir: &Path, file: &str, value: String) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    fs::write(&path, value.as_bytes()).map_err(|e| CgroupError::Io { path, source: e })
+}
+
+/// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// Writes `linux.resources` into the cgroup `dir`.
+pub fn apply(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
+    if let Some(m) = r.memory() {
+        if let Some(l) = m.limit() {
+            let v = if l < 0 {
+                "max".to_string()
+            } else {
+                l.to_string()
+            };
+            write(dir, "memory.max", v)?;
+            if let Some(s) = m.swap() {
+                let v = if s < 0 {
+                    "max".to_string()
+                } else {
+                    (s - l.max(0)).max(0).to_string()
+                };
+                let _ = write(dir, "memory.swap.max", v);
+            }
+        }
+        if let Some(res) = m.reservation() {
+            write(dir, "memory.low", res.to_string())?;
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(s) = c.shares() {
+            write(dir, "cpu.weight", shares_to_weight(s).to_string())?;
+        }
+        if c.quota().is_some() || c.period().is_some() {
+            let period = c.period().unwrap_or(100_000);
+            let quota = match c.quota() {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".to_string(),
+            };
+            write(dir, "cpu.max", format!("{quota} {period}"))?;
+        }
+        if let Some(cpus) = c.cpus() {
+            write(dir, "cpuset.cpus", cpus.clone())?;
+        }
+        if let Some(mems) = c.mems() {
+            write(dir, "cpuset.mems", mems.clone())?;
+        }
+    }
+    if let Some(p) = r.pids() {
+        let v = if p.limit() > 0 {
+            p.limit().to_string()
+        } else {
+            "max".to_string()
+        };
+        write(dir, "pids.max", v)?;
+    }
+    if let Some(io) = r.block_io() {
+        if let Some(w) = io.weight() {
+            // blkio weight 10..1000 to io.weight 1..10000.
+            let w = 1 + (u64::from(w).clamp(10, 1000) - 10) * 9999 / 990;
+            write(dir, "io.weight", format!("default {w}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_u64(dir: &Path, file: &str) -> Option<u64> {
+    fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+}
+
+fn read_keyed(dir: &Path, file: &str) -> Vec<(String, u64)> {
+    let Ok(s) = fs::read_to_string(dir.join(file)) else {
+        return Vec::new();
+    };
+    s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads the numbers of the cgroup `dir`.
+pub fn stats(dir: &Path) -> CgroupStats {
+    let cpu = read_keyed(dir, "cpu.stat");
+    let get = |k: &str| cpu.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let mem_stat = read_keyed(dir, "memory.stat");
+    CgroupStats {
+        memory_usage: read_u64(dir, "memory.current"),
+        memory_limit: read_u64(dir, "memory.max"),
+        memory_stat: mem_stat
+            .into_iter()
+            .filter(|(k, _)| k == "anon" || k == "file")
+            .collect(),
+        cpu_usage_usec: get("usage_usec"),
+        cpu_user_usec: get("user_usec"),
+        cpu_system_usec: get("system_usec"),
+        pids_current: read_u64(dir, "pids.current"),
+        pids_limit: read_u64(dir, "pids.max"),
+    }
+}
+
+/// The pids in the cgroup `dir`.
+pub fn procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes the cgroup `dir` (it must be empty of processes).
+pub fn remove(dir: &Path) -> Result<(), CgroupError> {
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => {
+                return Err(CgroupError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(CgroupError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(libc::EBUSY),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+}

@@ -1,0 +1,182 @@
+//! What runs in the forked child: namespaces, the pid-namespace fork, the
+//! rootfs, then (after StartContainer for an init) the process setup and
+//! exec. Every failure goes back to the agent as a [`ChildMsg::Error`].
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::unistd::{dup2, getpid, sethostname, setsid, ForkResult};
+use oci_spec::runtime::{Process, Spec};
+
+use super::stdio::ChildStdio;
+use super::sync::{recv_msg, send_msg, ChildMsg, ParentMsg};
+use super::{capabilities, namespaces, process, rootfs, seccomp, sys, SetupError};
+
+/// Building a container's init, or joining a running one for an exec.
+#[derive(Debug)]
+pub enum Mode<'a> {
+    /// A new container whose rootfs is at this (absolute, guest) path.
+    Create {
+        /// The rootfs.
+        rootfs: &'a Path,
+    },
+    /// An exec into the container whose init has this pid.
+    Exec {
+        /// The container's init pid.
+        init_pid: i32,
+    },
+}
+
+/// Everything the child needs; it lives in the child's copy of memory.
+#[derive(Debug)]
+pub struct ChildArgs<'a> {
+    /// Create or exec.
+    pub mode: Mode<'a>,
+    /// The container's spec.
+    pub spec: &'a Spec,
+    /// The process to run (the spec's, or the exec's).
+    pub process: &'a Process,
+    /// The container's cgroup directory to join.
+    pub cgroup: Option<&'a Path>,
+    /// The child's stdio.
+    pub stdio: ChildStdio,
+    /// The child's end of the sync socket.
+    pub sync: OwnedFd,
+}
+
+/// Runs the child; never returns.
+pub fn run(args: ChildArgs<'_>) -> ! {
+    let sync = args.sync.try_clone().ok();
+    let e = match child_main(args) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    if let Some(s) = sync {
+        let _ = send_msg(
+            &s,
+            &ChildMsg::Error {
+                code: e.code(),
+                message: e.to_message(),
+            },
+        );
+    }
+    crate::sys::exit_now(if matches!(e, SetupError::Exec(_)) {
+        127
+    } else {
+        1
+    })
+}
+
+fn close_other_fds(keep: &[i32]) {
+    let mut keep: Vec<u32> = keep.iter().map(|f| *f as u32).filter(|f| *f > 2).collect();
+    keep.sort_unstable();
+    let mut next = 3u32;
+    for k in keep {
+        if k > next {
+            let _ = crate::sys::close_range(next, k - 1);
+        }
+        next = k + 1;
+    }
+    let _ = crate::sys::close_range(next, u32::MAX);
+}
+
+fn child_main(args: ChildArgs<'_>) -> Result<std::convert::Infallible, SetupError> {
+    crate::sys::reset_signals();
+    let mut keep = vec![args.sync.as_raw_fd()];
+    keep.extend(args.stdio.fds.iter().map(|f| f.as_raw_fd()));
+    close_other_fds(&keep);
+    if let Some(cg) = args.cgroup {
+        std::fs::write(cg.join("cgroup.procs"), "0")
+            .map_err(sys(format!("join cgroup {}", cg.display())))?;
+    }
+    let linux = args.spec.linux().clone().unwrap_or_default();
+    let plan = match args.mode {
+        Mode::Create { .. } => namespaces::plan_create(&linux)?,
+        Mode::Exec { init_pid } => namespaces::plan_exec(init_pid)?,
+    };
+    namespaces::enter(&plan, || {
+        send_msg(&args.sync, &ChildMsg::MapIds).map_err(sync_err)?;
+        match recv_msg::<ParentMsg>(&args.sync, Duration::from_secs(30)).map_err(sync_err)? {
+            Some(ParentMsg::Continue) => Ok(()),
+            other => Err(SetupError::Invalid(format!(
+                "unexpected answer to MapIds: {other:?}"
+            ))),
+        }
+    })?;
+    if plan.fork_for_pid {
+        match crate::sys::fork().map_err(sys("fork into the pid namespace"))? {
+            ForkResult::Parent { child } => {
+                let _ = send_msg(&args.sync, &ChildMsg::Pid(child.as_raw()));
+                crate::sys::exit_now(0);
+            }
+            ForkResult::Child => {}
+        }
+    } else {
+        send_msg(&args.sync, &ChildMsg::Pid(getpid().as_raw())).map_err(sync_err)?;
+    }
+
+    setsid().map_err(sys("setsid"))?;
+    if args.stdio.tty {
+        crate::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&args.stdio.fds[0]))
+            .map_err(sys("set the controlling terminal"))?;
+    }
+    for (i, fd) in args.stdio.fds.iter().enumerate() {
+        dup2(fd.as_raw_fd(), i as i32).map_err(sys(format!("dup2 stdio fd {i}")))?;
+    }
+    drop(args.stdio);
+
+    let p = args.process;
+    process::apply_oom_score_adj(p)?;
+    process::apply_rlimits(p)?;
+    if let Mode::Create { rootfs: root } = args.mode {
+        if let Some(h) = args.spec.hostname() {
+            sethostname(h).map_err(sys(format!("set hostname {h:?}")))?;
+        }
+        if let Some(d) = args.spec.domainname() {
+            set_domainname(d)?;
+        }
+        rootfs::setup(args.spec, root)?;
+        rootfs::apply_sysctl(args.spec)?;
+        rootfs::mask_paths(args.spec)?;
+        rootfs::readonly_paths(args.spec)?;
+        rootfs::readonly_root(args.spec)?;
+        send_msg(&args.sync, &ChildMsg::Ready).map_err(sync_err)?;
+        match recv_msg::<ParentMsg>(&args.sync, Duration::from_secs(u32::MAX as u64)) {
+            Ok(Some(ParentMsg::Start)) => {}
+            // The agent dropped the container before starting it.
+            _ => crate::sys::exit_now(1),
+        }
+    }
+    process::enter_cwd(p)?;
+    let exec = process::prepare_exec(p)?;
+    let programs = match linux.seccomp() {
+        Some(profile) => seccomp::compile(profile)?.0,
+        None => Vec::new(),
+    };
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        seccomp::install(&programs)?;
+    }
+    capabilities::drop_bounding(p.capabilities())?;
+    process::switch_user(p)?;
+    capabilities::apply(p.capabilities())?;
+    if nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(sys("prctl PR_SET_NO_NEW_PRIVS"))?;
+        seccomp::install(&programs)?;
+    }
+    Err(process::exec(&exec))
+}
+
+fn set_domainname(name: &str) -> Result<(), SetupError> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| SetupError::Invalid("domainname has a NUL byte".into()))?;
+    crate::sys::setdomainname(&c).map_err(sys(format!("set domainname {name:?}")))
+}
+
+fn sync_err(e: super::sync::SyncError) -> SetupError {
+    SetupError::Sys {
+        what: "talk to the agent".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}

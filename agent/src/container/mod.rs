@@ -1,0 +1,460 @@
+//! The container engine: turns a `CreateContainer` into a built, waiting
+//! init process, starts it, and execs further processes into it.
+//!
+//! The spec-to-syscall mapping lives in one small module per area; this
+//! module forks the child ([`child`]) and speaks to it over a sync socket
+//! ([`sync`]) until it is built, started or failed.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod child;
+pub mod devices;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod seccomp;
+pub mod stdio;
+pub mod sync;
+pub mod syscalls;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_protocol::{
+    ContainerStatus, CreateContainer, ErrorCode, ExecProcess, ProtocolError, StreamKind,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use self::cgroups::CgroupRoot;
+use self::stdio::AgentStdio;
+use self::sync::{recv_msg, send_msg, ChildMsg, ParentMsg};
+
+/// A failed step of building or starting a container (in the child).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A syscall failed; `what` names the step and the thing.
+    #[error("{what}")]
+    Sys {
+        /// The step, e.g. "mount proc on /r/proc".
+        what: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The spec asks for something impossible.
+    #[error("{0}")]
+    Invalid(String),
+    /// The exec itself failed.
+    #[error("{0}")]
+    Exec(String),
+}
+
+impl SetupError {
+    /// The protocol code this failure is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SetupError::Sys { .. } => ErrorCode::Internal,
+            SetupError::Invalid(_) => ErrorCode::InvalidArgument,
+            SetupError::Exec(_) => ErrorCode::ExecFailed,
+        }
+    }
+
+    /// The message with its cause chain.
+    pub fn to_message(&self) -> String {
+        match self {
+            SetupError::Sys { what, source } => format!("{what}: {source}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Maps a failed call to a [`SetupError::Sys`] naming `what`.
+pub fn sys<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> SetupError {
+    let what = what.into();
+    move |e| SetupError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+/// One process of a container, as the agent tracks it.
+#[derive(Debug)]
+pub struct ProcessState {
+    /// Its pid in the agent's pid namespace.
+    pub pid: i32,
+    /// Set once reaped.
+    pub exit_status: Option<i32>,
+    /// The agent's ends of its stdio, until a stream attaches to them.
+    pub stdio: AgentStdio,
+    /// Streams already attached (each at most once).
+    pub attached: HashSet<StreamKind>,
+}
+
+/// A container in the VM.
+#[derive(Debug)]
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// Its spec.
+    pub spec: Spec,
+    /// Lifecycle state.
+    pub status: ContainerStatus,
+    /// The init process.
+    pub init: ProcessState,
+    /// Exec'd processes by exec id.
+    pub execs: HashMap<String, ProcessState>,
+    /// Its cgroup, where the agent has cgroup2.
+    pub cgroup: Option<PathBuf>,
+    sync: Option<OwnedFd>,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, msg)
+}
+
+/// Checks what can be checked before forking.
+pub fn validate(req: &CreateContainer) -> Result<PathBuf, ProtocolError> {
+    let id = &req.container_id;
+    if id.is_empty() || id.contains('/') || id == "." || id == ".." || id.len() > 128 {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("invalid container id {id:?}"),
+        ));
+    }
+    let root = req
+        .spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| err(ErrorCode::InvalidArgument, "spec has no root"))?
+        .path()
+        .clone();
+    if !root.is_absolute() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "root.path {} must be an absolute guest path",
+                root.display()
+            ),
+        ));
+    }
+    if !root.is_dir() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "rootfs {} does not exist or is not a directory",
+                root.display()
+            ),
+        ));
+    }
+    if req.spec.process().is_none() {
+        return Err(err(ErrorCode::InvalidArgument, "spec has no process"));
+    }
+    let has_mount_ns = req
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Mount));
+    if !has_mount_ns {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            "spec has no mount namespace",
+        ));
+    }
+    Ok(root)
+}
+
+/// Builds a container: cgroup, then the forked init, which waits for
+/// [`start`] once built.
+pub fn create(
+    cg_root: Option<&CgroupRoot>,
+    req: &CreateContainer,
+) -> Result<Container, ProtocolError> {
+    let rootfs = validate(req)?;
+    let spec = &req.spec;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let cgroup = match cg_root {
+        Some(root) => {
+            let dir = root
+                .path_for(&req.container_id, linux.cgroups_path().as_deref())
+                .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+            root.create(&dir)
+                .map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
+            if let Some(r) = linux.resources() {
+                if let Err(e) = cgroups::apply(&dir, r) {
+                    let _ = cgroups::remove(&dir);
+                    return Err(err(ErrorCode::InvalidArgument, chain(&e)));
+                }
+            }
+            Some(dir)
+        }
+        None => {
+            if linux.resources().is_some() {
+                tracing::warn!(id = %req.container_id, "no cgroup2 hierarchy: linux.resources ignored");
+            }
+            None
+        }
+    };
+    let process = spec.process().clone().unwrap_or_default();
+    let mode = child::Mode::Create { rootfs: &rootfs };
+    match spawn(mode, spec, &process, cgroup.as_deref(), req.stdio, true) {
+        Ok((pid, stdio, sync)) => Ok(Container {
+            id: req.container_id.clone(),
+            spec: spec.clone(),
+            status: ContainerStatus::Created,
+            init: ProcessState {
+                pid,
+                exit_status: None,
+                stdio,
+                attached: HashSet::new(),
+            },
+            execs: HashMap::new(),
+            cgroup,
+            sync: Some(sync),
+        }),
+        Err(e) => {
+            if let Some(dir) = &cgroup {
+                let _ = cgroups::remove(dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Lets a created container's init exec. Fails with the child's error
+/// (ExecFailed with the errno for a missing program).
+pub fn start(c: &mut Container) -> Result<(), ProtocolError> {
+    if c.status != ContainerStatus::Created {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!("container {} is {:?}, not created", c.id, c.status),
+        ));
+    }
+    let sync = c
+        .sync
+        .take()
+        .ok_or_else(|| err(ErrorCode::Internal, "init sync socket lost"))?;
+    send_msg(&sync, &ParentMsg::Start).map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
+    match recv_msg::<ChildMsg>(&sync, Duration::from_secs(60)) {
+        Ok(None) => {
+            c.status = ContainerStatus::Running;
+            Ok(())
+        }
+        Ok(Some(ChildMsg::Error { code, message })) => Err(err(code, message)),
+        Ok(Some(other)) => Err(err(
+            ErrorCode::Internal,
+            format!("unexpected {other:?} from init"),
+        )),
+        Err(e) => Err(err(ErrorCode::Internal, chain(&e))),
+    }
+}
+
+/// Starts a further process in a running container.
+pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolError> {
+    if c.status != ContainerStatus::Running {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!("container {} is {:?}, not running", c.id, c.status),
+        ));
+    }
+    let mode = child::Mode::Exec {
+        init_pid: c.init.pid,
+    };
+    let (pid, stdio, _sync) = spawn(
+        mode,
+        &c.spec,
+        &req.process,
+        c.cgroup.as_deref(),
+        req.stdio,
+        false,
+    )?;
+    Ok(ProcessState {
+        pid,
+        exit_status: None,
+        stdio,
+        attached: HashSet::new(),
+    })
+}
+
+/// Forks the child and follows it until it is built (`Ready`) or exec'd.
+fn spawn(
+    mode: child::Mode<'_>,
+    spec: &Spec,
+    process: &Process,
+    cgroup: Option<&Path>,
+    stdio_spec: husk_protocol::StdioSpec,
+    create: bool,
+) -> Result<(i32, AgentStdio, OwnedFd), ProtocolError> {
+    let internal = |what: &str| {
+        let what = what.to_owned();
+        move |e: io::Error| err(ErrorCode::Internal, format!("{what}: {e}"))
+    };
+    let size = process
+        .console_size()
+        .as_ref()
+        .map(|b| (b.height() as u16, b.width() as u16));
+    let (agent_stdio, child_stdio) =
+        stdio::make(stdio_spec, process.terminal().unwrap_or(false), size)
+            .map_err(internal("stdio"))?;
+    let (ours, theirs) = sync::pair().map_err(internal("sync socketpair"))?;
+    let c1 = match crate::sys::fork().map_err(internal("fork"))? {
+        ForkResult::Child => {
+            drop(ours);
+            child::run(child::ChildArgs {
+                mode,
+                spec,
+                process,
+                cgroup,
+                stdio: child_stdio,
+                sync: theirs,
+            })
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs);
+    drop(child_stdio);
+    let linux = spec.linux().clone().unwrap_or_default();
+    let mut pid: Option<i32> = None;
+    let fail = |pid: Option<i32>, e: ProtocolError| {
+        let _ = kill(c1, Signal::SIGKILL);
+        let _ = waitpid(c1, None);
+        if let Some(p) = pid.filter(|p| *p != c1.as_raw()) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(p), None);
+        }
+        Err(e)
+    };
+    loop {
+        match recv_msg::<ChildMsg>(&ours, Duration::from_secs(30)) {
+            Ok(Some(ChildMsg::MapIds)) => {
+                if let Err(e) = namespaces::write_id_maps(c1.as_raw(), &linux) {
+                    return fail(
+                        pid,
+                        err(
+                            ErrorCode::InvalidArgument,
+                            format!("write uid/gid maps: {e}"),
+                        ),
+                    );
+                }
+                if let Err(e) = send_msg(&ours, &ParentMsg::Continue) {
+                    return fail(pid, err(ErrorCode::Internal, chain(&e)));
+                }
+            }
+            Ok(Some(ChildMsg::Pid(p))) => {
+                if p != c1.as_raw() {
+                    let _ = waitpid(c1, None);
+                }
+                pid = Some(p);
+            }
+            Ok(Some(ChildMsg::Ready)) if create => break,
+            Ok(Some(ChildMsg::Error { code, message })) => return fail(pid, err(code, message)),
+            Ok(None) if !create && pid.is_some() => break,
+            Ok(None) => {
+                return fail(
+                    pid,
+                    err(ErrorCode::Internal, "container process exited during setup"),
+                )
+            }
+            Ok(Some(other)) => {
+                return fail(
+                    pid,
+                    err(
+                        ErrorCode::Internal,
+                        format!("unexpected {other:?} from child"),
+                    ),
+                )
+            }
+            Err(e) => return fail(pid, err(ErrorCode::Internal, chain(&e))),
+        }
+    }
+    let pid = pid.ok_or_else(|| err(ErrorCode::Internal, "child sent no pid"))?;
+    Ok((pid, agent_stdio, ours))
+}
+
+/// Formats an error with its sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Container {
+    /// A process by exec id (`None`: init).
+    pub fn process(&self, exec_id: Option<&str>) -> Option<&ProcessState> {
+        match exec_id {
+            None => Some(&self.init),
+            Some(e) => self.execs.get(e),
+        }
+    }
+
+    /// A process by exec id, mutably.
+    pub fn process_mut(&mut self, exec_id: Option<&str>) -> Option<&mut ProcessState> {
+        match exec_id {
+            None => Some(&mut self.init),
+            Some(e) => self.execs.get_mut(e),
+        }
+    }
+
+    /// Every live pid of the container: its cgroup's members, else the
+    /// tracked processes and their descendants.
+    pub fn pids(&self) -> Vec<i32> {
+        if let Some(cg) = &self.cgroup {
+            return cgroups::procs(cg);
+        }
+        let roots: Vec<i32> = std::iter::once(&self.init)
+            .chain(self.execs.values())
+            .filter(|p| p.exit_status.is_none())
+            .map(|p| p.pid)
+            .collect();
+        descendants(&roots)
+    }
+
+    /// Drops the init's sync socket (an unstarted init then exits).
+    pub fn drop_sync(&mut self) {
+        self.sync = None;
+    }
+}
+
+/// `roots` and all their descendants, from /proc.
+pub fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo: Vec<i32> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        if out.contains(&p) || !Path::new(&format!("/proc/{p}")).exists() {
+            continue;
+        }
+        out.push(p);
+        todo.extend(children.get(&p).into_iter().flatten());
+    }
+    out
+}

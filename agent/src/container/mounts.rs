@@ -1,0 +1,275 @@
+//! `mounts` entries of the spec: option parsing and the mount calls, run in
+//! the container's mount namespace before pivot_root.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::Mount;
+
+use super::{sys, SetupError};
+
+/// A mount's options split the way mount(2) wants them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Flags for the mount call.
+    pub flags: MsFlags,
+    /// Flags that are cleared by an option (`rw`, `suid`...), for remounts.
+    pub cleared: MsFlags,
+    /// Propagation changes applied after the mount.
+    pub propagation: Vec<MsFlags>,
+    /// Filesystem-specific data (`mode=755,size=65536k`).
+    pub data: String,
+}
+
+impl MountOptions {
+    /// Whether this is a bind mount (`bind` or `rbind`).
+    pub fn is_bind(&self) -> bool {
+        self.flags.contains(MsFlags::MS_BIND)
+    }
+}
+
+/// Splits mount options into flags, propagation and data, like runc.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        cleared: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: String::new(),
+    };
+    let mut data = Vec::new();
+    for opt in options {
+        let (set, clear) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, false),
+            "rw" => (MsFlags::MS_RDONLY, true),
+            "nosuid" => (MsFlags::MS_NOSUID, false),
+            "suid" => (MsFlags::MS_NOSUID, true),
+            "nodev" => (MsFlags::MS_NODEV, false),
+            "dev" => (MsFlags::MS_NODEV, true),
+            "noexec" => (MsFlags::MS_NOEXEC, false),
+            "exec" => (MsFlags::MS_NOEXEC, true),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, false),
+            "async" => (MsFlags::MS_SYNCHRONOUS, true),
+            "dirsync" => (MsFlags::MS_DIRSYNC, false),
+            "remount" => (MsFlags::MS_REMOUNT, false),
+            "mand" => (MsFlags::MS_MANDLOCK, false),
+            "nomand" => (MsFlags::MS_MANDLOCK, true),
+            "noatime" => (MsFlags::MS_NOATIME, false),
+            "atime" => (MsFlags::MS_NOATIME, true),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, false),
+            "diratime" => (MsFlags::MS_NODIRATIME, true),
+            "relatime" => (MsFlags::MS_RELATIME, false),
+            "norelatime" => (MsFlags::MS_RELATIME, true),
+            "strictatime" => (MsFlags::MS_STRICTATIME, false),
+            "nostrictatime" => (MsFlags::MS_STRICTATIME, true),
+            "bind" => (MsFlags::MS_BIND, false),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, false),
+            p => {
+                if let Some(f) = propagation_flags(p) {
+                    o.propagation.push(f);
+                } else {
+                    data.push(p.to_owned());
+                }
+                continue;
+            }
+        };
+        if clear {
+            o.flags.remove(set);
+            o.cleared.insert(set);
+        } else {
+            o.flags.insert(set);
+        }
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// The mount(2) flags of a propagation name (`rprivate`, `slave`...).
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// `root` joined with the container path `dest`, refusing `..` so that a
+/// spec cannot point a mount outside the rootfs lexically.
+pub fn join_in_root(root: &Path, dest: &Path) -> Result<PathBuf, SetupError> {
+    let mut out = root.to_path_buf();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            _ => {
+                return Err(SetupError::Invalid(format!(
+                    "mount destination {} leaves the rootfs",
+                    dest.display()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the mount point: a file when binding a file, else a directory.
+pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), SetupError> {
+    if target.exists() {
+        return Ok(());
+    }
+    if source_is_file {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .map_err(sys(format!("create directory {}", parent.display())))?;
+        }
+        fs::File::create(target).map_err(sys(format!("create file {}", target.display())))?;
+    } else {
+        fs::create_dir_all(target)
+            .map_err(sys(format!("create directory {}", target.display())))?;
+    }
+    Ok(())
+}
+
+/// Mounts one spec entry under `rootfs`.
+pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let target = join_in_root(rootfs, m.destination())?;
+    let mut typ = m.typ().clone().unwrap_or_default();
+    let source = m.source().clone();
+    if typ == "bind" {
+        typ.clear();
+    }
+    let is_bind = opts.is_bind() || typ.is_empty();
+    if is_bind {
+        let src = source.as_ref().ok_or_else(|| {
+            SetupError::Invalid(format!(
+                "bind mount {} has no source",
+                m.destination().display()
+            ))
+        })?;
+        let meta = fs::metadata(src).map_err(sys(format!("bind source {}", src.display())))?;
+        create_mount_point(&target, !meta.is_dir())?;
+        let rec = opts.flags & MsFlags::MS_REC;
+        mount(
+            Some(src.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | rec,
+            None::<&str>,
+        )
+        .map_err(sys(format!(
+            "bind mount {} on {}",
+            src.display(),
+            target.display()
+        )))?;
+        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            remount_bind(&target, extra)?;
+        }
+    } else {
+        create_mount_point(&target, false)?;
+        // The guest only has cgroup v2; `cgroup` in a runc spec means "the
+        // container's cgroup tree", which is cgroup2 there.
+        let fstype = if typ == "cgroup" {
+            "cgroup2".to_owned()
+        } else {
+            typ.clone()
+        };
+        let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+        let flags = opts.flags & !MsFlags::MS_REMOUNT;
+        let src = source.clone().unwrap_or_else(|| PathBuf::from(&fstype));
+        mount(
+            Some(src.as_path()),
+            &target,
+            Some(fstype.as_str()),
+            flags,
+            data,
+        )
+        .map_err(sys(format!("mount {fstype} on {}", target.display())))?;
+    }
+    for p in &opts.propagation {
+        mount(None::<&str>, &target, None::<&str>, *p, None::<&str>)
+            .map_err(sys(format!("set propagation of {}", target.display())))?;
+    }
+    Ok(())
+}
+
+/// Remounts a bind mount with `flags`, keeping the flags the kernel locks
+/// (nosuid, nodev... of the source) so the remount is allowed in a user ns.
+pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<(), SetupError> {
+    let locked = locked_flags(target);
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        None::<&str>,
+    )
+    .map_err(sys(format!("remount {} with {flags:?}", target.display())))
+}
+
+fn locked_flags(target: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(st) = statvfs(target) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let o = parse_options(
+            &[
+                "nosuid",
+                "rbind",
+                "ro",
+                "rslave",
+                "mode=755",
+                "size=65536k",
+                "rw",
+            ]
+            .map(String::from),
+        );
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+        assert!(o.cleared.contains(MsFlags::MS_RDONLY));
+        assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        assert_eq!(o.data, "mode=755,size=65536k");
+    }
+
+    #[test]
+    fn destinations_cannot_leave_the_root() {
+        let r = Path::new("/r");
+        assert_eq!(
+            join_in_root(r, Path::new("/a/b")).unwrap(),
+            Path::new("/r/a/b")
+        );
+        assert!(join_in_root(r, Path::new("/a/../../etc")).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! The process part of the spec: rlimits, oomScoreAdj, user and groups,
+//! umask, cwd, env, the PATH lookup of args[0], and the final exec.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{execve, setgroups, setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::Process;
+
+use super::{sys, SetupError};
+
+/// The default PATH when the process env has none (runc's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn resource(name: &str) -> Option<Resource> {
+    Some(match name {
+        "RLIMIT_AS" => Resource::RLIMIT_AS,
+        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Applies `process.rlimits`.
+pub fn apply_rlimits(p: &Process) -> Result<(), SetupError> {
+    for r in p.rlimits().clone().unwrap_or_default() {
+        let name = serde_json::to_value(r.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let res = resource(&name)
+            .ok_or_else(|| SetupError::Invalid(format!("unknown rlimit {name:?}")))?;
+        setrlimit(res, r.soft(), r.hard()).map_err(sys(format!("setrlimit {name}")))?;
+    }
+    Ok(())
+}
+
+/// Writes `process.oomScoreAdj`.
+pub fn apply_oom_score_adj(p: &Process) -> Result<(), SetupError> {
+    if let Some(adj) = p.oom_score_adj() {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(sys(format!("set oom_score_adj {adj}")))?;
+    }
+    Ok(())
+}
+
+/// Switches to `process.user` (numeric ids only: no NSS in a static binary)
+/// keeping the permitted capabilities for [`super::capabilities::apply`].
+pub fn switch_user(p: &Process) -> Result<(), SetupError> {
+    let u = p.user();
+    let groups: Vec<Gid> = u
+        .additional_gids()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Gid::from_raw)
+        .collect();
+    nix::sys::prctl::set_keepcaps(true).map_err(sys("prctl PR_SET_KEEPCAPS"))?;
+    // setgroups is refused in a user ns whose setgroups is "deny"; only an
+    // error when the spec asks for groups.
+    if let Err(e) = setgroups(&groups) {
+        if !groups.is_empty() {
+            return Err(sys("setgroups")(e));
+        }
+    }
+    let gid = Gid::from_raw(u.gid());
+    setresgid(gid, gid, gid).map_err(sys(format!("setgid {}", u.gid())))?;
+    let uid = Uid::from_raw(u.uid());
+    setresuid(uid, uid, uid).map_err(sys(format!("setuid {}", u.uid())))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(sys("prctl PR_SET_KEEPCAPS"))?;
+    if let Some(m) = u.umask() {
+        umask(Mode::from_bits_truncate(m));
+    }
+    Ok(())
+}
+
+/// `process.cwd`, relative to the container root.
+pub fn enter_cwd(p: &Process) -> Result<(), SetupError> {
+    let cwd = p.cwd();
+    nix::unistd::chdir(cwd.as_path()).map_err(sys(format!("chdir to cwd {}", cwd.display())))
+}
+
+/// The value of `key` in an env list.
+pub fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Resolves args[0] through the container's PATH, like execvp.
+pub fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf, SetupError> {
+    if arg0.is_empty() {
+        return Err(SetupError::Invalid("process.args is empty".into()));
+    }
+    if arg0.contains('/') {
+        return Ok(PathBuf::from(arg0));
+    }
+    let path = env_get(env, "PATH").unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(arg0);
+        if let Ok(m) = fs::metadata(&cand) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(SetupError::Exec(format!(
+        "exec {arg0:?}: executable file not found in $PATH"
+    )))
+}
+
+fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, SetupError> {
+    v.iter()
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| SetupError::Invalid(format!("{what} has a NUL byte")))
+        })
+        .collect()
+}
+
+/// The prepared exec: everything is resolved before privileges drop.
+#[derive(Debug)]
+pub struct ExecPlan {
+    path: CString,
+    shown: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+/// Resolves the program and builds argv/envp.
+pub fn prepare_exec(p: &Process) -> Result<ExecPlan, SetupError> {
+    let args = p.args().clone().unwrap_or_default();
+    let mut env = p.env().clone().unwrap_or_default();
+    if env_get(&env, "HOME").is_none() {
+        env.push("HOME=/".into());
+    }
+    let arg0 = args
+        .first()
+        .ok_or_else(|| SetupError::Invalid("process.args is empty".into()))?;
+    let path = lookup(arg0, &env)?;
+    let shown = path.display().to_string();
+    Ok(ExecPlan {
+        path: CString::new(shown.as_bytes())
+            .map_err(|_| SetupError::Invalid("args[0] has a NUL byte".into()))?,
+        shown,
+        argv: cstrings(&args, "process.args")?,
+        envp: cstrings(&env, "process.env")?,
+    })
+}
+
+/// Execs; only returns with the error, as ExecFailed with the errno text.
+pub fn exec(plan: &ExecPlan) -> SetupError {
+    let e = match execve(&plan.path, &plan.argv, &plan.envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    SetupError::Exec(format!(
+        "exec {:?}: {}",
+        plan.shown,
+        std::io::Error::from(e)
+    ))
+}

@@ -1,0 +1,99 @@
+//! The stdio of a container process: a pipe per attached stream, /dev/null
+//! for the others, or one pty when `process.terminal` is set.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use husk_protocol::StdioSpec;
+use nix::fcntl::OFlag;
+use nix::pty::openpty;
+use nix::unistd::pipe2;
+
+/// The agent's ends: what the stream connections attach to.
+#[derive(Debug, Default)]
+pub struct AgentStdio {
+    /// Write end of the process's stdin pipe.
+    pub stdin: Option<OwnedFd>,
+    /// Read end of the stdout pipe.
+    pub stdout: Option<OwnedFd>,
+    /// Read end of the stderr pipe.
+    pub stderr: Option<OwnedFd>,
+    /// The pty master.
+    pub pty: Option<OwnedFd>,
+}
+
+/// The child's ends, dup'ed onto 0, 1 and 2.
+#[derive(Debug)]
+pub struct ChildStdio {
+    /// fds for 0, 1, 2.
+    pub fds: [OwnedFd; 3],
+    /// Whether the fds are a pty slave (to become the controlling tty).
+    pub tty: bool,
+}
+
+fn devnull() -> io::Result<OwnedFd> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")?
+        .into())
+}
+
+fn cloexec(fd: &OwnedFd) -> io::Result<()> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(())
+}
+
+/// Makes the pipes or the pty for one process.
+pub fn make(
+    spec: StdioSpec,
+    terminal: bool,
+    size: Option<(u16, u16)>,
+) -> io::Result<(AgentStdio, ChildStdio)> {
+    let mut agent = AgentStdio::default();
+    if terminal {
+        let pty = openpty(None, None)?;
+        cloexec(&pty.master)?;
+        cloexec(&pty.slave)?;
+        if let Some((rows, cols)) = size {
+            crate::sys::set_winsize(std::os::fd::AsFd::as_fd(&pty.master), rows, cols)?;
+        }
+        crate::sys::set_nonblocking(pty.master.as_raw_fd(), true)?;
+        agent.pty = Some(pty.master);
+        let fds = [pty.slave.try_clone()?, pty.slave.try_clone()?, pty.slave];
+        return Ok((agent, ChildStdio { fds, tty: true }));
+    }
+    let stdin = if spec.stdin {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+        crate::sys::set_nonblocking(w.as_raw_fd(), true)?;
+        agent.stdin = Some(w);
+        r
+    } else {
+        devnull()?
+    };
+    let out = |attach: bool, slot: &mut Option<OwnedFd>| -> io::Result<OwnedFd> {
+        if attach {
+            let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+            crate::sys::set_nonblocking(r.as_raw_fd(), true)?;
+            *slot = Some(r);
+            Ok(w)
+        } else {
+            devnull()
+        }
+    };
+    let stdout = out(spec.stdout, &mut agent.stdout)?;
+    let stderr = out(spec.stderr, &mut agent.stderr)?;
+    Ok((
+        agent,
+        ChildStdio {
+            fds: [stdin, stdout, stderr],
+            tty: false,
+        },
+    ))
+}

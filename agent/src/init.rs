@@ -1,0 +1,152 @@
+//! PID 1 duties in the guest: the base mounts, the console, virtio-fs
+//! shares, and the final reboot (which ends a `-no-reboot` microVM).
+
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+/// Why PID 1 setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A base mount failed.
+    #[error("mount {fstype} on {target}")]
+    Mount {
+        /// The filesystem type.
+        fstype: String,
+        /// The mount point.
+        target: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn is_mountpoint(target: &str) -> bool {
+    let Ok(s) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    s.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(target))
+}
+
+fn mnt(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    let _ = fs::create_dir_all(target);
+    if target != "/proc" && is_mountpoint(target) {
+        return Ok(());
+    }
+    match mount(Some(src), target, Some(fstype), flags, data) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(InitError::Mount {
+            fstype: fstype.into(),
+            target: target.into(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and
+/// points stdio at /dev/console.
+pub fn setup() -> Result<(), InitError> {
+    let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", common, None)?;
+    mnt("sysfs", "/sys", "sysfs", common, None)?;
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mnt("shm", "/dev/shm", "tmpfs", common, Some("mode=1777"))?;
+    mnt(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", common, None)?;
+    crate::container::cgroups::enable_controllers(Path::new("/sys/fs/cgroup"));
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    if let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(console.as_raw_fd(), fd);
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the virtio-fs share `tag` at its mount point unless it is there.
+pub fn mount_share(tag: &str) -> Result<(), InitError> {
+    let target = husk_protocol::share_mount_point(tag);
+    if tag.is_empty() || tag.contains('/') {
+        return Err(InitError::Mount {
+            fstype: "virtiofs".into(),
+            target,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "bad share tag"),
+        });
+    }
+    if is_mountpoint(&target) {
+        return Ok(());
+    }
+    mnt(tag, &target, "virtiofs", MsFlags::empty(), None)
+}
+
+/// The guest kernel command line value of `key`, if any.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+/// The vsock port to listen on: `husk.agent_port=` or the default.
+pub fn agent_port() -> u32 {
+    fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| cmdline_value(&c, husk_protocol::AGENT_PORT_CMDLINE_KEY))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(husk_protocol::DEFAULT_AGENT_PORT)
+}
+
+/// Syncs and reboots; with `-no-reboot` (and in the builtin engine) this
+/// ends the VM.
+pub fn reboot() -> ! {
+    nix::unistd::sync();
+    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    tracing::error!(error = ?e, "reboot failed");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_port() {
+        let c = "console=ttyS0 husk.agent_port=2048 quiet";
+        assert_eq!(cmdline_value(c, "husk.agent_port").as_deref(), Some("2048"));
+        assert_eq!(cmdline_value("husk.agent_portx=1", "husk.agent_port"), None);
+    }
+}

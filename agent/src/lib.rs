@@ -1,0 +1,10 @@
+//! husk's in-guest agent: PID 1 of every microVM and the container engine
+//! that turns an OCI spec into a confined process. See `README.md`.
+//!
+//! The agent is single-threaded on purpose: it forks container processes,
+//! and forking a multi-threaded process is unsafe (STYLE.md point 9).
+
+pub mod container;
+pub mod init;
+pub mod server;
+pub mod sys;

@@ -1,0 +1,382 @@
+//! The requests of a control connection, and stream attachment.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use husk_protocol::{
+    ContainerState, ErrorCode, ProcessInfo, ProtocolError, Request, Response, StreamKind,
+    PROTOCOL_VERSION,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::pump::{Pump, PumpKey};
+use super::{queue, Exit, Server};
+use crate::container::{self, cgroups, Container};
+
+fn not_found(what: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::NotFound, what)
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+impl Server {
+    fn container(&mut self, id: &str) -> Result<&mut Container, ProtocolError> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| not_found(&format!("no container {id:?}")))
+    }
+
+    /// Answers one request; `None` when the answer is deferred (a wait).
+    pub(super) fn dispatch(
+        &mut self,
+        conn: u64,
+        req_id: u64,
+        req: Request,
+    ) -> Option<Result<Response, ProtocolError>> {
+        Some(match req {
+            Request::WaitProcess(r) => {
+                let status = match self.container(&r.container_id) {
+                    Err(e) => return Some(Err(e)),
+                    Ok(c) => match c.process(r.exec_id.as_deref()) {
+                        None => {
+                            return Some(Err(no_process(&r.container_id, r.exec_id.as_deref())))
+                        }
+                        Some(p) => p.exit_status,
+                    },
+                };
+                match status {
+                    Some(s) => Ok(Response::Exited { exit_status: s }),
+                    None => {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.waiting = Some((req_id, r.container_id, r.exec_id));
+                        }
+                        return None;
+                    }
+                }
+            }
+            Request::Shutdown => {
+                self.exit = Some(Exit::Shutdown);
+                Ok(Response::Empty)
+            }
+            other => self.handle(other),
+        })
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Response, ProtocolError> {
+        match req {
+            Request::Version => Ok(Response::Version {
+                protocol: PROTOCOL_VERSION,
+                agent: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+            Request::CreateContainer(req) => {
+                if self.containers.contains_key(&req.container_id) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("container {:?} exists", req.container_id),
+                    ));
+                }
+                if self.cfg.pid1 {
+                    for tag in &req.shares {
+                        crate::init::mount_share(tag)
+                            .map_err(|e| io_err(&format!("mount virtio-fs share {tag:?}"), e))?;
+                    }
+                }
+                let c = container::create(self.cfg.cgroup_root.as_ref(), &req)?;
+                let pid = c.init.pid;
+                tracing::info!(container = %req.container_id, pid, "created");
+                self.pids.insert(pid, (req.container_id.clone(), None));
+                self.containers.insert(req.container_id.clone(), c);
+                Ok(Response::Process { pid })
+            }
+            Request::StartContainer(r) => {
+                let c = self.container(&r.container_id)?;
+                container::start(c)?;
+                Ok(Response::Empty)
+            }
+            Request::ExecProcess(r) => {
+                let c = self.container(&r.container_id)?;
+                if c.execs.contains_key(&r.exec_id) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::AlreadyExists,
+                        format!(
+                            "exec {:?} exists in container {:?}",
+                            r.exec_id, r.container_id
+                        ),
+                    ));
+                }
+                let p = container::exec(c, &r)?;
+                let pid = p.pid;
+                c.execs.insert(r.exec_id.clone(), p);
+                self.pids
+                    .insert(pid, (r.container_id.clone(), Some(r.exec_id.clone())));
+                Ok(Response::Process { pid })
+            }
+            Request::SignalProcess(r) => {
+                let sig = Signal::try_from(r.signal).map_err(|_| {
+                    ProtocolError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("bad signal {}", r.signal),
+                    )
+                })?;
+                let c = self.container(&r.container_id)?;
+                if r.all {
+                    for pid in c.pids() {
+                        let _ = kill(Pid::from_raw(pid), sig);
+                    }
+                    return Ok(Response::Empty);
+                }
+                let p = c
+                    .process(r.exec_id.as_deref())
+                    .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
+                if p.exit_status.is_some() {
+                    return Err(ProtocolError::new(
+                        ErrorCode::FailedPrecondition,
+                        "the process has exited",
+                    ));
+                }
+                kill(Pid::from_raw(p.pid), sig).map_err(|e| io_err("kill", e))?;
+                Ok(Response::Empty)
+            }
+            Request::ResizeTty(r) => {
+                let c = self.container(&r.container_id)?;
+                let p = c
+                    .process(r.exec_id.as_deref())
+                    .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
+                let master = p.stdio.pty.as_ref().ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::FailedPrecondition, "the process has no terminal")
+                })?;
+                crate::sys::set_winsize(master.as_fd(), r.rows, r.cols)
+                    .map_err(|e| io_err("resize the pty", e))?;
+                Ok(Response::Empty)
+            }
+            Request::CloseStdin(r) => {
+                let c = self.container(&r.container_id)?;
+                let p = c
+                    .process_mut(r.exec_id.as_deref())
+                    .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
+                p.stdio.stdin = None;
+                for pump in self.pumps.values_mut() {
+                    let k = &pump.key;
+                    if k.stream == StreamKind::Stdin
+                        && k.container_id == r.container_id
+                        && k.exec_id == r.exec_id
+                    {
+                        pump.src_eof = true;
+                    }
+                }
+                Ok(Response::Empty)
+            }
+            Request::State(r) => {
+                let c = self.container(&r.container_id)?;
+                Ok(Response::State(ContainerState {
+                    container_id: c.id.clone(),
+                    status: c.status,
+                    pid: if c.init.exit_status.is_some() {
+                        0
+                    } else {
+                        c.init.pid
+                    },
+                    exit_status: c.init.exit_status,
+                }))
+            }
+            Request::ListProcesses(r) => {
+                let c = self.container(&r.container_id)?;
+                let processes = c
+                    .pids()
+                    .into_iter()
+                    .map(|pid| ProcessInfo {
+                        pid,
+                        exec_id: c
+                            .execs
+                            .iter()
+                            .find(|(_, p)| p.pid == pid)
+                            .map(|(e, _)| e.clone()),
+                    })
+                    .collect();
+                Ok(Response::Processes { processes })
+            }
+            Request::Stats(r) => {
+                let c = self.container(&r.container_id)?;
+                Ok(Response::Stats(
+                    c.cgroup.as_deref().map(cgroups::stats).unwrap_or_default(),
+                ))
+            }
+            Request::RemoveContainer(r) => {
+                self.container(&r.container_id)?;
+                self.remove_container(&r.container_id);
+                Ok(Response::Empty)
+            }
+            Request::WaitProcess(_) | Request::Shutdown => unreachable!("handled in dispatch"),
+        }
+    }
+
+    /// Kills what is left of a container, waits for it, removes its cgroup
+    /// and forgets it. Its mounts live in its own mount namespace and go
+    /// with its last process.
+    pub(super) fn remove_container(&mut self, id: &str) {
+        let Some(c) = self.containers.get_mut(id) else {
+            return;
+        };
+        c.drop_sync();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = &self.containers[id];
+            let mut pids = c.pids();
+            pids.extend(
+                std::iter::once(&c.init)
+                    .chain(c.execs.values())
+                    .filter(|p| p.exit_status.is_none())
+                    .map(|p| p.pid),
+            );
+            let live: Vec<i32> = pids.into_iter().filter(|p| is_alive(*p)).collect();
+            if live.is_empty() || Instant::now() > deadline {
+                if !live.is_empty() {
+                    tracing::warn!(container = %id, ?live, "processes survived SIGKILL");
+                }
+                break;
+            }
+            for p in live {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            self.reap();
+        }
+        self.reap();
+        let Some(c) = self.containers.remove(id) else {
+            return;
+        };
+        self.pids.retain(|_, (cid, _)| cid != id);
+        self.pumps.retain(|_, p| p.key.container_id != id);
+        if let Some(dir) = &c.cgroup {
+            if let Err(e) = cgroups::remove(dir) {
+                tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");
+            }
+        }
+        // Waiters on processes that were never reaped (cannot happen after
+        // the kill loop, but a hung waiter would be worse than an error).
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.waiting.as_ref().is_some_and(|(_, cid, _)| cid == id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ids {
+            if let Some(conn) = self.conns.get_mut(&k) {
+                let (req, _, _) = conn.waiting.take().expect("filtered");
+                queue(
+                    conn,
+                    req,
+                    Err(not_found(&format!("container {id:?} was removed"))),
+                );
+            }
+            self.flush(k);
+        }
+        tracing::info!(container = %id, "removed");
+    }
+
+    /// Turns a stream connection into pumps, after acknowledging it.
+    pub(super) fn attach_stream(&mut self, conn: u64, key: PumpKey) {
+        let result = self.take_stream_fds(&key);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let fds = match result {
+            Err(e) => {
+                queue(&mut c, 0, Err(e));
+                c.closing = true;
+                self.conns.insert(conn, c);
+                return;
+            }
+            Ok(fds) => fds,
+        };
+        queue(&mut c, 0, Ok(husk_protocol::Response::Empty));
+        // The ack goes out before any stream byte: write it now (a few
+        // dozen bytes into an empty socket buffer).
+        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), false);
+        let ok = nix::unistd::write(&c.fd, &c.outbuf)
+            .map(|n| n == c.outbuf.len())
+            .unwrap_or(false);
+        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), true);
+        if !ok {
+            return;
+        }
+        let leftover = std::mem::take(&mut c.inbuf);
+        let sock = c.fd;
+        let add = |server: &mut Server, p: Pump| {
+            let id = server.next_id;
+            server.next_id += 1;
+            server.pumps.insert(id, p);
+        };
+        let mk = |src: OwnedFd, dst: OwnedFd, buf: Vec<u8>, shutdown_dst: bool| Pump {
+            src,
+            dst,
+            buf,
+            src_eof: false,
+            shutdown_dst,
+            key: key.clone(),
+        };
+        match (key.stream, fds) {
+            (StreamKind::Stdin, guest) => add(self, mk(sock, guest, leftover, false)),
+            (StreamKind::Pty, master) => {
+                let (Ok(m2), Ok(s2)) = (master.try_clone(), sock.try_clone()) else {
+                    return;
+                };
+                add(self, mk(master, sock, Vec::new(), true));
+                add(self, mk(s2, m2, leftover, false));
+            }
+            (_, guest) => add(self, mk(guest, sock, Vec::new(), true)),
+        }
+    }
+
+    fn take_stream_fds(&mut self, key: &PumpKey) -> Result<OwnedFd, ProtocolError> {
+        let c = self.container(&key.container_id)?;
+        let p = c
+            .process_mut(key.exec_id.as_deref())
+            .ok_or_else(|| no_process(&key.container_id, key.exec_id.as_deref()))?;
+        if p.attached.contains(&key.stream) {
+            return Err(ProtocolError::new(
+                ErrorCode::AlreadyExists,
+                format!("stream {:?} is already attached", key.stream),
+            ));
+        }
+        let fd = match key.stream {
+            StreamKind::Stdin => p.stdio.stdin.take(),
+            StreamKind::Stdout => p.stdio.stdout.take(),
+            StreamKind::Stderr => p.stdio.stderr.take(),
+            StreamKind::Pty => p.stdio.pty.as_ref().and_then(|m| m.try_clone().ok()),
+        };
+        let fd = fd.ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "the process has no {:?} stream to attach (see StdioSpec and terminal)",
+                    key.stream
+                ),
+            )
+        })?;
+        p.attached.insert(key.stream);
+        Ok(fd)
+    }
+}
+
+fn no_process(cid: &str, exec: Option<&str>) -> ProtocolError {
+    match exec {
+        Some(e) => not_found(&format!("no exec {e:?} in container {cid:?}")),
+        None => not_found(&format!("no container {cid:?}")),
+    }
+}
+
+fn is_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,489 @@
+//! The agent's server: one thread, one poll(2) loop over the listener, the
+//! control and stream connections, the stdio pipes and pty masters, and a
+//! signalfd for SIGCHLD (and SIGTERM/SIGINT).
+//!
+//! Control connections are answered in order; a `WaitProcess` parks its
+//! connection until the process exits, while the others keep being served.
+
+mod handlers;
+mod listen;
+pub mod pump;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use husk_protocol::frame::MAX_FRAME_LEN;
+use husk_protocol::{
+    check_version, ErrorCode, Hello, ProtocolError, RequestFrame, Response, ResponseFrame,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+use crate::container::cgroups::CgroupRoot;
+use crate::container::Container;
+pub use listen::{bind, Listen};
+use pump::{Pump, PumpState};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listening socket could not be made.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The signalfd could not be made.
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+    /// poll(2) failed.
+    #[error("poll failed")]
+    Poll(#[source] io::Error),
+}
+
+/// How the server was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A `Shutdown` request.
+    Shutdown,
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The agent is the guest's PID 1 (mount shares, reboot on shutdown).
+    pub pid1: bool,
+    /// The cgroup2 hierarchy for container cgroups, if any.
+    pub cgroup_root: Option<CgroupRoot>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    fd: OwnedFd,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    hello_done: bool,
+    /// (request id, container, exec) of a parked WaitProcess.
+    waiting: Option<(u64, String, Option<String>)>,
+    /// Close once `outbuf` is flushed.
+    closing: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Listener,
+    Signals,
+    ConnFd(u64),
+    PumpSrc(u64),
+    PumpDst(u64),
+}
+
+/// The server's state.
+#[derive(Debug)]
+pub struct Server {
+    cfg: Config,
+    listener: OwnedFd,
+    signals: SignalFd,
+    conns: HashMap<u64, Conn>,
+    pumps: HashMap<u64, Pump>,
+    next_id: u64,
+    containers: HashMap<String, Container>,
+    /// pid -> (container, exec id) for every tracked live process.
+    pids: HashMap<i32, (String, Option<String>)>,
+    exit: Option<Exit>,
+}
+
+impl Server {
+    /// A server on an already bound listener.
+    pub fn new(cfg: Config, listener: OwnedFd) -> Result<Self, ServerError> {
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| ServerError::Signals(e.into()))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| ServerError::Signals(e.into()))?;
+        // Orphaned grandchildren (a container init whose intermediate
+        // parent exited) must come back to us to be reaped.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| ServerError::Signals(e.into()))?;
+        Ok(Server {
+            cfg,
+            listener,
+            signals,
+            conns: HashMap::new(),
+            pumps: HashMap::new(),
+            next_id: 1,
+            containers: HashMap::new(),
+            pids: HashMap::new(),
+            exit: None,
+        })
+    }
+
+    /// Serves until Shutdown or a terminating signal; every container
+    /// process is killed before returning.
+    pub fn run(&mut self) -> Result<Exit, ServerError> {
+        loop {
+            if let Some(exit) = self.exit {
+                self.flush_all_blocking();
+                self.kill_everything();
+                return Ok(exit);
+            }
+            let mut pfds = Vec::new();
+            let mut tokens = Vec::new();
+            let mut add = |fd: i32, ev: i16, t: Token| {
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: ev,
+                    revents: 0,
+                });
+                tokens.push(t);
+            };
+            add(self.listener.as_raw_fd(), libc::POLLIN, Token::Listener);
+            add(
+                self.signals.as_fd().as_raw_fd(),
+                libc::POLLIN,
+                Token::Signals,
+            );
+            for (id, c) in &self.conns {
+                let mut ev = libc::POLLIN;
+                if !c.outbuf.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                add(c.fd.as_raw_fd(), ev, Token::ConnFd(*id));
+            }
+            for (id, p) in &self.pumps {
+                if p.wants_read() {
+                    add(p.src.as_raw_fd(), libc::POLLIN, Token::PumpSrc(*id));
+                }
+                if p.wants_write() {
+                    add(p.dst.as_raw_fd(), libc::POLLOUT, Token::PumpDst(*id));
+                }
+            }
+            crate::sys::poll(&mut pfds, -1).map_err(ServerError::Poll)?;
+            for (pfd, tok) in pfds.iter().zip(tokens) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match tok {
+                    Token::Listener => self.accept(),
+                    Token::Signals => self.on_signals(),
+                    Token::ConnFd(id) => self.on_conn(id, pfd.revents),
+                    Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match crate::sys::accept(self.listener.as_fd()) {
+                Ok(Some(fd)) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            fd,
+                            inbuf: Vec::new(),
+                            outbuf: Vec::new(),
+                            hello_done: false,
+                            waiting: None,
+                            closing: false,
+                        },
+                    );
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGTERM || sig == libc::SIGINT {
+                tracing::info!(signal = sig, "terminating");
+                self.exit = Some(Exit::Signal);
+            }
+        }
+        self.reap();
+    }
+
+    /// Reaps every exited child, recording the statuses of tracked ones.
+    pub fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            };
+            self.record_exit(pid.as_raw(), status);
+        }
+    }
+
+    fn record_exit(&mut self, pid: i32, status: i32) {
+        let Some((cid, exec)) = self.pids.remove(&pid) else {
+            tracing::debug!(pid, status, "reaped an untracked process");
+            return;
+        };
+        tracing::info!(pid, status, container = %cid, exec = ?exec, "process exited");
+        if let Some(c) = self.containers.get_mut(&cid) {
+            if let Some(p) = c.process_mut(exec.as_deref()) {
+                p.exit_status = Some(status);
+            }
+            if exec.is_none() {
+                c.status = husk_protocol::ContainerStatus::Stopped;
+            }
+        }
+        let waiting: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.waiting
+                    .as_ref()
+                    .is_some_and(|(_, wc, we)| *wc == cid && *we == exec)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(c) = self.conns.get_mut(&id) {
+                let (req, _, _) = c.waiting.take().expect("filtered on waiting");
+                queue(
+                    c,
+                    req,
+                    Ok(Response::Exited {
+                        exit_status: status,
+                    }),
+                );
+            }
+            self.process_frames(id);
+            self.flush(id);
+        }
+    }
+
+    fn on_conn(&mut self, id: u64, revents: i16) {
+        if revents & libc::POLLOUT != 0 {
+            self.flush(id);
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match nix::unistd::read(c.fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => {
+                        self.conns.remove(&id);
+                        return;
+                    }
+                    Ok(n) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        if c.inbuf.len() > MAX_FRAME_LEN as usize + 4 {
+                            break;
+                        }
+                    }
+                    Err(Errno::EAGAIN) => break,
+                    Err(Errno::EINTR) => {}
+                    Err(_) => {
+                        self.conns.remove(&id);
+                        return;
+                    }
+                }
+            }
+            self.process_frames(id);
+            self.flush(id);
+        }
+    }
+
+    /// Handles the complete frames buffered on a connection, in order.
+    fn process_frames(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.waiting.is_some() || c.closing || c.inbuf.len() < 4 {
+                return;
+            }
+            let len = u32::from_be_bytes([c.inbuf[0], c.inbuf[1], c.inbuf[2], c.inbuf[3]]);
+            if len > MAX_FRAME_LEN {
+                let e = ProtocolError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes"),
+                );
+                queue(c, 0, Err(e));
+                c.closing = true;
+                return;
+            }
+            if c.inbuf.len() < 4 + len as usize {
+                return;
+            }
+            let body: Vec<u8> = c.inbuf.drain(..4 + len as usize).skip(4).collect();
+            if c.hello_done {
+                self.on_request(id, &body);
+            } else {
+                self.on_hello(id, &body);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, id: u64, body: &[u8]) {
+        let hello = match serde_json::from_slice::<Hello>(body) {
+            Ok(h) => check_version(h.version()).map(|_| h),
+            Err(e) => Err(bad_frame(body, "hello", &e).1),
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match hello {
+            Err(e) => {
+                tracing::info!(error = %e, "refused a connection hello");
+                queue(c, 0, Err(e));
+                c.closing = true;
+            }
+            Ok(Hello::Control { .. }) => {
+                c.hello_done = true;
+                queue(c, 0, Ok(Response::Empty));
+            }
+            Ok(Hello::Stream {
+                container_id,
+                exec_id,
+                stream,
+                ..
+            }) => {
+                let key = pump::PumpKey {
+                    container_id,
+                    exec_id,
+                    stream,
+                };
+                self.attach_stream(id, key);
+            }
+        }
+    }
+
+    fn on_request(&mut self, id: u64, body: &[u8]) {
+        let frame = match serde_json::from_slice::<RequestFrame>(body) {
+            Ok(f) => match check_version(f.version) {
+                Ok(()) => Ok(f),
+                Err(e) => Err((f.id, e)),
+            },
+            Err(e) => Err(bad_frame(body, "request", &e)),
+        };
+        let (req_id, result) = match frame {
+            Err((req_id, e)) => (req_id, Some(Err(e))),
+            Ok(f) => (f.id, self.dispatch(id, f.id, f.request)),
+        };
+        if let (Some(r), Some(c)) = (result, self.conns.get_mut(&id)) {
+            if let Err(e) = &r {
+                tracing::info!(id = req_id, error = %e, "request failed");
+            }
+            queue(c, req_id, r);
+        }
+    }
+
+    /// Writes what the socket takes now; drops a broken connection.
+    fn flush(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while !c.outbuf.is_empty() {
+            match nix::unistd::write(&c.fd, &c.outbuf) {
+                Ok(n) => {
+                    c.outbuf.drain(..n);
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    self.conns.remove(&id);
+                    return;
+                }
+            }
+        }
+        if c.closing {
+            self.conns.remove(&id);
+        }
+    }
+
+    fn flush_all_blocking(&mut self) {
+        for c in self.conns.values_mut() {
+            if c.outbuf.is_empty() {
+                continue;
+            }
+            let _ = crate::sys::set_nonblocking(c.fd.as_raw_fd(), false);
+            let mut f = std::fs::File::from(c.fd.try_clone().expect("dup control socket"));
+            let _ = f.write_all(&c.outbuf);
+            c.outbuf.clear();
+        }
+    }
+
+    fn on_pump(&mut self, id: u64) {
+        let Some(p) = self.pumps.get_mut(&id) else {
+            return;
+        };
+        if p.service() == PumpState::Done {
+            self.pumps.remove(&id);
+        }
+    }
+
+    fn kill_everything(&mut self) {
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in ids {
+            self.remove_container(&id);
+        }
+    }
+}
+
+fn queue(c: &mut Conn, id: u64, result: Result<Response, ProtocolError>) {
+    match serde_json::to_vec(&ResponseFrame::new(id, result)) {
+        Ok(body) => {
+            c.outbuf
+                .extend_from_slice(&(body.len() as u32).to_be_bytes());
+            c.outbuf.extend_from_slice(&body);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+    }
+}
+
+/// The error for a frame that does not decode: the version is checked
+/// first (another version may well have other fields), and the id is
+/// echoed when it can be found.
+fn bad_frame(body: &[u8], what: &str, e: &serde_json::Error) -> (u64, ProtocolError) {
+    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let id = v
+        .as_ref()
+        .and_then(|v| v.get("id"))
+        .and_then(|i| i.as_u64())
+        .unwrap_or(0);
+    if let Some(ver) = v
+        .as_ref()
+        .and_then(|v| v.get("version"))
+        .and_then(|x| x.as_u64())
+    {
+        if let Err(e) = check_version(ver as u32) {
+            return (id, e);
+        }
+    }
+    (
+        id,
+        ProtocolError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed {what} frame: {e}"),
+        ),
+    )
+}

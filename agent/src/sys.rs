@@ -1,0 +1,133 @@
+//! The few raw syscalls nix does not wrap. Every `unsafe` of the crate that
+//! is not a `fork` lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+/// `close_range(first, last, 0)`: closes every fd in `first..=last`.
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and touches only our fd table;
+    // callers own the fds in the range (a freshly forked child).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes `fd` (a tty) the controlling terminal of the calling session leader.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, no pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets the window size of a pty (master or slave).
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which is
+    // valid for the duration of the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `poll(2)` over raw pollfds; returns how many have events. EINTR is
+/// reported as 0 ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live, exclusively borrowed
+    // slice of pollfd structs that the kernel writes `revents` into.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
+}
+
+/// Sets or clears O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags & !OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Unblocks every signal and resets every disposition to the default, as a
+/// freshly exec'd program expects (Rust ignores SIGPIPE; the agent blocks
+/// SIGCHLD for its signalfd).
+pub fn reset_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let _ = SigSet::all().thread_unblock();
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { sigaction(sig, &dfl) };
+    }
+}
+
+/// Forks. Only called while the agent is single-threaded, so the child may
+/// allocate and run ordinary Rust code.
+pub fn fork() -> io::Result<nix::unistd::ForkResult> {
+    // SAFETY: the agent never starts a thread (see the crate docs), so no
+    // lock can be held by another thread at the time of the fork.
+    Ok(unsafe { nix::unistd::fork() }?)
+}
+
+/// Exits the calling process at once, without running destructors or
+/// atexit handlers (for forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// `setdomainname(2)`.
+pub fn setdomainname(name: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a live C string.
+    let r = unsafe { libc::setdomainname(name.as_ptr(), name.to_bytes().len()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `accept4` with CLOEXEC and NONBLOCK; `None` when nothing is pending.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{accept4, SockFlag};
+    use std::os::fd::FromRawFd;
+    match accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    ) {
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })),
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => Ok(None),
+        Err(nix::errno::Errno::ECONNABORTED) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
