@@ -55,9 +55,10 @@ pub fn apply(c: &Option<LinuxCapabilities>) -> Result<(), SetupError> {
     let eff = to_caps(c.effective())?;
     let perm = to_caps(c.permitted())?;
     let inh = to_caps(c.inheritable())?;
+    // Shrink in an order where each step keeps E within P and I within P.
+    caps::set(None, CapSet::Effective, &eff).map_err(caps_err("set effective capabilities"))?;
     caps::set(None, CapSet::Inheritable, &inh).map_err(caps_err("set inheritable capabilities"))?;
     caps::set(None, CapSet::Permitted, &perm).map_err(caps_err("set permitted capabilities"))?;
-    caps::set(None, CapSet::Effective, &eff).map_err(caps_err("set effective capabilities"))?;
     // Like runc: an ambient capability that is not permitted and
     // inheritable cannot be raised, and is skipped.
     let _ = caps::clear(None, CapSet::Ambient);

@@ -48,7 +48,8 @@ pub struct ChildArgs<'a> {
 /// Runs the child; never returns.
 pub fn run(args: ChildArgs<'_>) -> ! {
     let sync = args.sync.try_clone().ok();
-    let e = match child_main(args) {
+    let extra = sync.as_ref().map(|s| s.as_raw_fd());
+    let e = match child_main(args, extra) {
         Err(e) => e,
         Ok(never) => match never {},
     };
@@ -81,9 +82,13 @@ fn close_other_fds(keep: &[i32]) {
     let _ = crate::sys::close_range(next, u32::MAX);
 }
 
-fn child_main(args: ChildArgs<'_>) -> Result<std::convert::Infallible, SetupError> {
+fn child_main(
+    args: ChildArgs<'_>,
+    extra_keep: Option<i32>,
+) -> Result<std::convert::Infallible, SetupError> {
     crate::sys::reset_signals();
     let mut keep = vec![args.sync.as_raw_fd()];
+    keep.extend(extra_keep);
     keep.extend(args.stdio.fds.iter().map(|f| f.as_raw_fd()));
     close_other_fds(&keep);
     if let Some(cg) = args.cgroup {

@@ -1,0 +1,243 @@
+//! Shared helpers of the agent tests: an agent on a Unix socket, fresh
+//! busybox bundles, and a client that runs a container and captures it.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use husk_protocol::client::{AgentAddr, AgentClient};
+use husk_protocol::{
+    ContainerRef, CreateContainer, ExecProcess, Request, Response, StdioSpec, StreamKind,
+};
+use oci_spec::runtime::{Process, Spec};
+
+/// True when the test may run; prints why not otherwise.
+pub fn can_run(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root (namespaces, mounts)");
+        return false;
+    }
+    true
+}
+
+/// A running agent on a Unix socket in a temp dir.
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: AgentAddr,
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("husk-agent-test")
+            .tempdir()
+            .unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .env("HUSK_AGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = AgentAddr::Unix(sock);
+        Agent { child, dir, addr }
+    }
+
+    pub fn client(&self) -> AgentClient {
+        AgentClient::connect(&self.addr, Duration::from_secs(10)).unwrap()
+    }
+
+    /// A fresh bundle in the agent's temp dir; returns (spec, bundle dir).
+    pub fn bundle(&self, name: &str, flags: &[&str], args: &[&str]) -> (Spec, PathBuf) {
+        let dir = self.dir.path().join(name);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/make-bundle.sh");
+        let out = Command::new(script)
+            .args(flags)
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-bundle: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut spec = Spec::load(dir.join("config.json")).unwrap();
+        let mut root = spec.root().clone().unwrap();
+        root.set_path(dir.join("rootfs"));
+        spec.set_root(Some(root));
+        (spec, dir)
+    }
+
+    pub fn stream(&self, id: &str, exec: Option<&str>, kind: StreamKind) -> UnixStream {
+        self.addr.open_stream(id, exec, kind).unwrap()
+    }
+
+    /// Creates, attaches stdout+stderr (and stdin), starts, waits; returns
+    /// (exit status, stdout, stderr).
+    pub fn run(&self, id: &str, spec: Spec, stdin: Option<&[u8]>) -> (i32, Vec<u8>, Vec<u8>) {
+        let mut c = self.client();
+        let stdio = StdioSpec {
+            stdin: stdin.is_some(),
+            stdout: true,
+            stderr: true,
+        };
+        create(&mut c, id, spec, stdio).unwrap();
+        let out = self.stream(id, None, StreamKind::Stdout);
+        let err = self.stream(id, None, StreamKind::Stderr);
+        let input = stdin.map(|_| self.stream(id, None, StreamKind::Stdin));
+        c.start(id).unwrap();
+        let (o, e) = collect(out, err, input, stdin);
+        let status = c.wait(id, None).unwrap();
+        remove(&mut c, id);
+        (status, o, e)
+    }
+
+    pub fn shutdown(mut self) {
+        let mut c = self.client();
+        assert_eq!(c.call(Request::Shutdown).unwrap(), Response::Empty);
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "agent exit {st:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM: the agent kills its containers and exits.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads stdout and stderr to EOF (threads so neither blocks the other),
+/// writing `stdin_data` then closing stdin.
+pub fn collect(
+    mut out: UnixStream,
+    mut err: UnixStream,
+    input: Option<UnixStream>,
+    stdin_data: Option<&[u8]>,
+) -> (Vec<u8>, Vec<u8>) {
+    let writer = input.map(|mut s| {
+        let data = stdin_data.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            s.write_all(&data).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    });
+    let t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    let mut o = Vec::new();
+    out.read_to_end(&mut o).unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    (o, t.join().unwrap())
+}
+
+pub fn create(
+    c: &mut AgentClient,
+    id: &str,
+    spec: Spec,
+    stdio: StdioSpec,
+) -> Result<i32, husk_protocol::client::ClientError> {
+    let req = CreateContainer {
+        container_id: id.into(),
+        spec,
+        shares: vec![],
+        stdio,
+    };
+    match c.call(Request::CreateContainer(Box::new(req)))? {
+        Response::Process { pid } => Ok(pid),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn exec(
+    c: &mut AgentClient,
+    id: &str,
+    exec_id: &str,
+    process: Process,
+    stdio: StdioSpec,
+) -> Result<i32, husk_protocol::client::ClientError> {
+    let req = ExecProcess {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        process,
+        stdio,
+    };
+    match c.call(Request::ExecProcess(Box::new(req)))? {
+        Response::Process { pid } => Ok(pid),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub fn remove(c: &mut AgentClient, id: &str) {
+    c.call(Request::RemoveContainer(ContainerRef {
+        container_id: id.into(),
+    }))
+    .unwrap();
+}
+
+/// Sets process.args.
+pub fn with_args(mut spec: Spec, args: &[&str]) -> Spec {
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    spec.set_process(Some(p));
+    spec
+}
+
+/// Edits the spec as JSON (shortest way to set deep fields).
+pub fn patch(spec: Spec, f: impl FnOnce(&mut serde_json::Value)) -> Spec {
+    let mut v = serde_json::to_value(&spec).unwrap();
+    f(&mut v);
+    serde_json::from_value(v).unwrap()
+}
+
+/// Asserts that no mount of the agent's namespace mentions `dir`.
+pub fn assert_no_mounts(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy();
+    let left: Vec<&str> = info.lines().filter(|l| l.contains(d.as_ref())).collect();
+    assert!(left.is_empty(), "leftover mounts: {left:#?}");
+}
+
+/// Asserts that the agent has no child processes left.
+pub fn assert_no_children(agent: &Agent) {
+    let pid = agent.child.id();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = children_of(pid);
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("agent still has children: {left:?}");
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
