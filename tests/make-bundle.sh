@@ -31,5 +31,5 @@ apt_need busybox-static jq
 args=$(printf '%s\n' "$@" | jq -R . | jq -s -c .)
 jq --argjson args "$args" --argjson ro "$readonly_root" --argjson tty "$terminal" \
   '.process.args = $args | .root.readonly = $ro | .process.terminal = $tty' \
-  "$here/bundle-config.json" > "$dir/config.json"
+  "$here/../runtime/src/default-spec.json" > "$dir/config.json"
 echo "$dir"

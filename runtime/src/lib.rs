@@ -4,12 +4,32 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`cli`] | runc's command line |
+//! | [`ops`] | the operations: create, start, state, kill, delete, exec, ps, list, pause, ... |
 //! | [`bundle`] | loading config.json, sharing rootfs and bind sources into the guest, rewriting paths |
 //! | [`state`] | `ROOT/ID/state.json`, atomic writes, id claims, monitor liveness |
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
 //! | [`hooks`] | host-side OCI hooks |
+//! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
+//! | [`signal`] | signal names, and forwarding for `run` |
 
 pub mod bundle;
+pub mod cli;
 pub mod hooks;
+pub mod logging;
+pub mod ops;
+pub mod signal;
 pub mod sizing;
 pub mod state;
+
+/// Formats an error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

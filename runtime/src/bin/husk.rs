@@ -1,13 +1,211 @@
 //! `husk`: the runc-compatible OCI runtime CLI.
 
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use husk_runtime::cli::{Cli, Command, CreateArgs, ExecArgs, Format, LogFormat};
+use husk_runtime::ops::{self, CreateOptions, ExecOptions, Runtime};
+use husk_runtime::signal::parse_signal;
+use oci_spec::runtime::{Process, Spec};
 
-/// A microVM-backed OCI container runtime.
-#[derive(Debug, Parser)]
-#[command(name = "husk", version, about)]
-struct Args {}
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    husk_runtime::logging::init(
+        cli.log.as_deref(),
+        cli.log_format == LogFormat::Json,
+        cli.debug,
+    );
+    let rt = Runtime::new(cli.root.clone());
+    match dispatch(&rt, cli.command) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("{msg}");
+            if cli.log.is_some() || cli.log_format == LogFormat::Text {
+                eprintln!("husk: {msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("husk: not implemented yet")
+fn create_opts(a: &CreateArgs) -> CreateOptions {
+    CreateOptions {
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+    }
+}
+
+fn dispatch(rt: &Runtime, cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Create(a) => {
+            ops::create(rt, &a.id, &create_opts(&a))?;
+        }
+        Command::Start { id } => ops::start(rt, &id)?,
+        Command::Run(a) => return run(rt, a),
+        Command::State { id } => print_json(&ops::state(rt, &id)?)?,
+        Command::Kill { all, id, signal } => {
+            let sig = parse_signal(&signal).map_err(anyhow::Error::msg)?;
+            ops::kill(rt, &id, sig, all)?;
+        }
+        Command::Delete { force, id } => ops::delete(rt, &id, force)?,
+        Command::Exec(a) => return exec(rt, a),
+        Command::ExecAttach {
+            id,
+            exec_id,
+            tty,
+            console_socket,
+        } => {
+            return Ok(ops::exec_attach(
+                rt,
+                &id,
+                &exec_id,
+                tty,
+                console_socket.as_deref(),
+            )?)
+        }
+        Command::Ps { format, id, .. } => {
+            let procs = ops::ps(rt, &id)?;
+            match format {
+                Format::Json => {
+                    print_json(&procs.iter().map(|p| p.pid).collect::<Vec<_>>())?;
+                }
+                Format::Table => {
+                    println!("PID\tEXEC");
+                    for p in procs {
+                        println!("{}\t{}", p.pid, p.exec_id.as_deref().unwrap_or("-"));
+                    }
+                }
+            }
+        }
+        Command::List { format, quiet } => {
+            let all = ops::list(rt)?;
+            if quiet {
+                all.iter().for_each(|s| println!("{}", s.id));
+            } else if format == Format::Json {
+                print_json(&all)?;
+            } else {
+                println!("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER");
+                for s in all {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created,
+                        s.owner
+                    );
+                }
+            }
+        }
+        Command::Spec { bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                bail!("{} already exists", path.display());
+            }
+            std::fs::write(&path, ops::default_spec())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Command::Features => print_json(&ops::features())?,
+        Command::Pause { id } => ops::pause(rt, &id)?,
+        Command::Resume { id } => ops::resume(rt, &id)?,
+        Command::Update(a) => {
+            bail!(
+                "update {}: changing a running VM's resources is not supported yet",
+                a.id
+            )
+        }
+    }
+    Ok(0)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `run`: create + start; in the foreground, wait for the container (its
+/// monitor) with signals forwarded, then delete it unless `--keep`.
+fn run(rt: &Runtime, a: husk_runtime::cli::RunArgs) -> anyhow::Result<i32> {
+    let id = a.create.id.clone();
+    let forward = if a.detach {
+        None
+    } else {
+        Some(husk_runtime::signal::block_forwarded()?)
+    };
+    let st = ops::create(rt, &id, &create_opts(&a.create))?;
+    if let Err(e) = ops::start(rt, &id) {
+        let _ = ops::delete(rt, &id, true);
+        return Err(e.into());
+    }
+    let Some(set) = forward else { return Ok(0) };
+    husk_runtime::signal::forward_to(set, st.pid);
+    let code = ops::wait_monitor(st.pid);
+    if !a.keep {
+        ops::delete(rt, &id, true)?;
+    }
+    Ok(code)
+}
+
+fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
+    let process = match &a.process {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<Process>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => {
+            if a.args.is_empty() {
+                bail!("exec: no command given (args or --process)");
+            }
+            let st = rt.root.load(&a.id)?;
+            let spec = Spec::load(st.bundle.join("config.json"))
+                .with_context(|| format!("reading the config of {}", a.id))?;
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(a.args.clone()));
+            p.set_terminal(Some(a.tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(a.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(cwd) = &a.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(u) = &a.user {
+                let mut user = p.user().clone();
+                let (uid, gid) = u
+                    .split_once(':')
+                    .map_or((u.as_str(), None), |(x, y)| (x, Some(y)));
+                user.set_uid(uid.parse().context("--user uid")?);
+                user.set_gid(
+                    gid.map(str::parse)
+                        .transpose()
+                        .context("--user gid")?
+                        .unwrap_or(0),
+                );
+                if !a.additional_gids.is_empty() {
+                    user.set_additional_gids(Some(a.additional_gids.clone()));
+                }
+                p.set_user(user);
+            }
+            if a.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            p
+        }
+    };
+    let opts = ExecOptions {
+        process,
+        detach: a.detach,
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+    };
+    Ok(ops::exec(rt, &a.id, &opts)?)
 }

@@ -1,0 +1,349 @@
+//! `create`: claim the id, share the bundle into a new VM, have the monitor
+//! build the container, run the host hooks. Any failure undoes all of it.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use husk_protocol::{CreateContainer, StdioSpec};
+use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
+use nix::unistd::pipe;
+
+use super::lifecycle::{oci_state_json, teardown};
+use super::stdio::{raw_pty, send_console};
+use super::{OpError, Runtime};
+use crate::bundle::{prepare_share, Bundle, SHARE_TAG};
+use crate::hooks::run_hooks;
+use crate::sizing::size_vm;
+use crate::state::{process_start_time, write_atomic, ContainerState, Status};
+
+/// The fd number the monitor reports readiness on.
+const READY_FD: i32 = 3;
+
+/// What `create` (and `run`) take.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the monitor's pid.
+    pub pid_file: Option<PathBuf>,
+    /// Where to send the pty master of a terminal container.
+    pub console_socket: Option<PathBuf>,
+    /// Extra fds passed to the container.
+    pub preserve_fds: u32,
+}
+
+/// Creates container `id`; returns its state.
+pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerState, OpError> {
+    let bundle = Bundle::load(&opts.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal && opts.console_socket.is_none() {
+        return Err(OpError::Invalid(
+            "process.terminal is true: --console-socket is required (as with runc)".into(),
+        ));
+    }
+    if opts.preserve_fds > 0 {
+        return Err(OpError::Invalid(
+            "--preserve-fds: passing extra fds into a VM is not supported".into(),
+        ));
+    }
+    let size = size_vm(&bundle.spec, |k| std::env::var(k).ok())?;
+    let dir = rt.root.claim(id)?;
+    let mut st = ContainerState {
+        oci_version: bundle.spec.version().clone(),
+        id: id.to_owned(),
+        status: Status::Creating,
+        pid: 0,
+        pid_start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: now_rfc3339(),
+        annotations: bundle
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        guest_pid: 0,
+        engine_pid: None,
+        vsock_uds: dir.join("vsock.sock"),
+        agent_port: husk_protocol::DEFAULT_AGENT_PORT,
+        mounts: Vec::new(),
+    };
+    match build(rt, &bundle, &dir, &size, opts, &mut st) {
+        Ok(()) => Ok(st),
+        Err(e) => {
+            tracing::debug!(id, error = %e, "create failed, cleaning up");
+            teardown(rt, &st);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    rt: &Runtime,
+    bundle: &Bundle,
+    dir: &Path,
+    size: &crate::sizing::VmSize,
+    opts: &CreateOptions,
+    st: &mut ContainerState,
+) -> Result<(), OpError> {
+    // Record the state before mounting anything, so `delete --force` can
+    // always find what to undo.
+    rt.root.save(st)?;
+    let share_dir = dir.join("share");
+    let (guest_spec, mounts) = prepare_share(bundle, &share_dir)?;
+    st.mounts = mounts.points;
+    rt.root.save(st)?;
+
+    let terminal = guest_spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let mut vm = VmConfig::new(&size.kernel, dir);
+    vm.initramfs = Some(size.initramfs.clone());
+    vm.cmdline = size.cmdline.clone();
+    vm.memory_mib = size.memory_mib;
+    vm.vcpus = size.vcpus;
+    vm.engine = size
+        .engine
+        .parse::<EngineChoice>()
+        .map_err(OpError::Invalid)?;
+    vm.vsock.uds_path = Some(st.vsock_uds.clone());
+    vm.shares = vec![ShareConfig {
+        tag: SHARE_TAG.into(),
+        host_dir: share_dir,
+        cache: Default::default(),
+        readonly: false,
+    }];
+    vm.container = Some(ContainerConfig {
+        create: CreateContainer {
+            container_id: st.id.clone(),
+            spec: guest_spec,
+            shares: vec![SHARE_TAG.into()],
+            // The container gets the fds `create` was started with.
+            stdio: StdioSpec {
+                stdin: !terminal,
+                stdout: !terminal,
+                stderr: !terminal,
+            },
+        },
+        ready_fd: Some(READY_FD),
+    });
+    vm.validate()
+        .map_err(|e| OpError::Invalid(crate::error_chain(&e)))?;
+    let cfg_path = dir.join("vmm.json");
+    write_atomic(
+        &cfg_path,
+        &serde_json::to_vec_pretty(&vm).expect("config serializes"),
+    )?;
+
+    // A terminal container talks to a host pty whose slave is the monitor's
+    // stdio and controlling terminal (so a resize reaches it as SIGWINCH);
+    // the master goes to --console-socket.
+    let pty = if terminal {
+        Some(raw_pty().map_err(OpError::io("cannot open a pty"))?)
+    } else {
+        None
+    };
+    let (pid, guest_pid) = spawn_monitor(
+        rt,
+        &cfg_path,
+        &st.id,
+        vm.boot_timeout_s,
+        pty.as_ref().map(|p| &p.slave),
+    )?;
+    if let (Some(pty), Some(sock)) = (&pty, &opts.console_socket) {
+        send_console(sock, pty).map_err(OpError::io(format!(
+            "cannot send the pty to {}",
+            sock.display()
+        )))?;
+    }
+    drop(pty);
+    st.pid = pid;
+    st.pid_start_time = process_start_time(pid).unwrap_or(0);
+    st.guest_pid = guest_pid;
+    st.engine_pid = None;
+    st.status = Status::Created;
+    rt.root.save(st)?;
+    if let Some(p) = &opts.pid_file {
+        write_atomic(p, pid.to_string().as_bytes())?;
+    }
+    let hooks = bundle.spec.hooks().clone().unwrap_or_default();
+    let state_json = oci_state_json(st, Status::Created);
+    #[allow(deprecated)]
+    run_hooks(
+        "prestart",
+        hooks.prestart().as_deref().unwrap_or_default(),
+        &state_json,
+    )?;
+    run_hooks(
+        "createRuntime",
+        hooks.create_runtime().as_deref().unwrap_or_default(),
+        &state_json,
+    )?;
+    Ok(())
+}
+
+/// Starts `husk-vmm` detached (own session), with this process's stdio as
+/// the container's, and waits for its readiness line.
+fn spawn_monitor(
+    rt: &Runtime,
+    cfg: &Path,
+    id: &str,
+    timeout_s: u64,
+    tty: Option<&OwnedFd>,
+) -> Result<(i32, i32), OpError> {
+    let (rd, wr) = pipe().map_err(|e| OpError::io("pipe")(e.into()))?;
+    let mut cmd = Command::new(&rt.vmm_binary);
+    cmd.arg("--config").arg(cfg);
+    match tty {
+        Some(slave) => {
+            let io = |f: &OwnedFd| {
+                f.try_clone()
+                    .map(Stdio::from)
+                    .map_err(OpError::io("dup pty"))
+            };
+            cmd.stdin(io(slave)?).stdout(io(slave)?).stderr(io(slave)?);
+        }
+        None => {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        }
+    }
+    let set_ctty = tty.is_some();
+    let wr_raw = wr.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls async-signal-safe
+    // functions (dup2, setsid) on fds that are open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if wr_raw != READY_FD && libc::dup2(wr_raw, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if wr_raw == READY_FD {
+                // Clear close-on-exec on the fd we keep.
+                libc::fcntl(READY_FD, libc::F_SETFD, 0);
+            }
+            libc::setsid();
+            if set_ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(OpError::io(format!(
+        "cannot run {}",
+        rt.vmm_binary.display()
+    )))?;
+    drop(wr);
+    let pid = child.id() as i32;
+    let line = read_ready(rd, Duration::from_secs(timeout_s + 30));
+    let fail = |reason: String| {
+        // The monitor cleans up after itself on failure; make sure it is gone.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        OpError::Monitor {
+            id: id.to_owned(),
+            reason,
+        }
+    };
+    let line = line.map_err(|e| {
+        fail(format!(
+            "no readiness report ({e}); see {}",
+            cfg.with_file_name("husk-vmm.log").display()
+        ))
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|_| fail(format!("bad readiness report {line:?}")))?;
+    if v["ok"] == true {
+        let guest_pid = v["pid"].as_i64().unwrap_or(0) as i32;
+        // The child is reaped by nobody once we exit; the monitor was
+        // started in its own session and is re-parented to init.
+        std::mem::forget(child);
+        Ok((pid, guest_pid))
+    } else {
+        Err(fail(
+            v["error"].as_str().unwrap_or("unknown error").to_owned(),
+        ))
+    }
+}
+
+fn read_ready(rd: OwnedFd, timeout: Duration) -> std::io::Result<String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut left = timeout.as_millis() as u64;
+    while left > 0 {
+        let step = left.min(10_000) as u16;
+        let mut fds = [PollFd::new(rd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(step)) {
+            Ok(0) => left = left.saturating_sub(step as u64),
+            Ok(_) => {
+                let mut line = String::new();
+                BufReader::new(File::from(rd)).read_line(&mut line)?;
+                if line.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "monitor exited",
+                    ));
+                }
+                return Ok(line);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "timed out",
+    ))
+}
+
+/// The current time as RFC 3339 UTC with nanoseconds.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm); avoids a date crate.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_shape() {
+        let s = super::now_rfc3339();
+        assert_eq!(s.len(), 30, "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! `spec` and `features`: what husk writes and supports, without a container.
+
+use serde_json::{json, Value};
+
+/// The default config.json `husk spec` writes (the one `runc spec` writes).
+pub fn default_spec() -> &'static str {
+    include_str!("../default-spec.json")
+}
+
+/// The runtime-spec features document (`husk features`).
+pub fn features() -> Value {
+    let caps: Vec<String> = caps::all()
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+            "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
+            "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+            "strictatime", "suid", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps,
+            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86_64"]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {
+            "io.github.husk.vm": "every container runs in its own KVM microVM",
+            "husk.memory_mib": "guest RAM in MiB (overrides linux.resources)",
+            "husk.vcpus": "guest vCPUs",
+            "husk.engine": "auto, builtin or qemu",
+            "husk.kernel": "guest kernel path",
+            "husk.initramfs": "guest initramfs path",
+            "husk.kernel_params": "extra guest kernel parameters"
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_spec_parses() {
+        let s: oci_spec::runtime::Spec = serde_json::from_str(super::default_spec()).unwrap();
+        assert_eq!(
+            s.process().as_ref().unwrap().args().as_ref().unwrap(),
+            &["sh"]
+        );
+    }
+
+    #[test]
+    fn features_lists_namespaces_and_caps() {
+        let f = super::features();
+        assert!(f["linux"]["namespaces"].as_array().unwrap().len() == 7);
+        assert!(f["linux"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"));
+    }
+}

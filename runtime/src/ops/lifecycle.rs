@@ -1,0 +1,374 @@
+//! `start`, `state`, `kill`, `delete`, `list`, `ps`, `pause`, `resume`, and
+//! the teardown every failure path shares.
+
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{ContainerRef, ContainerStatus, ProcessInfo, Request, Response, SignalProcess};
+use nix::sys::signal::{kill as send_signal, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use super::{OpError, Runtime};
+use crate::bundle::{unmount_all, Bundle};
+use crate::hooks::run_hooks;
+use crate::state::{ContainerState, Status};
+
+/// The OCI state (`husk state`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    /// The spec version.
+    pub oci_version: String,
+    /// The id.
+    pub id: String,
+    /// The status.
+    pub status: Status,
+    /// The monitor's pid (0 once stopped).
+    pub pid: i32,
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// The host rootfs.
+    pub rootfs: PathBuf,
+    /// Creation time.
+    pub created: String,
+    /// The owner (always root).
+    pub owner: String,
+    /// The spec's annotations.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The OCI state JSON hooks get on stdin.
+pub fn oci_state_json(st: &ContainerState, status: Status) -> Vec<u8> {
+    let mut v = to_oci(st, status);
+    if status == Status::Stopped {
+        v.pid = 0;
+    }
+    serde_json::to_vec(&v).expect("state serializes")
+}
+
+fn to_oci(st: &ContainerState, status: Status) -> OciState {
+    OciState {
+        oci_version: st.oci_version.clone(),
+        id: st.id.clone(),
+        status,
+        pid: if status == Status::Stopped { 0 } else { st.pid },
+        bundle: st.bundle.clone(),
+        rootfs: st.rootfs.clone(),
+        created: st.created.clone(),
+        owner: "root".into(),
+        annotations: st.annotations.clone(),
+    }
+}
+
+/// The live status: the recorded one, corrected by whether the monitor
+/// still runs and by what the agent says.
+fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
+    if !st.monitor_alive() {
+        return if st.status == Status::Creating {
+            Status::Creating
+        } else {
+            Status::Stopped
+        };
+    }
+    if matches!(st.status, Status::Paused | Status::Creating) {
+        return st.status;
+    }
+    let asked = rt.agent(st).and_then(|mut a| {
+        a.call(Request::State(ContainerRef {
+            container_id: st.id.clone(),
+        }))
+        .map_err(|source| OpError::Agent {
+            id: st.id.clone(),
+            source,
+        })
+    });
+    match asked {
+        Ok(Response::State(s)) => match s.status {
+            ContainerStatus::Creating => Status::Creating,
+            ContainerStatus::Created => Status::Created,
+            ContainerStatus::Running => Status::Running,
+            ContainerStatus::Stopped => Status::Stopped,
+        },
+        _ => st.status,
+    }
+}
+
+/// `state`.
+pub fn state(rt: &Runtime, id: &str) -> Result<OciState, OpError> {
+    let st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    Ok(to_oci(&st, status))
+}
+
+/// `list`: every container's state.
+pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
+    let mut out = Vec::new();
+    for id in rt.root.list()? {
+        // A directory without state.json is a create in progress or debris.
+        if let Ok(st) = rt.root.load(&id) {
+            let status = live_status(rt, &st);
+            out.push(to_oci(&st, status));
+        }
+    }
+    Ok(out)
+}
+
+/// `start`.
+pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let mut st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    if status != Status::Created {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "only a created container can start",
+        });
+    }
+    let mut agent = rt.agent(&st)?;
+    agent.start(id).map_err(|source| OpError::Agent {
+        id: id.into(),
+        source,
+    })?;
+    st.status = Status::Running;
+    rt.root.save(&st)?;
+    if let Ok(b) = Bundle::load(&st.bundle) {
+        if let Some(h) = b.spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
+            run_hooks("poststart", &h, &oci_state_json(&st, Status::Running))?;
+        }
+    }
+    Ok(())
+}
+
+/// `kill`.
+pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
+    let st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "cannot signal it",
+        });
+    }
+    let mut agent = rt.agent(&st)?;
+    let req = SignalProcess {
+        container_id: id.into(),
+        exec_id: None,
+        signal,
+        all,
+    };
+    agent
+        .call(Request::SignalProcess(req))
+        .map_err(|source| OpError::Agent {
+            id: id.into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// `ps`: the container's guest processes.
+pub fn ps(rt: &Runtime, id: &str) -> Result<Vec<ProcessInfo>, OpError> {
+    let st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "it has no processes",
+        });
+    }
+    let mut agent = rt.agent(&st)?;
+    match agent.call(Request::ListProcesses(ContainerRef {
+        container_id: id.into(),
+    })) {
+        Ok(Response::Processes { processes }) => Ok(processes),
+        Ok(other) => Err(OpError::Invalid(format!(
+            "unexpected agent answer {other:?}"
+        ))),
+        Err(source) => Err(OpError::Agent {
+            id: id.into(),
+            source,
+        }),
+    }
+}
+
+/// `delete`.
+pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
+    let st = match rt.root.load(id) {
+        Ok(st) => st,
+        Err(crate::state::StateError::NotFound(_)) if force => {
+            // A directory left by a create that died before writing state.
+            return Ok(rt.root.remove(id)?);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = live_status(rt, &st);
+    if matches!(status, Status::Running | Status::Paused) && !force {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "stop it first or use --force",
+        });
+    }
+    teardown(rt, &st);
+    if let Ok(b) = Bundle::load(&st.bundle) {
+        if let Some(h) = b.spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+            if let Err(e) = run_hooks("poststop", &h, &oci_state_json(&st, Status::Stopped)) {
+                tracing::warn!(id, error = %e, "poststop hook failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops the VM (agent shutdown, then SIGTERM/SIGKILL of the monitor and
+/// anything it left), unmounts the share and removes the state directory.
+/// Best effort: every step runs even if one before it failed.
+pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
+    if st.monitor_alive() {
+        let pid = Pid::from_raw(st.pid);
+        if st.status == Status::Paused {
+            signal_engine(st, Signal::SIGCONT);
+        }
+        if let Ok(mut agent) = husk_protocol::client::AgentClient::connect(
+            &Runtime::agent_addr(st),
+            Duration::from_secs(2),
+        ) {
+            let _ = agent.call(Request::Shutdown);
+        }
+        if !wait_gone(st, Duration::from_secs(5)) {
+            let _ = send_signal(pid, Signal::SIGKILL);
+            wait_gone(st, Duration::from_secs(5));
+        }
+    }
+    if let Ok(dir) = rt.root.dir(&st.id) {
+        kill_leftovers(&dir);
+        if let Err(e) = unmount_all(&st.mounts) {
+            tracing::warn!(id = %st.id, error = %e, "unmounting the share");
+        }
+    }
+    if let Err(e) = rt.root.remove(&st.id) {
+        tracing::warn!(id = %st.id, error = %e, "removing the state directory");
+    }
+}
+
+fn wait_gone(st: &ContainerState, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !st.monitor_alive() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    !st.monitor_alive()
+}
+
+/// Kills processes a SIGKILLed monitor may have left: its engine and daemons
+/// all name a path in the state directory on their command line.
+fn kill_leftovers(dir: &std::path::Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The engine processes of a container's monitor: its children that are
+/// not device daemons. SIGSTOP on them stops the vCPUs.
+fn engine_pids(st: &ContainerState) -> Vec<i32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+            let ppid = stat[close + 2..]
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            ppid == Some(st.pid) && comm.starts_with("qemu")
+        })
+        .collect()
+}
+
+fn signal_engine(st: &ContainerState, sig: Signal) -> usize {
+    let pids = engine_pids(st);
+    for p in &pids {
+        let _ = send_signal(Pid::from_raw(*p), sig);
+    }
+    pids.len()
+}
+
+/// `pause`: stops the VM's vCPUs.
+pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let mut st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    if status != Status::Running && status != Status::Created {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "only a running container can pause",
+        });
+    }
+    if signal_engine(&st, Signal::SIGSTOP) == 0 {
+        return Err(OpError::Invalid(format!(
+            "container {id}: its engine cannot be paused"
+        )));
+    }
+    st.status = Status::Paused;
+    rt.root.save(&st)?;
+    Ok(())
+}
+
+/// `resume`.
+pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let mut st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    if status != Status::Paused {
+        return Err(OpError::BadState {
+            id: id.into(),
+            status,
+            what: "it is not paused",
+        });
+    }
+    signal_engine(&st, Signal::SIGCONT);
+    st.status = Status::Running;
+    rt.root.save(&st)?;
+    Ok(())
+}
+
+/// Waits for the monitor (a child of this process) to exit; returns the
+/// container's exit status.
+pub fn wait_monitor(pid: i32) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 255,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The container operations behind the CLI commands (and, later, the shim's
+//! task API). Each returns a typed [`OpError`]; the binary prints it once.
+
+mod create;
+mod exec;
+mod info;
+mod lifecycle;
+mod stdio;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
+use husk_protocol::ErrorCode;
+
+pub use create::{create, now_rfc3339, CreateOptions};
+pub use exec::{exec, exec_attach, ExecOptions};
+pub use info::{default_spec, features};
+pub use lifecycle::{delete, kill, list, pause, ps, resume, start, state, wait_monitor, OciState};
+
+use crate::bundle::BundleError;
+use crate::hooks::HookError;
+use crate::sizing::SizingError;
+use crate::state::{ContainerState, StateError, StateRoot};
+
+/// How long a command waits for the agent of a running VM to answer.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The bundle.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// VM sizing.
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    /// A hook.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    /// The agent refused or could not be reached.
+    #[error("container {id}: {source}")]
+    Agent {
+        /// The container.
+        id: String,
+        /// What the agent said.
+        #[source]
+        source: ClientError,
+    },
+    /// The monitor could not be started or reported a failure.
+    #[error("container {id}: the VM failed to start: {reason}")]
+    Monitor {
+        /// The container.
+        id: String,
+        /// The monitor's report.
+        reason: String,
+    },
+    /// The container is not in a state that allows this.
+    #[error("container {id} is {status}: {what}")]
+    BadState {
+        /// The container.
+        id: String,
+        /// Its status.
+        status: crate::state::Status,
+        /// What cannot be done.
+        what: &'static str,
+    },
+    /// The arguments are unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A host-side I/O failure.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl OpError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
+        let what = what.into();
+        move |source| OpError::Io { what, source }
+    }
+
+    /// The agent's error code behind this error, if any.
+    pub fn agent_code(&self) -> Option<ErrorCode> {
+        match self {
+            OpError::Agent { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// The runtime: a state root and where the helper binaries are.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// `--root`.
+    pub root: StateRoot,
+    /// The `husk-vmm` binary (next to `husk`, else `$PATH`).
+    pub vmm_binary: PathBuf,
+    /// The `husk` binary itself (for detached exec).
+    pub self_binary: PathBuf,
+}
+
+impl Runtime {
+    /// A runtime on `root`, finding `husk-vmm` next to the running binary,
+    /// else via `HUSK_VMM`, else in `$PATH`.
+    pub fn new(root: PathBuf) -> Self {
+        let self_binary = std::env::current_exe().unwrap_or_else(|_| "husk".into());
+        let vmm_binary = std::env::var_os("HUSK_VMM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let sibling = self_binary.with_file_name("husk-vmm");
+                if sibling.is_file() {
+                    sibling
+                } else {
+                    "husk-vmm".into()
+                }
+            });
+        Runtime {
+            root: StateRoot::new(root),
+            vmm_binary,
+            self_binary,
+        }
+    }
+
+    fn agent_addr(st: &ContainerState) -> AgentAddr {
+        AgentAddr::HybridVsock {
+            uds: st.vsock_uds.clone(),
+            port: st.agent_port,
+        }
+    }
+
+    /// A control connection to the agent of container `st`.
+    fn agent(&self, st: &ContainerState) -> Result<AgentClient, OpError> {
+        AgentClient::connect(&Self::agent_addr(st), AGENT_TIMEOUT).map_err(|source| {
+            OpError::Agent {
+                id: st.id.clone(),
+                source,
+            }
+        })
+    }
+}
