@@ -1,0 +1,394 @@
+//! One test per OCI spec area, each checking the effect from inside the
+//! container. Root only; each skips itself with a reason otherwise.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+/// Runs `sh -c SCRIPT` in a fresh bundle after `edit`; asserts exit 0 and
+/// no leftovers; returns stdout.
+fn sh(
+    test: &str,
+    flags: &[&str],
+    script: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Option<String> {
+    if !can_run(test) {
+        return None;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", flags, &["sh", "-c", script]);
+    let spec = patch(spec, edit);
+    let (status, out, err) = agent.run("c", spec, None);
+    assert_eq!(status, 0, "stdout: {} stderr: {}", text(&out), text(&err));
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+    Some(text(&out))
+}
+
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+}
+
+#[test]
+fn capabilities_no_new_privs_and_no_seccomp() {
+    let Some(out) = sh("capabilities", &[], "cat /proc/self/status", |_| {}) else {
+        return;
+    };
+    // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10).
+    let want = format!("{:016x}", (1u64 << 29) | (1 << 5) | (1 << 10));
+    assert_eq!(field(&out, "CapEff"), want);
+    assert_eq!(field(&out, "CapPrm"), want);
+    assert_eq!(field(&out, "CapBnd"), want);
+    assert_eq!(field(&out, "CapInh"), "0000000000000000");
+    assert_eq!(field(&out, "NoNewPrivs"), "1");
+    assert_eq!(field(&out, "Seccomp"), "0");
+}
+
+#[test]
+fn inheritable_and_ambient_capabilities() {
+    let Some(out) = sh("ambient", &[], "cat /proc/self/status", |v| {
+        v["process"]["capabilities"]["inheritable"] = json!(["CAP_KILL"]);
+        v["process"]["capabilities"]["ambient"] = json!(["CAP_KILL"]);
+        v["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    }) else {
+        return;
+    };
+    let kill = format!("{:016x}", 1u64 << 5);
+    assert_eq!(field(&out, "CapInh"), kill);
+    assert_eq!(field(&out, "CapAmb"), kill);
+    assert_eq!(field(&out, "Uid").split_whitespace().next(), Some("1000"));
+}
+
+#[test]
+fn seccomp_profile_is_enforced() {
+    let Some(out) = sh(
+        "seccomp",
+        &[],
+        "grep Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo rc=$?; chmod 777 /tmp 2>&1; echo rc2=$?",
+        |v| {
+            v["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["mkdir", "mkdirat", "no_such_syscall"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                    {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+                ]
+            });
+        },
+    ) else {
+        return;
+    };
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(
+        out.contains("Operation not permitted") && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Permission denied") && out.contains("rc2=1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn user_namespace_with_id_maps() {
+    let Some(out) = sh(
+        "userns",
+        &[],
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u",
+        |v| {
+            let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.push(json!({"type": "user"}));
+            ns.push(json!({"type": "cgroup"}));
+            v["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            v["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        },
+    ) else {
+        return;
+    };
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["0", "100000", "65536"], "{out}");
+    assert_eq!(lines[1], ["0", "100000", "65536"], "{out}");
+    assert_eq!(lines[2], ["0"], "{out}");
+}
+
+#[test]
+fn mounts_tmpfs_and_readonly_bind() {
+    if !can_run("mounts") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), "from host").unwrap();
+    let srcp = src.path().to_str().unwrap().to_owned();
+    let Some(out) = sh(
+        "mounts",
+        &[],
+        "cat /proc/self/mountinfo; cat /mnt/host/f; echo; touch /mnt/host/g 2>&1; echo rc=$?; touch /data/ok && echo wrote",
+        |v| {
+            let m = v["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/data", "type": "tmpfs", "source": "tmpfs",
+                          "options": ["nosuid", "nodev", "size=1m", "mode=700"]}));
+            m.push(json!({"destination": "/mnt/host", "type": "bind", "source": srcp,
+                          "options": ["rbind", "ro", "nosuid"]}));
+        },
+    ) else {
+        return;
+    };
+    let data = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/data"))
+        .expect(&out);
+    assert!(
+        data.contains("nosuid") && data.contains("nodev") && data.contains("tmpfs"),
+        "{data}"
+    );
+    let host = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/mnt/host"))
+        .expect(&out);
+    assert!(
+        host.split_whitespace().nth(5).unwrap().starts_with("ro"),
+        "{host}"
+    );
+    assert!(out.contains("from host"), "{out}");
+    assert!(
+        out.contains("Read-only file system") && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(out.contains("wrote"), "{out}");
+    // The container's proc, sysfs, devpts and mqueue are there too.
+    for dest in [
+        "/proc",
+        "/sys",
+        "/dev/pts",
+        "/dev/mqueue",
+        "/dev/shm",
+        "/sys/fs/cgroup",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().nth(4) == Some(dest)),
+            "{dest}: {out}"
+        );
+    }
+    // pivot_root: the old root is gone.
+    assert!(!out.contains(&srcp.replace("/tmp/", "/old")), "{out}");
+}
+
+#[test]
+fn readonly_root() {
+    let Some(out) = sh(
+        "readonly_root",
+        &["--readonly"],
+        "touch /x 2>&1; echo rc=$?; touch /tmp/y 2>&1; echo rc2=$?",
+        |_| {},
+    ) else {
+        return;
+    };
+    assert!(
+        out.contains("Read-only file system") && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(out.contains("rc2=1"), "{out}");
+}
+
+#[test]
+fn hostname_and_domainname() {
+    let Some(out) = sh(
+        "hostname",
+        &[],
+        "hostname; cat /proc/sys/kernel/domainname",
+        |v| {
+            v["hostname"] = json!("box1");
+            v["domainname"] = json!("example.org");
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(out, "box1\nexample.org\n");
+}
+
+#[test]
+fn rlimits() {
+    let Some(out) = sh("rlimits", &[], "ulimit -n; ulimit -Hn; ulimit -c", |v| {
+        v["process"]["rlimits"] = json!([
+            {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000},
+            {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}
+        ]);
+    }) else {
+        return;
+    };
+    assert_eq!(out, "512\n1000\n0\n");
+}
+
+#[test]
+fn user_groups_and_umask() {
+    let Some(out) = sh(
+        "user",
+        &[],
+        "grep -E '^(Uid|Gid|Groups):' /proc/self/status; umask",
+        |v| {
+            v["process"]["user"] =
+                json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20], "umask": 63});
+        },
+    ) else {
+        return;
+    };
+    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{out}");
+    assert!(out.contains("Gid:\t1001\t1001\t1001\t1001"), "{out}");
+    assert!(out.contains("Groups:\t10 20"), "{out}");
+    assert!(out.trim_end().ends_with("0077"), "{out}");
+}
+
+#[test]
+fn env_cwd_and_path_lookup() {
+    let Some(out) = sh("env", &[], "pwd; echo $FOO; echo $PATH; echo $HOME", |v| {
+        v["process"]["cwd"] = json!("/tmp");
+        v["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+    }) else {
+        return;
+    };
+    assert_eq!(out, "/tmp\nbar baz\n/bin\n/\n");
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let Some(out) = sh(
+        "masked",
+        &[],
+        "wc -c < /proc/timer_list; touch /proc/acpi/x 2>&1; cat /proc/self/mountinfo; echo x > /proc/sys/vm/swappiness; echo rc=$?",
+        |_| {},
+    ) else {
+        return;
+    };
+    assert!(
+        out.starts_with("0\n"),
+        "/proc/timer_list (a file) not masked: {out:?}"
+    );
+    let acpi = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/proc/acpi"))
+        .expect(&out);
+    assert!(
+        acpi.contains(" ro") && acpi.contains("tmpfs"),
+        "/proc/acpi (a directory): {acpi}"
+    );
+    let sys = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/proc/sys"))
+        .expect(&out);
+    assert!(
+        sys.split_whitespace().nth(5).unwrap().starts_with("ro"),
+        "{sys}"
+    );
+    assert!(out.contains("rc=1"), "{out}");
+}
+
+#[test]
+fn oom_score_adj() {
+    let Some(out) = sh("oom", &[], "cat /proc/self/oom_score_adj", |v| {
+        v["process"]["oomScoreAdj"] = json!(500);
+    }) else {
+        return;
+    };
+    assert_eq!(out, "500\n");
+}
+
+#[test]
+fn sysctl() {
+    let Some(out) = sh("sysctl", &[], "cat /proc/sys/net/ipv4/ip_forward", |v| {
+        v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    }) else {
+        return;
+    };
+    assert_eq!(out, "1\n");
+}
+
+#[test]
+fn default_devices_symlinks_and_spec_devices() {
+    let Some(out) = sh(
+        "devices",
+        &[],
+        "for d in null zero full random urandom tty fuse; do test -c /dev/$d && echo $d; done; \
+         readlink /dev/fd; readlink /dev/stdin; readlink /dev/ptmx; head -c 4 /dev/zero | wc -c; stat -c %a /dev/fuse",
+        |v| {
+            v["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 432}]);
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(
+        out,
+        "null\nzero\nfull\nrandom\nurandom\ntty\nfuse\n/proc/self/fd\n/proc/self/fd/0\npts/ptmx\n4\n660\n"
+    );
+}
+
+#[test]
+fn namespaces_are_new_or_joined_by_path() {
+    if !can_run("namespaces") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("a", &[], &["sleep", "100"]);
+    let mut c = agent.client();
+    let pid = create(&mut c, "a", spec, Default::default()).unwrap();
+    c.start("a").unwrap();
+    let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "readlink /proc/self/ns/net; readlink /proc/self/ns/uts; readlink /proc/self/ns/pid; echo $$"]);
+    let spec = patch(spec, |v| {
+        for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" {
+                ns["path"] = json!(format!("/proc/{pid}/ns/net"));
+            }
+        }
+    });
+    let (status, out, err) = agent.run("b", spec, None);
+    assert_eq!(status, 0, "{}", text(&err));
+    let out = text(&out);
+    let lines: Vec<&str> = out.lines().collect();
+    let theirs = |n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    let ours = |n: &str| std::fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
+    assert_eq!(lines[0], theirs("net").to_str().unwrap(), "joined net ns");
+    assert_ne!(lines[1], theirs("uts").to_str().unwrap(), "own uts ns");
+    assert_ne!(lines[1], ours("uts").to_str().unwrap(), "own uts ns");
+    assert_ne!(lines[2], ours("pid").to_str().unwrap(), "own pid ns");
+    assert_eq!(lines[3], "1", "pid 1 in its pid namespace");
+    remove(&mut c, "a");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn cgroup_limits() {
+    if !can_run("cgroup_limits") {
+        return;
+    }
+    if !husk_agent::container::cgroups::is_cgroup2(std::path::Path::new("/sys/fs/cgroup")) {
+        eprintln!("skipping cgroup_limits: /sys/fs/cgroup is not cgroup2 on this host (the VM tests cover it)");
+        return;
+    }
+    let Some(out) = sh(
+        "cgroup_limits",
+        &[],
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
+        |v| {
+            v["linux"]["resources"] = json!({"memory": {"limit": 67108864}, "pids": {"limit": 32}});
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "cgroup"}));
+        },
+    ) else {
+        return;
+    };
+    assert_eq!(out, "67108864\n32\n");
+}
