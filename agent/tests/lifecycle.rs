@@ -1,0 +1,288 @@
+//! Create/start/exec/signal/wait/state/remove, exit codes and exec errors.
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+use husk_protocol::{
+    ContainerRef, ContainerStatus, ErrorCode, Request, Response, SignalProcess, StdioSpec,
+    StreamKind,
+};
+
+fn state(c: &mut husk_protocol::client::AgentClient, id: &str) -> husk_protocol::ContainerState {
+    match c
+        .call(Request::State(ContainerRef {
+            container_id: id.into(),
+        }))
+        .unwrap()
+    {
+        Response::State(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn signal(
+    c: &mut husk_protocol::client::AgentClient,
+    id: &str,
+    exec: Option<&str>,
+    sig: i32,
+    all: bool,
+) {
+    let r = SignalProcess {
+        container_id: id.into(),
+        exec_id: exec.map(Into::into),
+        signal: sig,
+        all,
+    };
+    c.call(Request::SignalProcess(r)).unwrap();
+}
+
+#[test]
+fn exit_codes_are_real() {
+    if !can_run("exit_codes") {
+        return;
+    }
+    let agent = Agent::start();
+    for (name, script, want) in [
+        ("z", "exit 0", 0),
+        ("s", "exit 7", 7),
+        ("k", "kill -9 $$", 137),
+    ] {
+        let (spec, dir) = agent.bundle(name, &[], &["sh", "-c", script]);
+        // A pid namespace's init ignores SIGKILL from inside it: run the
+        // self-killing one in the agent's pid namespace.
+        let spec = patch(spec, |v| {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != "pid");
+        });
+        let (status, _, err) = agent.run(name, spec, None);
+        assert_eq!(status, want, "{script}: {}", text(&err));
+        assert_no_mounts(&dir);
+    }
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn states_signals_and_wait() {
+    if !can_run("signals") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    let pid = create(&mut c, "c", spec, StdioSpec::default()).unwrap();
+    let s = state(&mut c, "c");
+    assert_eq!(
+        (s.status, s.pid, s.exit_status),
+        (ContainerStatus::Created, pid, None)
+    );
+    c.start("c").unwrap();
+    assert_eq!(state(&mut c, "c").status, ContainerStatus::Running);
+    // A second start is refused.
+    assert_eq!(
+        c.start("c").unwrap_err().code(),
+        Some(ErrorCode::FailedPrecondition)
+    );
+    // WaitProcess parks its own connection only.
+    let mut waiter = agent.client();
+    let t = std::thread::spawn(move || waiter.wait("c", None).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(state(&mut c, "c").status, ContainerStatus::Running);
+    signal(&mut c, "c", None, 9, false);
+    assert_eq!(t.join().unwrap(), 137);
+    let s = state(&mut c, "c");
+    assert_eq!(
+        (s.status, s.pid, s.exit_status),
+        (ContainerStatus::Stopped, 0, Some(137))
+    );
+    assert_eq!(
+        c.wait("c", None).unwrap(),
+        137,
+        "wait after exit answers at once"
+    );
+    remove(&mut c, "c");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn sigterm_is_delivered_to_a_trapping_init() {
+    if !can_run("sigterm") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done",
+        ],
+    );
+    let mut c = agent.client();
+    create(
+        &mut c,
+        "c",
+        spec,
+        StdioSpec {
+            stdout: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut out = agent.stream("c", None, StreamKind::Stdout);
+    c.start("c").unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    signal(&mut c, "c", None, 15, false);
+    assert_eq!(c.wait("c", None).unwrap(), 3);
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn exec_joins_the_container_and_lists_processes() {
+    if !can_run("exec") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let spec = patch(spec, |v| v["hostname"] = serde_json::json!("inside"));
+    let mut c = agent.client();
+    let init = create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(["sh", "-c", "hostname; readlink /proc/self/ns/mnt; echo $$; cat /proc/self/status | grep NoNewPrivs; exit 5"].map(String::from).to_vec()));
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    exec(&mut c, "c", "e1", p.clone(), stdio).unwrap();
+    assert_eq!(
+        exec(&mut c, "c", "e1", p.clone(), stdio)
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::AlreadyExists)
+    );
+    let (o, e) = collect(
+        agent.stream("c", Some("e1"), StreamKind::Stdout),
+        agent.stream("c", Some("e1"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(c.wait("c", Some("e1")).unwrap(), 5, "{}", text(&e));
+    let out = text(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "inside");
+    let init_mnt = std::fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
+    assert_eq!(lines[1], init_mnt.to_str().unwrap());
+    assert_ne!(lines[2], "1", "exec is not the init");
+    assert!(lines[3].ends_with('1'), "{out}");
+
+    // A long-running exec shows up in ListProcesses with its id.
+    p.set_args(Some(["sleep", "1000"].map(String::from).to_vec()));
+    let epid = exec(&mut c, "c", "e2", p, StdioSpec::default()).unwrap();
+    let procs = match c
+        .call(Request::ListProcesses(ContainerRef {
+            container_id: "c".into(),
+        }))
+        .unwrap()
+    {
+        Response::Processes { processes } => processes,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        procs.iter().any(|p| p.pid == init && p.exec_id.is_none()),
+        "{procs:?}"
+    );
+    assert!(
+        procs
+            .iter()
+            .any(|p| p.pid == epid && p.exec_id.as_deref() == Some("e2")),
+        "{procs:?}"
+    );
+    // Signal with all reaches both.
+    signal(&mut c, "c", None, 9, true);
+    assert_eq!(c.wait("c", Some("e2")).unwrap(), 137);
+    assert_eq!(c.wait("c", None).unwrap(), 137);
+    remove(&mut c, "c");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn missing_executable_fails_start_with_errno() {
+    if !can_run("missing_exec") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let (spec, dir) = agent.bundle("b", &[], &["/nope"]);
+    create(&mut c, "c", spec, StdioSpec::default()).unwrap();
+    let e = c.start("c").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ExecFailed), "{e}");
+    assert!(
+        e.to_string()
+            .contains("exec \"/nope\": No such file or directory (os error 2)"),
+        "{e}"
+    );
+    assert_eq!(c.wait("c", None).unwrap(), 127);
+    remove(&mut c, "c");
+
+    let (spec, _) = agent.bundle("b2", &[], &["nope-not-in-path"]);
+    create(&mut c, "c2", spec.clone(), StdioSpec::default()).unwrap();
+    let e = c.start("c2").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ExecFailed), "{e}");
+    assert!(
+        e.to_string().contains("executable file not found in $PATH"),
+        "{e}"
+    );
+    remove(&mut c, "c2");
+
+    // The same for an exec into a running container.
+    let (spec, _) = agent.bundle("b3", &[], &["sleep", "1000"]);
+    create(&mut c, "c3", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c3").unwrap();
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec!["/bin/nope".into()]));
+    let e = exec(&mut c, "c3", "x", p, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ExecFailed), "{e}");
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
+    remove(&mut c, "c3");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn remove_kills_created_and_running_containers() {
+    if !can_run("remove") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "sleep 1000 & sleep 1000"]);
+    create(&mut c, "created", spec.clone(), StdioSpec::default()).unwrap();
+    create(&mut c, "running", spec, StdioSpec::default()).unwrap();
+    c.start("running").unwrap();
+    remove(&mut c, "created");
+    remove(&mut c, "running");
+    let e = c
+        .call(Request::State(ContainerRef {
+            container_id: "running".into(),
+        }))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
