@@ -7,4 +7,5 @@
 pub mod container;
 pub mod init;
 pub mod server;
+pub mod switch_root;
 pub mod sys;

@@ -17,6 +17,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let pid1 = std::process::id() == 1;
+    if pid1 && !husk_agent::switch_root::switched() {
+        if let Err(e) = husk_agent::switch_root::leave_initramfs() {
+            eprintln!("husk-agent: cannot leave the initramfs (containers cannot pivot_root): {e}");
+        }
+    }
     if pid1 {
         // Before logging, so the logs reach the serial console.
         if let Err(e) = husk_agent::init::setup() {
