@@ -22,10 +22,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let msg = format!("{e:#}");
-            tracing::error!("{msg}");
-            if cli.log.is_some() || cli.log_format == LogFormat::Text {
-                eprintln!("husk: {msg}");
+            // Without --log, tracing writes to stderr already.
+            if cli.log.is_some() {
+                tracing::error!("{msg}");
             }
+            eprintln!("husk: {msg}");
             ExitCode::from(1)
         }
     }

@@ -66,7 +66,7 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
 
 /// The live status: the recorded one, corrected by whether the monitor
 /// still runs and by what the agent says.
-fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
+fn live_status(st: &ContainerState) -> Status {
     if !st.monitor_alive() {
         return if st.status == Status::Creating {
             Status::Creating
@@ -77,14 +77,15 @@ fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
     if matches!(st.status, Status::Paused | Status::Creating) {
         return st.status;
     }
-    let asked = rt.agent(st).and_then(|mut a| {
+    // A short timeout: a monitor that is shutting down has no agent left.
+    let asked = husk_protocol::client::AgentClient::connect(
+        &Runtime::agent_addr(st),
+        Duration::from_millis(1500),
+    )
+    .and_then(|mut a| {
         a.call(Request::State(ContainerRef {
             container_id: st.id.clone(),
         }))
-        .map_err(|source| OpError::Agent {
-            id: st.id.clone(),
-            source,
-        })
     });
     match asked {
         Ok(Response::State(s)) => match s.status {
@@ -93,6 +94,7 @@ fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
             ContainerStatus::Running => Status::Running,
             ContainerStatus::Stopped => Status::Stopped,
         },
+        _ if !st.monitor_alive() => Status::Stopped,
         _ => st.status,
     }
 }
@@ -100,7 +102,7 @@ fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
 /// `state`.
 pub fn state(rt: &Runtime, id: &str) -> Result<OciState, OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     Ok(to_oci(&st, status))
 }
 
@@ -110,7 +112,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
     for id in rt.root.list()? {
         // A directory without state.json is a create in progress or debris.
         if let Ok(st) = rt.root.load(&id) {
-            let status = live_status(rt, &st);
+            let status = live_status(&st);
             out.push(to_oci(&st, status));
         }
     }
@@ -120,7 +122,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
 /// `start`.
 pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if status != Status::Created {
         return Err(OpError::BadState {
             id: id.into(),
@@ -146,7 +148,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
 /// `kill`.
 pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(OpError::BadState {
             id: id.into(),
@@ -173,7 +175,7 @@ pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpErro
 /// `ps`: the container's guest processes.
 pub fn ps(rt: &Runtime, id: &str) -> Result<Vec<ProcessInfo>, OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(OpError::BadState {
             id: id.into(),
@@ -206,7 +208,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
         }
         Err(e) => return Err(e.into()),
     };
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if matches!(status, Status::Running | Status::Paused) && !force {
         return Err(OpError::BadState {
             id: id.into(),
@@ -323,7 +325,7 @@ fn signal_engine(st: &ContainerState, sig: Signal) -> usize {
 /// `pause`: stops the VM's vCPUs.
 pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if status != Status::Running && status != Status::Created {
         return Err(OpError::BadState {
             id: id.into(),
@@ -344,7 +346,7 @@ pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
 /// `resume`.
 pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
+    let status = live_status(&st);
     if status != Status::Paused {
         return Err(OpError::BadState {
             id: id.into(),
