@@ -25,7 +25,14 @@ pub fn switched() -> bool {
 pub fn leave_initramfs() -> std::io::Result<()> {
     let e = |err: nix::Error| std::io::Error::from(err);
     fs::create_dir_all(NEW_ROOT)?;
-    mount(Some("rootfs"), NEW_ROOT, Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).map_err(e)?;
+    mount(
+        Some("rootfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(e)?;
     fs::copy("/init", format!("{NEW_ROOT}/init"))?;
     for d in ["dev", "proc", "sys", "run", "tmp", "mnt"] {
         fs::create_dir_all(format!("{NEW_ROOT}/{d}"))?;

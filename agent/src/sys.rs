@@ -131,3 +131,42 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedF
         Err(e) => Err(e.into()),
     }
 }
+
+/// Opens a pty pair through the calling process's /dev/ptmx (so inside a
+/// container it belongs to the container's devpts): (master, slave).
+pub fn open_pty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, valid for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    Ok((master, unsafe { std::os::fd::OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Takes ownership of an fd received with SCM_RIGHTS.
+pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed this fd for us in recvmsg; nothing else
+    // owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

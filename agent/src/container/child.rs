@@ -122,10 +122,7 @@ fn child_main(
     }
 
     setsid().map_err(sys("setsid"))?;
-    if args.stdio.tty {
-        crate::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&args.stdio.fds[0]))
-            .map_err(sys("set the controlling terminal"))?;
-    }
+    let tty = args.stdio.tty;
     for (i, fd) in args.stdio.fds.iter().enumerate() {
         dup2(fd.as_raw_fd(), i as i32).map_err(sys(format!("dup2 stdio fd {i}")))?;
     }
@@ -146,12 +143,18 @@ fn child_main(
         rootfs::mask_paths(args.spec)?;
         rootfs::readonly_paths(args.spec)?;
         rootfs::readonly_root(args.spec)?;
+        if tty {
+            setup_pty(&args.sync)?;
+        }
         send_msg(&args.sync, &ChildMsg::Ready).map_err(sync_err)?;
         match recv_msg::<ParentMsg>(&args.sync, Duration::from_secs(u32::MAX as u64)) {
             Ok(Some(ParentMsg::Start)) => {}
             // The agent dropped the container before starting it.
             _ => crate::sys::exit_now(1),
         }
+    }
+    if tty && matches!(args.mode, Mode::Exec { .. }) {
+        setup_pty(&args.sync)?;
     }
     process::enter_cwd(p)?;
     let exec = process::prepare_exec(p)?;
@@ -171,6 +174,21 @@ fn child_main(
         seccomp::install(&programs)?;
     }
     Err(process::exec(&exec))
+}
+
+/// Opens the pty inside the container (its devpts, so `tty` names it),
+/// sends the master to the agent, makes the slave the controlling terminal
+/// and stdio.
+fn setup_pty(sync: &OwnedFd) -> Result<(), SetupError> {
+    let (master, slave) = crate::sys::open_pty().map_err(sys("open a pty through /dev/ptmx"))?;
+    super::sync::send_msg_fd(sync, &ChildMsg::PtyMaster, &master).map_err(sync_err)?;
+    drop(master);
+    crate::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&slave))
+        .map_err(sys("set the controlling terminal"))?;
+    for i in 0..3 {
+        dup2(slave.as_raw_fd(), i).map_err(sys(format!("dup2 pty to fd {i}")))?;
+    }
+    Ok(())
 }
 
 fn set_domainname(name: &str) -> Result<(), SetupError> {

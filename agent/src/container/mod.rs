@@ -301,9 +301,8 @@ fn spawn(
         .console_size()
         .as_ref()
         .map(|b| (b.height() as u16, b.width() as u16));
-    let (agent_stdio, child_stdio) =
-        stdio::make(stdio_spec, process.terminal().unwrap_or(false), size)
-            .map_err(internal("stdio"))?;
+    let (mut agent_stdio, child_stdio) =
+        stdio::make(stdio_spec, process.terminal().unwrap_or(false)).map_err(internal("stdio"))?;
     let (ours, theirs) = sync::pair().map_err(internal("sync socketpair"))?;
     let c1 = match crate::sys::fork().map_err(internal("fork"))? {
         ForkResult::Child => {
@@ -333,29 +332,8 @@ fn spawn(
         Err(e)
     };
     loop {
-        match recv_msg::<ChildMsg>(&ours, Duration::from_secs(30)) {
-            Ok(Some(ChildMsg::MapIds)) => {
-                if let Err(e) = namespaces::write_id_maps(c1.as_raw(), &linux) {
-                    return fail(
-                        pid,
-                        err(
-                            ErrorCode::InvalidArgument,
-                            format!("write uid/gid maps: {e}"),
-                        ),
-                    );
-                }
-                if let Err(e) = send_msg(&ours, &ParentMsg::Continue) {
-                    return fail(pid, err(ErrorCode::Internal, chain(&e)));
-                }
-            }
-            Ok(Some(ChildMsg::Pid(p))) => {
-                if p != c1.as_raw() {
-                    let _ = waitpid(c1, None);
-                }
-                pid = Some(p);
-            }
-            Ok(Some(ChildMsg::Ready)) if create => break,
-            Ok(Some(ChildMsg::Error { code, message })) => return fail(pid, err(code, message)),
+        let (msg, fd) = match sync::recv_msg_fd::<ChildMsg>(&ours, Duration::from_secs(30)) {
+            Ok(Some(m)) => m,
             Ok(None) if !create && pid.is_some() => break,
             Ok(None) => {
                 return fail(
@@ -363,16 +341,41 @@ fn spawn(
                     err(ErrorCode::Internal, "container process exited during setup"),
                 )
             }
-            Ok(Some(other)) => {
-                return fail(
-                    pid,
-                    err(
-                        ErrorCode::Internal,
-                        format!("unexpected {other:?} from child"),
-                    ),
-                )
-            }
             Err(e) => return fail(pid, err(ErrorCode::Internal, chain(&e))),
+        };
+        match (msg, fd) {
+            (ChildMsg::PtyMaster, Some(master)) => {
+                if let Err(e) = stdio::adopt_master(&mut agent_stdio, master, size) {
+                    return fail(pid, err(ErrorCode::Internal, format!("pty master: {e}")));
+                }
+            }
+            (ChildMsg::MapIds, _) => {
+                if let Err(e) = namespaces::write_id_maps(c1.as_raw(), &linux) {
+                    let e = err(
+                        ErrorCode::InvalidArgument,
+                        format!("write uid/gid maps: {e}"),
+                    );
+                    return fail(pid, e);
+                }
+                if let Err(e) = send_msg(&ours, &ParentMsg::Continue) {
+                    return fail(pid, err(ErrorCode::Internal, chain(&e)));
+                }
+            }
+            (ChildMsg::Pid(p), _) => {
+                if p != c1.as_raw() {
+                    let _ = waitpid(c1, None);
+                }
+                pid = Some(p);
+            }
+            (ChildMsg::Ready, _) if create => break,
+            (ChildMsg::Error { code, message }, _) => return fail(pid, err(code, message)),
+            (other, _) => {
+                let e = err(
+                    ErrorCode::Internal,
+                    format!("unexpected {other:?} from child"),
+                );
+                return fail(pid, e);
+            }
         }
     }
     let pid = pid.ok_or_else(|| err(ErrorCode::Internal, "child sent no pid"))?;

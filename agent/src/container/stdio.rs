@@ -8,7 +8,6 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use husk_protocol::StdioSpec;
 use nix::fcntl::OFlag;
-use nix::pty::openpty;
 use nix::unistd::pipe2;
 
 /// The agent's ends: what the stream connections attach to.
@@ -42,31 +41,27 @@ fn devnull() -> io::Result<OwnedFd> {
         .into())
 }
 
-fn cloexec(fd: &OwnedFd) -> io::Result<()> {
-    nix::fcntl::fcntl(
-        fd.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
+/// Takes the pty master a child sent: non-blocking, sized.
+pub fn adopt_master(
+    agent: &mut AgentStdio,
+    master: OwnedFd,
+    size: Option<(u16, u16)>,
+) -> io::Result<()> {
+    if let Some((rows, cols)) = size {
+        crate::sys::set_winsize(std::os::fd::AsFd::as_fd(&master), rows, cols)?;
+    }
+    crate::sys::set_nonblocking(master.as_raw_fd(), true)?;
+    agent.pty = Some(master);
     Ok(())
 }
 
 /// Makes the pipes or the pty for one process.
-pub fn make(
-    spec: StdioSpec,
-    terminal: bool,
-    size: Option<(u16, u16)>,
-) -> io::Result<(AgentStdio, ChildStdio)> {
+pub fn make(spec: StdioSpec, terminal: bool) -> io::Result<(AgentStdio, ChildStdio)> {
     let mut agent = AgentStdio::default();
     if terminal {
-        let pty = openpty(None, None)?;
-        cloexec(&pty.master)?;
-        cloexec(&pty.slave)?;
-        if let Some((rows, cols)) = size {
-            crate::sys::set_winsize(std::os::fd::AsFd::as_fd(&pty.master), rows, cols)?;
-        }
-        crate::sys::set_nonblocking(pty.master.as_raw_fd(), true)?;
-        agent.pty = Some(pty.master);
-        let fds = [pty.slave.try_clone()?, pty.slave.try_clone()?, pty.slave];
+        // The child opens the pty itself, through the container's
+        // /dev/ptmx, and sends the master back ([`adopt_master`]).
+        let fds = [devnull()?, devnull()?, devnull()?];
         return Ok((agent, ChildStdio { fds, tty: true }));
     }
     let stdin = if spec.stdin {

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use husk_protocol::ErrorCode;
-use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
 /// Child -> agent.
@@ -20,6 +20,8 @@ pub enum ChildMsg {
     Pid(i32),
     /// The container is built; waiting for [`ParentMsg::Start`].
     Ready,
+    /// The pty master, made inside the container, rides along (SCM_RIGHTS).
+    PtyMaster,
     /// A step failed; the child exits after sending this.
     Error {
         /// The protocol error code to answer with.
@@ -69,11 +71,41 @@ pub fn send_msg<T: Serialize>(fd: impl AsFd, msg: &T) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Sends one message with an fd attached.
+pub fn send_msg_fd<T: Serialize>(
+    fd: impl AsFd,
+    msg: &T,
+    attached: impl AsFd,
+) -> Result<(), SyncError> {
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    let body = serde_json::to_vec(msg)?;
+    let fds = [attached.as_fd().as_raw_fd()];
+    let iov = [io::IoSlice::new(&body)];
+    sendmsg::<()>(
+        fd.as_fd().as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
+}
+
 /// Receives one message; `None` on EOF (the peer exec'd or exited).
 pub fn recv_msg<T: for<'de> Deserialize<'de>>(
     fd: impl AsFd,
     timeout: Duration,
 ) -> Result<Option<T>, SyncError> {
+    Ok(recv_msg_fd(fd, timeout)?.map(|(m, _)| m))
+}
+
+/// Like [`recv_msg`], also returning an fd sent along with the message.
+pub fn recv_msg_fd<T: for<'de> Deserialize<'de>>(
+    fd: impl AsFd,
+    timeout: Duration,
+) -> Result<Option<(T, Option<OwnedFd>)>, SyncError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let deadline = Instant::now() + timeout;
     let raw = fd.as_fd().as_raw_fd();
     loop {
@@ -90,9 +122,19 @@ pub fn recv_msg<T: for<'de> Deserialize<'de>>(
             continue;
         }
         let mut buf = vec![0u8; 64 * 1024];
-        match recv(raw, &mut buf, MsgFlags::empty()) {
-            Ok(0) => return Ok(None),
-            Ok(n) => return Ok(Some(serde_json::from_slice(&buf[..n])?)),
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let got =
+            recvmsg::<()>(raw, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map(|m| {
+                let fd = m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                });
+                (m.bytes, fd.map(crate::sys::own_received_fd))
+            });
+        match got {
+            Ok((0, _)) => return Ok(None),
+            Ok((n, fd)) => return Ok(Some((serde_json::from_slice(&buf[..n])?, fd))),
             Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
             Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
             Err(e) => return Err(io::Error::from(e).into()),

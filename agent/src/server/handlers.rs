@@ -158,14 +158,22 @@ impl Server {
                     .process_mut(r.exec_id.as_deref())
                     .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
                 p.stdio.stdin = None;
-                for pump in self.pumps.values_mut() {
-                    let k = &pump.key;
-                    if k.stream == StreamKind::Stdin
+                // An attached stdin stream flushes what it holds, then
+                // closes the pipe.
+                let key = |k: &PumpKey| {
+                    k.stream == StreamKind::Stdin
                         && k.container_id == r.container_id
                         && k.exec_id == r.exec_id
-                    {
-                        pump.src_eof = true;
+                };
+                let mut done = Vec::new();
+                for (id, pump) in self.pumps.iter_mut().filter(|(_, p)| key(&p.key)) {
+                    pump.src_eof = true;
+                    if pump.service() == super::pump::PumpState::Done {
+                        done.push(*id);
                     }
+                }
+                for id in done {
+                    self.pumps.remove(&id);
                 }
                 Ok(Response::Empty)
             }

@@ -1,0 +1,169 @@
+//! stdin/stdout/stderr byte-exact (10 MiB), output kept until a stream
+//! attaches, and the pty with a resize.
+
+mod common;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use husk_protocol::{ProcessRef, Request, ResizeTty, StdioSpec, StreamKind};
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn ten_mib_through_stdin_and_stdout_byte_exact() {
+    if !can_run("ten_mib") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["cat"]);
+    let data = pseudo_random(10 << 20);
+    let (status, out, err) = agent.run("c", spec, Some(&data));
+    assert_eq!(status, 0, "{}", text(&err));
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "stdout differs from stdin");
+    assert!(err.is_empty());
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn stdout_and_stderr_are_separate() {
+    if !can_run("stderr") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle(
+        "b",
+        &[],
+        &["sh", "-c", "echo out; echo err >&2; printf 'no newline'"],
+    );
+    let (status, out, err) = agent.run("c", spec, None);
+    assert_eq!(status, 0);
+    assert_eq!(text(&out), "out\nno newline");
+    assert_eq!(text(&err), "err\n");
+    agent.shutdown();
+}
+
+#[test]
+fn output_before_attach_is_kept_after_exit() {
+    if !can_run("early_output") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "echo early; echo late >&2"]);
+    let mut c = agent.client();
+    create(
+        &mut c,
+        "c",
+        spec,
+        StdioSpec {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        },
+    )
+    .unwrap();
+    c.start("c").unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    let (o, e) = collect(
+        agent.stream("c", None, StreamKind::Stdout),
+        agent.stream("c", None, StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!((text(&o), text(&e)), ("early\n".into(), "late\n".into()));
+    // A stream attaches once.
+    let again = agent
+        .addr
+        .open_stream("c", None, StreamKind::Stdout)
+        .unwrap_err();
+    assert_eq!(again.code(), Some(husk_protocol::ErrorCode::AlreadyExists));
+    remove(&mut c, "c");
+    agent.shutdown();
+}
+
+#[test]
+fn close_stdin_gives_eof() {
+    if !can_run("close_stdin") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "cat; echo done"]);
+    let mut c = agent.client();
+    create(
+        &mut c,
+        "c",
+        spec,
+        StdioSpec {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .unwrap();
+    let mut input = agent.stream("c", None, StreamKind::Stdin);
+    let mut out = agent.stream("c", None, StreamKind::Stdout);
+    c.start("c").unwrap();
+    input.write_all(b"abc\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The host keeps its stream open; CloseStdin alone ends the input.
+    c.call(Request::CloseStdin(ProcessRef {
+        container_id: "c".into(),
+        exec_id: None,
+    }))
+    .unwrap();
+    let mut s = String::new();
+    out.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "abc\ndone\n");
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    remove(&mut c, "c");
+    agent.shutdown();
+}
+
+#[test]
+fn tty_with_resize() {
+    if !can_run("tty") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle(
+        "b",
+        &["--tty"],
+        &["sh", "-c", "read line; echo got:$line; stty size; tty"],
+    );
+    let mut c = agent.client();
+    create(&mut c, "c", spec, StdioSpec::default()).unwrap();
+    let mut pty = agent.stream("c", None, StreamKind::Pty);
+    c.start("c").unwrap();
+    let r = ResizeTty {
+        container_id: "c".into(),
+        exec_id: None,
+        rows: 40,
+        cols: 100,
+    };
+    c.call(Request::ResizeTty(r)).unwrap();
+    pty.write_all(b"hello\n").unwrap();
+    let mut s = String::new();
+    pty.read_to_string(&mut s).unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0, "{s:?}");
+    assert!(s.contains("got:hello"), "{s:?}");
+    assert!(s.contains("40 100"), "{s:?}");
+    assert!(s.contains("/dev/pts/"), "{s:?}");
+    // A process without a terminal cannot be resized.
+    remove(&mut c, "c");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
