@@ -157,16 +157,24 @@ pub fn validate(req: &CreateContainer) -> Result<PathBuf, ProtocolError> {
     if req.spec.process().is_none() {
         return Err(err(ErrorCode::InvalidArgument, "spec has no process"));
     }
-    let has_mount_ns = req
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Mount));
-    if !has_mount_ns {
+    let has_ns = |t: LinuxNamespaceType| {
+        req.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == t))
+    };
+    if !has_ns(LinuxNamespaceType::Mount) {
         return Err(err(
             ErrorCode::InvalidArgument,
             "spec has no mount namespace",
+        ));
+    }
+    let names_host = req.spec.hostname().is_some() || req.spec.domainname().is_some();
+    if names_host && !has_ns(LinuxNamespaceType::Uts) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            "hostname or domainname set without a uts namespace",
         ));
     }
     Ok(root)

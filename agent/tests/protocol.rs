@@ -1,0 +1,257 @@
+//! Bad input: malformed frames, unknown fields, other versions, unknown
+//! ids, bad specs. Each gets a typed error, the agent keeps serving, and
+//! nothing is left behind.
+
+mod common;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use common::*;
+use husk_protocol::frame::{read_frame, write_frame};
+use husk_protocol::{
+    ContainerRef, ErrorCode, Hello, ProcessRef, Request, ResizeTty, Response, ResponseFrame,
+    SignalProcess, StdioSpec, StreamKind, PROTOCOL_VERSION,
+};
+
+fn raw_control(agent: &Agent) -> UnixStream {
+    let mut s = agent
+        .addr
+        .connect_retry(std::time::Duration::from_secs(10))
+        .unwrap();
+    write_frame(
+        &mut s,
+        &Hello::Control {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .unwrap();
+    let ack: ResponseFrame = read_frame(&mut s).unwrap();
+    assert_eq!(ack.result, Ok(Response::Empty));
+    s
+}
+
+fn send_raw(s: &mut UnixStream, body: &[u8]) -> ResponseFrame {
+    let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(body);
+    s.write_all(&buf).unwrap();
+    read_frame(s).unwrap()
+}
+
+fn code(r: &ResponseFrame) -> ErrorCode {
+    r.result.as_ref().unwrap_err().code
+}
+
+#[test]
+fn malformed_unknown_field_and_wrong_version_frames() {
+    if !can_run("bad_frames") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut s = raw_control(&agent);
+    let r = send_raw(&mut s, b"{{{ not json");
+    assert_eq!((r.id, code(&r)), (0, ErrorCode::InvalidArgument), "{r:?}");
+    let r = send_raw(
+        &mut s,
+        br#"{"version":1,"id":5,"request":{"type":"Version"},"extra":true}"#,
+    );
+    assert_eq!((r.id, code(&r)), (5, ErrorCode::InvalidArgument), "{r:?}");
+    assert!(
+        r.result.as_ref().unwrap_err().message.contains("extra"),
+        "{r:?}"
+    );
+    let r = send_raw(
+        &mut s,
+        br#"{"version":1,"id":6,"request":{"type":"Reformat"}}"#,
+    );
+    assert_eq!((r.id, code(&r)), (6, ErrorCode::InvalidArgument), "{r:?}");
+    let r = send_raw(
+        &mut s,
+        br#"{"version":2,"id":7,"request":{"type":"Version"}}"#,
+    );
+    assert_eq!(
+        (r.id, code(&r)),
+        (7, ErrorCode::UnsupportedVersion),
+        "{r:?}"
+    );
+    let r = send_raw(
+        &mut s,
+        br#"{"version":9,"id":8,"request":{"type":"FromTheFuture","args":1}}"#,
+    );
+    assert_eq!(
+        (r.id, code(&r)),
+        (8, ErrorCode::UnsupportedVersion),
+        "{r:?}"
+    );
+    // The connection still works.
+    let r = send_raw(
+        &mut s,
+        br#"{"version":1,"id":9,"request":{"type":"Version"}}"#,
+    );
+    assert!(
+        matches!(r.result, Ok(Response::Version { protocol: 1, .. })),
+        "{r:?}"
+    );
+
+    // A hello of another version or shape is refused and the connection closed.
+    let mut s2 = agent.addr.connect().unwrap();
+    write_frame(&mut s2, &Hello::Control { version: 2 }).unwrap();
+    let r: ResponseFrame = read_frame(&mut s2).unwrap();
+    assert_eq!(code(&r), ErrorCode::UnsupportedVersion);
+    let mut s3 = agent.addr.connect().unwrap();
+    let r = send_raw(&mut s3, br#"{"kind":"control","version":1,"x":1}"#);
+    assert_eq!(code(&r), ErrorCode::InvalidArgument);
+
+    // An oversized length prefix is refused before allocating.
+    let mut s4 = raw_control(&agent);
+    s4.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let r: ResponseFrame = read_frame(&mut s4).unwrap();
+    assert_eq!(code(&r), ErrorCode::InvalidArgument);
+    // A peer that hangs up mid-frame just goes away.
+    let mut s5 = raw_control(&agent);
+    s5.write_all(&[0, 0, 0, 50, b'{']).unwrap();
+    drop(s5);
+
+    let mut c = agent.client();
+    assert!(matches!(
+        c.call(Request::Version).unwrap(),
+        Response::Version { .. }
+    ));
+    agent.shutdown();
+}
+
+#[test]
+fn unknown_container_ids_are_not_found() {
+    if !can_run("unknown_ids") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let cref = || ContainerRef {
+        container_id: "ghost".into(),
+    };
+    let pref = || ProcessRef {
+        container_id: "ghost".into(),
+        exec_id: None,
+    };
+    let reqs = vec![
+        Request::StartContainer(cref()),
+        Request::State(cref()),
+        Request::ListProcesses(cref()),
+        Request::Stats(cref()),
+        Request::RemoveContainer(cref()),
+        Request::WaitProcess(pref()),
+        Request::CloseStdin(pref()),
+        Request::SignalProcess(SignalProcess {
+            container_id: "ghost".into(),
+            exec_id: None,
+            signal: 9,
+            all: true,
+        }),
+        Request::ResizeTty(ResizeTty {
+            container_id: "ghost".into(),
+            exec_id: None,
+            rows: 1,
+            cols: 1,
+        }),
+    ];
+    for r in reqs {
+        let e = c.call(r.clone()).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{r:?}: {e}");
+    }
+    let (spec, _) = agent.bundle("b", &[], &["true"]);
+    let e = exec(
+        &mut c,
+        "ghost",
+        "e",
+        spec.process().clone().unwrap(),
+        StdioSpec::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    let e = agent
+        .addr
+        .open_stream("ghost", None, StreamKind::Stdout)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    // A known container with an unknown exec id.
+    create(&mut c, "real", spec, StdioSpec::default()).unwrap();
+    let e = c.wait("real", Some("nope")).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    let e = agent
+        .addr
+        .open_stream("real", None, StreamKind::Stdout)
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(ErrorCode::FailedPrecondition),
+        "stdout was not asked for"
+    );
+    remove(&mut c, "real");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+#[test]
+fn bad_specs_are_refused_without_leftovers() {
+    if !can_run("bad_specs") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let (spec, dir) = agent.bundle("b", &[], &["true"]);
+
+    let missing = patch(spec.clone(), |v| {
+        v["root"]["path"] = serde_json::json!(dir.join("nope"))
+    });
+    let e = create(&mut c, "c", missing, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(
+        e.to_string().contains("nope") && e.to_string().contains("does not exist"),
+        "{e}"
+    );
+
+    let relative = patch(spec.clone(), |v| {
+        v["root"]["path"] = serde_json::json!("rootfs")
+    });
+    let e = create(&mut c, "c", relative, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("absolute"), "{e}");
+
+    // A mount that fails in the child comes back naming the mount.
+    let bad_mount = patch(spec.clone(), |v| {
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/weird", "type": "nosuchfs", "source": "x"}));
+    });
+    let e = create(&mut c, "c", bad_mount, StdioSpec::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("mount nosuchfs on") && e.to_string().contains("/weird"),
+        "{e}"
+    );
+
+    let bad_bind = patch(spec.clone(), |v| {
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["bind"]}));
+    });
+    let e = create(&mut c, "c", bad_bind, StdioSpec::default()).unwrap_err();
+    assert!(e.to_string().contains("/no/such/dir"), "{e}");
+
+    // A hostname without a uts namespace would rename the VM: refused.
+    let no_uts = patch(spec.clone(), |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "uts");
+    });
+    let e = create(&mut c, "c", no_uts, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("uts"), "{e}");
+
+    // The id is free again and a good spec works; a duplicate is refused.
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    let e = create(&mut c, "c", spec, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AlreadyExists));
+    remove(&mut c, "c");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
