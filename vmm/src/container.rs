@@ -8,7 +8,7 @@
 //! main thread polls the signalfd, the children's pidfds and the waiter.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::config::{ContainerConfig, VmConfig};
 use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use crate::signals::{is_stop_signal, Signals};
+use crate::vm::VmExit;
 use crate::vm::{Vm, VmError, VmHandle};
 
 /// How long the stdout/stderr pumps get to drain after init exits.
@@ -39,6 +40,61 @@ enum Abort {
     Signal(nix::sys::signal::Signal),
 }
 
+/// The monitor's own stdio, forwarded to the container's declared streams.
+#[derive(Debug)]
+pub struct HostStdio {
+    /// Read and sent to the container's stdin.
+    pub stdin: OwnedFd,
+    /// Receives the container's stdout.
+    pub stdout: OwnedFd,
+    /// Receives the container's stderr.
+    pub stderr: OwnedFd,
+}
+
+impl HostStdio {
+    /// Duplicates this process's fds 0, 1 and 2.
+    pub fn inherited() -> io::Result<Self> {
+        Ok(HostStdio {
+            stdin: io::stdin().as_fd().try_clone_to_owned()?,
+            stdout: io::stdout().as_fd().try_clone_to_owned()?,
+            stderr: io::stderr().as_fd().try_clone_to_owned()?,
+        })
+    }
+}
+
+/// What container supervision needs from a running VM; [`VmHandle`] is the
+/// real one.
+pub trait Guest {
+    /// Where the agent answers.
+    fn agent_addr(&self) -> AgentAddr;
+    /// `Some` once the VM stopped or failed.
+    fn try_wait(&mut self) -> Option<VmExit>;
+    /// Waits up to `timeout` for the VM to stop.
+    fn wait_timeout(&mut self, timeout: Option<Duration>) -> Option<VmExit>;
+    /// Readable when the VM may have stopped.
+    fn exit_fds(&self) -> Vec<BorrowedFd<'_>>;
+    /// Stops everything.
+    fn shutdown(&mut self);
+}
+
+impl Guest for VmHandle {
+    fn agent_addr(&self) -> AgentAddr {
+        VmHandle::agent_addr(self)
+    }
+    fn try_wait(&mut self) -> Option<VmExit> {
+        VmHandle::try_wait(self)
+    }
+    fn wait_timeout(&mut self, timeout: Option<Duration>) -> Option<VmExit> {
+        VmHandle::wait_timeout(self, timeout)
+    }
+    fn exit_fds(&self) -> Vec<BorrowedFd<'_>> {
+        VmHandle::exit_fds(self)
+    }
+    fn shutdown(&mut self) {
+        VmHandle::shutdown(self)
+    }
+}
+
 /// Runs `cfg` (which must carry a container) and returns the exit status.
 /// A VM that cannot start is an error (also reported on the ready fd).
 pub fn run_container(
@@ -50,13 +106,38 @@ pub fn run_container(
         ready.fail("no container section in the config");
         return Ok(EXIT_FAILURE);
     };
+    let stdio = match HostStdio::inherited() {
+        Ok(s) => s,
+        Err(e) => {
+            ready.fail(&format!("cannot duplicate stdio: {e}"));
+            return Ok(EXIT_FAILURE);
+        }
+    };
     let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
+    let timeout = Duration::from_secs(cfg.boot_timeout_s);
+    Ok(supervise_container(
+        &mut vm, ccfg, timeout, signals, ready, stdio,
+    ))
+}
+
+/// Creates the container in a started `guest`, reports readiness, forwards
+/// stdio and signals, and returns the container's exit status once it
+/// exited and the guest was shut down (or 1 / 128+signal on failure).
+/// `guest` is shut down on every path.
+pub fn supervise_container(
+    guest: &mut dyn Guest,
+    ccfg: &ContainerConfig,
+    boot_timeout: Duration,
+    signals: &mut Signals,
+    mut ready: ReadyFd,
+    stdio: HostStdio,
+) -> i32 {
     let started = Instant::now();
-    let setup = match setup(cfg, ccfg, &mut vm, signals) {
+    let setup = match setup(boot_timeout, ccfg, guest, signals, stdio) {
         Ok(s) => s,
         Err(abort) => {
-            vm.shutdown();
-            return Ok(match abort {
+            guest.shutdown();
+            return match abort {
                 Abort::Failed(msg) => {
                     tracing::error!("{msg}");
                     ready.fail(&msg);
@@ -66,12 +147,12 @@ pub fn run_container(
                     ready.fail(&format!("interrupted by {sig}"));
                     128 + sig as i32
                 }
-            });
+            };
         }
     };
     tracing::info!(pid = setup.pid, elapsed = ?started.elapsed(), "container created");
     ready.ok(Some(setup.pid));
-    Ok(supervise(ccfg, vm, signals, setup))
+    supervise(ccfg, guest, signals, setup)
 }
 
 struct Setup {
@@ -83,13 +164,14 @@ struct Setup {
 }
 
 fn setup(
-    cfg: &VmConfig,
+    boot_timeout: Duration,
     ccfg: &ContainerConfig,
-    vm: &mut VmHandle,
+    vm: &mut dyn Guest,
     signals: &mut Signals,
+    host: HostStdio,
 ) -> Result<Setup, Abort> {
     let addr = vm.agent_addr();
-    let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_s);
+    let deadline = Instant::now() + boot_timeout;
     let mut control = loop {
         if let Some(exit) = vm.try_wait() {
             return Err(Abort::Failed(format!(
@@ -105,8 +187,7 @@ fn setup(
             Ok(c) => break c,
             Err(e) if Instant::now() >= deadline => {
                 return Err(Abort::Failed(format!(
-                    "the agent did not answer at {addr} within {}s: {e}",
-                    cfg.boot_timeout_s
+                    "the agent did not answer at {addr} within {boot_timeout:?}: {e}"
                 )))
             }
             Err(_) => thread::sleep(Duration::from_millis(50)),
@@ -141,6 +222,10 @@ fn setup(
     let (wtx, waiter) = mpsc::channel();
     let (waiter_wake, mut wake_tx) =
         UnixStream::pair().map_err(|e| Abort::Failed(format!("socketpair: {e}")))?;
+    // Drained after every poll wake-up, whatever woke it: never block there.
+    waiter_wake
+        .set_nonblocking(true)
+        .map_err(|e| Abort::Failed(format!("socketpair: {e}")))?;
     let wcid = cid.clone();
     thread::spawn(move || {
         let r = wait_client.wait(&wcid, None).map_err(|e| error_chain(&e));
@@ -157,11 +242,12 @@ fn setup(
             StreamKind::Stdin => {
                 let control = control.clone();
                 let cid = cid.clone();
-                let stdin = io::stdin().as_fd().try_clone_to_owned();
+                let stdin = host
+                    .stdin
+                    .try_clone()
+                    .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
                 thread::spawn(move || {
-                    if let Ok(fd) = stdin {
-                        pump_stdin(std::fs::File::from(fd), stream, &control, &cid);
-                    }
+                    pump_stdin(std::fs::File::from(stdin), stream, &control, &cid);
                 });
                 // Not drained at exit: nobody waits for stdin.
                 drop(drx);
@@ -170,9 +256,9 @@ fn setup(
             }
             StreamKind::Stdout | StreamKind::Stderr => {
                 let out = if kind == StreamKind::Stdout {
-                    io::stdout().as_fd().try_clone_to_owned()
+                    host.stdout.try_clone()
                 } else {
-                    io::stderr().as_fd().try_clone_to_owned()
+                    host.stderr.try_clone()
                 };
                 let out = out.map_err(|e| Abort::Failed(format!("dup stdio: {e}")))?;
                 thread::spawn(move || {
@@ -278,7 +364,12 @@ fn pump_out(mut stream: UnixStream, mut out: std::fs::File) {
     }
 }
 
-fn supervise(ccfg: &ContainerConfig, mut vm: VmHandle, signals: &mut Signals, setup: Setup) -> i32 {
+fn supervise(
+    ccfg: &ContainerConfig,
+    vm: &mut dyn Guest,
+    signals: &mut Signals,
+    setup: Setup,
+) -> i32 {
     let cid = ccfg.create.container_id.clone();
     let mut wake_buf = [0u8; 8];
     let result: Result<i32, String> = loop {
@@ -362,3 +453,7 @@ fn drain(pumps: &[(mpsc::Receiver<()>, UnixStream)]) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "container_tests.rs"]
+mod tests;

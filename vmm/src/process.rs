@@ -214,6 +214,10 @@ fn die_with_parent(parent: u32) -> std::io::Result<()> {
     {
         return Err(std::io::Error::last_os_error());
     }
+    // The monitor blocks the signals it handles; its children must not
+    // inherit that mask.
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc::getppid() };
     // The monitor died between fork and prctl: nobody would kill us.
@@ -265,6 +269,14 @@ mod tests {
         cmd.args(["-c", "echo hello; echo last words >&2; exec sleep 30"]);
         let mut c = Supervised::spawn("sleeper", cmd, &log).unwrap();
         assert!(c.try_wait().is_none());
+        let t0 = std::time::Instant::now();
+        while last_line(&log) != "last words" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "child never wrote its log"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pid = c.pid();
         let s = c.stop(Duration::from_secs(2));
         assert_eq!(s.signal(), Some(libc::SIGTERM));
