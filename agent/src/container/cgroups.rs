@@ -30,7 +30,7 @@ pub enum CgroupError {
 /// Whether `dir` is a cgroup2 mount.
 pub fn is_cgroup2(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir)
-        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
 }
 

@@ -41,7 +41,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
-            .env("HUSK_AGENT_LOG", "debug")
+            .env("HUSK_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
