@@ -54,7 +54,7 @@ fn mnt(
 }
 
 /// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and cgroup2, and
-/// points stdio at /dev/console.
+/// points missing stdio at /dev/console.
 pub fn setup() -> Result<(), InitError> {
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt("proc", "/proc", "proc", common, None)?;
@@ -84,12 +84,17 @@ pub fn setup() -> Result<(), InitError> {
     mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", common, None)?;
     crate::container::cgroups::enable_controllers(Path::new("/sys/fs/cgroup"));
     let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
-    if let Ok(console) = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-    {
-        for fd in 0..3 {
+    // The kernel gives init /dev/console as 0-2 when the initramfs has a
+    // /dev/console node; otherwise open it now that devtmpfs is mounted.
+    for fd in 0..3 {
+        if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+            continue;
+        }
+        let console = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console");
+        if let Ok(console) = console {
             let _ = nix::unistd::dup2(console.as_raw_fd(), fd);
         }
     }
