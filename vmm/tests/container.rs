@@ -1,0 +1,332 @@
+//! Container supervisor mode end to end: a busybox bundle (tests/make-bundle.sh)
+//! run in a real guest by husk-vmm and the real agent. Needs root, qemu, the
+//! daemons, the guest kernel and the agent initramfs; skips otherwise.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use husk_protocol::client::{AgentAddr, AgentClient};
+use husk_protocol::{CreateContainer, Request, SignalProcess, StdioSpec};
+
+const CID: &str = "c1";
+
+struct Env {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+fn env() -> Option<Env> {
+    let kernel = match host_ready() {
+        Ok(k) => k,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let Some(initramfs) = agent_initramfs() else {
+        skip("no agent initramfs (set HUSK_INITRAMFS or run guest-kernel/build-initramfs.sh)");
+        return None;
+    };
+    if Command::new("jq").arg("--version").output().is_err() || !Path::new("/bin/busybox").exists()
+    {
+        skip("tests/make-bundle.sh needs jq and busybox-static");
+        return None;
+    }
+    Some(Env { kernel, initramfs })
+}
+
+/// A running monitor in container mode.
+struct Running {
+    child: Child,
+    state: PathBuf,
+    rootfs: PathBuf,
+    started: Instant,
+    ready_after: Duration,
+    guest_pid: i64,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    stderr: thread::JoinHandle<Vec<u8>>,
+}
+
+impl Running {
+    fn addr(&self) -> AgentAddr {
+        AgentAddr::HybridVsock {
+            uds: self.state.join("vsock.sock"),
+            port: husk_protocol::DEFAULT_AGENT_PORT,
+        }
+    }
+
+    /// Waits for the monitor; returns its status, all stdout and stderr.
+    fn finish(mut self, timeout: Duration) -> (i32, Vec<u8>, Vec<u8>, PathBuf) {
+        let status = wait_child(&mut self.child, timeout);
+        eprintln!("monitor start to exit: {:?}", self.started.elapsed());
+        let mut out = Vec::new();
+        while let Ok(chunk) = self.stdout.recv() {
+            out.extend(chunk);
+        }
+        let err = self.stderr.join().unwrap();
+        let log = std::fs::read_to_string(self.state.join("husk-vmm.log")).unwrap_or_default();
+        let code = status
+            .code()
+            .unwrap_or_else(|| panic!("monitor killed: {status:?}\n{log}"));
+        (code, out, err, self.state)
+    }
+
+    /// Reads stdout until it contains `needle`; returns what was read.
+    fn stdout_until(&self, needle: &str, timeout: Duration, seen: &mut Vec<u8>) {
+        let deadline = Instant::now() + timeout;
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(c) => seen.extend(c),
+                Err(_) => panic!(
+                    "{needle:?} not on stdout; got {:?}",
+                    String::from_utf8_lossy(seen)
+                ),
+            }
+        }
+    }
+}
+
+/// Makes a bundle, starts `husk-vmm` on it, waits for its readiness line and
+/// starts the container over a control connection of our own, as `husk
+/// start` does.
+fn run(
+    env: &Env,
+    dir: &Path,
+    readonly: bool,
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+    guest_cid: u32,
+) -> Running {
+    let bundle = dir.join("bundle");
+    let mut mk = Command::new(repo_root().join("tests/make-bundle.sh"));
+    if readonly {
+        mk.arg("--readonly");
+    }
+    let st = mk
+        .arg(&bundle)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "make-bundle.sh failed");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    spec["root"]["path"] = husk_protocol::share_mount_point("rootfs").into();
+    let create = CreateContainer {
+        container_id: CID.into(),
+        spec: serde_json::from_value(spec).unwrap(),
+        shares: vec!["rootfs".into()],
+        stdio: StdioSpec {
+            stdin: stdin.is_some(),
+            stdout: true,
+            stderr: true,
+        },
+    };
+    let req = dir.join("create.json");
+    std::fs::write(&req, serde_json::to_string(&create).unwrap()).unwrap();
+    let state = dir.join("state");
+
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let ready_w_raw = ready_w.as_raw_fd();
+    let mut cmd = vmm(&env.kernel, &state);
+    cmd.arg("--initramfs")
+        .arg(&env.initramfs)
+        .arg("--share")
+        .arg(format!("rootfs={}", bundle.join("rootfs").display()))
+        .arg("--guest-cid")
+        .arg(guest_cid.to_string())
+        .arg("--container")
+        .arg(&req)
+        .arg("--ready-fd")
+        .arg("3")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it gives the child the pipe's
+    // write end as fd 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(ready_w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    drop(ready_w);
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let mut out = child.stdout.take().unwrap();
+    let (tx, stdout) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = child.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(ready_r))
+        .read_line(&mut line)
+        .unwrap();
+    let ready_after = started.elapsed();
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|_| panic!("bad ready line {line:?}; log:\n{}", read_log(&state)));
+    assert_eq!(v["ok"], true, "{line}\nlog:\n{}", read_log(&state));
+    let guest_pid = v["pid"].as_i64().unwrap();
+    assert!(guest_pid > 1, "{line}");
+    eprintln!("monitor start to container created (agent ready): {ready_after:?}");
+    let r = Running {
+        child,
+        state,
+        rootfs: bundle.join("rootfs"),
+        started,
+        ready_after,
+        guest_pid,
+        stdout,
+        stderr,
+    };
+    AgentClient::connect(&r.addr(), Duration::from_secs(10))
+        .unwrap()
+        .start(CID)
+        .unwrap();
+    r
+}
+
+fn read_log(state: &Path) -> String {
+    std::fs::read_to_string(state.join("husk-vmm.log")).unwrap_or_default()
+        + &std::fs::read_to_string(state.join("console.log")).unwrap_or_default()
+}
+
+#[test]
+fn stdio_exit_code_shared_rootfs_and_guest_kernel() {
+    let Some(env) = env() else { return };
+    let tmp = scratch("io");
+    // 10 MiB that is not all one byte, to catch reordering.
+    let input: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let script = "cat; echo to-stderr >&2; uname -r >&2; echo written > /from-guest; exit 7";
+    let r = run(
+        &env,
+        tmp.path(),
+        false,
+        &["sh", "-c", script],
+        Some(input.clone()),
+        3,
+    );
+    let rootfs = r.rootfs.clone();
+    let (code, out, err, state) = r.finish(Duration::from_secs(300));
+    let err = String::from_utf8_lossy(&err).into_owned();
+    assert_eq!(code, 7, "stderr: {err}\n{}", read_log(&state));
+    assert_eq!(out.len(), input.len(), "stdout length");
+    assert!(out == input, "stdout is not byte-exact stdin");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err:?}");
+    assert_eq!(lines[0], "to-stderr");
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        lines[1].starts_with("6.12.") && lines[1] != host_release,
+        "uname -r: {}",
+        lines[1]
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("from-guest")).unwrap(),
+        "written\n"
+    );
+    assert_nothing_left(&state);
+}
+
+#[test]
+fn two_vms_at_once_readonly_rootfs_signals_and_sigkill() {
+    let Some(env) = env() else { return };
+    let ta = scratch("ro");
+    let tb = scratch("sig");
+    let ro = "if echo x > /ro-test; then echo writable; else echo readonly; fi";
+    let a = run(&env, ta.path(), true, &["sh", "-c", ro], None, 3);
+    let b = run(
+        &env,
+        tb.path(),
+        false,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term' TERM; echo armed; while true; do sleep 0.1; done",
+        ],
+        None,
+        4,
+    );
+    eprintln!(
+        "second VM ready after {:?} while the first ran",
+        b.ready_after
+    );
+    assert!(a.guest_pid > 1 && b.guest_pid > 1);
+    // A signal to the monitor reaches the container's init.
+    let mut seen = Vec::new();
+    b.stdout_until("armed", Duration::from_secs(60), &mut seen);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    b.stdout_until("got-term", Duration::from_secs(60), &mut seen);
+    // SIGKILL cannot go through the monitor: through the agent, like `husk kill`.
+    let mut c = AgentClient::connect(&b.addr(), Duration::from_secs(10)).unwrap();
+    c.call(Request::SignalProcess(SignalProcess {
+        container_id: CID.into(),
+        exec_id: None,
+        signal: 9,
+        all: false,
+    }))
+    .unwrap();
+    drop(c);
+
+    let rootfs_a = a.rootfs.clone();
+    let (code_a, out_a, err_a, state_a) = a.finish(Duration::from_secs(300));
+    assert_eq!(code_a, 0, "{}", String::from_utf8_lossy(&err_a));
+    assert_eq!(String::from_utf8_lossy(&out_a), "readonly\n");
+    assert!(
+        String::from_utf8_lossy(&err_a).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&err_a)
+    );
+    assert!(!rootfs_a.join("ro-test").exists());
+    assert_nothing_left(&state_a);
+
+    let (code_b, out_b, _, state_b) = b.finish(Duration::from_secs(300));
+    assert_eq!(code_b, 137);
+    seen.extend(out_b);
+    assert_eq!(String::from_utf8_lossy(&seen), "armed\ngot-term\n");
+    assert_nothing_left(&state_b);
+}
