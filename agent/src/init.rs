@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
@@ -95,7 +94,12 @@ pub fn setup() -> Result<(), InitError> {
             .write(true)
             .open("/dev/console");
         if let Ok(console) = console {
-            let _ = nix::unistd::dup2(console.as_raw_fd(), fd);
+            // The open may itself have landed on `fd` (the lowest free one).
+            let raw = std::os::fd::IntoRawFd::into_raw_fd(console);
+            if raw != fd {
+                let _ = nix::unistd::dup2(raw, fd);
+                let _ = nix::unistd::close(raw);
+            }
         }
     }
     Ok(())

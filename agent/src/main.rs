@@ -17,7 +17,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let pid1 = std::process::id() == 1;
-    if pid1 && !husk_agent::switch_root::switched() {
+    if pid1 && !husk_agent::switch_root::switched() && husk_agent::switch_root::on_initramfs() {
         if let Err(e) = husk_agent::switch_root::leave_initramfs() {
             eprintln!("husk-agent: cannot leave the initramfs (containers cannot pivot_root): {e}");
         }

@@ -20,6 +20,19 @@ pub fn switched() -> bool {
     std::env::var_os(SWITCHED).is_some()
 }
 
+/// Whether `/` is the kernel's initial rootfs (a ramfs or tmpfs holding
+/// `/init`). Only then is there anything to leave: an agent that is PID 1
+/// of a pid namespace on an ordinary root (host tests) must not touch `/`.
+pub fn on_initramfs() -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(st) = nix::sys::statfs::statfs("/") else {
+        return false;
+    };
+    let t = st.filesystem_type().0;
+    (t == RAMFS_MAGIC || t == TMPFS_MAGIC) && std::path::Path::new("/init").exists()
+}
+
 /// Moves the agent onto a tmpfs root and re-executes it; returns only on
 /// failure (the caller then carries on from the initramfs).
 pub fn leave_initramfs() -> std::io::Result<()> {
