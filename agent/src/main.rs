@@ -13,6 +13,10 @@ struct Args {
     /// command line, else 1024) or `unix:PATH` (tests on the host).
     #[arg(long)]
     listen: Option<Listen>,
+    /// The cgroup2 mount that container cgroups are made under (ignored,
+    /// with a warning, when it is not cgroup2).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,9 +55,12 @@ fn run(pid1: bool) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or_else(|| Listen::Vsock(husk_agent::init::agent_port()));
-    let cgroup_root = CgroupRoot::detect(std::path::Path::new("/sys/fs/cgroup"));
+    let cgroup_root = CgroupRoot::detect(&args.cgroup_root);
     if cgroup_root.is_none() {
-        tracing::warn!("/sys/fs/cgroup is not cgroup2: container resource limits are not applied");
+        tracing::warn!(
+            "{} is not cgroup2: container resource limits are not applied",
+            args.cgroup_root.display()
+        );
     }
     let listener = bind(&listen).context("listen")?;
     tracing::info!(%listen, pid1, "husk-agent listening");

@@ -66,6 +66,20 @@ impl CgroupRoot {
         Ok(joined)
     }
 
+    /// Removes `dir`, then its ancestors below the root that are left
+    /// empty (best effort: one still in use stays).
+    pub fn remove(&self, dir: &Path) -> Result<(), CgroupError> {
+        remove(dir)?;
+        let mut cur = dir.parent();
+        while let Some(d) = cur.filter(|d| d.starts_with(&self.root) && *d != self.root) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            cur = d.parent();
+        }
+        Ok(())
+    }
+
     /// Creates `dir` and enables every available controller on the way down.
     pub fn create(&self, dir: &Path) -> Result<(), CgroupError> {
         let rel = dir.strip_prefix(&self.root).unwrap_or(dir);

@@ -258,8 +258,8 @@ impl Server {
         };
         self.pids.retain(|_, (cid, _)| cid != id);
         self.pumps.retain(|_, p| p.key.container_id != id);
-        if let Some(dir) = &c.cgroup {
-            if let Err(e) = cgroups::remove(dir) {
+        if let (Some(dir), Some(root)) = (&c.cgroup, &self.cfg.cgroup_root) {
+            if let Err(e) = root.remove(dir) {
                 tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");
             }
         }

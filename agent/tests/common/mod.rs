@@ -33,6 +33,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// An agent with extra flags.
+    pub fn start_with(extra: &[&str]) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("husk-agent-test")
             .tempdir()
@@ -41,6 +46,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
+            .args(extra)
             .env("HUSK_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
