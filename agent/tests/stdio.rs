@@ -167,3 +167,46 @@ fn tty_with_resize() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+#[test]
+fn exec_with_a_terminal() {
+    if !can_run("exec_tty") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(30u64)
+            .width(90u64)
+            .build()
+            .unwrap(),
+    ));
+    p.set_args(Some(
+        ["sh", "-c", "stty size; tty"].map(String::from).to_vec(),
+    ));
+    exec(&mut c, "c", "t", p, StdioSpec::default()).unwrap();
+    let mut pty = agent.stream("c", Some("t"), StreamKind::Pty);
+    let mut s = String::new();
+    pty.read_to_string(&mut s).unwrap();
+    assert_eq!(c.wait("c", Some("t")).unwrap(), 0, "{s:?}");
+    assert!(s.contains("30 90"), "console size applied: {s:?}");
+    assert!(s.contains("/dev/pts/"), "{s:?}");
+    // No terminal, no resize.
+    let r = ResizeTty {
+        container_id: "c".into(),
+        exec_id: None,
+        rows: 1,
+        cols: 1,
+    };
+    let e = c.call(Request::ResizeTty(r)).unwrap_err();
+    assert_eq!(e.code(), Some(husk_protocol::ErrorCode::FailedPrecondition));
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}

@@ -198,7 +198,7 @@ pub fn create(
                 .map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
             if let Some(r) = linux.resources() {
                 if let Err(e) = cgroups::apply(&dir, r) {
-                    let _ = cgroups::remove(&dir);
+                    let _ = root.remove(&dir);
                     return Err(err(ErrorCode::InvalidArgument, chain(&e)));
                 }
             }
@@ -229,8 +229,8 @@ pub fn create(
             sync: Some(sync),
         }),
         Err(e) => {
-            if let Some(dir) = &cgroup {
-                let _ = cgroups::remove(dir);
+            if let (Some(dir), Some(root)) = (&cgroup, cg_root) {
+                let _ = root.remove(dir);
             }
             Err(e)
         }
