@@ -392,3 +392,40 @@ fn cgroup_limits() {
     };
     assert_eq!(out, "67108864\n32\n");
 }
+
+#[test]
+fn seccomp_allowlist_default_errno_and_arg_conditions() {
+    let allow: Vec<&str> = husk_agent::container::syscalls::SYSCALLS
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !matches!(*n, "mkdir" | "mkdirat" | "chmod" | "fchmodat"))
+        .collect();
+    let Some(out) = sh(
+        "seccomp_allowlist",
+        &[],
+        "mkdir /tmp/x 2>&1; echo rc=$?; chmod 700 /tmp 2>&1; echo rc2=$?; chmod 1777 /tmp && echo ok3",
+        |v| {
+            v["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "defaultErrnoRet": 1,
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [
+                    {"names": allow, "action": "SCMP_ACT_ALLOW"},
+                    // chmod is allowed unless the mode is 0700.
+                    {"names": ["chmod"], "action": "SCMP_ACT_ALLOW",
+                     "args": [{"index": 1, "value": 0o700, "op": "SCMP_CMP_NE"}]},
+                    {"names": ["fchmodat"], "action": "SCMP_ACT_ALLOW",
+                     "args": [{"index": 2, "value": 0o700, "op": "SCMP_CMP_NE"}]}
+                ]
+            });
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        out.contains("Operation not permitted") && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(out.contains("rc2=1"), "{out}");
+    assert!(out.contains("ok3"), "{out}");
+}

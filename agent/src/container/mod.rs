@@ -189,6 +189,14 @@ pub fn create(
     let rootfs = validate(req)?;
     let spec = &req.spec;
     let linux = spec.linux().clone().unwrap_or_default();
+    // Compiled again in the child; here for an early error and the warning.
+    if let Some(profile) = linux.seccomp() {
+        let (_, unknown) = seccomp::compile(profile)
+            .map_err(|e| err(ErrorCode::InvalidArgument, e.to_message()))?;
+        if !unknown.is_empty() {
+            tracing::warn!(id = %req.container_id, ?unknown, "seccomp: unknown syscalls skipped");
+        }
+    }
     let cgroup = match cg_root {
         Some(root) => {
             let dir = root

@@ -290,6 +290,10 @@ impl Server {
             loop {
                 match nix::unistd::read(c.fd.as_raw_fd(), &mut buf) {
                     Ok(0) => {
+                        // Requests sent before the half-close still get
+                        // answered (a parked wait is dropped).
+                        self.process_frames(id);
+                        self.flush(id);
                         self.conns.remove(&id);
                         return;
                     }
