@@ -286,3 +286,51 @@ fn remove_kills_created_and_running_containers() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+#[test]
+fn exec_applies_its_own_process_spec() {
+    if !can_run("exec_process_spec") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let p = patch(spec, |v| {
+        let p = &mut v["process"];
+        p["args"] = serde_json::json!([
+            "sh",
+            "-c",
+            "id -u; echo $FOO; pwd; grep CapEff /proc/self/status; ulimit -n"
+        ]);
+        p["user"] = serde_json::json!({"uid": 1234, "gid": 1234});
+        p["env"] = serde_json::json!(["FOO=exec", "PATH=/bin"]);
+        p["cwd"] = serde_json::json!("/tmp");
+        p["capabilities"] = serde_json::json!({});
+        p["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 77, "hard": 77}]);
+    })
+    .process()
+    .clone()
+    .unwrap();
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    exec(&mut c, "c", "e", p, stdio).unwrap();
+    let (o, e) = collect(
+        agent.stream("c", Some("e"), StreamKind::Stdout),
+        agent.stream("c", Some("e"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    assert_eq!(
+        text(&o),
+        "1234\nexec\n/tmp\nCapEff:\t0000000000000000\n77\n"
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
