@@ -1,0 +1,292 @@
+//! End-to-end tests of the `husk` CLI with a real guest (QEMU TCG on hosts
+//! without hardware virtualization, the builtin engine elsewhere). Each
+//! skips with its reason when the host lacks root, the built guest, QEMU
+//! or the daemons.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+fn wait_status(env: &Env, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = env.status_of(id);
+        if s == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} stayed {s}, wanted {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn lifecycle_create_start_exec_ps_kill_delete() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sh", "-c", "echo started; exec sleep 600"]);
+    let pid_file = env.dir.path().join("pid");
+    let out_file = env.dir.path().join("out");
+    let err_file = env.dir.path().join("err");
+    // create hands the container its own stdio: here, files.
+    let status = env
+        .husk()
+        .args([
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdout(fs::File::create(&out_file).unwrap())
+        .stderr(fs::File::create(&err_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "create: {}",
+        fs::read_to_string(&err_file).unwrap()
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&env.ok(&["state", "c1"])).unwrap();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["id"], "c1");
+    assert_eq!(state["bundle"], b.to_str().unwrap());
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "monitor not alive"
+    );
+
+    // Starting twice: the second is refused.
+    env.ok(&["start", "c1"]);
+    assert_eq!(env.status_of("c1"), "running");
+    let again = env.run(&["start", "c1"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("running"));
+
+    let list = env.ok(&["list", "--format", "json"]);
+    assert!(list.contains("\"c1\""), "{list}");
+    let ex = env.run(&["exec", "c1", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(ex.status.code(), Some(3));
+    assert_eq!(ex.stdout, b"out\n");
+    assert_eq!(ex.stderr, b"err\n");
+    let missing = env.run(&["exec", "c1", "/no/such/binary"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("No such file"),
+        "{:?}",
+        missing
+    );
+
+    let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", "c1"])).unwrap();
+    assert!(!ps.is_empty());
+    let running_delete = env.run(&["delete", "c1"]);
+    assert!(
+        !running_delete.status.success(),
+        "delete of a running container must need --force"
+    );
+
+    env.ok(&["kill", "c1", "KILL"]);
+    wait_status(&env, "c1", "stopped");
+    assert_eq!(fs::read_to_string(&out_file).unwrap(), "started\n");
+    env.ok(&["delete", "c1"]);
+    let gone = env.run(&["state", "c1"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"));
+    env.assert_clean();
+}
+
+#[test]
+fn run_in_foreground_passes_stdio_and_exit_codes() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle(
+        "b",
+        &[],
+        &["sh", "-c", "tr a-z A-Z; echo to-err >&2; exit 7"],
+    );
+    let mut child = env
+        .husk()
+        .args(["run", "--bundle", b.to_str().unwrap(), "r1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello husk\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"HELLO HUSK\n");
+    assert_eq!(out.stderr, b"to-err\n");
+    // run without --keep deletes the container.
+    env.assert_clean();
+
+    let b2 = env.bundle("b2", &[], &["sh", "-c", "kill -KILL $$"]);
+    let out = env.run(&["run", "--bundle", b2.to_str().unwrap(), "r2"]);
+    assert_eq!(out.status.code(), Some(137));
+    env.assert_clean();
+}
+
+#[test]
+fn bad_bundles_fail_cleanly() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["true"]);
+    fs::write(b.join("config.json"), b"{ not json").unwrap();
+    let out = env.run(&["create", "--bundle", b.to_str().unwrap(), "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+    env.assert_clean();
+
+    let missing = env.run(&["create", "--bundle", "/nonexistent/bundle", "bad2"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+
+    let b3 = env.bundle("b3", &[], &["true"]);
+    let bad_id = env.run(&["create", "--bundle", b3.to_str().unwrap(), "../evil"]);
+    assert_eq!(bad_id.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_id.stderr).contains("invalid container id"));
+
+    // A spec the guest refuses: the VM comes up, creation fails in the agent,
+    // and everything is torn down again.
+    let b4 = env.bundle("b4", &[], &["true"]);
+    env.edit_config(&b4, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/x", "type": "nosuchfs", "source": "none"}))
+    });
+    let out = env.run(&["create", "--bundle", b4.to_str().unwrap(), "bad4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/x"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn same_id_twice_and_force_delete_after_monitor_sigkill() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), "dup"]);
+    let second = env.run(&["create", "--bundle", b.to_str().unwrap(), "dup"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already exists"));
+    env.ok(&["start", "dup"]);
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&["state", "dup"])).unwrap();
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.status_of("dup"), "stopped");
+    env.ok(&["delete", "--force", "dup"]);
+    env.assert_clean();
+}
+
+#[test]
+fn hooks_and_bind_mounts() {
+    skip_without_guest!();
+    let env = Env::new();
+    let data = env.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("in.txt"), b"from the host\n").unwrap();
+    let log = env.dir.path().join("hooks.log");
+    let hook = env.dir.path().join("hook.sh");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nread state\necho \"$1 $state\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let b = env.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo from-guest > /data/out.txt",
+        ],
+    );
+    let h = |name: &str| serde_json::json!([{"path": hook, "args": ["hook.sh", name]}]);
+    env.edit_config(&b, |c| {
+        c["hooks"] = serde_json::json!({"prestart": h("prestart"), "createRuntime": h("createRuntime"),
+            "poststart": h("poststart"), "poststop": h("poststop")});
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
+    });
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), "h1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"from the host\n");
+    assert_eq!(fs::read(data.join("out.txt")).unwrap(), b"from-guest\n");
+    let log = fs::read_to_string(&log).unwrap();
+    let stages: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        stages,
+        ["prestart", "createRuntime", "poststart", "poststop"],
+        "{log}"
+    );
+    assert!(
+        log.lines().next().unwrap().contains("\"id\":\"h1\""),
+        "{log}"
+    );
+    env.assert_clean();
+
+    // A failing prestart hook fails create and leaves nothing.
+    let b2 = env.bundle("b2", &[], &["true"]);
+    env.edit_config(&b2, |c| {
+        c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]})
+    });
+    let out = env.run(&["create", "--bundle", b2.to_str().unwrap(), "h2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prestart hook"));
+    env.assert_clean();
+}
+
+#[test]
+fn ten_concurrent_cycles_leak_nothing() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sh", "-c", "echo $HOSTNAME"]);
+    std::thread::scope(|s| {
+        for i in 0..10 {
+            let (env, b) = (&env, &b);
+            s.spawn(move || {
+                let id = format!("cc{i}");
+                env.ok(&["create", "--bundle", b.to_str().unwrap(), &id]);
+                env.ok(&["start", &id]);
+                wait_status(env, &id, "stopped");
+                env.ok(&["delete", &id]);
+            });
+        }
+    });
+    env.assert_clean();
+}

@@ -1,0 +1,215 @@
+//! Shared helpers of the runtime's end-to-end tests: finding what a real
+//! guest needs, making bundles, running `husk`, and checking that nothing
+//! (state, process, mount) is left behind.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Why this host cannot run a guest, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
+    if !husk.with_file_name("husk-vmm").is_file() && std::env::var_os("HUSK_VMM").is_none() {
+        return Some(
+            "husk-vmm is not built next to husk (cargo test --workspace builds it)".into(),
+        );
+    }
+    for (var, default) in [
+        ("HUSK_KERNEL", "/usr/local/share/husk/vmlinux"),
+        ("HUSK_INITRAMFS", "/usr/local/share/husk/initramfs.cpio"),
+    ] {
+        let p = std::env::var(var).unwrap_or_else(|_| default.into());
+        if !Path::new(&p).is_file() {
+            return Some(format!("no {p} (run scripts/setup.sh)"));
+        }
+    }
+    for bin in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+            .unwrap_or(false)
+            || Path::new("/usr/local/bin").join(bin).is_file();
+        if !found {
+            return Some(format!("{bin} is not installed (run scripts/setup.sh)"));
+        }
+    }
+    None
+}
+
+/// Skips the calling test (returns true) when the host lacks something.
+#[macro_export]
+macro_rules! skip_without_guest {
+    () => {
+        if let Some(why) = common::missing_prerequisite() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+/// A temp directory holding a state root and bundles; on drop, deletes any
+/// container left and checks nothing remains.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        // Short paths: the monitor's sockets live in the state directory.
+        let dir = tempfile::Builder::new()
+            .prefix("hk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::create_dir(dir.path().join("r")).unwrap();
+        Env { dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("r")
+    }
+
+    /// Makes a busybox bundle running `args`.
+    pub fn bundle(&self, name: &str, flags: &[&str], args: &[&str]) -> PathBuf {
+        let b = self.dir.path().join(name);
+        let out = Command::new(repo_root().join("tests/make-bundle.sh"))
+            .args(flags)
+            .arg(&b)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-bundle: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    /// Edits a bundle's config.json.
+    pub fn edit_config(&self, bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+        let p = bundle.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        f(&mut v);
+        fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    pub fn husk(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.arg("--root").arg(self.root());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs husk with `args`, stdin from /dev/null. stdout and stderr go
+    /// through files, not pipes: a created container keeps the stdio it
+    /// was created with, and a pipe would not see EOF until it exits.
+    pub fn run(&self, args: &[&str]) -> Output {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (o, e) = (
+            self.dir.path().join(format!("o{n}")),
+            self.dir.path().join(format!("e{n}")),
+        );
+        let status = self
+            .husk()
+            .args(args)
+            .stdout(fs::File::create(&o).unwrap())
+            .stderr(fs::File::create(&e).unwrap())
+            .status()
+            .unwrap();
+        let out = Output {
+            status,
+            stdout: fs::read(&o).unwrap(),
+            stderr: fs::read(&e).unwrap(),
+        };
+        let _ = (fs::remove_file(o), fs::remove_file(e));
+        out
+    }
+
+    /// Runs husk and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn status_of(&self, id: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["status"].as_str().unwrap().to_owned()
+    }
+
+    /// Asserts that no state, process or mount of this env is left.
+    pub fn assert_clean(&self) {
+        let root = self.root();
+        let left: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "state left in {}: {left:?}",
+            root.display()
+        );
+        let needle = self.dir.path().to_str().unwrap().to_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&needle)),
+            "mounts left: {}",
+            mounts
+                .lines()
+                .filter(|l| l.contains(&needle))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let procs = processes_mentioning(&needle);
+        assert!(procs.is_empty(), "processes left: {procs:?}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Ok(rd) = fs::read_dir(self.root()) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.run(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (qemu, daemons, monitors).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                // Zombies have an empty cmdline; a live match is a leak.
+                out.push(format!("{name}: {c}"));
+            }
+        }
+    }
+    out
+}
