@@ -144,7 +144,7 @@ fn child_main(
         rootfs::readonly_paths(args.spec)?;
         rootfs::readonly_root(args.spec)?;
         if tty {
-            setup_pty(&args.sync)?;
+            setup_pty(&args.sync, p)?;
         }
         send_msg(&args.sync, &ChildMsg::Ready).map_err(sync_err)?;
         match recv_msg::<ParentMsg>(&args.sync, Duration::from_secs(u32::MAX as u64)) {
@@ -154,7 +154,7 @@ fn child_main(
         }
     }
     if tty && matches!(args.mode, Mode::Exec { .. }) {
-        setup_pty(&args.sync)?;
+        setup_pty(&args.sync, p)?;
     }
     process::enter_cwd(p)?;
     let exec = process::prepare_exec(p)?;
@@ -179,8 +179,17 @@ fn child_main(
 /// Opens the pty inside the container (its devpts, so `tty` names it),
 /// sends the master to the agent, makes the slave the controlling terminal
 /// and stdio.
-fn setup_pty(sync: &OwnedFd) -> Result<(), SetupError> {
+fn setup_pty(sync: &OwnedFd, p: &Process) -> Result<(), SetupError> {
     let (master, slave) = crate::sys::open_pty().map_err(sys("open a pty through /dev/ptmx"))?;
+    // Sized here, before the exec, so the program never sees 0x0.
+    if let Some(b) = p.console_size() {
+        crate::sys::set_winsize(
+            std::os::fd::AsFd::as_fd(&master),
+            b.height() as u16,
+            b.width() as u16,
+        )
+        .map_err(sys("set the console size"))?;
+    }
     super::sync::send_msg_fd(sync, &ChildMsg::PtyMaster, &master).map_err(sync_err)?;
     drop(master);
     crate::sys::set_controlling_tty(std::os::fd::AsFd::as_fd(&slave))
