@@ -429,3 +429,36 @@ fn seccomp_allowlist_default_errno_and_arg_conditions() {
     assert!(out.contains("rc2=1"), "{out}");
     assert!(out.contains("ok3"), "{out}");
 }
+
+#[test]
+fn mount_destinations_follow_symlinks_inside_the_rootfs() {
+    if !can_run("mount_symlinks") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "cat /proc/self/mountinfo"]);
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("var")).unwrap();
+    std::fs::create_dir_all(rootfs.join("run")).unwrap();
+    // An absolute symlink, as images have: it must resolve in the rootfs,
+    // not in the agent's /run.
+    std::os::unix::fs::symlink("/run", rootfs.join("var/run")).unwrap();
+    let spec = patch(spec, |v| {
+        v["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/var/run/app", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let (status, out, err) = agent.run("c", spec, None);
+    assert_eq!(status, 0, "{}", text(&err));
+    let out = text(&out);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some("/run/app")),
+        "{out}"
+    );
+    assert!(
+        !std::path::Path::new("/run/app").exists(),
+        "created outside the rootfs"
+    );
+    assert_no_mounts(&dir);
+    agent.shutdown();
+}

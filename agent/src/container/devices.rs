@@ -10,7 +10,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chown, Gid, Uid};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
-use super::mounts::{create_mount_point, join_in_root};
+use super::mounts::{create_mount_point, resolve_in_root};
 use super::{sys, SetupError};
 
 /// A device node to create.
@@ -82,7 +82,7 @@ pub fn from_spec(d: &LinuxDevice) -> Result<DeviceNode, SetupError> {
 /// Creates `dev` under `rootfs`: mknod, or (where mknod is not allowed, in a
 /// user namespace) a bind mount of the agent's own node.
 pub fn create(rootfs: &Path, dev: &DeviceNode) -> Result<(), SetupError> {
-    let target = join_in_root(rootfs, Path::new(&dev.path))?;
+    let target = resolve_in_root(rootfs, Path::new(&dev.path))?;
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(sys(format!("create {}", parent.display())))?;
     }

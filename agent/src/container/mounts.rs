@@ -118,6 +118,53 @@ pub fn join_in_root(root: &Path, dest: &Path) -> Result<PathBuf, SetupError> {
     Ok(out)
 }
 
+/// `dest` inside `root` with symlinks resolved as if `root` were `/`
+/// (filepath-securejoin semantics): an image's `/var/run -> /run` lands in
+/// the rootfs's /run, and neither `..` nor a symlink can leave the rootfs.
+/// Components that do not exist yet are taken as they are.
+pub fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, SetupError> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    fn parts(p: &Path) -> impl Iterator<Item = OsString> + '_ {
+        p.components().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+    }
+    let mut todo: VecDeque<OsString> = parts(dest).collect();
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let cand = root.join(&resolved).join(&c);
+        match fs::symlink_metadata(&cand) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(SetupError::Invalid(format!(
+                        "too many symlinks resolving {} in the rootfs",
+                        dest.display()
+                    )));
+                }
+                let target = fs::read_link(&cand)
+                    .map_err(sys(format!("read symlink {}", cand.display())))?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                let mut next: VecDeque<OsString> = parts(&target).collect();
+                next.extend(todo.drain(..));
+                todo = next;
+            }
+            _ => resolved.push(c),
+        }
+    }
+    Ok(root.join(resolved))
+}
+
 /// Creates the mount point: a file when binding a file, else a directory.
 pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), SetupError> {
     if target.exists() {
@@ -139,7 +186,7 @@ pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), Set
 /// Mounts one spec entry under `rootfs`.
 pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-    let target = join_in_root(rootfs, m.destination())?;
+    let target = resolve_in_root(rootfs, m.destination())?;
     let mut typ = m.typ().clone().unwrap_or_default();
     let source = m.source().clone();
     if typ == "bind" {
@@ -261,6 +308,28 @@ mod tests {
         assert!(o.cleared.contains(MsFlags::MS_RDONLY));
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
         assert_eq!(o.data, "mode=755,size=65536k");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("run")).unwrap();
+        fs::create_dir_all(r.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", r.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", r.join("esc")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        let got = resolve_in_root(r, Path::new("/var/run/x/y")).unwrap();
+        assert_eq!(got, r.join("run/x/y"));
+        assert_eq!(
+            resolve_in_root(r, Path::new("/esc/passwd")).unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(r, Path::new("/../../a")).unwrap(),
+            r.join("a")
+        );
+        assert!(resolve_in_root(r, Path::new("/loop/x")).is_err());
     }
 
     #[test]
