@@ -170,3 +170,14 @@ pub fn own_received_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     // owns it.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
+
+/// The index N of a pty master (its slave is /dev/pts/N of its devpts).
+pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int through the pointer, which
+    // is valid for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}

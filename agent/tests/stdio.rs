@@ -141,7 +141,11 @@ fn tty_with_resize() {
     let (spec, dir) = agent.bundle(
         "b",
         &["--tty"],
-        &["sh", "-c", "read line; echo got:$line; stty size; tty"],
+        &[
+            "sh",
+            "-c",
+            "read line; echo got:$line; stty size; tty; echo viaconsole > /dev/console",
+        ],
     );
     let mut c = agent.client();
     create(&mut c, "c", spec, StdioSpec::default()).unwrap();
@@ -161,6 +165,10 @@ fn tty_with_resize() {
     assert!(s.contains("got:hello"), "{s:?}");
     assert!(s.contains("40 100"), "{s:?}");
     assert!(s.contains("/dev/pts/"), "{s:?}");
+    assert!(
+        s.contains("viaconsole"),
+        "/dev/console is the terminal: {s:?}"
+    );
     // A process without a terminal cannot be resized.
     remove(&mut c, "c");
     assert_no_mounts(&dir);

@@ -144,7 +144,8 @@ fn child_main(
         rootfs::readonly_paths(args.spec)?;
         rootfs::readonly_root(args.spec)?;
         if tty {
-            setup_pty(&args.sync, p)?;
+            let n = setup_pty(&args.sync, p)?;
+            console_on(&format!("/dev/pts/{n}"))?;
         }
         send_msg(&args.sync, &ChildMsg::Ready).map_err(sync_err)?;
         match recv_msg::<ParentMsg>(&args.sync, Duration::from_secs(u32::MAX as u64)) {
@@ -179,8 +180,10 @@ fn child_main(
 /// Opens the pty inside the container (its devpts, so `tty` names it),
 /// sends the master to the agent, makes the slave the controlling terminal
 /// and stdio.
-fn setup_pty(sync: &OwnedFd, p: &Process) -> Result<(), SetupError> {
+fn setup_pty(sync: &OwnedFd, p: &Process) -> Result<u32, SetupError> {
     let (master, slave) = crate::sys::open_pty().map_err(sys("open a pty through /dev/ptmx"))?;
+    let n = crate::sys::pty_number(std::os::fd::AsFd::as_fd(&master))
+        .map_err(sys("get the pty number"))?;
     // Sized here, before the exec, so the program never sees 0x0.
     if let Some(b) = p.console_size() {
         crate::sys::set_winsize(
@@ -197,7 +200,25 @@ fn setup_pty(sync: &OwnedFd, p: &Process) -> Result<(), SetupError> {
     for i in 0..3 {
         dup2(slave.as_raw_fd(), i).map_err(sys(format!("dup2 pty to fd {i}")))?;
     }
-    Ok(())
+    Ok(n)
+}
+
+/// Binds the container's terminal on /dev/console, like runc (skipped when
+/// /dev cannot hold the mount point).
+fn console_on(pts: &str) -> Result<(), SetupError> {
+    use nix::mount::{mount, MsFlags};
+    let console = Path::new("/dev/console");
+    if !console.exists() && std::fs::File::create(console).is_err() {
+        return Ok(());
+    }
+    mount(
+        Some(pts),
+        console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(format!("bind {pts} on /dev/console")))
 }
 
 fn set_domainname(name: &str) -> Result<(), SetupError> {

@@ -231,7 +231,9 @@ impl Server {
         c.drop_sync();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let c = &self.containers[id];
+            let Some(c) = self.containers.get(id) else {
+                return;
+            };
             let mut pids = c.pids();
             pids.extend(
                 std::iter::once(&c.init)

@@ -430,8 +430,9 @@ impl Server {
                 continue;
             }
             let _ = crate::sys::set_nonblocking(c.fd.as_raw_fd(), false);
-            let mut f = std::fs::File::from(c.fd.try_clone().expect("dup control socket"));
-            let _ = f.write_all(&c.outbuf);
+            if let Ok(fd) = c.fd.try_clone() {
+                let _ = std::fs::File::from(fd).write_all(&c.outbuf);
+            }
             c.outbuf.clear();
         }
     }
