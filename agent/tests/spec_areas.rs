@@ -462,3 +462,28 @@ fn mount_destinations_follow_symlinks_inside_the_rootfs() {
     assert_no_mounts(&dir);
     agent.shutdown();
 }
+
+#[test]
+fn rootfs_propagation() {
+    for (prop, want) in [
+        ("private", None),
+        ("shared", Some("shared:")),
+        ("slave", None),
+    ] {
+        let Some(out) = sh("rootfs_propagation", &[], "cat /proc/self/mountinfo", |v| {
+            v["linux"]["rootfsPropagation"] = json!(prop);
+        }) else {
+            return;
+        };
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .expect(&out);
+        match want {
+            Some(tag) => assert!(line.contains(tag), "{prop}: {line}"),
+            // A slave of a private parent (this host's and the guest's /)
+            // is private: either way nothing propagates back.
+            None => assert!(!line.contains("shared:"), "{prop}: {line}"),
+        }
+    }
+}
