@@ -183,8 +183,39 @@ pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), Set
     Ok(())
 }
 
+/// mount(2), behind a trait so a test can record which calls a spec
+/// produces without root (STYLE.md point 10).
+pub trait Mounter {
+    /// One mount(2) call.
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+}
+
+/// The kernel's mount(2).
+#[derive(Debug, Default)]
+pub struct Kernel;
+
+impl Mounter for Kernel {
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        mount(source, target, fstype, flags, data)
+    }
+}
+
 /// Mounts one spec entry under `rootfs`.
-pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
+pub fn mount_entry(mnt: &mut dyn Mounter, rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let target = resolve_in_root(rootfs, m.destination())?;
     let mut typ = m.typ().clone().unwrap_or_default();
@@ -203,12 +234,12 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
         let meta = fs::metadata(src).map_err(sys(format!("bind source {}", src.display())))?;
         create_mount_point(&target, !meta.is_dir())?;
         let rec = opts.flags & MsFlags::MS_REC;
-        mount(
+        mnt.mount(
             Some(src.as_path()),
             &target,
-            None::<&str>,
+            None,
             MsFlags::MS_BIND | rec,
-            None::<&str>,
+            None,
         )
         .map_err(sys(format!(
             "bind mount {} on {}",
@@ -217,7 +248,7 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
         )))?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            remount_bind(&target, extra)?;
+            remount_bind(mnt, &target, extra)?;
         }
     } else {
         create_mount_point(&target, false)?;
@@ -231,7 +262,7 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
         let src = source.clone().unwrap_or_else(|| PathBuf::from(&fstype));
-        mount(
+        mnt.mount(
             Some(src.as_path()),
             &target,
             Some(fstype.as_str()),
@@ -241,7 +272,7 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
         .map_err(sys(format!("mount {fstype} on {}", target.display())))?;
     }
     for p in &opts.propagation {
-        mount(None::<&str>, &target, None::<&str>, *p, None::<&str>)
+        mnt.mount(None, &target, None, *p, None)
             .map_err(sys(format!("set propagation of {}", target.display())))?;
     }
     Ok(())
@@ -249,14 +280,18 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locks
 /// (nosuid, nodev... of the source) so the remount is allowed in a user ns.
-pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<(), SetupError> {
+pub fn remount_bind(
+    mnt: &mut dyn Mounter,
+    target: &Path,
+    flags: MsFlags,
+) -> Result<(), SetupError> {
     let locked = locked_flags(target);
-    mount(
-        None::<&str>,
+    mnt.mount(
+        None,
         target,
-        None::<&str>,
+        None,
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
-        None::<&str>,
+        None,
     )
     .map_err(sys(format!("remount {} with {flags:?}", target.display())))
 }
@@ -308,6 +343,83 @@ mod tests {
         assert!(o.cleared.contains(MsFlags::MS_RDONLY));
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
         assert_eq!(o.data, "mode=755,size=65536k");
+    }
+
+    type Call = (
+        Option<PathBuf>,
+        PathBuf,
+        Option<String>,
+        MsFlags,
+        Option<String>,
+    );
+
+    #[derive(Default)]
+    struct Recorder(Vec<Call>);
+
+    impl Mounter for Recorder {
+        fn mount(
+            &mut self,
+            source: Option<&Path>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> nix::Result<()> {
+            self.0.push((
+                source.map(Path::to_path_buf),
+                target.to_path_buf(),
+                fstype.map(str::to_owned),
+                flags,
+                data.map(str::to_owned),
+            ));
+            Ok(())
+        }
+    }
+
+    fn spec_mount(json: &str) -> Mount {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn readonly_bind_is_a_bind_then_a_readonly_remount() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let m = spec_mount(&format!(
+            r#"{{"destination":"/mnt/x","type":"bind","source":"{}","options":["rbind","ro","nosuid","rprivate"]}}"#,
+            src.path().display()
+        ));
+        let mut rec = Recorder::default();
+        mount_entry(&mut rec, root.path(), &m).unwrap();
+        let target = root.path().join("mnt/x");
+        assert!(target.is_dir(), "mount point created");
+        assert_eq!(rec.0.len(), 3, "{:?}", rec.0);
+        assert_eq!(rec.0[0].0.as_deref(), Some(src.path()));
+        assert_eq!(rec.0[0].3, MsFlags::MS_BIND | MsFlags::MS_REC);
+        let remount = rec.0[1].3;
+        assert!(remount.contains(
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        ));
+        assert_eq!(rec.0[2].3, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+    }
+
+    #[test]
+    fn filesystem_mounts_carry_flags_and_data_and_cgroup_means_cgroup2() {
+        let root = tempfile::tempdir().unwrap();
+        let mut rec = Recorder::default();
+        let tmp = spec_mount(
+            r#"{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","strictatime","mode=755","size=65536k"]}"#,
+        );
+        mount_entry(&mut rec, root.path(), &tmp).unwrap();
+        let cg = spec_mount(
+            r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro","nosuid"]}"#,
+        );
+        mount_entry(&mut rec, root.path(), &cg).unwrap();
+        assert_eq!(rec.0[0].2.as_deref(), Some("tmpfs"));
+        assert_eq!(rec.0[0].3, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert_eq!(rec.0[0].4.as_deref(), Some("mode=755,size=65536k"));
+        assert_eq!(rec.0[1].2.as_deref(), Some("cgroup2"));
+        assert_eq!(rec.0[1].3, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID);
+        assert_eq!(rec.0[1].4, None);
     }
 
     #[test]

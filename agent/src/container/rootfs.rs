@@ -8,7 +8,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::Spec;
 
-use super::mounts::{mount_entry, propagation_flags, remount_bind};
+use super::mounts::{mount_entry, propagation_flags, remount_bind, Kernel};
 use super::{devices, sys, SetupError};
 
 /// Builds the rootfs and pivots into it. Runs in a fresh mount namespace.
@@ -45,7 +45,7 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), SetupError> {
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
-        mount_entry(rootfs, m)?;
+        mount_entry(&mut Kernel, rootfs, m)?;
     }
     let dev_is_tmpfs = mounts
         .iter()
@@ -143,6 +143,7 @@ pub fn readonly_paths(spec: &Spec) -> Result<(), SetupError> {
         )
         .map_err(sys(format!("bind {p} read-only")))?;
         remount_bind(
+            &mut Kernel,
             Path::new(&p),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         )?;
@@ -158,7 +159,7 @@ pub fn readonly_root(spec: &Spec) -> Result<(), SetupError> {
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
+        remount_bind(&mut Kernel, Path::new("/"), MsFlags::MS_RDONLY)?;
     }
     Ok(())
 }
