@@ -338,6 +338,9 @@ fn spawn(
     drop(child_stdio);
     let linux = spec.linux().clone().unwrap_or_default();
     let mut pid: Option<i32> = None;
+    // The init (forked by the intermediate child) may report Ready before
+    // the intermediate child got to report its pid: wait for both.
+    let mut ready = false;
     let fail = |pid: Option<i32>, e: ProtocolError| {
         let _ = kill(c1, Signal::SIGKILL);
         let _ = waitpid(c1, None);
@@ -382,8 +385,16 @@ fn spawn(
                     let _ = waitpid(c1, None);
                 }
                 pid = Some(p);
+                if ready {
+                    break;
+                }
             }
-            (ChildMsg::Ready, _) if create => break,
+            (ChildMsg::Ready, _) if create => {
+                ready = true;
+                if pid.is_some() {
+                    break;
+                }
+            }
             (ChildMsg::Error { code, message }, _) => return fail(pid, err(code, message)),
             (other, _) => {
                 let e = err(
