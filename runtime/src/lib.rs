@@ -12,6 +12,7 @@
 //! | [`hooks`] | host-side OCI hooks |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
 //! | [`signal`] | signal names, and forwarding for `run` |
+//! | [`shim`] | the containerd shim v2 (`containerd-shim-husk-v2`) |
 
 pub mod bundle;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod logging;
 pub mod ops;
 pub mod signal;
 pub mod sizing;
+pub mod shim;
 pub mod state;
 
 /// Formats an error and its sources on one line.

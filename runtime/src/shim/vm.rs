@@ -1,0 +1,387 @@
+//! The VM of one shim (one pod): its state directory, the share directory
+//! every container's rootfs is bind-mounted into, the plain `husk-vmm`
+//! monitor, and teardown.
+
+use std::fs;
+use std::io::BufRead;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_protocol::client::{AgentAddr, AgentClient};
+use husk_protocol::Request;
+use husk_vmm::config::{EngineChoice, ShareConfig, VmConfig};
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::{ShimError, CRI_SANDBOX_MEMORY};
+use crate::bundle::{prepare_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
+use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB, MIN_MEMORY_MIB};
+
+/// The fd the monitor reports readiness on.
+const READY_FD: i32 = 3;
+/// How long a call waits for the agent of a running VM.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running VM.
+#[derive(Debug)]
+pub struct PodVm {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// The share directory (a shared mount point served as [`SHARE_TAG`]).
+    pub share: PathBuf,
+    /// The agent.
+    pub addr: AgentAddr,
+    /// The monitor's pid.
+    pub monitor_pid: i32,
+    /// The VM's size.
+    pub size: VmSize,
+}
+
+/// Sizes the VM of a pod (or of a lone container) from the first
+/// container's spec: [`size_vm`] (memory limit + [`MEMORY_OVERHEAD_MIB`],
+/// `husk.*` annotations), or the pod's memory limit from containerd 1.7's
+/// `io.kubernetes.cri.sandbox-memory` annotation.
+pub fn size_pod(spec: &Spec) -> Result<VmSize, ShimError> {
+    let mut size = size_vm(spec, |k| std::env::var(k).ok()).map_err(crate::ops::OpError::from)?;
+    let ann = spec.annotations().clone().unwrap_or_default();
+    if !ann.contains_key("husk.memory_mib") {
+        if let Some(bytes) = ann
+            .get(CRI_SANDBOX_MEMORY)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|b| *b > 0)
+        {
+            let mib = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+            size.memory_mib = mib.saturating_add(MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB);
+        }
+    }
+    Ok(size)
+}
+
+impl PodVm {
+    /// Boots a VM in `dir` sized from `spec`.
+    pub fn boot(dir: &Path, spec: &Spec, vmm_binary: &Path) -> Result<PodVm, ShimError> {
+        let size = size_pod(spec)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(ShimError::io(format!("create {}", dir.display())))?;
+        let share = dir.join("share");
+        let mut vm = PodVm {
+            dir: dir.to_owned(),
+            share: share.clone(),
+            addr: AgentAddr::HybridVsock {
+                uds: dir.join("vsock.sock"),
+                port: husk_protocol::DEFAULT_AGENT_PORT,
+            },
+            monitor_pid: 0,
+            size,
+        };
+        match vm.start_monitor(vmm_binary) {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                vm.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    fn start_monitor(&mut self, vmm_binary: &Path) -> Result<(), ShimError> {
+        fs::create_dir_all(&self.share).map_err(ShimError::io("create the share dir"))?;
+        // Mounts made under the share later (containers of the pod) must
+        // reach virtiofsd's own mount namespace: make the share a shared
+        // mount point before virtiofsd copies the mount table.
+        let share_err = |e: nix::errno::Errno| ShimError::Io {
+            what: format!("make {} a shared mount", self.share.display()),
+            source: e.into(),
+        };
+        mount(
+            Some(&self.share),
+            &self.share,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(share_err)?;
+        mount(
+            None::<&str>,
+            &self.share,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(share_err)?;
+
+        let size = &self.size;
+        let mut vm = VmConfig::new(&size.kernel, &self.dir);
+        vm.initramfs = Some(size.initramfs.clone());
+        vm.cmdline = size.cmdline.clone();
+        vm.memory_mib = size.memory_mib;
+        vm.vcpus = size.vcpus;
+        vm.engine = size
+            .engine
+            .parse::<EngineChoice>()
+            .map_err(ShimError::Invalid)?;
+        if let AgentAddr::HybridVsock { uds, .. } = &self.addr {
+            vm.vsock.uds_path = Some(uds.clone());
+        }
+        vm.shares = vec![ShareConfig {
+            tag: SHARE_TAG.into(),
+            host_dir: self.share.clone(),
+            cache: Default::default(),
+            readonly: false,
+        }];
+        vm.validate()
+            .map_err(|e| ShimError::Invalid(crate::error_chain(&e)))?;
+        let cfg = self.dir.join("vmm.json");
+        crate::state::write_atomic(
+            &cfg,
+            &serde_json::to_vec_pretty(&vm).expect("config serializes"),
+        )
+        .map_err(|e| ShimError::Invalid(e.to_string()))?;
+        let out = fs::File::create(self.dir.join("husk-vmm.out"))
+            .map_err(ShimError::io("create husk-vmm.out"))?;
+        let (rd, wr) = nix::unistd::pipe().map_err(|e| ShimError::io("pipe")(e.into()))?;
+        let wr_raw = std::os::fd::AsRawFd::as_raw_fd(&wr);
+        let mut cmd = Command::new(vmm_binary);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("--ready-fd")
+            .arg(READY_FD.to_string())
+            .arg("--log-file")
+            .arg(self.dir.join("husk-vmm.log"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(ShimError::io("dup"))?)
+            .stderr(out);
+        // SAFETY: between fork and exec the closure only calls the
+        // async-signal-safe dup2, fcntl and setsid on fds open in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if wr_raw == READY_FD {
+                    libc::fcntl(READY_FD, libc::F_SETFD, 0);
+                } else if libc::dup2(wr_raw, READY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(ShimError::io(format!(
+            "cannot run {}",
+            vmm_binary.display()
+        )))?;
+        drop(wr);
+        self.monitor_pid = child.id() as i32;
+        // The shim's reaper (containerd-shim's SIGCHLD handler) reaps it.
+        drop(child);
+        let _ = fs::write(self.dir.join("monitor.pid"), self.monitor_pid.to_string());
+        let _ = fs::write(self.dir.join("shim.pid"), std::process::id().to_string());
+        let timeout = Duration::from_secs(vm.boot_timeout_s + 30);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let r = std::io::BufReader::new(fs::File::from(rd)).read_line(&mut line);
+            let _ = tx.send(r.map(|_| line));
+        });
+        let line = match rx.recv_timeout(timeout) {
+            Ok(Ok(l)) if !l.is_empty() => l,
+            Ok(Ok(_)) | Ok(Err(_)) => return Err(self.boot_failed("the monitor exited")),
+            Err(_) => return Err(self.boot_failed("timed out")),
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["ok"] != true {
+            let why = v["error"].as_str().unwrap_or(line.trim()).to_owned();
+            return Err(self.boot_failed(&why));
+        }
+        tracing::info!(
+            memory_mib = size.memory_mib,
+            vcpus = size.vcpus,
+            overhead_mib = MEMORY_OVERHEAD_MIB,
+            monitor_pid = self.monitor_pid,
+            dir = %self.dir.display(),
+            "VM booted (guest RAM = memory limit + overhead_mib; host overhead: see SHIM.md)"
+        );
+        Ok(())
+    }
+
+    fn boot_failed(&self, why: &str) -> ShimError {
+        ShimError::Invalid(format!(
+            "the VM failed to start: {why}; see {}",
+            self.dir.join("husk-vmm.log").display()
+        ))
+    }
+
+    /// A control connection to the agent.
+    pub fn agent(&self) -> Result<AgentClient, ShimError> {
+        Ok(AgentClient::connect(&self.addr, AGENT_TIMEOUT)?)
+    }
+
+    /// Shares `bundle` into the VM under `share/<id>/` and returns its spec
+    /// rewritten for the guest and the mounts made.
+    pub fn share_bundle(
+        &self,
+        bundle: &Bundle,
+        id: &str,
+    ) -> Result<(Spec, ShareMounts), ShimError> {
+        let (mut spec, mounts) =
+            prepare_share(bundle, &self.share.join(id)).map_err(crate::ops::OpError::from)?;
+        let base = PathBuf::from(husk_protocol::share_mount_point(SHARE_TAG));
+        let re = |p: &Path| -> Option<PathBuf> {
+            p.strip_prefix(&base)
+                .ok()
+                .map(|rel| base.join(id).join(rel))
+        };
+        if let Some(mut root) = spec.root().clone() {
+            if let Some(p) = re(root.path()) {
+                root.set_path(p);
+            }
+            spec.set_root(Some(root));
+        }
+        if let Some(ms) = spec.mounts().clone() {
+            let ms = ms
+                .into_iter()
+                .map(|mut m| {
+                    if let Some(p) = m.source().as_deref().and_then(re) {
+                        m.set_source(Some(p));
+                    }
+                    m
+                })
+                .collect();
+            spec.set_mounts(Some(ms));
+        }
+        Ok((spec, mounts))
+    }
+
+    /// Undoes [`PodVm::share_bundle`].
+    pub fn unshare_bundle(&self, id: &str, mounts: &[PathBuf]) {
+        if let Err(e) = unmount_all(mounts) {
+            tracing::warn!(id, error = %e, "cannot unmount the container's share");
+        }
+        remove_unmounted(&self.share.join(id));
+    }
+
+    /// Stops the VM (the agent powers it off; signals if it does not) and
+    /// removes the state directory.
+    pub fn shutdown(&mut self) {
+        if self.monitor_pid > 0 && alive(self.monitor_pid) {
+            match self
+                .agent()
+                .and_then(|mut a| Ok(a.call(Request::Shutdown)?))
+            {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "agent shutdown failed"),
+            }
+            stop_pid(self.monitor_pid, Duration::from_secs(15));
+        }
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        if self.monitor_pid > 0 {
+            stop_pid(self.monitor_pid, Duration::from_secs(5));
+        }
+        unmount_under(&self.dir);
+        remove_unmounted(&self.dir);
+    }
+}
+
+/// Cleans up after a shim that died: stops its monitor, unmounts and removes
+/// its state. Leaves everything alone while the shim still runs.
+pub fn cleanup_dead(dir: &Path, id: &str) {
+    let pid_in = |f: &str| {
+        fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+    };
+    if pid_in("shim.pid").is_some_and(|p| p != std::process::id() as i32 && alive(p)) {
+        tracing::info!(
+            id,
+            "the shim of {} still runs; leaving its VM",
+            dir.display()
+        );
+        return;
+    }
+    if let Some(p) = pid_in("monitor.pid") {
+        stop_pid(p, Duration::from_secs(5));
+    }
+    unmount_under(dir);
+    remove_unmounted(dir);
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    !fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Waits for `pid` to end; SIGTERM after `grace`, SIGKILL after as long again.
+fn stop_pid(pid: i32, grace: Duration) {
+    let start = Instant::now();
+    let mut sent = 0;
+    while alive(pid) {
+        let t = start.elapsed();
+        if sent == 0 && t >= grace {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            sent = 1;
+        } else if sent == 1 && t >= grace * 2 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            sent = 2;
+        } else if t >= grace * 3 {
+            tracing::warn!(pid, "process does not die");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every mount point at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.reverse();
+    v
+}
+
+fn unmount_under(dir: &Path) {
+    let mut points = mounts_under(dir);
+    points.reverse();
+    if let Err(e) = unmount_all(&points) {
+        tracing::warn!(dir = %dir.display(), error = %e, "unmount failed");
+    }
+}
+
+/// Removes `dir` unless something is still mounted below it (removing
+/// through a mount would delete a container's files).
+fn remove_unmounted(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let left = mounts_under(dir);
+    if !left.is_empty() {
+        tracing::warn!(dir = %dir.display(), ?left, "still mounted; not removing");
+        return;
+    }
+    if let Err(e) = fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove");
+    }
+}
