@@ -19,9 +19,9 @@ pub mod cli;
 pub mod hooks;
 pub mod logging;
 pub mod ops;
+pub mod shim;
 pub mod signal;
 pub mod sizing;
-pub mod shim;
 pub mod state;
 
 /// Formats an error and its sources on one line.
