@@ -81,6 +81,9 @@ fn states_signals_and_wait() {
     );
     c.start("c").unwrap();
     assert_eq!(state(&mut c, "c").status, ContainerStatus::Running);
+    // The agent forks, so it must never have started a thread.
+    let st = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    assert!(st.lines().any(|l| l == "Threads:\t1"), "{st}");
     // A second start is refused.
     assert_eq!(
         c.start("c").unwrap_err().code(),
