@@ -50,16 +50,28 @@ pub struct Pumps {
     /// The stream that carries stdin (the pty stream with a terminal), to
     /// close it on `CloseIO`.
     pub stdin: Option<UnixStream>,
+    /// The pty stream, closed once the process exited and its output
+    /// drained (the agent may keep it open while the host side is).
+    pty: Option<UnixStream>,
     done: Vec<Receiver<()>>,
 }
 
 impl Pumps {
     /// Waits until every output pump finished, at most `timeout`.
     pub fn drain(&mut self, timeout: Duration) {
+        // A pty's output is all there shortly after the exit.
+        let timeout = if self.pty.is_some() {
+            timeout.min(Duration::from_millis(500))
+        } else {
+            timeout
+        };
         let end = Instant::now() + timeout;
         for rx in self.done.drain(..) {
             let left = end.saturating_duration_since(Instant::now());
             let _ = rx.recv_timeout(left);
+        }
+        if let Some(s) = self.pty.take() {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
 
@@ -87,6 +99,7 @@ pub fn attach(
     let open = |kind| addr.open_stream(container, exec, kind);
     if paths.terminal {
         let s = open(StreamKind::Pty)?;
+        pumps.pty = Some(s.try_clone().map_err(ShimError::io("dup stream"))?);
         if !paths.stdin.is_empty() {
             let w = s.try_clone().map_err(ShimError::io("dup stream"))?;
             pumps.stdin = Some(w.try_clone().map_err(ShimError::io("dup stream"))?);

@@ -135,6 +135,7 @@ pub struct HuskShim {
     id: String,
     namespace: String,
     exit: Arc<ExitSignal>,
+    stopping: Arc<std::sync::Mutex<Option<vm::PodVm>>>,
 }
 
 impl std::fmt::Debug for HuskShim {
@@ -151,11 +152,16 @@ impl containerd_shim::Shim for HuskShim {
 
     fn new(_runtime_id: &str, args: &Flags, config: &mut containerd_shim::Config) -> Self {
         config.no_setup_logger = true;
-        init_logging(args.action.is_empty(), args.debug);
+        // containerd 1.6 reads `start`'s stdout and stderr together as the
+        // address: nothing may be logged there.
+        if args.action != "start" {
+            init_logging(args.action.is_empty(), args.debug);
+        }
         HuskShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
             exit: Arc::new(ExitSignal::default()),
+            stopping: Arc::default(),
         }
     }
 
@@ -188,6 +194,16 @@ impl containerd_shim::Shim for HuskShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        let vm = self
+            .stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut vm) = vm {
+            let t = std::time::Instant::now();
+            vm.shutdown();
+            tracing::info!(ms = t.elapsed().as_millis() as u64, "VM stopped");
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
@@ -195,6 +211,7 @@ impl containerd_shim::Shim for HuskShim {
             self.namespace.clone(),
             publisher,
             self.exit.clone(),
+            self.stopping.clone(),
             shim_root(),
         )
     }

@@ -106,6 +106,7 @@ pub struct TaskService {
     namespace: String,
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
+    stopping: Arc<Mutex<Option<PodVm>>>,
     root: PathBuf,
     vmm_binary: PathBuf,
     inner: Arc<Mutex<Inner>>,
@@ -130,11 +131,13 @@ fn opt(exec_id: &str) -> Option<&str> {
 
 impl TaskService {
     /// A service publishing events through `publisher`, keeping VM state
-    /// under `root`.
+    /// under `root`; on `Shutdown` it leaves the VM in `stopping` and
+    /// signals `exit`.
     pub fn new(
         namespace: String,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
+        stopping: Arc<Mutex<Option<PodVm>>>,
         root: PathBuf,
     ) -> Self {
         let vmm_binary = crate::ops::Runtime::new(root.clone()).vmm_binary;
@@ -142,6 +145,7 @@ impl TaskService {
             namespace,
             publisher: Arc::new(publisher),
             exit,
+            stopping,
             root,
             vmm_binary,
             inner: Arc::new(Mutex::new(Inner::default())),
@@ -643,9 +647,11 @@ impl Task for TaskService {
         if !inner.containers.is_empty() {
             return Ok(Empty::new());
         }
-        if let Some(mut vm) = inner.vm.take() {
+        // Stopping the VM takes longer than containerd waits for this
+        // call: the shim's main thread does it after the exit signal.
+        if let Some(vm) = inner.vm.take() {
             tracing::info!("last task gone: stopping the VM");
-            vm.shutdown();
+            *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm);
         }
         self.exit.signal();
         Ok(Empty::new())
