@@ -29,9 +29,63 @@ shim_preflight() {
 }
 
 IMAGE=docker.io/library/husk-busybox:test
+PAUSE_IMAGE=docker.io/library/husk-pause:test
+# shim_import_image TMPDIR [NAMESPACE]
 shim_import_image() {
-  "$here/make-image.sh" "$1/img.tar" "$IMAGE" >/dev/null
-  ctr --address "$CTR_ADDR" images import "$1/img.tar" >/dev/null
+  [ -f "$1/img.tar" ] || "$here/make-image.sh" "$1/img.tar" "$IMAGE" >/dev/null
+  ctr --address "$CTR_ADDR" -n "${2:-default}" images import "$1/img.tar" >/dev/null
+}
+
+# shim_import_pause_image TMPDIR [NAMESPACE]: the busybox image with
+# `sleep` as its command, named $PAUSE_IMAGE (no registry to pull pause from).
+shim_import_pause_image() {
+  local t=$1/pause d m c
+  [ -f "$1/img.tar" ] || "$here/make-image.sh" "$1/img.tar" "$IMAGE" >/dev/null
+  rm -rf "$t"; mkdir -p "$t"; tar -C "$t" -xf "$1/img.tar"
+  m=$(jq -r '.manifests[0].digest' "$t/index.json" | cut -d: -f2)
+  c=$(jq -r '.config.digest' "$t/blobs/sha256/$m" | cut -d: -f2)
+  jq -c '.config.Cmd = ["sleep", "2147483647"]' "$t/blobs/sha256/$c" >"$t/cfg"
+  d=$(sha256sum "$t/cfg" | cut -d' ' -f1); mv "$t/cfg" "$t/blobs/sha256/$d"
+  jq -c --arg d "sha256:$d" --argjson s "$(stat -c %s "$t/blobs/sha256/$d")" \
+    '.config.digest = $d | .config.size = $s' "$t/blobs/sha256/$m" >"$t/man"
+  m=$(sha256sum "$t/man" | cut -d' ' -f1); mv "$t/man" "$t/blobs/sha256/$m"
+  jq -c --arg d "sha256:$m" --argjson s "$(stat -c %s "$t/blobs/sha256/$m")" --arg n "$PAUSE_IMAGE" \
+    '.manifests[0].digest = $d | .manifests[0].size = $s
+     | .manifests[0].annotations["io.containerd.image.name"] = $n
+     | .manifests[0].annotations["org.opencontainers.image.ref.name"] = "test"' "$t/index.json" >"$t/idx"
+  mv "$t/idx" "$t/index.json"
+  tar -C "$t" -cf "$1/pause.tar" .
+  ctr --address "$CTR_ADDR" -n "${2:-default}" images import "$1/pause.tar" >/dev/null
+}
+
+# Like containerd_start (tests/lib/containerd.sh), with the CRI runtime
+# handler `husk` registered and the pause image set.
+shim_containerd_start_cri() {
+  CONTAINERD_DIR=$(mktemp -d /tmp/husk-containerd.XXXXXX)
+  CTR_ADDR=$CONTAINERD_DIR/containerd.sock
+  cat > "$CONTAINERD_DIR/config.toml" <<CFG
+version = 2
+root = "$CONTAINERD_DIR/root"
+state = "$CONTAINERD_DIR/state"
+[grpc]
+  address = "$CTR_ADDR"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "$PAUSE_IMAGE"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
+  runtime_type = "io.containerd.husk.v2"
+  pod_annotations = ["husk.*"]
+CFG
+  containerd --config "$CONTAINERD_DIR/config.toml" >"$CONTAINERD_DIR/log" 2>&1 &
+  CONTAINERD_PID=$!
+  for _ in $(seq 100); do
+    ctr --address "$CTR_ADDR" version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "containerd did not start:" >&2; tail -20 "$CONTAINERD_DIR/log" >&2
+  return 1
 }
 
 c() { ctr --address "$CTR_ADDR" "$@"; }

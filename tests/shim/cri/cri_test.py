@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""A CRI client test through containerd's socket (runtime.v1 gRPC).
+
+usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
+Runs a pod with runtime handler `husk`, two containers in it, ExecSync, reads
+the container logs, then stops and removes the pod. Prints `ok: ...` lines;
+exits non-zero on the first failure. GENDIR holds the generated api_pb2*.py.
+"""
+import os
+import sys
+import time
+
+sock, image, logdir, gendir = sys.argv[1:5]
+sys.path.insert(0, gendir)
+import grpc  # noqa: E402
+import api_pb2 as pb  # noqa: E402
+import api_pb2_grpc as pbg  # noqa: E402
+
+ch = grpc.insecure_channel("unix://" + sock)
+rt = pbg.RuntimeServiceStub(ch)
+T = 120  # seconds per call: a VM boots under TCG here
+
+
+def ok(msg):
+    print("ok:", msg, flush=True)
+
+
+def fail(msg):
+    print("FAIL:", msg, flush=True)
+    sys.exit(1)
+
+
+def expect(what, got, want):
+    if got != want:
+        fail(f"{what}: got {got!r}, want {want!r}")
+    ok(what)
+
+
+v = rt.Version(pb.VersionRequest(), timeout=10)
+ok(f"CRI {v.runtime_api_version} from {v.runtime_name} {v.runtime_version}")
+
+pod_cfg = pb.PodSandboxConfig(
+    metadata=pb.PodSandboxMetadata(name="husk-pod", uid="uid-husk-pod", namespace="default", attempt=0),
+    log_directory=logdir,
+    labels={"app": "husk-test"},
+    annotations={"husk.memory_mib": "320"},
+    linux=pb.LinuxPodSandboxConfig(
+        # No CNI on this host: the pod uses the VM's own network namespace.
+        security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE)
+        )
+    ),
+)
+pod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
+ok(f"RunPodSandbox {pod[:12]}")
+st = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=T).status
+expect("pod ready", pb.PodSandboxState.Name(st.state), "SANDBOX_READY")
+expect("pod runtime handler", st.runtime_handler, "husk")
+
+
+def container(name, script):
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name, attempt=0),
+        image=pb.ImageSpec(image=image),
+        command=["sh", "-c", script],
+        log_path=f"{name}.log",
+    )
+    cid = rt.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg), timeout=T
+    ).container_id
+    ok(f"CreateContainer {name}")
+    rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=T)
+    ok(f"StartContainer {name}")
+    return cid
+
+
+c1 = container("c1", "echo hello-from-c1; echo err-from-c1 >&2; exec sleep 100000")
+c2 = container("c2", "echo hello-from-c2; exec sleep 100000")
+for cid, name in ((c1, "c1"), (c2, "c2")):
+    s = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=T).status
+    expect(f"{name} running", pb.ContainerState.Name(s.state), "CONTAINER_RUNNING")
+
+r = rt.ExecSync(pb.ExecSyncRequest(container_id=c1, cmd=["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"], timeout=60), timeout=T)
+expect("ExecSync stdout", r.stdout, b"exec-out\n")
+expect("ExecSync stderr", r.stderr, b"exec-err\n")
+expect("ExecSync exit code", r.exit_code, 3)
+
+# Each container has its own mount namespace (and cgroup) in the one VM.
+def sync(cid, cmd):
+    r = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", cmd], timeout=60), timeout=T)
+    if r.exit_code != 0:
+        fail(f"exec {cmd!r}: exit {r.exit_code}, stderr {r.stderr!r}")
+    return r.stdout.decode().strip()
+
+mnt1, mnt2 = sync(c1, "readlink /proc/self/ns/mnt"), sync(c2, "readlink /proc/self/ns/mnt")
+if not mnt1 or mnt1 == mnt2:
+    fail(f"containers share a mount namespace: {mnt1} {mnt2}")
+ok("containers have their own mount namespaces")
+cg1, cg2 = sync(c1, "cat /proc/self/cgroup"), sync(c2, "cat /proc/self/cgroup")
+if cg1 == cg2:
+    fail(f"containers share a cgroup: {cg1}")
+ok("containers have their own cgroups")
+# ...in one guest kernel: the same boot id.
+b1, b2 = sync(c1, "cat /proc/sys/kernel/random/boot_id"), sync(c2, "cat /proc/sys/kernel/random/boot_id")
+expect("both containers in one VM (same boot_id)", b1, b2)
+if b1 == open("/proc/sys/kernel/random/boot_id").read().strip():
+    fail("the container runs on the host kernel")
+ok("the pod's kernel is not the host's")
+print("guest-meminfo:", sync(c1, "head -3 /proc/meminfo | tr -s ' ' | tr '\\n' ' '"), flush=True)
+
+
+def log_of(name):
+    path = os.path.join(logdir, f"{name}.log")
+    for _ in range(100):
+        if os.path.exists(path):
+            lines = open(path).read().splitlines()
+            if len(lines) >= (2 if name == "c1" else 1):
+                return lines
+        time.sleep(0.2)
+    fail(f"no log at {path}")
+
+
+l1 = log_of("c1")
+# CRI log lines: TIMESTAMP STREAM TAG MESSAGE
+got = sorted((l.split(" ", 3)[1], l.split(" ", 3)[3]) for l in l1)
+expect("c1 logs", got, [("stderr", "err-from-c1"), ("stdout", "hello-from-c1")])
+expect("c2 logs", [l.split(" ", 3)[3] for l in log_of("c2")], ["hello-from-c2"])
+
+if os.environ.get("CRI_PAUSE_FOR_MEASURE"):
+    print("measure-now", flush=True)
+    while not os.path.exists(os.environ["CRI_PAUSE_FOR_MEASURE"]):
+        time.sleep(0.2)
+
+rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=T)
+ok("StopPodSandbox")
+s = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=c1), timeout=T).status
+expect("c1 exited after the pod stopped", pb.ContainerState.Name(s.state), "CONTAINER_EXITED")
+rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=T)
+ok("RemovePodSandbox")
+left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
+expect("no pods left", len(left), 0)
+left = rt.ListContainers(pb.ListContainersRequest(), timeout=T).containers
+expect("no containers left", len(left), 0)
