@@ -38,7 +38,7 @@ log "5/6 guest initramfs"
 initramfs=$("$root/guest-kernel/build-initramfs.sh" | tail -n1)
 
 log "6/6 install to $prefix"
-for b in husk husk-vmm husk-agent; do
+for b in husk husk-vmm husk-agent containerd-shim-husk-v2; do
   install -m 0755 "$root/target/release/$b" "$prefix/bin/$b"
 done
 install -d "$prefix/share/husk"
