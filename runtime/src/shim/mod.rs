@@ -50,7 +50,7 @@ pub enum ShimError {
     #[error(transparent)]
     Op(#[from] crate::ops::OpError),
     /// The agent.
-    #[error("agent: {0}")]
+    #[error("agent")]
     Agent(#[from] husk_protocol::client::ClientError),
     /// The task or process does not exist.
     #[error("{0} not found")]
@@ -62,11 +62,12 @@ pub enum ShimError {
     #[error("{0}")]
     Invalid(String),
     /// A host-side I/O failure.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -243,6 +244,20 @@ pub fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_read_once() {
+        let e = ShimError::Agent(husk_protocol::client::ClientError::Agent(
+            husk_protocol::ProtocolError {
+                code: husk_protocol::ErrorCode::InvalidArgument,
+                message: "bad spec".into(),
+            },
+        ));
+        let s = crate::error_chain(&e);
+        assert_eq!(s.matches("bad spec").count(), 1, "{s}");
+        let e = ShimError::io("open x")(std::io::ErrorKind::NotFound.into());
+        assert_eq!(crate::error_chain(&e).matches("not found").count(), 1);
+    }
 
     #[test]
     fn vm_dir_is_short_and_stable() {
