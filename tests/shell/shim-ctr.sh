@@ -16,7 +16,14 @@ out=$(c run --rm "${R[@]}" "$IMAGE" t-echo echo hello-from-husk 2>&1); rc=$?
 expect_eq "run output" "$out" "hello-from-husk"
 expect_eq "run exit" "$rc" 0
 
-out=$(c run --rm "${R[@]}" "$IMAGE" t-exit sh -c 'echo to-err >&2; exit 3' 2>"$tmp/err"); rc=$?
+# Runtime options (ctr --runtime-config-path = CRI's options.ConfigPath).
+printf 'engine = "qemu"\n' >"$tmp/opts-good.toml"
+printf 'engine = "warp-drive"\n' >"$tmp/opts-bad.toml"
+out=$(c run --rm "${R[@]}" --runtime-config-path "$tmp/opts-bad.toml" "$IMAGE" t-badopt true 2>&1) \
+  && fail "a bad engine in the runtime options was accepted"
+grep -q 'warp-drive' <<<"$out" && echo "ok: runtime options are read" || fail "bad options: $out"
+c container delete t-badopt >/dev/null 2>&1 || true
+out=$(c run --rm "${R[@]}" --runtime-config-path "$tmp/opts-good.toml" "$IMAGE" t-exit sh -c 'echo to-err >&2; exit 3' 2>"$tmp/err"); rc=$?
 expect_eq "exit code" "$rc" 3
 expect_eq "stderr" "$(cat "$tmp/err")" "to-err"
 

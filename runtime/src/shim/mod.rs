@@ -18,9 +18,11 @@
 //! | [`task`] | the ttrpc task service |
 //! | `io` | containerd's FIFOs pumped to and from the agent's stdio streams |
 //! | `metrics` | the agent's cgroup v2 numbers as containerd's v2 metrics |
+//! | [`options`] | runtime options (`ConfigPath`): engine, kernel, initramfs, vmm |
 
 mod io;
 mod metrics;
+pub mod options;
 pub mod task;
 pub mod vm;
 

@@ -25,6 +25,7 @@ use husk_protocol::{
 };
 
 use super::io::{attach, Pumps, StdioPaths};
+use super::options::RuntimeOptions;
 use super::vm::{PodVm, AGENT_TIMEOUT};
 use super::{grouping, metrics, vm_dir, ShimError};
 use crate::bundle::{Bundle, SHARE_TAG};
@@ -227,7 +228,16 @@ impl TaskService {
         let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
         if inner.vm.is_none() {
             let dir = vm_dir(&self.root, &self.namespace, &grouping(bundle_dir, id));
-            inner.vm = Some(PodVm::boot(&dir, &bundle.spec, &self.vmm_binary)?);
+            let opts = RuntimeOptions::from_any(
+                req.options
+                    .as_ref()
+                    .map(|a| a.value.as_slice())
+                    .unwrap_or_default(),
+            )?;
+            let vmm = opts
+                .env("HUSK_VMM")
+                .map_or_else(|| self.vmm_binary.clone(), PathBuf::from);
+            inner.vm = Some(PodVm::boot(&dir, &bundle.spec, &vmm, |k| opts.env(k))?);
         }
         let vm = inner.vm.as_ref().expect("booted above");
         let (spec, mounts) = vm.share_bundle(&bundle, id)?;

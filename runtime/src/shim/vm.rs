@@ -46,8 +46,8 @@ pub struct PodVm {
 /// container's spec: [`size_vm`] (memory limit + [`MEMORY_OVERHEAD_MIB`],
 /// `husk.*` annotations), or the pod's memory limit from containerd 1.7's
 /// `io.kubernetes.cri.sandbox-memory` annotation.
-pub fn size_pod(spec: &Spec) -> Result<VmSize, ShimError> {
-    let mut size = size_vm(spec, |k| std::env::var(k).ok()).map_err(crate::ops::OpError::from)?;
+pub fn size_pod(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSize, ShimError> {
+    let mut size = size_vm(spec, env).map_err(crate::ops::OpError::from)?;
     let ann = spec.annotations().clone().unwrap_or_default();
     if !ann.contains_key("husk.memory_mib") {
         if let Some(bytes) = ann
@@ -63,9 +63,14 @@ pub fn size_pod(spec: &Spec) -> Result<VmSize, ShimError> {
 }
 
 impl PodVm {
-    /// Boots a VM in `dir` sized from `spec`.
-    pub fn boot(dir: &Path, spec: &Spec, vmm_binary: &Path) -> Result<PodVm, ShimError> {
-        let size = size_pod(spec)?;
+    /// Boots a VM in `dir` sized from `spec`, reading defaults through `env`.
+    pub fn boot(
+        dir: &Path,
+        spec: &Spec,
+        vmm_binary: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<PodVm, ShimError> {
+        let size = size_pod(spec, env)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
