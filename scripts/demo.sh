@@ -11,6 +11,7 @@ rmdir "$bundle"
   'echo "hello from a husk container: kernel $(uname -r) on $(uname -m), hostname $(hostname), pid $$"' >/dev/null
 log "husk run --bundle $bundle demo-$$"
 start=$(date +%s.%N)
-husk run --bundle "$bundle" "demo-$$"
+status=0
+husk run --bundle "$bundle" "demo-$$" || status=$?
 end=$(date +%s.%N)
-log "container exited with status $?, host kernel $(uname -r), $(echo "$end - $start" | bc) s from run to exit"
+log "container exited with status $status, host kernel $(uname -r), $(echo "$end - $start" | bc) s from run to exit"

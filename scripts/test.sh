@@ -10,12 +10,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=${HUSK_JOBS:-$(nproc)}
 
 "$root/scripts/setup.sh" --no-run
+# What only the tests use: containerd for the shim tests, Python's venv for
+# the CRI test client (grpcio from PyPI).
+apt_need containerd python3 python3-venv
 
 cd "$root"
 log "cargo test (workspace)"
-# One test thread: the end-to-end tests each boot a VM, and two cores
-# cannot run several TCG guests at once without timeouts.
-cargo test -j"$jobs" --workspace -- --test-threads=1
+# Release, to reuse what setup.sh built. One test thread: the end-to-end
+# tests each boot a VM, and two cores cannot run several TCG guests at once
+# without timeouts.
+cargo test --release -j"$jobs" --workspace -- --test-threads=1
 
 log "shell tests"
 "$root/tests/run-shell-tests.sh"

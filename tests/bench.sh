@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# husk's benchmarks: every row is measured in this run, next to a peer
+# measured the same way on the same machine (runc, crun, plain QEMU, the
+# host directory). Each row prints the median of N with min and max.
+# Not a test: no thresholds; exits 0 whenever it measured.
+#
+# usage: tests/bench.sh [-n N] [SECTION...]
+#   sections: lifecycle boot memory io density (default: all)
+#   -n N      repetitions per row (default 5)
+# Needs root and scripts/setup.sh's install (husk, the guest, runc, crun).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../scripts/lib.sh"
+
+N=5
+if [ "${1:-}" = -n ]; then N=$2; shift 2; fi
+sections=${*:-lifecycle boot memory io density}
+[ "$(id -u)" -eq 0 ] || die "run as root"
+apt_need runc crun bc
+SHARE=${HUSK_PREFIX:-/usr/local}/share/husk
+KERNEL=${HUSK_KERNEL:-$SHARE/vmlinux}
+INITRAMFS=${HUSK_INITRAMFS:-$SHARE/initramfs.cpio}
+work=$(mktemp -d /tmp/hb.XXXXXX)
+ROOT=$work/r
+cleanup() {
+  for id in $(husk --root "$ROOT" list -q 2>/dev/null); do husk --root "$ROOT" delete -f "$id" >/dev/null 2>&1; done
+  pkill -f "$work" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+now() { date +%s%N; }
+ms_since() { echo $(( ($(now) - $1) / 1000000 )); }
+
+# row LABEL UNIT VALUE...: median, min and max of the values.
+row() {
+  local label=$1 unit=$2; shift 2
+  local sorted; sorted=$(printf '%s\n' "$@" | sort -n)
+  local n=$#; local med; med=$(sed -n "$(( (n + 1) / 2 ))p" <<<"$sorted")
+  printf '%-58s %10s %10s %10s  %s\n' "$label" "$med" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")" "$unit"
+}
+header() {
+  printf '\n== %s ==\n' "$1"
+  printf '%-58s %10s %10s %10s\n' "" median min max
+}
+
+engine=$(grep -qE 'vmx|svm' /proc/cpuinfo && echo "builtin KVM (hardware virtualization)" || echo "qemu TCG (no hardware virtualization on this host)")
+echo "husk benchmarks, $(date -u +%FT%TZ), $(nproc) cores, host kernel $(uname -r)"
+echo "husk's hypervisor path here: $engine; N=$N"
+
+bundle() { "$here/make-bundle.sh" "$work/$1" "${@:2}" >/dev/null; }
+
+lifecycle() {
+  header "container lifecycle: create + start + wait + delete of /bin/true (ms)"
+  bundle lc true
+  local t h=() r=() c=()
+  for i in $(seq "$N"); do
+    t=$(now)
+    husk --root "$ROOT" create -b "$work/lc" "lc$i" </dev/null >/dev/null 2>&1 || { echo "husk create failed"; return; }
+    husk --root "$ROOT" start "lc$i"
+    while [ "$(husk --root "$ROOT" state "lc$i" 2>/dev/null | jq -r .status)" != stopped ]; do sleep 0.01; done
+    husk --root "$ROOT" delete "lc$i"
+    h+=("$(ms_since "$t")")
+  done
+  # This host's cgroups are hybrid v1/v2, which crun refuses unless told
+  # not to manage cgroups; runc manages v1 here.
+  local -A flags=([runc]="" [crun]="--cgroup-manager=disabled")
+  for rt in runc crun; do
+    local -n arr=$([ $rt = runc ] && echo r || echo c)
+    for i in $(seq "$N"); do
+      t=$(now)
+      $rt ${flags[$rt]} --root "$work/$rt" create -b "$work/lc" "lc$i" </dev/null >/dev/null 2>&1 || { echo "$rt create failed"; break; }
+      $rt ${flags[$rt]} --root "$work/$rt" start "lc$i"
+      while [ "$($rt ${flags[$rt]} --root "$work/$rt" state "lc$i" 2>/dev/null | jq -r .status)" != stopped ]; do sleep 0.01; done
+      $rt ${flags[$rt]} --root "$work/$rt" delete "lc$i"
+      arr+=("$(ms_since "$t")")
+    done
+  done
+  row "husk ($engine)" ms "${h[@]}"
+  [ ${#r[@]} -gt 0 ] && row "runc $(runc --version | head -1 | cut -d' ' -f3) (no VM)" ms "${r[@]}"
+  [ ${#c[@]} -gt 0 ] && row "crun $(crun --version | head -1 | cut -d' ' -f3) (no VM, cgroups not managed)" ms "${c[@]}"
+}
+
+# wait_line FILE PATTERN START: ms from START until PATTERN is in FILE.
+wait_line() {
+  for _ in $(seq 6000); do
+    grep -q "$2" "$1" 2>/dev/null && { ms_since "$3"; return; }
+    sleep 0.01
+  done
+  echo timeout
+}
+
+boot() {
+  header "boot: process start to the guest's first console line / agent ready (ms)"
+  local t vk=() va=() qk=() qa=()
+  for i in $(seq "$N"); do
+    local d=$work/vm$i; mkdir -p "$d"
+    t=$(now)
+    husk-vmm --kernel "$KERNEL" --initramfs "$INITRAMFS" --state-dir "$d" --engine auto --cmdline loglevel=6 >"$d/out" 2>&1 &
+    local pid=$!
+    vk+=("$(wait_line "$d/console.log" 'Linux version' "$t")")
+    va+=("$(wait_line "$d/console.log" 'husk-agent listening' "$t")")
+    kill "$pid"; wait "$pid" 2>/dev/null
+    local accel; accel=$(grep -qE 'vmx|svm' /proc/cpuinfo && echo kvm || echo tcg)
+    t=$(now)
+    qemu-system-x86_64 -accel "$accel" -cpu max -M microvm,acpi=off -m 256 -smp 1 -no-reboot \
+      -nodefaults -no-user-config -display none -monitor none -serial "file:$d/q.log" \
+      -kernel "$KERNEL" -initrd "$INITRAMFS" -append 'console=ttyS0 panic=-1 quiet loglevel=6' &
+    pid=$!
+    qk+=("$(wait_line "$d/q.log" 'Linux version' "$t")")
+    qa+=("$(wait_line "$d/q.log" 'husk-agent listening' "$t")")
+    kill "$pid"; wait "$pid" 2>/dev/null
+  done
+  row "husk-vmm ($engine): first console line" ms "${vk[@]}"
+  row "qemu -M microvm alone, same kernel+initramfs: first line" ms "${qk[@]}"
+  row "husk-vmm: agent listening (with virtio-fs + vsock daemons)" ms "${va[@]}"
+  row "qemu -M microvm alone: agent listening (no devices)" ms "${qa[@]}"
+}
+
+# rss_kib PID: resident KiB; pss_kib PID: proportional KiB.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+pss_kib() { awk '/^Pss:/ {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
+
+memory() {
+  header "memory of an idle busybox container (KiB)"
+  bundle mem sleep 3600
+  local mr=() mp=() er=() dr=() gt=()
+  for i in $(seq "$N"); do
+    husk --root "$ROOT" run -d -b "$work/mem" "m$i" </dev/null >/dev/null 2>&1 || { echo "husk run failed"; return; }
+    sleep 2
+    local mon; mon=$(husk --root "$ROOT" state "m$i" | jq .pid)
+    mr+=("$(rss_kib "$mon")"); mp+=("$(pss_kib "$mon")")
+    local q; q=$(pgrep -P "$mon" qemu-system)
+    local d=0
+    for c in $(pgrep -P "$mon" -f 'virtiofsd|vhost-device'); do d=$((d + $(rss_kib "$c"))); done
+    dr+=("$d")
+    # Guest RAM touched: the resident part of QEMU's memfd mapping.
+    gt+=("$(awk '/memfd:/ {m=1; next} /^[0-9a-f]+-/ {m=0} m && /^Rss:/ {s += $2} END {print s+0}' "/proc/$q/smaps")")
+    er+=("$(( $(rss_kib "$q") - ${gt[-1]} ))")
+    husk --root "$ROOT" delete -f "m$i"
+  done
+  row "husk-vmm monitor RSS (guest RAM is not mapped in it)" KiB "${mr[@]}"
+  row "husk-vmm monitor PSS" KiB "${mp[@]}"
+  row "engine RSS excluding guest RAM (qemu here)" KiB "${er[@]}"
+  row "device daemons RSS (virtiofsd + vhost-device-vsock)" KiB "${dr[@]}"
+  row "guest RAM touched (resident pages of the memfd)" KiB "${gt[@]}"
+}
+
+io() {
+  header "throughput (MiB/s) and small-file ops (ops/s)"
+  mkdir -p "$work/data"
+  bundle io sleep 3600
+  jq --arg d "$work/data" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
+    "$work/io/config.json" > "$work/io/c.json" && mv "$work/io/c.json" "$work/io/config.json"
+  husk --root "$ROOT" run -d -b "$work/io" io </dev/null >/dev/null 2>&1 || { echo "husk run failed"; return; }
+  local gw=() gr=() hw=() hr=() gs=() hs=() vs=()
+  local x="husk --root $ROOT exec io sh -c"
+  for i in $(seq "$N"); do
+    local t
+    t=$(now); $x 'dd if=/dev/zero of=/data/f bs=1M count=256 conv=fsync 2>/dev/null'
+    gw+=("$(( 256000 / $(ms_since "$t") ))")
+    echo 3 > /proc/sys/vm/drop_caches
+    t=$(now); $x 'dd if=/data/f of=/dev/null bs=1M 2>/dev/null'
+    gr+=("$(( 256000 / $(ms_since "$t") ))")
+    t=$(now); dd if=/dev/zero of="$work/data/h" bs=1M count=256 conv=fsync 2>/dev/null
+    hw+=("$(( 256000 / $(ms_since "$t") ))")
+    echo 3 > /proc/sys/vm/drop_caches
+    t=$(now); dd if="$work/data/h" of=/dev/null bs=1M 2>/dev/null
+    hr+=("$(( 256000 / $(ms_since "$t") ))")
+    t=$(now); $x 'cd /data && i=0; while [ $i -lt 500 ]; do echo x > s$i; stat s$i >/dev/null; rm s$i; i=$((i+1)); done'
+    gs+=("$(( 500000 / $(ms_since "$t") ))")
+    t=$(now); (cd "$work/data" && i=0; while [ $i -lt 500 ]; do echo x > s$i; stat s$i >/dev/null; rm s$i; i=$((i+1)); done)
+    hs+=("$(( 500000 / $(ms_since "$t") ))")
+    t=$(now); $x 'head -c 268435456 /dev/zero' | wc -c >/dev/null
+    vs+=("$(( 256000 / $(ms_since "$t") ))")
+  done
+  rm -f "$work/data/f" "$work/data/h"
+  husk --root "$ROOT" delete -f io
+  row "virtio-fs sequential write 256 MiB (in guest)" MiB/s "${gw[@]}"
+  row "host directory sequential write 256 MiB" MiB/s "${hw[@]}"
+  row "virtio-fs sequential read 256 MiB, cold host cache (in guest)" MiB/s "${gr[@]}"
+  row "host directory sequential read 256 MiB, cold cache" MiB/s "${hr[@]}"
+  row "virtio-fs create+stat+unlink, busybox sh loop (in guest)" ops/s "${gs[@]}"
+  row "host directory create+stat+unlink, same loop (host sh)" ops/s "${hs[@]}"
+  row "vsock stream guest->host (exec stdout, 256 MiB)" MiB/s "${vs[@]}"
+}
+
+density() {
+  header "density: idle containers (128 MiB guests) in a 4 GiB budget"
+  bundle den sleep 3600
+  jq '.annotations["husk.memory_mib"] = "128"' "$work/den/config.json" > "$work/den/c.json" && mv "$work/den/c.json" "$work/den/config.json"
+  local budget=$((4096 * 1024)) used=0 n=0 times=() limit=${HUSK_BENCH_DENSITY_MAX:-32}
+  while [ "$n" -lt "$limit" ]; do
+    local t; t=$(now)
+    husk --root "$ROOT" run -d -b "$work/den" "d$n" </dev/null >/dev/null 2>&1 || { echo "creation $((n + 1)) failed"; break; }
+    times+=("$(ms_since "$t")")
+    n=$((n + 1))
+    used=0
+    for mon in $(husk --root "$ROOT" list -f json | jq '.[].pid'); do
+      for p in "$mon" $(pgrep -P "$mon"); do used=$((used + $(pss_kib "$p"))); done
+    done
+    [ "$used" -ge "$budget" ] && break
+  done
+  echo "containers running: $n (stopped at ${limit} or at the 4 GiB budget), host memory in use by them: $((used / 1024)) MiB (PSS)"
+  row "time to create+start one more container" ms "${times[@]}"
+  [ ${#times[@]} -ge 2 ] && echo "first: ${times[0]} ms, last: ${times[-1]} ms"
+  for id in $(husk --root "$ROOT" list -q); do husk --root "$ROOT" delete -f "$id" >/dev/null 2>&1; done
+}
+
+for s in $sections; do "$s"; done
+exit 0
