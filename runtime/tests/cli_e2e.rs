@@ -142,9 +142,27 @@ fn run_in_foreground_passes_stdio_and_exit_codes() {
     // run without --keep deletes the container.
     env.assert_clean();
 
-    let b2 = env.bundle("b2", &[], &["sh", "-c", "kill -KILL $$"]);
-    let out = env.run(&["run", "--bundle", b2.to_str().unwrap(), "r2"]);
-    assert_eq!(out.status.code(), Some(137));
+    // The container's init killed from outside: run exits 128+9.
+    let b2 = env.bundle("b2", &[], &["sleep", "600"]);
+    let mut run = env
+        .husk()
+        .args(["run", "--bundle", b2.to_str().unwrap(), "r2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env
+        .run(&["state", "r2"])
+        .stdout
+        .windows(9)
+        .all(|w| w != b"\"running\"")
+    {
+        assert!(Instant::now() < deadline, "r2 never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.ok(&["kill", "r2", "KILL"]);
+    assert_eq!(run.wait().unwrap().code(), Some(137));
     env.assert_clean();
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::frame::{read_frame, write_frame};
 use husk_protocol::{
-    check_version, Hello, ProcessRef, Request, Response, ResponseFrame, SignalProcess, StreamKind,
+    check_version, Hello, Request, Response, ResponseFrame, SignalProcess, StreamKind,
     PROTOCOL_VERSION,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -240,14 +240,12 @@ fn setup(
         let (dtx, drx) = mpsc::channel();
         match kind {
             StreamKind::Stdin => {
-                let control = control.clone();
-                let cid = cid.clone();
                 let stdin = host
                     .stdin
                     .try_clone()
                     .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
                 thread::spawn(move || {
-                    pump_stdin(std::fs::File::from(stdin), stream, &control, &cid);
+                    pump_stdin(std::fs::File::from(stdin), stream);
                 });
                 // Not drained at exit: nobody waits for stdin.
                 drop(drx);
@@ -326,12 +324,7 @@ fn connect_control(addr: &AgentAddr, step: Duration) -> io::Result<AgentClient> 
     Ok(AgentClient::from_stream(s))
 }
 
-fn pump_stdin(
-    mut input: std::fs::File,
-    mut stream: UnixStream,
-    control: &Mutex<AgentClient>,
-    cid: &str,
-) {
+fn pump_stdin(mut input: std::fs::File, mut stream: UnixStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match input.read(&mut buf) {
@@ -345,23 +338,33 @@ fn pump_stdin(
             Err(_) => break,
         }
     }
+    // The half-close is the process's EOF once the agent has delivered
+    // every byte before it. (A CloseStdin request here would race those
+    // bytes: it travels on another connection.)
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let r = ProcessRef {
-        container_id: cid.to_owned(),
-        exec_id: None,
-    };
-    if let Ok(mut c) = control.lock() {
-        if let Err(e) = c.call(Request::CloseStdin(r)) {
-            tracing::debug!("CloseStdin: {}", error_chain(&e));
-        }
-    }
 }
 
 fn pump_out(mut stream: UnixStream, mut out: std::fs::File) {
-    if io::copy(&mut stream, &mut out).is_err() {
-        // Our reader went away: keep draining so the container never blocks.
-        let _ = io::copy(&mut stream, &mut io::sink());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut writable = true;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("output stream broke after {total} bytes: {e}");
+                break;
+            }
+        };
+        total += n as u64;
+        // Once our reader is gone, keep draining so the container never blocks.
+        if writable && out.write_all(&buf[..n]).is_err() {
+            writable = false;
+        }
     }
+    tracing::debug!("output stream ended after {total} bytes");
 }
 
 fn supervise(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use husk_protocol::client::AgentClient;
-use husk_protocol::{ExecProcess, ProcessRef, Request, ResizeTty, StdioSpec, StreamKind};
+use husk_protocol::{ExecProcess, Request, ResizeTty, StdioSpec, StreamKind};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use oci_spec::runtime::Process;
@@ -194,15 +194,10 @@ pub fn exec_attach(
             std_fd(2).map_err(OpError::io("stderr"))?,
             |_| {},
         ));
-        let (a, i, e) = (addr.clone(), id.to_owned(), exec_id.to_owned());
-        pump(std_fd(0).map_err(OpError::io("stdin"))?, stdin, move |s| {
+        // The half-close is the process's EOF once the agent delivered every
+        // byte before it (a CloseStdin request would race them).
+        pump(std_fd(0).map_err(OpError::io("stdin"))?, stdin, |s| {
             let _ = s.shutdown(std::net::Shutdown::Write);
-            if let Ok(mut c) = AgentClient::connect(&a, AGENT_TIMEOUT) {
-                let _ = c.call(Request::CloseStdin(ProcessRef {
-                    container_id: i,
-                    exec_id: Some(e),
-                }));
-            }
         });
     }
     let status = waiter.wait(id, Some(exec_id)).map_err(agent_err);
