@@ -19,7 +19,7 @@ log "cargo test (workspace)"
 # Release, to reuse what setup.sh built. One test thread: the end-to-end
 # tests each boot a VM, and two cores cannot run several TCG guests at once
 # without timeouts.
-cargo test --release -j"$jobs" --workspace -- --test-threads=1
+cargo test --release --no-fail-fast -j"$jobs" --workspace -- --test-threads=1
 
 log "shell tests"
 "$root/tests/run-shell-tests.sh"

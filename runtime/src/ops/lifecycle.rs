@@ -66,7 +66,7 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
 
 /// The live status: the recorded one, corrected by whether the monitor
 /// still runs and by what the agent says.
-fn live_status(st: &ContainerState) -> Status {
+fn agent_status(st: &ContainerState) -> Status {
     if !st.monitor_alive() {
         return if st.status == Status::Creating {
             Status::Creating
@@ -99,10 +99,25 @@ fn live_status(st: &ContainerState) -> Status {
     }
 }
 
+/// The live status; a stop the agent reports is recorded, so that the
+/// status cannot fall back to `running` while the VM shuts down and its
+/// agent no longer answers.
+fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
+    let status = agent_status(st);
+    if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
+        let mut recorded = st.clone();
+        recorded.status = Status::Stopped;
+        if let Err(e) = rt.root.save(&recorded) {
+            tracing::warn!(id = %st.id, error = %e, "recording the stop");
+        }
+    }
+    status
+}
+
 /// `state`.
 pub fn state(rt: &Runtime, id: &str) -> Result<OciState, OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     Ok(to_oci(&st, status))
 }
 
@@ -112,7 +127,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
     for id in rt.root.list()? {
         // A directory without state.json is a create in progress or debris.
         if let Ok(st) = rt.root.load(&id) {
-            let status = live_status(&st);
+            let status = live_status(rt, &st);
             out.push(to_oci(&st, status));
         }
     }
@@ -122,7 +137,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
 /// `start`.
 pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if status != Status::Created {
         return Err(OpError::BadState {
             id: id.into(),
@@ -148,7 +163,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
 /// `kill`.
 pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(OpError::BadState {
             id: id.into(),
@@ -175,7 +190,7 @@ pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpErro
 /// `ps`: the container's guest processes.
 pub fn ps(rt: &Runtime, id: &str) -> Result<Vec<ProcessInfo>, OpError> {
     let st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(OpError::BadState {
             id: id.into(),
@@ -208,7 +223,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
         }
         Err(e) => return Err(e.into()),
     };
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if matches!(status, Status::Running | Status::Paused) && !force {
         return Err(OpError::BadState {
             id: id.into(),
@@ -325,7 +340,7 @@ fn signal_engine(st: &ContainerState, sig: Signal) -> usize {
 /// `pause`: stops the VM's vCPUs.
 pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if status != Status::Running && status != Status::Created {
         return Err(OpError::BadState {
             id: id.into(),
@@ -346,7 +361,7 @@ pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
 /// `resume`.
 pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
     let mut st = rt.root.load(id)?;
-    let status = live_status(&st);
+    let status = live_status(rt, &st);
     if status != Status::Paused {
         return Err(OpError::BadState {
             id: id.into(),
