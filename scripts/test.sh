@@ -19,7 +19,10 @@ log "cargo test (workspace)"
 # Release, to reuse what setup.sh built. One test thread: the end-to-end
 # tests each boot a VM, and two cores cannot run several TCG guests at once
 # without timeouts.
-cargo test --release --no-fail-fast -j"$jobs" --workspace -- --test-threads=1
+rust=0
+cargo test --release --no-fail-fast -j"$jobs" --workspace -- --test-threads=1 || rust=$?
 
 log "shell tests"
-"$root/tests/run-shell-tests.sh"
+shell=0
+"$root/tests/run-shell-tests.sh" || shell=$?
+[ "$rust" -eq 0 ] && [ "$shell" -eq 0 ] || die "failed: cargo test exit $rust, shell tests exit $shell"
