@@ -285,7 +285,6 @@ fn stdio_exit_code_shared_rootfs_and_guest_kernel() {
 }
 
 #[test]
-#[ignore = "guest->host bulk output stalls after ~32 KiB on this path (vhost-device-vsock 0.3.0 + agent pump); see vmm/README.md"]
 fn ten_mib_stdin_to_stdout_byte_exact() {
     let Some(env) = env() else { return };
     let tmp = scratch("big");
