@@ -75,6 +75,10 @@ pub trait Guest {
     fn exit_fds(&self) -> Vec<BorrowedFd<'_>>;
     /// Stops everything.
     fn shutdown(&mut self);
+    /// Whether the agent announced it listens (true when unknown).
+    fn agent_announced(&self) -> bool {
+        true
+    }
 }
 
 impl Guest for VmHandle {
@@ -92,6 +96,9 @@ impl Guest for VmHandle {
     }
     fn shutdown(&mut self) {
         VmHandle::shutdown(self)
+    }
+    fn agent_announced(&self) -> bool {
+        VmHandle::agent_announced(self)
     }
 }
 
@@ -182,6 +189,13 @@ fn setup(
             if is_stop_signal(sig) {
                 return Err(Abort::Signal(sig));
             }
+        }
+        // Connect once the agent said it listens; after half the boot
+        // timeout try anyway (a console that is not a file, say).
+        let half = boot_timeout / 2;
+        if !vm.agent_announced() && Instant::now() + half < deadline {
+            thread::sleep(Duration::from_millis(20));
+            continue;
         }
         match connect_control(&addr, Duration::from_secs(2)) {
             Ok(c) => break c,

@@ -62,6 +62,9 @@ impl std::fmt::Display for VmExit {
     }
 }
 
+/// What the agent prints on the console once it listens.
+pub const AGENT_READY_LINE: &str = "husk-agent listening";
+
 /// A running VM: its daemons and engine. Dropping it stops everything and
 /// removes the sockets.
 #[derive(Debug)]
@@ -71,6 +74,7 @@ pub struct VmHandle {
     sockets: Vec<PathBuf>,
     vsock_uds: PathBuf,
     agent_addr: AgentAddr,
+    console: PathBuf,
     kind: EngineKind,
     exit: Option<VmExit>,
 }
@@ -116,6 +120,7 @@ impl Vm {
                 uds: cfg.vsock_uds_path(),
                 port: cfg.vsock.agent_port,
             },
+            console: cfg.console_log_path(),
             kind,
             exit: None,
         };
@@ -141,6 +146,17 @@ impl Vm {
 }
 
 impl VmHandle {
+    /// Whether the agent has said on the serial console that it listens.
+    /// Connecting to the hybrid vsock socket before the guest's vsock device
+    /// is up leaves vhost-device-vsock 0.3.0 with connections it never
+    /// answers, so the monitor waits for this line first.
+    pub fn agent_announced(&self) -> bool {
+        std::fs::read(&self.console).is_ok_and(|c| {
+            c.windows(AGENT_READY_LINE.len())
+                .any(|w| w == AGENT_READY_LINE.as_bytes())
+        })
+    }
+
     /// Where the agent answers.
     pub fn agent_addr(&self) -> AgentAddr {
         self.agent_addr.clone()
