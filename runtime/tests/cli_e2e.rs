@@ -308,3 +308,87 @@ fn ten_concurrent_cycles_leak_nothing() {
     });
     env.assert_clean();
 }
+
+/// Receives one fd sent with SCM_RIGHTS on `listener` (the console socket).
+fn recv_console(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the fd was just received and is owned by nobody else.
+            return unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket");
+}
+
+#[test]
+fn terminal_through_console_socket_with_resize() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &["--tty"], &["sh"]);
+    let sock_path = env.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let receiver = std::thread::spawn(move || recv_console(&listener));
+    env.ok(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        "t1",
+    ]);
+    let mut master = receiver.join().unwrap();
+    env.ok(&["start", "t1"]);
+    let ws = libc::winsize {
+        ws_row: 33,
+        ws_col: 111,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from `ws` for the open master.
+    assert_eq!(
+        unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    master
+        .write_all(b"echo tty-$((6*7)); stty size; exit 3\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        use std::io::Read;
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains("tty-42") && text.contains("33 111") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("tty-42"), "terminal output: {text:?}");
+    assert!(text.contains("33 111"), "window size not applied: {text:?}");
+    wait_status(&env, "t1", "stopped");
+    env.ok(&["delete", "t1"]);
+    env.assert_clean();
+}

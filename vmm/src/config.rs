@@ -391,14 +391,6 @@ impl VmConfig {
             if c.create.container_id.is_empty() {
                 return invalid("container.create.container_id is empty".into());
             }
-            if c.create
-                .spec
-                .process()
-                .as_ref()
-                .is_some_and(|p| p.terminal() == Some(true))
-            {
-                return invalid("container supervisor mode does not forward a terminal yet".into());
-            }
             for t in &c.create.shares {
                 if !tags.contains(t.as_str()) {
                     return invalid(format!(

@@ -8,7 +8,7 @@
 //! main thread polls the signalfd, the children's pidfds and the waiter.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -168,6 +168,11 @@ struct Setup {
     waiter: mpsc::Receiver<Result<i32, String>>,
     waiter_wake: UnixStream,
     pumps: Vec<(mpsc::Receiver<()>, UnixStream)>,
+    /// The process has a terminal: SIGWINCH resizes it instead of being
+    /// forwarded.
+    terminal: bool,
+    /// Where the window size is read (the monitor's stdin, a pty slave).
+    tty: OwnedFd,
 }
 
 fn setup(
@@ -215,7 +220,14 @@ fn setup(
         Err(e) => return Err(fail("cannot create the container", e)),
     };
     let stdio = ccfg.create.stdio;
+    let terminal = is_terminal(ccfg);
     let mut streams = Vec::new();
+    if terminal {
+        let s = addr
+            .open_stream(&cid, None, StreamKind::Pty)
+            .map_err(|e| fail("cannot attach the terminal", e))?;
+        streams.push((StreamKind::Pty, s));
+    }
     for (on, kind) in [
         (stdio.stdin, StreamKind::Stdin),
         (stdio.stdout, StreamKind::Stdout),
@@ -279,15 +291,43 @@ fn setup(
                 });
                 pumps.push((drx, clone));
             }
-            StreamKind::Pty => {}
+            StreamKind::Pty => {
+                // The runtime made our stdio the slave of a host pty (raw)
+                // whose master went to --console-socket: input from fd 0,
+                // output to fd 1, window size from fd 0.
+                let input = host
+                    .stdin
+                    .try_clone()
+                    .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
+                let out = host
+                    .stdout
+                    .try_clone()
+                    .map_err(|e| Abort::Failed(format!("dup stdout: {e}")))?;
+                resize_tty(&control, &cid, &host.stdin);
+                let to_guest = stream
+                    .try_clone()
+                    .map_err(|e| Abort::Failed(format!("dup stream: {e}")))?;
+                thread::spawn(move || pump_stdin(std::fs::File::from(input), to_guest));
+                thread::spawn(move || {
+                    pump_out(stream, std::fs::File::from(out));
+                    let _ = dtx.send(());
+                });
+                pumps.push((drx, clone));
+            }
         }
     }
+    let tty = host
+        .stdin
+        .try_clone()
+        .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
     Ok(Setup {
         pid,
         control,
         waiter,
         waiter_wake,
         pumps,
+        terminal,
+        tty,
     })
 }
 
@@ -358,6 +398,41 @@ fn pump_stdin(mut input: std::fs::File, mut stream: UnixStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
+/// Whether the container's process has a terminal.
+fn is_terminal(ccfg: &ContainerConfig) -> bool {
+    ccfg.create
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+/// Copies the window size of `tty` to the container's pty.
+fn resize_tty(control: &Mutex<AgentClient>, cid: &str, tty: &OwnedFd) {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`; `tty` is open.
+    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 || ws.ws_row == 0 {
+        return;
+    }
+    let req = Request::ResizeTty(husk_protocol::ResizeTty {
+        container_id: cid.to_owned(),
+        exec_id: None,
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    });
+    if let Ok(mut c) = control.lock() {
+        if let Err(e) = c.call(req) {
+            tracing::debug!("ResizeTty: {}", error_chain(&e));
+        }
+    }
+}
+
 fn pump_out(mut stream: UnixStream, mut out: std::fs::File) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -394,6 +469,11 @@ fn supervise(
             break r;
         }
         while let Some(sig) = signals.next_signal() {
+            if sig == nix::sys::signal::Signal::SIGWINCH && setup.terminal {
+                // Our controlling terminal (the host pty) was resized.
+                resize_tty(&setup.control, &cid, &setup.tty);
+                continue;
+            }
             let req = Request::SignalProcess(SignalProcess {
                 container_id: cid.clone(),
                 exec_id: None,
