@@ -356,17 +356,10 @@ fn terminal_through_console_socket_with_resize() {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
     // SAFETY: TIOCSWINSZ reads one winsize from `ws` for the open master.
-    assert_eq!(
-        unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&master),
-                libc::TIOCSWINSZ,
-                &ws,
-            )
-        },
-        0
-    );
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0);
     std::thread::sleep(Duration::from_millis(500));
     master
         .write_all(b"echo tty-$((6*7)); stty size; exit 3\n")
