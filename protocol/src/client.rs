@@ -94,7 +94,10 @@ impl AgentAddr {
             match self.connect() {
                 Ok(s) => return Ok(s),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(ClientError::Connect { addr: self.to_string(), source: e })
+                    return Err(ClientError::Connect {
+                        addr: self.to_string(),
+                        source: e,
+                    })
                 }
                 Err(_) => {
                     thread::sleep(delay);
@@ -111,9 +114,10 @@ impl AgentAddr {
         exec_id: Option<&str>,
         stream: StreamKind,
     ) -> Result<UnixStream, ClientError> {
-        let mut s = self
-            .connect()
-            .map_err(|e| ClientError::Connect { addr: self.to_string(), source: e })?;
+        let mut s = self.connect().map_err(|e| ClientError::Connect {
+            addr: self.to_string(),
+            source: e,
+        })?;
         let hello = Hello::Stream {
             version: PROTOCOL_VERSION,
             container_id: container_id.to_owned(),
@@ -144,7 +148,10 @@ pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
             }
             _ if b[0] == b'\n' => break,
             _ if line.len() >= 64 => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "overlong CONNECT reply"))
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "overlong CONNECT reply",
+                ))
             }
             _ => line.push(b[0]),
         }
@@ -154,7 +161,10 @@ pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("vsock CONNECT {port} refused: {}", String::from_utf8_lossy(&line)),
+            format!(
+                "vsock CONNECT {port} refused: {}",
+                String::from_utf8_lossy(&line)
+            ),
         ))
     }
 }
@@ -177,7 +187,12 @@ impl AgentClient {
     /// Connects (retrying until `timeout`) and sends the control hello.
     pub fn connect(addr: &AgentAddr, timeout: Duration) -> Result<Self, ClientError> {
         let mut stream = addr.connect_retry(timeout)?;
-        write_frame(&mut stream, &Hello::Control { version: PROTOCOL_VERSION })?;
+        write_frame(
+            &mut stream,
+            &Hello::Control {
+                version: PROTOCOL_VERSION,
+            },
+        )?;
         read_ack(&mut stream)?;
         Ok(AgentClient { stream, next_id: 1 })
     }
@@ -191,7 +206,14 @@ impl AgentClient {
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        write_frame(&mut self.stream, &RequestFrame { version: PROTOCOL_VERSION, id, request })?;
+        write_frame(
+            &mut self.stream,
+            &RequestFrame {
+                version: PROTOCOL_VERSION,
+                id,
+                request,
+            },
+        )?;
         let resp: ResponseFrame = read_frame(&mut self.stream)?;
         check_version(resp.version)?;
         if resp.id != id {
@@ -217,7 +239,9 @@ impl AgentClient {
 
     /// Starts a created container.
     pub fn start(&mut self, container_id: &str) -> Result<(), ClientError> {
-        self.call(Request::StartContainer(ContainerRef { container_id: container_id.to_owned() }))
-            .map(|_| ())
+        self.call(Request::StartContainer(ContainerRef {
+            container_id: container_id.to_owned(),
+        }))
+        .map(|_| ())
     }
 }

@@ -90,11 +90,20 @@ mod tests {
     #[test]
     fn clean_close_and_torn_frame_differ() {
         let empty: &[u8] = &[];
-        assert!(matches!(read_frame_bytes(&mut &empty[..]), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame_bytes(&mut &empty[..]),
+            Err(FrameError::Closed)
+        ));
         let torn: &[u8] = &[0, 0];
-        assert!(matches!(read_frame_bytes(&mut &torn[..]), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame_bytes(&mut &torn[..]),
+            Err(FrameError::Io(_))
+        ));
         let short_body: &[u8] = &[0, 0, 0, 9, b'{'];
-        assert!(matches!(read_frame_bytes(&mut &short_body[..]), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame_bytes(&mut &short_body[..]),
+            Err(FrameError::Io(_))
+        ));
     }
 
     #[test]

@@ -204,7 +204,11 @@ pub struct ResponseFrame {
 impl ResponseFrame {
     /// A response of this protocol version.
     pub fn new(id: u64, result: Result<Response, ProtocolError>) -> Self {
-        ResponseFrame { version: PROTOCOL_VERSION, id, result }
+        ResponseFrame {
+            version: PROTOCOL_VERSION,
+            id,
+            result,
+        }
     }
 }
 
@@ -317,7 +321,10 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError { code, message: message.into() }
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -399,7 +406,8 @@ mod tests {
         let unknown = r#"{"version":1,"id":1,"request":{"type":"Reformat"}}"#;
         let err = serde_json::from_str::<RequestFrame>(unknown).unwrap_err();
         assert!(err.to_string().contains("Reformat"), "{err}");
-        let inner = r#"{"version":1,"id":1,"request":{"type":"State","args":{"container_id":"a","b":2}}}"#;
+        let inner =
+            r#"{"version":1,"id":1,"request":{"type":"State","args":{"container_id":"a","b":2}}}"#;
         assert!(serde_json::from_str::<RequestFrame>(inner).is_err());
     }
 
