@@ -209,7 +209,7 @@ impl PodVm {
             overhead_mib = MEMORY_OVERHEAD_MIB,
             monitor_pid = self.monitor_pid,
             dir = %self.dir.display(),
-            "VM booted (guest RAM = memory limit + overhead_mib; host overhead: see SHIM.md)"
+            "VM booted (guest RAM = memory limit + overhead_mib; host overhead: see README.md)"
         );
         Ok(())
     }
