@@ -31,6 +31,18 @@ pub const DEFAULT_AGENT_PORT: u32 = 1024;
 /// The kernel command-line key that overrides [`DEFAULT_AGENT_PORT`].
 pub const AGENT_PORT_CMDLINE_KEY: &str = "husk.agent_port";
 
+/// Formats an error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Where the agent mounts the virtio-fs share with tag `tag` inside the guest.
 pub fn share_mount_point(tag: &str) -> String {
     format!("/run/husk/shares/{tag}")

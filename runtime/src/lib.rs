@@ -24,14 +24,4 @@ pub mod signal;
 pub mod sizing;
 pub mod state;
 
-/// Formats an error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use husk_protocol::error_chain;

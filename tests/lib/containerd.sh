@@ -1,5 +1,7 @@
 # Starts a private containerd for a test (sourced). Sets CTR_ADDR and
 # CONTAINERD_DIR; containerd_stop kills it and removes its directories.
+# usage: containerd_start [EXTRA_CRI_CONFIG]
+#   EXTRA_CRI_CONFIG: TOML lines appended inside the CRI plugin's table.
 containerd_start() {
   CONTAINERD_DIR=$(mktemp -d /tmp/husk-containerd.XXXXXX)
   CTR_ADDR=$CONTAINERD_DIR/containerd.sock
@@ -11,6 +13,7 @@ state = "$CONTAINERD_DIR/state"
   address = "$CTR_ADDR"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
+${1:-}
 CFG
   containerd --config "$CONTAINERD_DIR/config.toml" >"$CONTAINERD_DIR/log" 2>&1 &
   CONTAINERD_PID=$!

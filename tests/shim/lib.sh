@@ -58,34 +58,15 @@ shim_import_pause_image() {
   ctr --address "$CTR_ADDR" -n "${2:-default}" images import "$1/pause.tar" >/dev/null
 }
 
-# Like containerd_start (tests/lib/containerd.sh), with the CRI runtime
-# handler `husk` registered and the pause image set.
+# containerd_start (tests/lib/containerd.sh) with the CRI runtime handler
+# `husk` registered and the pause image set.
 shim_containerd_start_cri() {
-  CONTAINERD_DIR=$(mktemp -d /tmp/husk-containerd.XXXXXX)
-  CTR_ADDR=$CONTAINERD_DIR/containerd.sock
-  cat > "$CONTAINERD_DIR/config.toml" <<CFG
-version = 2
-root = "$CONTAINERD_DIR/root"
-state = "$CONTAINERD_DIR/state"
-[grpc]
-  address = "$CTR_ADDR"
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  sandbox_image = "$PAUSE_IMAGE"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
-  runtime_type = "io.containerd.husk.v2"
-  pod_annotations = ["husk.*"]
-CFG
-  containerd --config "$CONTAINERD_DIR/config.toml" >"$CONTAINERD_DIR/log" 2>&1 &
-  CONTAINERD_PID=$!
-  for _ in $(seq 100); do
-    ctr --address "$CTR_ADDR" version >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "containerd did not start:" >&2; tail -20 "$CONTAINERD_DIR/log" >&2
-  return 1
+  containerd_start "  sandbox_image = \"$PAUSE_IMAGE\"
+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
+  runtime_type = \"io.containerd.runc.v2\"
+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]
+  runtime_type = \"io.containerd.husk.v2\"
+  pod_annotations = [\"husk.*\"]"
 }
 
 c() { ctr --address "$CTR_ADDR" "$@"; }

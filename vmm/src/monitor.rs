@@ -63,17 +63,7 @@ impl ReadyFd {
     }
 }
 
-/// Formats an error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use husk_protocol::error_chain;
 
 /// Runs a VM without a container until the guest stops (exit 0), a child
 /// fails (1) or a stop signal arrives (128 + signal). A VM that cannot

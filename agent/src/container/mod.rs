@@ -410,16 +410,7 @@ fn spawn(
 }
 
 /// Formats an error with its sources.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use husk_protocol::error_chain as chain;
 
 impl Container {
     /// A process by exec id (`None`: init).
