@@ -157,7 +157,7 @@ io() {
   jq --arg d "$work/data" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
     "$work/io/config.json" > "$work/io/c.json" && mv "$work/io/c.json" "$work/io/config.json"
   husk --root "$ROOT" run -d -b "$work/io" io </dev/null >/dev/null 2>&1 || { echo "husk run failed"; return; }
-  local gw=() gr=() hw=() hr=() gs=() hs=() vs=()
+  local gw=() gr=() hw=() hr=() gs=() hs=() vs=() vr=()
   local x="husk --root $ROOT exec io sh -c"
   for i in $(seq "$N"); do
     local t
@@ -177,6 +177,8 @@ io() {
     hs+=("$(( 500000 / $(ms_since "$t") ))")
     t=$(now); $x 'head -c 268435456 /dev/zero' | wc -c >/dev/null
     vs+=("$(( 256000 / $(ms_since "$t") ))")
+    t=$(now); head -c 268435456 /dev/zero | husk --root "$ROOT" exec io sh -c 'cat > /dev/null'
+    vr+=("$(( 256000 / $(ms_since "$t") ))")
   done
   rm -f "$work/data/f" "$work/data/h"
   husk --root "$ROOT" delete -f io
@@ -187,6 +189,7 @@ io() {
   row "virtio-fs create+stat+unlink, busybox sh loop (in guest)" ops/s "${gs[@]}"
   row "host directory create+stat+unlink, same loop (host sh)" ops/s "${hs[@]}"
   row "vsock stream guest->host (exec stdout, 256 MiB)" MiB/s "${vs[@]}"
+  row "vsock stream host->guest (exec stdin, 256 MiB)" MiB/s "${vr[@]}"
 }
 
 density() {
