@@ -10,9 +10,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=${HUSK_JOBS:-$(nproc)}
 
 "$root/scripts/setup.sh" --no-run
-# What only the tests use: containerd for the shim tests, Python's venv for
+# What only the tests use: containerd for the shim tests, podman as a real
+# runc-style client, Python's venv for
 # the CRI test client (grpcio from PyPI).
-apt_need containerd python3 python3-venv
+apt_need containerd podman python3 python3-venv
 
 cd "$root"
 log "cargo test (workspace)"
