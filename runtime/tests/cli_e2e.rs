@@ -385,3 +385,52 @@ fn terminal_through_console_socket_with_resize() {
     env.ok(&["delete", "t1"]);
     env.assert_clean();
 }
+
+#[test]
+fn exec_with_a_tty_through_console_socket() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    env.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "x1"]);
+    let sock_path = env.dir.path().join("exec-console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let receiver = std::thread::spawn(move || recv_console(&listener));
+    let pid_file = env.dir.path().join("exec.pid");
+    env.ok(&[
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "x1",
+        "sh",
+        "-c",
+        "tty; [ -t 0 ] && echo is-a-tty; read line; echo got-$line",
+    ]);
+    let mut master = receiver.join().unwrap();
+    assert!(fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse::<i32>()
+        .is_ok());
+    master.write_all(b"abc\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains("got-abc") {
+        use std::io::Read;
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        text.contains("is-a-tty") && text.contains("got-abc"),
+        "{text:?}"
+    );
+    env.ok(&["delete", "--force", "x1"]);
+    env.assert_clean();
+}
