@@ -160,56 +160,45 @@ pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
     Ok(())
 }
 
-/// `kill`.
-pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
+/// Asks the agent of a container that has processes (created, running or
+/// paused); `what` says what cannot be done otherwise.
+fn ask_live(rt: &Runtime, id: &str, what: &'static str, req: Request) -> Result<Response, OpError> {
     let st = rt.root.load(id)?;
     let status = live_status(rt, &st);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(OpError::BadState {
             id: id.into(),
             status,
-            what: "cannot signal it",
+            what,
         });
     }
-    let mut agent = rt.agent(&st)?;
+    rt.agent(&st)?.call(req).map_err(|source| OpError::Agent {
+        id: id.into(),
+        source,
+    })
+}
+
+/// `kill`.
+pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
     let req = SignalProcess {
         container_id: id.into(),
         exec_id: None,
         signal,
         all,
     };
-    agent
-        .call(Request::SignalProcess(req))
-        .map_err(|source| OpError::Agent {
-            id: id.into(),
-            source,
-        })?;
-    Ok(())
+    ask_live(rt, id, "cannot signal it", Request::SignalProcess(req)).map(|_| ())
 }
 
 /// `ps`: the container's guest processes.
 pub fn ps(rt: &Runtime, id: &str) -> Result<Vec<ProcessInfo>, OpError> {
-    let st = rt.root.load(id)?;
-    let status = live_status(rt, &st);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
-        return Err(OpError::BadState {
-            id: id.into(),
-            status,
-            what: "it has no processes",
-        });
-    }
-    let mut agent = rt.agent(&st)?;
-    match agent.call(Request::ListProcesses(ContainerRef {
+    let req = Request::ListProcesses(ContainerRef {
         container_id: id.into(),
-    })) {
-        Ok(Response::Processes { processes }) => Ok(processes),
-        Ok(other) => Err(OpError::Invalid(format!(
+    });
+    match ask_live(rt, id, "it has no processes", req)? {
+        Response::Processes { processes } => Ok(processes),
+        other => Err(OpError::Invalid(format!(
             "unexpected agent answer {other:?}"
         ))),
-        Err(source) => Err(OpError::Agent {
-            id: id.into(),
-            source,
-        }),
     }
 }
 
