@@ -50,6 +50,23 @@ pub struct VmSize {
     pub engine: String,
 }
 
+impl VmSize {
+    /// A monitor configuration for a VM of this size with its state in
+    /// `state_dir` (devices and container left for the caller to add).
+    pub fn vm_config(
+        &self,
+        state_dir: &std::path::Path,
+    ) -> Result<husk_vmm::config::VmConfig, String> {
+        let mut vm = husk_vmm::config::VmConfig::new(&self.kernel, state_dir);
+        vm.initramfs = Some(self.initramfs.clone());
+        vm.cmdline = self.cmdline.clone();
+        vm.memory_mib = self.memory_mib;
+        vm.vcpus = self.vcpus;
+        vm.engine = self.engine.parse()?;
+        Ok(vm)
+    }
+}
+
 /// Sizes the VM for `spec`, reading defaults through `env`.
 pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSize, SizingError> {
     let mut size = VmSize {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_protocol::{CreateContainer, StdioSpec};
-use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
+use husk_vmm::config::{ContainerConfig, ShareConfig};
 use nix::unistd::pipe;
 
 use super::lifecycle::{oci_state_json, teardown};
@@ -111,15 +111,7 @@ fn build(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let mut vm = VmConfig::new(&size.kernel, dir);
-    vm.initramfs = Some(size.initramfs.clone());
-    vm.cmdline = size.cmdline.clone();
-    vm.memory_mib = size.memory_mib;
-    vm.vcpus = size.vcpus;
-    vm.engine = size
-        .engine
-        .parse::<EngineChoice>()
-        .map_err(OpError::Invalid)?;
+    let mut vm = size.vm_config(dir).map_err(OpError::Invalid)?;
     vm.vsock.uds_path = Some(st.vsock_uds.clone());
     vm.shares = vec![ShareConfig {
         tag: SHARE_TAG.into(),

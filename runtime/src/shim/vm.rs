@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::client::{AgentAddr, AgentClient};
 use husk_protocol::Request;
-use husk_vmm::config::{EngineChoice, ShareConfig, VmConfig};
+use husk_vmm::config::ShareConfig;
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -123,15 +123,7 @@ impl PodVm {
         .map_err(share_err)?;
 
         let size = &self.size;
-        let mut vm = VmConfig::new(&size.kernel, &self.dir);
-        vm.initramfs = Some(size.initramfs.clone());
-        vm.cmdline = size.cmdline.clone();
-        vm.memory_mib = size.memory_mib;
-        vm.vcpus = size.vcpus;
-        vm.engine = size
-            .engine
-            .parse::<EngineChoice>()
-            .map_err(ShimError::Invalid)?;
+        let mut vm = size.vm_config(&self.dir).map_err(ShimError::Invalid)?;
         if let AgentAddr::HybridVsock { uds, .. } = &self.addr {
             vm.vsock.uds_path = Some(uds.clone());
         }
