@@ -5,6 +5,7 @@
 //! See `vmm/README.md`.
 
 pub mod binaries;
+pub mod builtin;
 pub mod config;
 pub mod container;
 pub mod daemons;
