@@ -52,7 +52,7 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 /// `size` bytes of guest RAM in one memfd, each range mapped shared at its
 /// own offset in the file.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    if size == 0 || size % 4096 != 0 {
+    if size == 0 || size & 0xfff != 0 {
         return Err(MemoryError::BadSize(size));
     }
     let memfd = memfd("husk-guest-ram")?;
