@@ -14,11 +14,15 @@
 //! | `mmio.rs` | the virtio-mmio transport (virtio 1.x, "version 2" registers) |
 //! | `vhost_user.rs` | one generic frontend forwarding a device's queues to a vhost-user backend (virtiofsd, vhost-device-vsock) |
 //! | `net.rs` | virtio-net on a host tap fd, in-process |
+//! | `tap.rs` | opening or adopting that tap (`/dev/net/tun` ioctls) |
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+pub mod net;
+pub mod tap;
 
 /// `InterruptStatus` bit: a used buffer was added to a queue.
 pub const INT_VRING: u32 = 1;

@@ -1,0 +1,462 @@
+//! The test plays the guest driver with `MockSplitQueue` rings in memfd
+//! guest memory. Most tests stand a datagram socket pair in for the tap
+//! (one datagram = one frame with its header); one uses a real tap in a
+//! network namespace of its own.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::builtin::memory::create_guest_memory;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const DATA: u64 = 0x10_0000;
+
+/// The guest driver's view: two rings, kick eventfds, the interrupt line.
+struct Driver<'a> {
+    mem: &'a GuestMemoryMmap,
+    queues: [MockSplitQueue<'a, GuestMemoryMmap>; 2],
+    kicks: [EventFd; 2],
+    next_desc: [u16; 2],
+    interrupt: Arc<Interrupt>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(mem: &'a GuestMemoryMmap) -> Self {
+        Driver {
+            mem,
+            queues: [
+                MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE),
+                MockSplitQueue::create(mem, GuestAddress(0x1_0000), QUEUE_SIZE),
+            ],
+            kicks: [0, 1].map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            next_desc: [0; 2],
+            interrupt: Arc::new(Interrupt::new().unwrap()),
+        }
+    }
+
+    fn activate(&self, net: &mut Net) {
+        let queues = (0..2)
+            .map(|i| ActiveQueue {
+                index: i,
+                queue: self.queues[i].create_queue::<Queue>().unwrap(),
+                kick: self.kicks[i].try_clone().unwrap(),
+            })
+            .collect();
+        net.activate(self.mem.clone(), self.interrupt.clone(), queues)
+            .unwrap();
+    }
+
+    /// Adds one chain of `(addr, len, device-writable)` buffers and kicks.
+    fn add(&mut self, q: usize, bufs: &[(u64, u32, bool)]) {
+        let first = self.next_desc[q];
+        let descs: Vec<RawDescriptor> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let idx = first + i as u16;
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < bufs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1))
+            })
+            .collect();
+        self.queues[q].add_desc_chains(&descs, first).unwrap();
+        self.next_desc[q] += bufs.len() as u16;
+        self.kicks[q].write(1).unwrap();
+    }
+
+    fn used_idx(&self, q: usize) -> u16 {
+        self.queues[q].used().idx().load()
+    }
+
+    /// Waits until queue `q` has `n` used entries; returns them (id, len).
+    fn wait_used(&self, q: usize, n: u16) -> Vec<(u32, u32)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.used_idx(q) < n {
+            assert!(
+                Instant::now() < deadline,
+                "queue {q}: {} of {n} used",
+                self.used_idx(q)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (0..n as usize)
+            .map(|i| {
+                let e = self.queues[q].used().ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+}
+
+fn fake_net() -> (Net, UnixDatagram) {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (Net::new(Tap::fake(dev.into()), MAC, 1500), host)
+}
+
+fn recv(host: &UnixDatagram) -> Vec<u8> {
+    let mut buf = vec![0; 70_000];
+    let n = host.recv(&mut buf).expect("a frame on the tap");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn identity_features_and_config_space() {
+    let (mut net, _host) = fake_net();
+    assert_eq!(net.device_type(), 1);
+    assert_eq!(net.queue_max_sizes(), &[256, 256]);
+    let f = net.avail_features();
+    for bit in [32, 5, 3, 16] {
+        assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
+    }
+    net.set_acked_features(u64::MAX);
+    assert_eq!(net.acked_features(), f);
+
+    let mut c = [0xffu8; 16];
+    net.read_config(0, &mut c);
+    assert_eq!(&c[..6], &MAC);
+    assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1, "LINK_UP");
+    assert_eq!(u16::from_le_bytes([c[8], c[9]]), 1, "one queue pair");
+    assert_eq!(u16::from_le_bytes([c[10], c[11]]), 1500, "mtu");
+    assert_eq!(&c[12..], &[0; 4], "past the end reads 0");
+    let mut mtu = [0u8; 2];
+    net.read_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 1500);
+    net.read_config(u64::MAX, &mut mtu);
+    assert_eq!(mtu, [0, 0]);
+    net.write_config(0, &[0; 6]);
+    net.read_config(0, &mut c[..6]);
+    assert_eq!(&c[..6], &MAC, "config is read-only");
+}
+
+#[test]
+fn activate_needs_both_queues() {
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let (mut net, _host) = fake_net();
+    let d = Driver::new(&mem);
+    let one = vec![ActiveQueue {
+        index: 0,
+        queue: d.queues[0].create_queue::<Queue>().unwrap(),
+        kick: d.kicks[0].try_clone().unwrap(),
+    }];
+    assert!(net.activate(mem.clone(), d.interrupt.clone(), one).is_err());
+    d.activate(&mut net);
+    assert!(net.reset());
+}
+
+#[test]
+fn transmit_gathers_a_split_chain_into_one_frame() {
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let (mut net, host) = fake_net();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut net);
+
+    // The guest's header carries junk offload fields; the device must not
+    // pass them on (no offloads were negotiated).
+    let mut chain = vec![0xaa; VNET_HDR_LEN];
+    let frame: Vec<u8> = (0..100u8).collect();
+    chain.extend_from_slice(&frame);
+    mem.write_slice(&chain, GuestAddress(DATA)).unwrap();
+    d.add(
+        TX,
+        &[
+            (DATA, 5, false),
+            (DATA + 5, 20, false),
+            (DATA + 25, 87, false),
+        ],
+    );
+
+    let got = recv(&host);
+    assert_eq!(&got[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+    assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
+    assert_eq!(d.wait_used(TX, 1), vec![(0, 0)]);
+    assert_eq!(d.interrupt.status() & INT_VRING, INT_VRING);
+    assert_eq!(d.interrupt.eventfd().read().unwrap(), 1);
+}
+
+#[test]
+fn receive_waits_for_buffers_then_delivers() {
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let (mut net, host) = fake_net();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut net);
+
+    let mut sent = vec![0x77; VNET_HDR_LEN];
+    let frame: Vec<u8> = (0..200u8).rev().collect();
+    sent.extend_from_slice(&frame);
+    host.send(&sent).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.used_idx(RX), 0, "no buffer, nothing delivered");
+
+    d.add(RX, &[(DATA, 7, true), (DATA + 0x1000, 2048, true)]);
+    let used = d.wait_used(RX, 1);
+    let len = sent.len() as u32;
+    assert_eq!(used, vec![(0, len)]);
+    let mut got = d.read(DATA, 7);
+    got.extend(d.read(DATA + 0x1000, sent.len() - 7));
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    hdr[10] = 1; // num_buffers
+    assert_eq!(&got[..VNET_HDR_LEN], &hdr);
+    assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
+    assert_eq!(d.interrupt.eventfd().read().unwrap(), 1);
+
+    // A second frame arrives while a buffer is already posted.
+    d.add(RX, &[(DATA + 0x2000, 2048, true)]);
+    host.send(&sent).unwrap();
+    assert_eq!(d.wait_used(RX, 2)[1], (2, len));
+}
+
+#[test]
+fn hostile_chains_are_returned_empty_and_the_device_goes_on() {
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let (mut net, host) = fake_net();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut net);
+    let outside = 0xdead_0000_0000;
+
+    // Transmit: outside memory, straddling the end of memory, a writable
+    // descriptor, shorter than the header, longer than any frame.
+    d.add(TX, &[(outside, 100, false)]);
+    d.add(TX, &[(DATA, 12, false), ((16 << 20) - 8, 64, false)]);
+    d.add(TX, &[(DATA, 12, false), (DATA + 12, 64, true)]);
+    d.add(TX, &[(DATA, 8, false)]);
+    d.add(TX, &[(DATA, MAX_FRAME as u32 + 1, false)]);
+    let good: Vec<u8> = (0..76u8).collect();
+    mem.write_slice(&good, GuestAddress(DATA + 0x8000)).unwrap();
+    d.add(TX, &[(DATA + 0x8000, 76, false)]);
+    let used = d.wait_used(TX, 6);
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    let got = recv(&host);
+    assert_eq!(
+        &got[VNET_HDR_LEN..],
+        &good[VNET_HDR_LEN..],
+        "only the good chain"
+    );
+    host.set_nonblocking(true).unwrap();
+    assert!(host.recv(&mut [0; 64]).is_err(), "nothing else was sent");
+    host.set_nonblocking(false).unwrap();
+
+    // Receive: a read-only buffer, one outside memory, one too small.
+    d.add(RX, &[(DATA, 2048, false)]);
+    d.add(RX, &[(outside, 2048, true)]);
+    d.add(RX, &[(DATA, 16, true)]);
+    d.add(RX, &[(DATA + 0x4000, 2048, true)]);
+    let mut frame = vec![0u8; VNET_HDR_LEN + 60];
+    frame[VNET_HDR_LEN..].fill(0x42);
+    host.send(&frame).unwrap(); // dropped: the too-small buffer
+    host.send(&frame).unwrap();
+    let used = d.wait_used(RX, 4);
+    assert_eq!(used[..3], [(0, 0), (1, 0), (2, 0)]);
+    assert_eq!(used[3], (3, frame.len() as u32));
+    assert_eq!(d.read(DATA + 0x4000 + 12, 60), vec![0x42; 60]);
+
+    // The worker still serves the transmit queue.
+    d.add(TX, &[(DATA + 0x8000, 76, false)]);
+    recv(&host);
+    assert!(net.reset(), "worker joined");
+}
+
+#[test]
+fn reset_stops_the_worker() {
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let (mut net, host) = fake_net();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut net);
+    assert!(net.reset());
+    d.add(TX, &[(DATA, 76, false)]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.used_idx(TX), 0, "nobody serves the queue after reset");
+    host.set_nonblocking(true).unwrap();
+    assert!(host.recv(&mut [0; 64]).is_err());
+    assert_eq!(net.acked_features(), 0);
+}
+
+mod real_tap {
+    //! A real tap in a network namespace the test makes for itself (on
+    //! its own thread, via unshare), so nothing reaches host interfaces.
+
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::process::Command;
+
+    use super::*;
+
+    const TAP: &str = "husk-t0";
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 253, 7, 1);
+    const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 253, 7, 2);
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ethernet + IPv4 + UDP (checksum 0, allowed for IPv4).
+    fn udp_frame(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut iph = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+        iph[2..4].copy_from_slice(&total.to_be_bytes());
+        iph.extend_from_slice(&src.0.octets());
+        iph.extend_from_slice(&dst.0.octets());
+        let mut sum: u32 = iph
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        iph[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f.extend_from_slice(&iph);
+        f.extend_from_slice(&src.1.to_be_bytes());
+        f.extend_from_slice(&dst.1.to_be_bytes());
+        f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn udp_both_ways_through_a_tap_in_a_private_netns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
+            eprintln!(
+                "SKIP udp_both_ways_through_a_tap_in_a_private_netns: needs root and /dev/net/tun"
+            );
+            return;
+        }
+        let result = std::thread::spawn(|| {
+            // SAFETY: unshare only changes this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "SKIP: unshare(CLONE_NEWNET): {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            // From here on, everything (the tap, ip, sockets) lives in the
+            // new namespace, which goes away with this thread.
+            run_in_netns().map(|()| String::new())
+        })
+        .join()
+        .expect("netns thread panicked");
+        match result {
+            Ok(_) => {}
+            Err(e) if e.starts_with("SKIP") => {
+                eprintln!("{e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn run_in_netns() -> Result<(), String> {
+        let tap = Tap::open(TAP).map_err(|e| format!("tap: {e:#}"))?;
+        assert_eq!(tap.name(), TAP);
+        ip(&["link", "set", "dev", TAP, "address", "02:00:00:00:00:01"])
+            .map_err(|e| format!("SKIP: {e}"))?;
+        ip(&["addr", "add", "10.253.7.1/24", "dev", TAP])?;
+        ip(&["link", "set", "dev", TAP, "up"])?;
+        ip(&[
+            "neigh",
+            "add",
+            "10.253.7.2",
+            "lladdr",
+            "52:54:00:12:34:56",
+            "dev",
+            TAP,
+            "nud",
+            "permanent",
+        ])?;
+
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let mut net = Net::new(tap, MAC, 1500);
+        let mut d = Driver::new(&mem);
+        d.activate(&mut net);
+
+        // Guest -> host: a UDP datagram to a socket on the tap's address.
+        let sock = UdpSocket::bind((HOST_IP, 7777)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut chain = vec![0u8; VNET_HDR_LEN];
+        chain.extend(udp_frame(
+            HOST_MAC,
+            MAC,
+            (GUEST_IP, 5555),
+            (HOST_IP, 7777),
+            b"hello from the guest",
+        ));
+        mem.write_slice(&chain, GuestAddress(DATA)).unwrap();
+        d.add(TX, &[(DATA, chain.len() as u32, false)]);
+        let mut buf = [0u8; 128];
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("guest->host: {e}"))?;
+        assert_eq!(&buf[..n], b"hello from the guest");
+        assert_eq!(from, (GUEST_IP, 5555).into());
+
+        // Host -> guest. The kernel may send IPv6 noise first, so post
+        // several buffers and look for the datagram among them.
+        const BUFS: u16 = 16;
+        for i in 0..u64::from(BUFS) {
+            d.add(RX, &[(DATA + 0x1_0000 + i * 0x1000, 2048, true)]);
+        }
+        sock.send_to(b"hello from the host", (GUEST_IP, 9999))
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = d.used_idx(RX);
+            let found = d.wait_used(RX, n).into_iter().find_map(|(id, len)| {
+                let f = d.read(DATA + 0x1_0000 + u64::from(id) * 0x1000, len as usize);
+                let is_udp = f.len() > VNET_HDR_LEN + 42
+                    && f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == [0x08, 0x00]
+                    && f[VNET_HDR_LEN + 23] == 17
+                    && f[VNET_HDR_LEN + 36..VNET_HDR_LEN + 38] == 9999u16.to_be_bytes();
+                is_udp.then_some(f)
+            });
+            if let Some(f) = found {
+                assert_eq!(f[10..12], [1, 0], "num_buffers");
+                assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &MAC);
+                assert_eq!(&f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12], &HOST_MAC);
+                assert_eq!(&f[VNET_HDR_LEN + 42..], b"hello from the host");
+                break;
+            }
+            if Instant::now() > deadline || n == BUFS {
+                return Err(format!("host->guest: no UDP frame in {n} received frames"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(net.reset());
+        Ok(())
+    }
+}
