@@ -216,8 +216,10 @@ fn receive_waits_for_buffers_then_delivers() {
     assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
     assert_eq!(d.interrupt.eventfd().read().unwrap(), 1);
 
-    // A second frame arrives while a buffer is already posted.
+    // A second frame arrives after the worker saw the new buffer and found
+    // the tap empty: it must be polling the tap again.
     d.add(RX, &[(DATA + 0x2000, 2048, true)]);
+    std::thread::sleep(Duration::from_millis(50));
     host.send(&sent).unwrap();
     assert_eq!(d.wait_used(RX, 2)[1], (2, len));
 }
@@ -289,12 +291,14 @@ fn reset_stops_the_worker() {
 
 mod real_tap {
     //! A real tap in a network namespace the test makes for itself (on
-    //! its own thread, via unshare), so nothing reaches host interfaces.
+    //! its own thread, via unshare), so nothing reaches host interfaces;
+    //! the namespace goes away with the thread.
 
     use std::net::{Ipv4Addr, UdpSocket};
     use std::process::Command;
 
     use super::*;
+    use crate::builtin::virtio::tap::tests::in_private_netns;
 
     const TAP: &str = "husk-t0";
     const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -305,7 +309,7 @@ mod real_tap {
         let out = Command::new("ip")
             .args(args)
             .output()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
+            .map_err(|e| format!("SKIP: cannot run ip: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "ip {args:?}: {}",
@@ -351,41 +355,18 @@ mod real_tap {
 
     #[test]
     fn udp_both_ways_through_a_tap_in_a_private_netns() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-            eprintln!(
-                "SKIP udp_both_ways_through_a_tap_in_a_private_netns: needs root and /dev/net/tun"
-            );
-            return;
-        }
-        let result = std::thread::spawn(|| {
-            // SAFETY: unshare only changes this thread's network namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(format!(
-                    "SKIP: unshare(CLONE_NEWNET): {}",
-                    io::Error::last_os_error()
-                ));
-            }
-            // From here on, everything (the tap, ip, sockets) lives in the
-            // new namespace, which goes away with this thread.
-            run_in_netns().map(|()| String::new())
-        })
-        .join()
-        .expect("netns thread panicked");
-        match result {
-            Ok(_) => {}
-            Err(e) if e.starts_with("SKIP") => {
-                eprintln!("{e}");
-            }
+        const NAME: &str = "udp_both_ways_through_a_tap_in_a_private_netns";
+        in_private_netns(NAME, || match run_in_netns() {
+            Ok(()) => {}
+            Err(e) if e.starts_with("SKIP") => eprintln!("{e}"),
             Err(e) => panic!("{e}"),
-        }
+        });
     }
 
     fn run_in_netns() -> Result<(), String> {
         let tap = Tap::open(TAP).map_err(|e| format!("tap: {e:#}"))?;
         assert_eq!(tap.name(), TAP);
-        ip(&["link", "set", "dev", TAP, "address", "02:00:00:00:00:01"])
-            .map_err(|e| format!("SKIP: {e}"))?;
+        ip(&["link", "set", "dev", TAP, "address", "02:00:00:00:00:01"])?;
         ip(&["addr", "add", "10.253.7.1/24", "dev", TAP])?;
         ip(&["link", "set", "dev", TAP, "up"])?;
         ip(&[

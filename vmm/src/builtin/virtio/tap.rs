@@ -81,31 +81,8 @@ impl Tap {
     /// Opens (creating it if needed) the tap `name` in the caller's network
     /// namespace.
     pub fn open(name: &str) -> Result<Tap, TapError> {
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-            return Err(TapError::BadName(name.to_owned()));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(TapError::Open)?;
-        let fd = OwnedFd::from(file);
-        let mut req = IfReq::zeroed();
-        req.name[..bytes.len()].copy_from_slice(bytes);
-        // The flags fit in the low 16 bits (ifr_flags is a short).
-        req.flags = TAP_FLAGS as libc::c_short;
-        // SAFETY: `req` is a live, writable `ifreq`-sized buffer for the
-        // duration of the call and `fd` is an open tun fd.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if rc < 0 {
-            return Err(ioctl_err("TUNSETIFF"));
-        }
-        let tap = Tap {
-            fd,
-            name: req.name(),
-        };
+        let (fd, name) = attach(name, TAP_FLAGS)?;
+        let tap = Tap { fd, name };
         tap.configure()?;
         Ok(tap)
     }
@@ -208,6 +185,33 @@ impl AsFd for Tap {
     }
 }
 
+/// Opens `/dev/net/tun` non-blocking and attaches it to the interface
+/// `name` with `flags`; returns the fd and the name the kernel gave.
+fn attach(name: &str, flags: libc::c_int) -> Result<(OwnedFd, String), TapError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(TapError::BadName(name.to_owned()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::Open)?;
+    let fd = OwnedFd::from(file);
+    let mut req = IfReq::zeroed();
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // The flags fit in the low 16 bits (ifr_flags is a short).
+    req.flags = flags as libc::c_short;
+    // SAFETY: `req` is a live, writable `ifreq`-sized buffer for the
+    // duration of the call and `fd` is an open tun fd.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc < 0 {
+        return Err(ioctl_err("TUNSETIFF"));
+    }
+    Ok((fd, req.name()))
+}
+
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), TapError> {
     // SAFETY: F_GETFL on an fd we own, no pointers.
     let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -230,7 +234,7 @@ fn ioctl_err(what: &'static str) -> TapError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -247,5 +251,55 @@ mod tests {
     fn adopting_a_non_tap_fd_fails() {
         let f = std::fs::File::open("/dev/null").unwrap();
         assert!(Tap::from_fd(f.into()).is_err());
+    }
+
+    /// Runs `f` on a thread in a network namespace of its own, so the
+    /// interfaces it makes never reach the host; false when it cannot.
+    pub(crate) fn in_private_netns(test: &'static str, f: impl FnOnce() + Send + 'static) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
+            eprintln!("SKIP {test}: needs root and /dev/net/tun");
+            return false;
+        }
+        std::thread::spawn(move || {
+            // SAFETY: unshare only moves this thread to a new namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let e = io::Error::last_os_error();
+                eprintln!("SKIP {test}: unshare(CLONE_NEWNET): {e}");
+                return false;
+            }
+            f();
+            true
+        })
+        .join()
+        .expect("the test panicked in its network namespace")
+    }
+
+    #[test]
+    fn adopts_a_vnet_tap_and_refuses_other_tun_fds() {
+        in_private_netns("adopts_a_vnet_tap_and_refuses_other_tun_fds", || {
+            let (fd, _) = attach("husk-a0", TAP_FLAGS).unwrap();
+            // Blocking, as a runtime might hand it over.
+            // SAFETY: F_SETFL on an fd we own, no pointers.
+            assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) }, 0);
+            let tap = Tap::from_fd(fd).unwrap();
+            assert_eq!(tap.name(), "husk-a0");
+            let err = tap.read(&mut [0; 64]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "made non-blocking");
+
+            for (name, flags) in [
+                ("husk-a1", libc::IFF_TAP | libc::IFF_NO_PI),
+                (
+                    "husk-a2",
+                    libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+                ),
+            ] {
+                let (fd, _) = attach(name, flags).unwrap();
+                assert!(
+                    matches!(Tap::from_fd(fd), Err(TapError::NotVnetTap(_))),
+                    "{name}"
+                );
+            }
+        });
     }
 }
