@@ -26,6 +26,10 @@
 //! too small for the frame at hand is returned to the guest as used with
 //! length 0 and logged at debug; the frame, if any, is dropped. The guest's
 //! transmit header is never passed on: the device sends its own zero header.
+//! Head indices past the queue are skipped; loops and over-long chains end
+//! at the queue size (virtio-queue's chain walk). An available index that
+//! runs more than a queue ahead stops that queue (virtio-queue refuses it)
+//! until the driver resets the device; the monitor is never affected.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};

@@ -233,12 +233,18 @@ fn hostile_chains_are_returned_empty_and_the_device_goes_on() {
     let outside = 0xdead_0000_0000;
 
     // Transmit: outside memory, straddling the end of memory, a writable
-    // descriptor, shorter than the header, longer than any frame.
+    // descriptor, shorter than the header, longer than any frame, a bogus
+    // head index.
     d.add(TX, &[(outside, 100, false)]);
     d.add(TX, &[(DATA, 12, false), ((16 << 20) - 8, 64, false)]);
     d.add(TX, &[(DATA, 12, false), (DATA + 12, 64, true)]);
     d.add(TX, &[(DATA, 8, false)]);
     d.add(TX, &[(DATA, MAX_FRAME as u32 + 1, false)]);
+    // A head index past the queue: skipped, nothing to return as used.
+    let avail = d.queues[TX].avail();
+    let i = avail.idx().load();
+    avail.ring().ref_at(usize::from(i)).unwrap().store(300);
+    avail.idx().store(i + 1);
     let good: Vec<u8> = (0..76u8).collect();
     mem.write_slice(&good, GuestAddress(DATA + 0x8000)).unwrap();
     d.add(TX, &[(DATA + 0x8000, 76, false)]);
