@@ -281,7 +281,7 @@ fn hostile_chains_are_returned_empty_and_the_device_goes_on() {
 }
 
 #[test]
-fn reset_stops_the_worker() {
+fn reset_stops_the_worker_and_the_device_starts_again() {
     let mem = create_guest_memory(16 << 20).unwrap();
     let (mut net, host) = fake_net();
     let mut d = Driver::new(&mem);
@@ -292,7 +292,16 @@ fn reset_stops_the_worker() {
     assert_eq!(d.used_idx(TX), 0, "nobody serves the queue after reset");
     host.set_nonblocking(true).unwrap();
     assert!(host.recv(&mut [0; 64]).is_err());
+    host.set_nonblocking(false).unwrap();
     assert_eq!(net.acked_features(), 0);
+
+    // The driver sets the device up again on fresh rings.
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut net);
+    d.add(TX, &[(DATA, 76, false)]);
+    assert_eq!(recv(&host).len(), 76);
+    drop(net); // joins the worker
 }
 
 mod real_tap {
