@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tracing::debug;
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::QueueT;
@@ -97,6 +98,8 @@ pub struct VhostUserDevice {
     backend_features: u64,
     acked_features: u64,
     protocol: bool,
+    /// The backend acknowledges every message.
+    reply_ack: bool,
     /// Queue indices handed to the backend at activation.
     started: Vec<usize>,
     /// Kept alive while the backend uses them.
@@ -134,16 +137,24 @@ impl VhostUserDevice {
             .get_features()
             .map_err(backend_err("GET_FEATURES"))?;
         let protocol = backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        let mut reply_ack = false;
         if protocol {
             let offered = frontend
                 .get_protocol_features()
                 .map_err(backend_err("GET_PROTOCOL_FEATURES"))?;
-            // Nothing optional is needed: config space is ours, one memory
-            // table, no reply-acks. MQ only tells the backend we know about
-            // several queues.
+            // Config space is ours and there is one memory table, so only
+            // MQ (we know about several queues) and REPLY_ACK (each message
+            // is acknowledged, so errors surface and activation is done
+            // when `activate` returns) are asked for.
+            let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+            let acked = offered & wanted;
             frontend
-                .set_protocol_features(offered & VhostUserProtocolFeatures::MQ)
+                .set_protocol_features(acked)
                 .map_err(backend_err("SET_PROTOCOL_FEATURES"))?;
+            if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                reply_ack = true;
+            }
         }
         debug!(
             device = spec.name,
@@ -155,6 +166,7 @@ impl VhostUserDevice {
             backend_features,
             acked_features: 0,
             protocol,
+            reply_ack,
             started: Vec::new(),
             active: None,
         })
@@ -232,6 +244,15 @@ impl VhostUserDevice {
                     .set_vring_enable(aq.index, true)
                     .map_err(backend_err("SET_VRING_ENABLE"))?;
             }
+        }
+        if !self.reply_ack {
+            // Without acks the messages above may still be queued in the
+            // backend: a driver kick that its worker sees before the ring is
+            // enabled is consumed and lost. A request with a reply is a
+            // barrier (the backend handles messages in order).
+            self.frontend
+                .get_features()
+                .map_err(backend_err("GET_FEATURES"))?;
         }
         Ok(())
     }
