@@ -513,6 +513,35 @@ fn vsock_guest_connects_to_host_listener() {
     w(&mut t, reg::STATUS, 0);
     assert_eq!(r(&mut t, reg::STATUS), 0);
     assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+
+    // A driver that comes back (a rebooted guest) gets fresh rings and the
+    // same backend: connect once more.
+    drop(g);
+    mem.write_slice(&[0u8; 0x3_0000], GuestAddress(0x1_0000))
+        .unwrap();
+    negotiate(&mut t);
+    let mut g = VsockGuest {
+        mem: &mem,
+        rx: Vq::new(&mem, 0x1_0000, 64),
+        tx: Vq::new(&mem, 0x2_0000, 64),
+        tx_slot: 0,
+        fwd_cnt: 0,
+    };
+    g.rx.program(&mut t, 0);
+    g.tx.program(&mut t, 1);
+    event.program(&mut t, 2);
+    for i in 0..32u64 {
+        g.rx.add(&[(RX_BUF + i * u64::from(BUF_LEN), BUF_LEN, true)]);
+    }
+    driver_ok(&mut t);
+    let mut req = g.hdr(OP_REQUEST, 0);
+    req.src_port = GUEST_PORT + 1;
+    g.send(&mut t, req, &[], false);
+    let _host2 = accept_with_timeout(&listener);
+    let (resp, _) = g.recv_op(&mut t, OP_RESPONSE);
+    assert_eq!(resp.dst_port, GUEST_PORT + 1);
+    w(&mut t, reg::STATUS, 0);
+
     drop(t);
     let log = daemon.log_text();
     assert!(!log.contains("error reading TX packet"), "{log}");
