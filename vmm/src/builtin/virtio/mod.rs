@@ -16,6 +16,9 @@
 //! | `net.rs` | virtio-net on a host tap fd, in-process |
 //! | `tap.rs` | opening or adopting that tap (`/dev/net/tun` ioctls) |
 
+pub mod mmio;
+pub mod vhost_user;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use vm_memory::GuestMemoryMmap;
@@ -34,6 +37,8 @@ pub const INT_CONFIG: u32 = 2;
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    /// Bits `InterruptACK` does not clear (see [`Interrupt::set_status`]).
+    sticky: AtomicU32,
     evt: EventFd,
 }
 
@@ -42,6 +47,7 @@ impl Interrupt {
     pub fn new() -> std::io::Result<Self> {
         Ok(Interrupt {
             status: AtomicU32::new(0),
+            sticky: AtomicU32::new(0),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
@@ -52,12 +58,20 @@ impl Interrupt {
         self.evt.write(1)
     }
 
-    /// Sets `bits` without raising the line. A vhost-user backend signals
-    /// the irqfd directly and cannot set the register, so its frontend keeps
-    /// [`INT_VRING`] set for good (a driver that finds no used buffer on an
-    /// interrupt ignores it).
+    /// Sets `bits` for good, without raising the line: `InterruptACK` does
+    /// not clear them, only [`Interrupt::clear`] (device reset) does. A
+    /// vhost-user backend signals the irqfd directly and cannot set the
+    /// register, so its frontend keeps [`INT_VRING`] set this way (a driver
+    /// that finds no used buffer on an interrupt ignores it).
     pub fn set_status(&self, bits: u32) {
+        self.sticky.fetch_or(bits, Ordering::SeqCst);
         self.status.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    /// Device reset: no bits set, none sticky.
+    pub fn clear(&self) {
+        self.sticky.store(0, Ordering::SeqCst);
+        self.status.store(0, Ordering::SeqCst);
     }
 
     /// The `InterruptStatus` register.
@@ -67,7 +81,8 @@ impl Interrupt {
 
     /// A driver's `InterruptACK` write.
     pub fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
+        let keep = self.sticky.load(Ordering::SeqCst);
+        self.status.fetch_and(!(bits & !keep), Ordering::SeqCst);
     }
 
     /// The eventfd behind the line (irqfd; a vhost-user backend's call fd).
@@ -150,7 +165,15 @@ mod tests {
         assert_eq!(i.eventfd().read().unwrap(), 1);
         i.set_status(INT_CONFIG);
         assert!(i.eventfd().read().is_err());
-        i.ack(INT_VRING);
-        assert_eq!(i.status(), INT_CONFIG);
+        i.ack(INT_VRING | INT_CONFIG);
+        assert_eq!(i.status(), INT_CONFIG, "set_status bits are sticky");
+        i.clear();
+        assert_eq!(i.status(), 0);
+        i.set_status(INT_VRING);
+        i.trigger(INT_CONFIG).unwrap();
+        i.ack(INT_VRING | INT_CONFIG);
+        assert_eq!(i.status(), INT_VRING, "sticky bits survive an ack");
+        i.clear();
+        assert_eq!(i.status(), 0);
     }
 }
