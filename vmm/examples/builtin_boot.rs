@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 
 fn main() -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -37,6 +38,10 @@ fn main() -> anyhow::Result<()> {
     cfg.cmdline = args.get(4).cloned();
     cfg.vcpus = 1;
     let mut engine = BuiltinEngine::start(&cfg, Vec::new())?;
+    eprintln!(
+        "builtin_boot: VM built, kernel loaded, vCPUs started in {} us",
+        t0.elapsed().as_micros()
+    );
     loop {
         let mut fds = [
             nix::poll::PollFd::new(engine.exit_fd(), nix::poll::PollFlags::POLLIN),
