@@ -260,3 +260,58 @@ fn stop_kicks_spinning_and_halted_vcpus() {
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
+
+/// A console that keeps what the guest wrote.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn odd_width_and_string_io_is_ignored_not_fatal() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut p = vec![
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8 (COM1)
+        0xb8, 0x41, 0x41, // mov ax, 0x4141
+        0xef, // out dx, ax: 16-bit write to an 8-bit port
+        0x66, 0xed, // in eax, dx: 32-bit read
+        0x66, 0x89, 0xc3, // mov ebx, eax
+        0xb0, 0x41, // mov al, 'A'
+        0xee, // out dx, al: the one real byte
+        0xba, 0x64, 0x00, // mov dx, 0x64 (i8042)
+        0xb8, 0xfe, 0xfe, // mov ax, 0xfefe
+        0xef, // out dx, ax: a 16-bit "reset" must not count
+        0xbe, 0x00, 0x18, // mov si, 0x1800
+        0xb9, 0x03, 0x00, // mov cx, 3
+        0xba, 0x00, 0x01, // mov dx, 0x100
+        0xf3, 0x6e, // rep outsb
+        0xba, 0x04, 0x01, // mov dx, 0x104
+        0x66, 0x89, 0xd8, // mov eax, ebx
+        0x66, 0xef, // out dx, eax
+    ];
+    p.extend_from_slice(RESET);
+    let (mut m, rec) = machine(1 << 20, &p);
+    m.mem.write_slice(b"xyz", GuestAddress(0x1800)).unwrap();
+    let console = Sink::default();
+    m.add_serial(Box::new(console.clone())).unwrap();
+    let mut engine = BuiltinEngine::run(m).unwrap();
+    assert_eq!(wait(&mut engine), Ok(()));
+    engine.stop(Duration::ZERO);
+    assert_eq!(&*console.0.lock().unwrap(), b"A");
+    let w = writes(&rec);
+    assert_eq!(
+        w.last(),
+        Some(&(4, vec![0xff; 4])),
+        "the odd-width serial read gave all ones and the guest went on: {w:?}"
+    );
+}
