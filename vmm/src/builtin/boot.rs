@@ -95,6 +95,33 @@ pub struct BootSpec<'a> {
     pub mmio_devices: &'a [(u64, u32)],
 }
 
+/// Checks that `path` starts like an x86-64 little-endian ELF, so a wrong
+/// kernel (a bzImage, say) is refused before anything is started.
+pub fn check_kernel(path: &Path) -> Result<(), BootError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(20);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(20).read_to_end(&mut head))
+        .map_err(|source| BootError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    const EM_X86_64: u16 = 62;
+    let is_x86_64_elf = head.len() == 20
+        && head[..4] == *b"\x7fELF"
+        && head[4] == 2
+        && head[5] == 1
+        && u16::from_le_bytes([head[18], head[19]]) == EM_X86_64;
+    if is_x86_64_elf {
+        Ok(())
+    } else {
+        Err(BootError::Kernel {
+            path: path.to_path_buf(),
+            reason: "not an x86-64 ELF (the builtin engine boots an uncompressed vmlinux)".into(),
+        })
+    }
+}
+
 /// The full command line for `spec`.
 pub fn build_cmdline(spec: &BootSpec<'_>) -> Result<Cmdline, BootError> {
     let bad = |e: linux_loader::cmdline::Error| BootError::Cmdline(e.to_string());
@@ -268,5 +295,18 @@ mod tests {
             ..spec
         };
         assert!(matches!(load(&mem, &spec), Err(BootError::Kernel { .. })));
+        assert!(matches!(
+            check_kernel(not_elf.path()),
+            Err(BootError::Kernel { .. })
+        ));
+        assert!(matches!(
+            check_kernel(Path::new("/nonexistent")),
+            Err(BootError::Read { .. })
+        ));
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[18] = 62;
+        std::fs::write(not_elf.path(), &elf).unwrap();
+        check_kernel(not_elf.path()).unwrap();
     }
 }

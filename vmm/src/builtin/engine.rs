@@ -321,6 +321,28 @@ impl BuiltinEngine {
             .filter(|&n| n > 0)
             .ok_or_else(|| BuiltinError::Invalid(format!("{} vCPUs", cfg.vcpus)))?;
         let mem = create_guest_memory(u64::from(cfg.memory_mib) << 20)?;
+        // reboot=k: reboot through the i8042 (no ACPI here), which ends the
+        // engine like qemu's -no-reboot.
+        let mut cmdline = format!("{} reboot=k", crate::engine::qemu::kernel_cmdline(cfg));
+        if !HostFacts::probe().hardware_virtualization() {
+            // PVM-backed KVM applies the host's CPUID for some leaves
+            // whatever SET_CPUID2 says, so tell Linux as well (see
+            // `CpuTopology::mask_for_emulation`).
+            cmdline.push_str(" clearcpuid=");
+            cmdline.push_str(cpu::EMULATION_CLEARCPUID);
+        }
+        let mmio: Vec<(u64, u32)> = devices.iter().map(|d| (d.base, d.gsi)).collect();
+        // The kernel first: a bad kernel is reported as such on any host,
+        // before /dev/kvm is touched.
+        let entry = boot::load(
+            &mem,
+            &BootSpec {
+                kernel: &cfg.kernel,
+                initramfs: cfg.initramfs.as_deref(),
+                cmdline: &cmdline,
+                mmio_devices: &mmio,
+            },
+        )?;
         let mut m = Machine::new(mem, vcpus)?;
         let console = cfg.console_log_path();
         let file = std::fs::File::create(&console).map_err(io_err(format!(
@@ -331,22 +353,6 @@ impl BuiltinEngine {
         for d in devices {
             m.add_mmio_device(d)?;
         }
-        // reboot=k: reboot through the i8042 (no ACPI here), which ends the
-        // engine like qemu's -no-reboot.
-        let mut cmdline = format!("{} reboot=k", crate::engine::qemu::kernel_cmdline(cfg));
-        if m.topology().mask_for_emulation {
-            // PVM-backed KVM applies the host's CPUID for some leaves
-            // whatever SET_CPUID2 says, so tell Linux as well.
-            cmdline.push_str(" clearcpuid=");
-            cmdline.push_str(cpu::EMULATION_CLEARCPUID);
-        }
-        let spec = BootSpec {
-            kernel: &cfg.kernel,
-            initramfs: cfg.initramfs.as_deref(),
-            cmdline: &cmdline,
-            mmio_devices: m.mmio_devices(),
-        };
-        let entry = boot::load(&m.mem, &spec)?;
         m.set_entry(entry)?;
         Self::run(m)
     }
