@@ -1,5 +1,5 @@
-//! husk's per-container monitor: runs one microVM (today with QEMU as the
-//! engine, later with a builtin KVM engine), supervises its vhost-user device
+//! husk's per-container monitor: runs one microVM (with its builtin KVM
+//! engine or QEMU), supervises its vhost-user device
 //! daemons (virtiofsd, vhost-device-vsock), and in container supervisor mode
 //! runs one container through the guest agent and exits with its status.
 //! See `vmm/README.md`.

@@ -91,6 +91,10 @@ impl Vm {
         if let Some(w) = warning {
             tracing::warn!("{w}");
         }
+        if kind == EngineKind::Builtin {
+            crate::builtin::boot::check_kernel(&cfg.kernel)
+                .map_err(|e| EngineError::Builtin(e.into()))?;
+        }
         // Resolve every program before starting anything.
         let vsock_bin = crate::binaries::locate(
             "vhost-device-vsock",

@@ -219,7 +219,7 @@ fn clear_errors() {
     expect_error(&["--state-dir", s], "--kernel is required");
     expect_error(
         &["--kernel", k, "--state-dir", s, "--engine", "builtin"],
-        "builtin KVM engine is not built yet",
+        &format!("builtin KVM engine: cannot load kernel {k}: not an x86-64 ELF"),
     );
     expect_error(
         &["--kernel", k, "--state-dir", s, "--share", "x=/nonexistent"],

@@ -1,6 +1,6 @@
 //! Engines run the guest once the device daemons serve their sockets.
-//! Today there is one, QEMU as a child process; the builtin KVM engine plugs
-//! in behind the same [`EngineInstance`] trait.
+//! Two implement [`EngineInstance`]: QEMU as a child process and the
+//! builtin KVM engine (`crate::builtin`), in process.
 
 pub mod qemu;
 
@@ -18,6 +18,9 @@ pub enum EngineError {
     /// The builtin engine was asked for; it does not exist yet.
     #[error("the builtin KVM engine is not built yet; use engine \"qemu\"")]
     BuiltinUnavailable,
+    /// The builtin engine could not build or start the VM.
+    #[error("builtin KVM engine")]
+    Builtin(#[from] crate::builtin::engine::BuiltinError),
     /// The engine's program is missing.
     #[error(transparent)]
     Binary(#[from] BinaryError),
@@ -38,14 +41,14 @@ pub enum EngineError {
 /// Which engine actually runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
-    /// In-process KVM (not built yet).
+    /// In-process KVM (`crate::builtin`).
     Builtin,
     /// `qemu-system-x86_64 -accel tcg`.
     Qemu,
 }
 
 /// Whether the builtin engine is compiled in.
-pub const BUILTIN_AVAILABLE: bool = false;
+pub const BUILTIN_AVAILABLE: bool = true;
 
 /// What the host offers, read from `/proc/cpuinfo` and `/sys/module`.
 #[derive(Debug, Clone, Default)]
@@ -130,7 +133,13 @@ pub trait EngineInstance: std::fmt::Debug + Send {
 /// sockets.
 pub fn start(kind: EngineKind, cfg: &VmConfig) -> Result<Box<dyn EngineInstance>, EngineError> {
     match kind {
-        EngineKind::Builtin => Err(EngineError::BuiltinUnavailable),
+        // The virtio-mmio transport and vhost-user frontend plug in here
+        // (vsock, virtio-fs) once they exist; until then the guest gets
+        // the serial console only.
+        EngineKind::Builtin => Ok(Box::new(crate::builtin::engine::BuiltinEngine::start(
+            cfg,
+            Vec::new(),
+        )?)),
         EngineKind::Qemu => Ok(Box::new(qemu::QemuEngine::start(cfg)?)),
     }
 }
