@@ -7,7 +7,7 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use husk_vmm::builtin::engine::BuiltinEngine;
+use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
 use husk_vmm::engine::EngineInstance;
 use husk_vmm::VmConfig;
 use nix::sys::signal::{SigSet, Signal};
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     }
     cfg.cmdline = args.get(4).cloned();
     cfg.vcpus = 1;
-    let mut engine = BuiltinEngine::start(&cfg, Vec::new())?;
+    let mut engine = BuiltinEngine::start(&cfg, Devices::ConsoleOnly)?;
     eprintln!(
         "builtin_boot: VM built, kernel loaded, vCPUs started in {} us",
         t0.elapsed().as_micros()

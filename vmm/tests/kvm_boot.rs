@@ -6,45 +6,52 @@
 //! KVM's emulator lacks; the banner is what this host can prove (see
 //! shared/ENVIRONMENT.md). With hardware KVM it runs on until stopped.
 
-use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use husk_vmm::builtin::engine::BuiltinEngine;
+use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
 use husk_vmm::engine::EngineInstance;
 use husk_vmm::VmConfig;
 
-fn kernel() -> Option<PathBuf> {
-    if let Some(k) = std::env::var_os("HUSK_KERNEL") {
-        return Some(k.into());
-    }
-    let installed = PathBuf::from("/usr/local/share/husk/vmlinux");
-    if installed.is_file() {
-        return Some(installed);
-    }
-    std::fs::read_dir("/var/cache/husk/kernel")
-        .ok()?
-        .filter_map(|e| {
-            let p = e.ok()?.path().join("vmlinux");
-            let t = p.metadata().ok()?.modified().ok()?;
-            Some((t, p))
-        })
-        .max()
-        .map(|(_, p)| p)
+mod common;
+use common::*;
+
+fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))
 }
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
+/// This process's vCPU threads and its KVM / guest-RAM fds (counted by
+/// name, so tests running in parallel do not disturb the count).
+fn engine_leftovers() -> (usize, usize) {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu"))
+        })
+        .count();
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|f| {
+            std::fs::read_link(f.path()).is_ok_and(|l| {
+                let l = l.to_string_lossy();
+                l.contains("kvm") || l.contains("husk-guest-ram")
+            })
+        })
+        .count();
+    (threads, fds)
 }
 
 #[test]
 fn boots_the_guest_kernel_to_its_banner() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("SKIP: /dev/kvm cannot be opened ({e})");
-        return;
+    if let Err(why) = kvm_usable() {
+        return skip(&why);
     }
     let Some(kernel) = kernel() else {
         eprintln!(
@@ -53,7 +60,6 @@ fn boots_the_guest_kernel_to_its_banner() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (fds_before, threads_before) = (count("/proc/self/fd"), count("/proc/self/task"));
 
     let mut cfg = VmConfig::new(&kernel, dir.path());
     cfg.memory_mib = 256;
@@ -65,7 +71,7 @@ fn boots_the_guest_kernel_to_its_banner() {
     cfg.cmdline = Some("loglevel=7 earlyprintk=ttyS0".into());
     let console = cfg.console_log_path();
     let started = Instant::now();
-    let mut engine = BuiltinEngine::start(&cfg, Vec::new()).unwrap();
+    let mut engine = BuiltinEngine::start(&cfg, Devices::ConsoleOnly).unwrap();
     let mut seen = None;
     while started.elapsed() < Duration::from_secs(60) {
         let log = std::fs::read_to_string(&console).unwrap_or_default();
@@ -88,9 +94,79 @@ fn boots_the_guest_kernel_to_its_banner() {
         kernel.display()
     );
     assert_eq!(
-        count("/proc/self/task"),
-        threads_before,
-        "vCPU threads left"
+        engine_leftovers(),
+        (0, 0),
+        "vCPU threads or KVM/guest-RAM fds left"
     );
-    assert_eq!(count("/proc/self/fd"), fds_before, "fds left open");
+}
+
+/// The whole builtin path through the `husk-vmm` binary: the daemons start,
+/// the frontends connect to them (vsock, one virtio-fs share), the
+/// transports are on the guest command line, the kernel prints its banner.
+/// A SIGTERM then stops the engine and the daemons and leaves nothing.
+/// Without hardware KVM the guest gets no further than early boot, so the
+/// guest's own virtio drivers are exercised by the qemu-engine tests.
+#[test]
+fn husk_vmm_builtin_attaches_vsock_and_fs() {
+    if let Err(why) = kvm_usable() {
+        return skip(&why);
+    }
+    let kernel = match host_ready() {
+        Ok(k) => k,
+        Err(why) => return skip(&why),
+    };
+    let tmp = scratch("kvmdev");
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let state = tmp.path().join("state");
+    let mut child = vmm_on(&kernel, &state, "builtin")
+        .args(["--cmdline", "loglevel=7 earlyprintk=ttyS0"])
+        .arg("--share")
+        .arg(format!("root={}", share.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let console = wait_for_text(
+        &state.join("console.log"),
+        "Linux version",
+        Duration::from_secs(60),
+    );
+    // The whole `Command line:` line (the console is written as it comes).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cmdline = loop {
+        let log = std::fs::read_to_string(state.join("console.log")).unwrap_or_default();
+        if let Some(line) = log
+            .split_inclusive('\n')
+            .find(|l| l.contains("Command line:") && l.ends_with('\n'))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no command line:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for want in [
+        "virtio_mmio.device=4K@0xd0000000:5",
+        "virtio_mmio.device=4K@0xd0001000:6",
+    ] {
+        assert!(
+            cmdline.contains(want),
+            "{want} missing:\n{console}\n{cmdline}"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    let out = child.wait_with_output().unwrap();
+    // 143 after the signal, or 1 when the guest had already died on an
+    // instruction PVM-backed KVM cannot emulate.
+    assert!(
+        matches!(status.code(), Some(143) | Some(1)),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left(&state);
 }

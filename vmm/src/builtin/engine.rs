@@ -61,6 +61,18 @@ pub enum BuiltinError {
     /// The configuration does not fit this engine.
     #[error("{0}")]
     Invalid(String),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Device(#[from] super::virtio::DeviceError),
+}
+
+/// Which devices [`BuiltinEngine::start`] gives the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Devices {
+    /// The config's: vsock and the shares on their daemons' sockets.
+    FromConfig,
+    /// Only the serial console (boot tests and benchmarks, no daemons).
+    ConsoleOnly,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuiltinError {
@@ -314,8 +326,8 @@ pub struct BuiltinEngine {
 
 impl BuiltinEngine {
     /// Builds the VM for `cfg` (guest RAM, COM1 to the console log, the
-    /// i8042, `devices`, the kernel) and starts it.
-    pub fn start(cfg: &VmConfig, devices: Vec<MmioDevice>) -> Result<Self, BuiltinError> {
+    /// i8042, the virtio devices, the kernel) and starts it.
+    pub fn start(cfg: &VmConfig, devices: Devices) -> Result<Self, BuiltinError> {
         let vcpus = u8::try_from(cfg.vcpus)
             .ok()
             .filter(|&n| n > 0)
@@ -331,6 +343,10 @@ impl BuiltinEngine {
             cmdline.push_str(" clearcpuid=");
             cmdline.push_str(cpu::EMULATION_CLEARCPUID);
         }
+        let devices = match devices {
+            Devices::FromConfig => super::devices::place(super::devices::from_config(cfg)?, &mem)?,
+            Devices::ConsoleOnly => Vec::new(),
+        };
         let mmio: Vec<(u64, u32)> = devices.iter().map(|d| (d.base, d.gsi)).collect();
         // The kernel first: a bad kernel is reported as such on any host,
         // before /dev/kvm is touched.

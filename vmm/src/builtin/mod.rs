@@ -10,6 +10,7 @@
 //! | [`boot`] | `vmlinux` ELF load, initramfs, command line, PVH `hvm_start_info` and memory map |
 //! | [`serial`] | COM1 (vm-superio 16550A) into the console log |
 //! | [`i8042`] | the i8042's CPU reset line (guest reboot) |
+//! | [`devices`] | the config's devices (vsock, one fs per share) placed behind virtio-mmio transports at windows and GSIs |
 //! | [`engine`] | [`engine::Machine`] (the build recipe) and [`engine::BuiltinEngine`] (vCPU threads) |
 //! | [`virtio`] | the virtio-mmio transport, the [`virtio::VirtioDevice`] trait, the vhost-user frontend and in-process devices |
 //!
@@ -20,6 +21,7 @@
 pub mod boot;
 pub mod bus;
 pub mod cpu;
+pub mod devices;
 pub mod engine;
 pub mod i8042;
 pub mod memory;

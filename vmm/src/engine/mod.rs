@@ -133,12 +133,9 @@ pub trait EngineInstance: std::fmt::Debug + Send {
 /// sockets.
 pub fn start(kind: EngineKind, cfg: &VmConfig) -> Result<Box<dyn EngineInstance>, EngineError> {
     match kind {
-        // The virtio-mmio transport and vhost-user frontend plug in here
-        // (vsock, virtio-fs) once they exist; until then the guest gets
-        // the serial console only.
         EngineKind::Builtin => Ok(Box::new(crate::builtin::engine::BuiltinEngine::start(
             cfg,
-            Vec::new(),
+            crate::builtin::engine::Devices::FromConfig,
         )?)),
         EngineKind::Qemu => Ok(Box::new(qemu::QemuEngine::start(cfg)?)),
     }

@@ -176,15 +176,20 @@ pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
     }
 }
 
-/// A `husk-vmm` command for `state` with the kernel set.
+/// A `husk-vmm` command for `state` with the kernel set, on the qemu engine.
 pub fn vmm(kernel: &Path, state: &Path) -> Command {
+    vmm_on(kernel, state, "qemu")
+}
+
+/// A `husk-vmm` command for `state` with the kernel set, on `engine`.
+pub fn vmm_on(kernel: &Path, state: &Path, engine: &str) -> Command {
     let mut c = Command::new(VMM);
     c.arg("--kernel")
         .arg(kernel)
         .arg("--state-dir")
         .arg(state)
         .arg("--engine")
-        .arg("qemu");
+        .arg(engine);
     c.env("HUSK_LOG", "debug");
     c
 }

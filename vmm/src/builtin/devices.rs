@@ -1,0 +1,86 @@
+//! The guest's virtio devices for a [`VmConfig`]: virtio-vsock and one
+//! virtio-fs per share, each a vhost-user frontend on its daemon's socket,
+//! each behind its own virtio-mmio transport in the next register window
+//! with the next GSI. The engine registers the transports' kick eventfds as
+//! ioeventfds and their interrupt eventfds as irqfds (see
+//! [`super::engine::Machine::add_mmio_device`]).
+
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+
+use super::engine::{BuiltinError, MmioDevice};
+use super::memory::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use super::virtio::mmio::MmioTransport;
+use super::virtio::vhost_user::VhostUserDevice;
+use super::virtio::{DeviceError, VirtioDevice};
+use crate::config::VmConfig;
+
+/// The IOAPIC's last input pin; virtio GSIs count up from
+/// [`VIRTIO_IRQ_BASE`] to it.
+const LAST_GSI: u32 = 23;
+
+/// Puts `devices` behind transports, in order, at consecutive windows and
+/// GSIs.
+pub fn place(
+    devices: Vec<Box<dyn VirtioDevice>>,
+    mem: &GuestMemoryMmap,
+) -> Result<Vec<MmioDevice>, BuiltinError> {
+    let io = |what: &'static str| {
+        move |source| {
+            BuiltinError::Device(DeviceError::Io {
+                what: what.into(),
+                source,
+            })
+        }
+    };
+    let mut placed = Vec::with_capacity(devices.len());
+    for (i, device) in devices.into_iter().enumerate() {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        let gsi = VIRTIO_IRQ_BASE.saturating_add(i);
+        if gsi > LAST_GSI {
+            return Err(BuiltinError::Invalid(format!(
+                "too many virtio devices: at most {}",
+                LAST_GSI - VIRTIO_IRQ_BASE + 1
+            )));
+        }
+        let transport = MmioTransport::new(device, mem.clone())?;
+        let mut ioevents = Vec::new();
+        for (q, kick) in transport.kick_events().iter().enumerate() {
+            let q = u32::try_from(q).unwrap_or(u32::MAX);
+            ioevents.push((
+                kick.try_clone().map_err(io("cannot dup a kick eventfd"))?,
+                q,
+            ));
+        }
+        let irq = transport
+            .interrupt()
+            .eventfd()
+            .try_clone()
+            .map_err(io("cannot dup an interrupt eventfd"))?;
+        placed.push(MmioDevice {
+            device: Arc::new(Mutex::new(transport)),
+            base: VIRTIO_MMIO_BASE + u64::from(i) * VIRTIO_MMIO_SIZE,
+            ioevents,
+            irq,
+            gsi,
+        });
+    }
+    Ok(placed)
+}
+
+/// The devices `cfg` asks for, connected to the daemons `Vm::start`
+/// started: vsock first, then the shares in order.
+pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuiltinError> {
+    let mut v: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VhostUserDevice::vsock(
+        &cfg.vsock_backend_socket(),
+        u64::from(cfg.vsock.guest_cid),
+    )?)];
+    for share in &cfg.shares {
+        v.push(Box::new(VhostUserDevice::fs(
+            &cfg.fs_backend_socket(&share.tag),
+            &share.tag,
+        )?));
+    }
+    Ok(v)
+}
