@@ -288,7 +288,28 @@ struct VsockGuest<'a> {
     fwd_cnt: u32,
 }
 
-impl VsockGuest<'_> {
+impl<'a> VsockGuest<'a> {
+    /// Lays out the rx, tx and event rings, programs them into the
+    /// negotiated transport, posts 32 RX pages and sets DRIVER_OK.
+    fn start(mem: &'a GuestMemoryMmap, t: &mut MmioTransport) -> Self {
+        let mut g = VsockGuest {
+            mem,
+            rx: Vq::new(mem, 0x1_0000, 64),
+            tx: Vq::new(mem, 0x2_0000, 64),
+            tx_slot: 0,
+            fwd_cnt: 0,
+        };
+        g.rx.program(t, 0);
+        g.tx.program(t, 1);
+        Vq::new(mem, 0x3_0000, 64).program(t, 2);
+        // RX buffers: descriptor i is the page at RX_BUF + i * 4 KiB.
+        for i in 0..32u64 {
+            g.rx.add(&[(RX_BUF + i * u64::from(BUF_LEN), BUF_LEN, true)]);
+        }
+        driver_ok(t);
+        g
+    }
+
     fn hdr(&self, op: u16, len: u32) -> VsockHdr {
         VsockHdr {
             src_cid: GUEST_CID,
@@ -427,22 +448,7 @@ fn vsock_guest_connects_to_host_listener() {
     assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
 
     negotiate(&mut t);
-    let mut g = VsockGuest {
-        mem: &mem,
-        rx: Vq::new(&mem, 0x1_0000, 64),
-        tx: Vq::new(&mem, 0x2_0000, 64),
-        tx_slot: 0,
-        fwd_cnt: 0,
-    };
-    let event = Vq::new(&mem, 0x3_0000, 64);
-    g.rx.program(&mut t, 0);
-    g.tx.program(&mut t, 1);
-    event.program(&mut t, 2);
-    // RX buffers: descriptor i is the page at RX_BUF + i * 4 KiB.
-    for i in 0..32u64 {
-        g.rx.add(&[(RX_BUF + i * u64::from(BUF_LEN), BUF_LEN, true)]);
-    }
-    driver_ok(&mut t);
+    let mut g = VsockGuest::start(&mem, &mut t);
     assert_eq!(
         r(&mut t, reg::INTERRUPT_STATUS) & 1,
         1,
@@ -520,20 +526,7 @@ fn vsock_guest_connects_to_host_listener() {
     mem.write_slice(&[0u8; 0x3_0000], GuestAddress(0x1_0000))
         .unwrap();
     negotiate(&mut t);
-    let mut g = VsockGuest {
-        mem: &mem,
-        rx: Vq::new(&mem, 0x1_0000, 64),
-        tx: Vq::new(&mem, 0x2_0000, 64),
-        tx_slot: 0,
-        fwd_cnt: 0,
-    };
-    g.rx.program(&mut t, 0);
-    g.tx.program(&mut t, 1);
-    event.program(&mut t, 2);
-    for i in 0..32u64 {
-        g.rx.add(&[(RX_BUF + i * u64::from(BUF_LEN), BUF_LEN, true)]);
-    }
-    driver_ok(&mut t);
+    let mut g = VsockGuest::start(&mem, &mut t);
     let mut req = g.hdr(OP_REQUEST, 0);
     req.src_port = GUEST_PORT + 1;
     g.send(&mut t, req, &[], false);
