@@ -132,6 +132,7 @@ fn build(
             },
         },
         ready_fd: Some(READY_FD),
+        network: None,
     });
     vm.validate()
         .map_err(|e| OpError::Invalid(crate::error_chain(&e)))?;
