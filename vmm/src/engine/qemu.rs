@@ -87,8 +87,10 @@ pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
         a.push(format!("vhost-user-fs-device,chardev=fs{i},tag={}", s.tag));
     }
     for (i, n) in cfg.net.iter().enumerate() {
+        // No vnet_hdr=: with fd= QEMU 7.2 refuses it and reads
+        // IFF_VNET_HDR from the fd itself.
         a.push("-netdev".into());
-        a.push(format!("tap,id=net{i},fd={},vnet_hdr=on", n.tap_fd));
+        a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
         a.push("-device".into());
         a.push(format!(
             "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
@@ -223,7 +225,7 @@ mod tests {
             "-serial file:/run/s,,1/console.log",
             "-chardev socket,id=vsock,path=/run/s,,1/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock",
             "-chardev socket,id=fs0,path=/run/s,,1/vhost-fs-rootfs.sock -device vhost-user-fs-device,chardev=fs0,tag=rootfs",
-            "-netdev tap,id=net0,fd=4,vnet_hdr=on -device virtio-net-device,netdev=net0,mac=02:42:0a:fe:01:02,host_mtu=1400",
+            "-netdev tap,id=net0,fd=4 -device virtio-net-device,netdev=net0,mac=02:42:0a:fe:01:02,host_mtu=1400",
             "-kernel /k/vmlinux -initrd /k/initramfs.cpio",
         ] {
             assert!(joined.contains(want), "missing {want:?} in {joined}");
