@@ -137,20 +137,52 @@ fn in_netns<T: Send>(
     })
 }
 
-/// Runs an iproute2 program (in the calling thread's namespace).
+/// The marker line after which [`run`] finds the program's exit status.
+const RC_MARKER: &str = "husk-rc=";
+
+/// Runs an iproute2 program (in the calling thread's namespace) and returns
+/// its stdout. The exit status travels on the output (`sh` prints it after
+/// the program's output): in the shim, containerd-shim's SIGCHLD reaper
+/// reaps every child, so `wait` may find none (ECHILD).
 fn run(prog: &str, args: &[&str]) -> Result<String, NetworkError> {
-    let out = Command::new(prog)
+    use std::io::Read;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("\"$@\" 2>&1; rc=$?; echo; echo {RC_MARKER}$rc"))
+        .arg("sh")
+        .arg(prog)
         .args(args)
-        .output()
-        .map_err(io(format!("cannot run {prog} (install iproute2)")))?;
-    if !out.status.success() {
-        return Err(NetworkError::Command(format!(
-            "{prog} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(io(format!("cannot run {prog}")))?;
+    let mut text = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|mut o| o.read_to_string(&mut text))
+        .unwrap_or(Ok(0));
+    if let Err(e) = child.wait() {
+        tracing::debug!(prog, error = %e, "wait (reaped elsewhere)");
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    read.map_err(io(format!("cannot read the output of {prog}")))?;
+    let (body, rc) = text
+        .trim_end()
+        .rsplit_once(RC_MARKER)
+        .map(|(b, rc)| (b.trim_end().to_owned(), rc.trim().to_owned()))
+        .unwrap_or_else(|| (text.clone(), "?".into()));
+    match rc.as_str() {
+        "0" => Ok(body),
+        "127" => Err(NetworkError::Command(format!(
+            "{prog} is not installed (iproute2): {body}"
+        ))),
+        _ => Err(NetworkError::Command(format!(
+            "{prog} {} failed (exit {rc}): {}",
+            args.join(" "),
+            body.trim()
+        ))),
+    }
 }
 
 fn ip_json(args: &[&str]) -> Result<Vec<Value>, NetworkError> {
@@ -460,6 +492,17 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn runs_and_reports_exit_status() {
+        assert_eq!(run("echo", &["a", "b c"]).unwrap(), "a b c");
+        let e = run("sh", &["-c", "echo oops >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exit 3") && e.contains("oops"), "{e}");
+        let e = run("husk-no-such-program", &[]).unwrap_err().to_string();
+        assert!(e.contains("not installed"), "{e}");
     }
 
     #[test]

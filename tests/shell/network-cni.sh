@@ -42,13 +42,9 @@ CNI
   || fail "protoc"
 # containerd (and so CNI and the shims) in the test's netns; only the
 # network namespace changes (nsenter), the mount namespace stays the host's.
-CONTAINERD_WRAP="nsenter --net=/var/run/netns/$hostns" containerd_start "  sandbox_image = \"$PAUSE_IMAGE\"
-[plugins.\"io.containerd.grpc.v1.cri\".cni]
+CONTAINERD_WRAP="nsenter --net=/var/run/netns/$hostns" shim_containerd_start_cri "[plugins.\"io.containerd.grpc.v1.cri\".cni]
   bin_dir = \"/usr/lib/cni\"
-  conf_dir = \"$tmp/cni\"
-[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]
-  runtime_type = \"io.containerd.husk.v2\"
-  pod_annotations = [\"husk.*\"]" || exit 1
+  conf_dir = \"$tmp/cni\"" || exit 1
 shim_import_image "$tmp" k8s.io
 shim_import_pause_image "$tmp" k8s.io
 "$venv/bin/python" "$here/shim/cri/cni_test.py" "$CTR_ADDR" "$IMAGE" "$tmp/logs" "$tmp" "/var/run/netns/$hostns" \
