@@ -63,7 +63,7 @@ def sync(cid, cmd):
     return r.exit_code, r.stdout.decode(), r.stderr.decode()
 
 
-ip1, c1 = pod("husk-net-1", "while true; do echo from-pod1 | nc -l -p 8080; done")
+ip1, c1 = pod("husk-net-1", "exec nc -ll -p 8080 -e echo from-pod1")
 ip2, c2 = pod("husk-net-2", "exec sleep 100000")
 code, out, _ = sync(c1, "ip -4 addr show eth0")
 if f"inet {ip1}/" not in out:
@@ -80,8 +80,12 @@ if "from-pod1" not in got:
     fail(f"pod 2 -> pod 1: got {got!r} (exit {code}, {err!r})")
 ok(f"pod 2 ({ip2}) connected to pod 1 ({ip1}) and got the answer")
 
-r = subprocess.run(["nsenter", "--net=" + hostns, "busybox", "nc", "-w", "5", ip1, "8080"],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+for _ in range(10):
+    r = subprocess.run(["nsenter", "--net=" + hostns, "busybox", "nc", "-w", "5", ip1, "8080"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    if b"from-pod1" in r.stdout:
+        break
+    time.sleep(1)
 if b"from-pod1" not in r.stdout:
     fail(f"bridge side -> pod 1: {r.stdout!r} {r.stderr!r}")
 ok("the CNI bridge's namespace reaches pod 1")
