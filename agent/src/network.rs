@@ -216,14 +216,28 @@ pub fn configure(req: &ConfigureNetwork) -> Result<(), NetError> {
         }
         i.addresses.iter().try_for_each(check_cidr)?;
     }
-    req.routes
+    for r in &req.routes {
+        check_cidr(&r.destination)?;
+        if !req
+            .interfaces
+            .iter()
+            .any(|i| i.mac.eq_ignore_ascii_case(&r.interface_mac))
+        {
+            return Err(NetError::Invalid(format!(
+                "route to {} names interface {}, which is not configured",
+                r.destination.address, r.interface_mac
+            )));
+        }
+    }
+    let found = req
+        .interfaces
         .iter()
-        .try_for_each(|r| check_cidr(&r.destination))?;
+        .map(|i| find_by_mac(&i.mac))
+        .collect::<Result<Vec<_>, _>>()?;
     let ctl = Ctl::new()?;
     set_up(&ctl, "lo")?;
     let mut names = std::collections::HashMap::new();
-    for i in &req.interfaces {
-        let name = find_by_mac(&i.mac)?;
+    for (i, name) in req.interfaces.iter().zip(found) {
         let mut r = ifreq(&name)?;
         r.ifr_ifru.ifru_mtu = i.mtu as libc::c_int;
         ctl.ioctl(libc::SIOCSIFMTU, &mut r, || {
