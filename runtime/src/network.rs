@@ -338,6 +338,19 @@ fn mirror(veth: &str, tap: &str, mtu: u32) -> Result<(), NetworkError> {
 /// namespace has no interface with an IPv4 address (the guest then has
 /// loopback only). On error nothing is left behind.
 pub fn setup(netns: &Path) -> Result<Option<PodNetwork>, NetworkError> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let theirs = ns_id(netns).map_err(io(format!(
+        "cannot open the network namespace {}",
+        netns.display()
+    )))?;
+    if ns_id(Path::new("/proc/self/ns/net")).is_ok_and(|ours| ours == theirs) {
+        // Mirroring would hand the host's own interface to the guest.
+        return Err(NetworkError::Unsupported(format!(
+            "the network namespace {} is the host's own; a VM cannot share it (drop the path for a private network)",
+            netns.display()
+        )));
+    }
     let netns_owned = netns.to_owned();
     in_netns(netns, move || {
         let links = ip_json(&["link", "show"])?;
@@ -506,8 +519,10 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_namespace_is_a_clear_error() {
+    fn a_missing_or_host_namespace_is_a_clear_error() {
         let e = setup(Path::new("/nonexistent/netns")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/netns"), "{e}");
+        let e = setup(Path::new("/proc/self/ns/net")).unwrap_err();
+        assert!(e.to_string().contains("the host's own"), "{e}");
     }
 }
