@@ -217,15 +217,16 @@ density() {
 }
 
 # net_measure LABEL: throughput both ways and connect latency between netns
-# B and the container's servers at 10.254.9.2 (whatever runs them).
+# B and the container's servers at 10.254.9.2 (whatever runs them). Every
+# transfer's byte count is checked: the receiver reports it.
 net_measure() {
-  local b="nsenter --net=/var/run/netns/hbB$$" t up=() down=() lat=()
+  local b="nsenter --net=/var/run/netns/hbB$$" t got up=() down=() lat=()
   for _ in $(seq 100); do [ "$($b busybox nc -w 2 10.254.9.2 5002 </dev/null 2>/dev/null)" = x ] && break; sleep 0.2; done
   for i in $(seq "$N"); do
-    t=$(now); head -c 67108864 /dev/zero | $b busybox nc 10.254.9.2 5001
-    up+=("$(( 64000 / $(ms_since "$t") ))")
-    t=$(now); $b busybox nc 10.254.9.2 5003 </dev/null >/dev/null
-    down+=("$(( 64000 / $(ms_since "$t") ))")
+    t=$(now); got=$(head -c 67108864 /dev/zero | $b busybox nc 10.254.9.2 5001)
+    [ "$got" = 67108864 ] && up+=("$(( 64000 / $(ms_since "$t") ))") || up+=("short:$got")
+    t=$(now); got=$($b busybox nc 10.254.9.2 5003 </dev/null | wc -c)
+    [ "$got" = 67108864 ] && down+=("$(( 64000 / $(ms_since "$t") ))") || down+=("short:$got")
   done
   for i in $(seq $((N * 4))); do
     t=$(now)
@@ -244,17 +245,17 @@ net() {
   ip link add hbva netns "$a" type veth peer name hbvb netns "$bb"
   ip -n "$a" addr add 10.254.9.2/24 dev hbva; ip -n "$a" link set hbva up; ip -n "$a" link set lo up
   ip -n "$bb" addr add 10.254.9.1/24 dev hbvb; ip -n "$bb" link set hbvb up; ip -n "$bb" link set lo up
-  bundle net sh -c 'nc -ll -p 5001 -e sh -c "cat >/dev/null" & nc -ll -p 5003 -e head -c 67108864 /dev/zero & exec nc -ll -p 5002 -e echo x'
+  bundle net sh -c 'nc -ll -p 5001 -e sh -c "wc -c" & nc -ll -p 5003 -e head -c 67108864 /dev/zero & exec nc -ll -p 5002 -e echo x'
   jq --arg p "/var/run/netns/$a" '(.linux.namespaces[] | select(.type == "network")) += {path: $p}' \
     "$work/net/config.json" > "$work/net/c.json" && mv "$work/net/c.json" "$work/net/config.json"
   if husk --root "$ROOT" run -d -b "$work/net" net </dev/null >/dev/null 2>"$work/err"; then
-    net_measure "husk ($engine), tap + tc mirred into virtio-net"
+    net_measure "husk, tap + tc mirred into virtio-net"
     husk --root "$ROOT" delete -f net
   else
     echo "husk run failed: $(tail -n1 "$work/err")"
   fi
   if runc --root "$work/runc" run -d -b "$work/net" net </dev/null >/dev/null 2>"$work/err"; then
-    net_measure "runc $(runc --version | head -1 | cut -d' ' -f3) (no VM), same netns"
+    net_measure "runc $(runc --version | head -1 | cut -d' ' -f3) (no VM)"
     runc --root "$work/runc" delete -f net
   else
     echo "runc cannot run a container on this host: $(tail -n1 "$work/err")"
