@@ -12,8 +12,8 @@ jobs=${HUSK_JOBS:-$(nproc)}
 "$root/scripts/setup.sh" --no-run
 # What only the tests use: containerd for the shim tests, podman as a real
 # runc-style client, Python's venv for
-# the CRI test client (grpcio from PyPI).
-apt_need containerd podman python3 python3-venv
+# the CRI test client (grpcio from PyPI), CNI plugins for the network test.
+apt_need containerd podman python3 python3-venv containernetworking-plugins iproute2 util-linux
 
 cd "$root"
 log "cargo test (workspace)"

@@ -5,7 +5,7 @@
 # Not a test: no thresholds; exits 0 whenever it measured.
 #
 # usage: tests/bench.sh [-n N] [SECTION...]
-#   sections: lifecycle boot memory io density (default: all)
+#   sections: lifecycle boot memory io density net (default: all)
 #   -n N      repetitions per row (default 5)
 # Needs root and scripts/setup.sh's install (husk, the guest, runc, crun).
 set -uo pipefail
@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 N=5
 if [ "${1:-}" = -n ]; then N=$2; shift 2; fi
-sections=${*:-lifecycle boot memory io density}
+sections=${*:-lifecycle boot memory io density net}
 [ "$(id -u)" -eq 0 ] || die "run as root"
 apt_need runc crun bc
 SHARE=${HUSK_PREFIX:-/usr/local}/share/husk
@@ -25,6 +25,8 @@ ROOT=$work/r
 cleanup() {
   for id in $(husk --root "$ROOT" list -q 2>/dev/null); do husk --root "$ROOT" delete -f "$id" >/dev/null 2>&1; done
   pkill -f "$work" 2>/dev/null
+  runc --root "$work/runc" delete -f net >/dev/null 2>&1
+  ip netns del "hbA$$" 2>/dev/null; ip netns del "hbB$$" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -212,6 +214,53 @@ density() {
   row "time to create+start one more container" ms "${times[@]}"
   [ ${#times[@]} -ge 2 ] && echo "first: ${times[0]} ms, last: ${times[-1]} ms"
   for id in $(husk --root "$ROOT" list -q); do husk --root "$ROOT" delete -f "$id" >/dev/null 2>&1; done
+}
+
+# net_measure LABEL: throughput both ways and connect latency between netns
+# B and the container's servers at 10.254.9.2 (whatever runs them). Every
+# transfer's byte count is checked: the receiver reports it.
+net_measure() {
+  local b="nsenter --net=/var/run/netns/hbB$$" t got up=() down=() lat=()
+  for _ in $(seq 100); do [ "$($b busybox nc -w 2 10.254.9.2 5002 </dev/null 2>/dev/null)" = x ] && break; sleep 0.2; done
+  for i in $(seq "$N"); do
+    t=$(now); got=$(head -c 67108864 /dev/zero | $b busybox nc 10.254.9.2 5001)
+    [ "$got" = 67108864 ] && up+=("$(( 64000 / $(ms_since "$t") ))") || up+=("short:$got")
+    t=$(now); got=$($b busybox nc 10.254.9.2 5003 </dev/null | wc -c)
+    [ "$got" = 67108864 ] && down+=("$(( 64000 / $(ms_since "$t") ))") || down+=("short:$got")
+  done
+  for i in $(seq $((N * 4))); do
+    t=$(now)
+    [ "$($b busybox nc 10.254.9.2 5002 </dev/null)" = x ] || { lat+=(fail); continue; }
+    lat+=("$(ms_since "$t")")
+  done
+  row "$1: TCP B->container 64 MiB (busybox nc)" MiB/s "${up[@]}"
+  row "$1: TCP container->B 64 MiB (busybox nc)" MiB/s "${down[@]}"
+  row "$1: TCP connect + 1-byte answer, $((N * 4)) connects" ms "${lat[@]}"
+}
+
+net() {
+  header "network: netns B <-> the container's netns A over a veth (MTU 1500)"
+  local a=hbA$$ bb=hbB$$
+  ip netns add "$a" && ip netns add "$bb" || { echo "cannot create network namespaces"; return; }
+  ip link add hbva netns "$a" type veth peer name hbvb netns "$bb"
+  ip -n "$a" addr add 10.254.9.2/24 dev hbva; ip -n "$a" link set hbva up; ip -n "$a" link set lo up
+  ip -n "$bb" addr add 10.254.9.1/24 dev hbvb; ip -n "$bb" link set hbvb up; ip -n "$bb" link set lo up
+  bundle net sh -c 'nc -ll -p 5001 -e sh -c "wc -c" & nc -ll -p 5003 -e head -c 67108864 /dev/zero & exec nc -ll -p 5002 -e echo x'
+  jq --arg p "/var/run/netns/$a" '(.linux.namespaces[] | select(.type == "network")) += {path: $p}' \
+    "$work/net/config.json" > "$work/net/c.json" && mv "$work/net/c.json" "$work/net/config.json"
+  if husk --root "$ROOT" run -d -b "$work/net" net </dev/null >/dev/null 2>"$work/err"; then
+    net_measure "husk, tap + tc mirred into virtio-net"
+    husk --root "$ROOT" delete -f net
+  else
+    echo "husk run failed: $(tail -n1 "$work/err")"
+  fi
+  if runc --root "$work/runc" run -d -b "$work/net" net </dev/null >/dev/null 2>"$work/err"; then
+    net_measure "runc $(runc --version | head -1 | cut -d' ' -f3) (no VM)"
+    runc --root "$work/runc" delete -f net
+  else
+    echo "runc cannot run a container on this host: $(tail -n1 "$work/err")"
+  fi
+  ip netns del "$a"; ip netns del "$bb"
 }
 
 for s in $sections; do "$s"; done

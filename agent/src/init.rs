@@ -102,6 +102,11 @@ pub fn setup() -> Result<(), InitError> {
             }
         }
     }
+    // The guest's root network namespace is the pod's: loopback works even
+    // before (or without) ConfigureNetwork.
+    if let Err(e) = crate::network::loopback_up() {
+        tracing::warn!(error = %e, "cannot bring lo up");
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod init;
+pub mod network;
 pub mod server;
 pub mod switch_root;
 pub mod sys;

@@ -255,3 +255,51 @@ fn bad_specs_are_refused_without_leftovers() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+#[test]
+fn configure_network_errors_are_typed() {
+    if !can_run("configure_network_errors") {
+        return;
+    }
+    use husk_protocol::{ConfigureNetwork, Ipv4Cidr, NetInterface, NetRoute};
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let iface = |mac: &str, mtu| NetInterface {
+        mac: mac.into(),
+        addresses: vec![Ipv4Cidr {
+            address: [10, 254, 3, 2].into(),
+            prefix_len: 24,
+        }],
+        mtu,
+    };
+    // A MAC no interface has (a locally administered one made up here).
+    let e = c
+        .call(Request::ConfigureNetwork(ConfigureNetwork {
+            interfaces: vec![iface("02:68:75:73:6b:99", 1400)],
+            routes: vec![],
+        }))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    for bad in [
+        ConfigureNetwork {
+            interfaces: vec![iface("02:68:75:73:6b:99", 20)],
+            routes: vec![],
+        },
+        ConfigureNetwork {
+            interfaces: vec![],
+            routes: vec![NetRoute {
+                destination: Ipv4Cidr {
+                    address: [0, 0, 0, 0].into(),
+                    prefix_len: 40,
+                },
+                gateway: None,
+                interface_mac: "02:68:75:73:6b:99".into(),
+            }],
+        },
+    ] {
+        let e = c.call(Request::ConfigureNetwork(bad)).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    }
+    // The agent keeps serving.
+    assert!(c.call(Request::Version).is_ok());
+}

@@ -111,6 +111,9 @@ pub enum Request {
     RemoveContainer(ContainerRef),
     /// Power the VM off once the response is sent.
     Shutdown,
+    /// Configure the guest's network interfaces and routes (the pod's
+    /// network); sent after boot, before the first `CreateContainer`.
+    ConfigureNetwork(ConfigureNetwork),
 }
 
 /// Names a container.
@@ -145,6 +148,51 @@ pub struct CreateContainer {
     pub shares: Vec<String>,
     /// The stdio streams of the init process the host will attach.
     pub stdio: StdioSpec,
+}
+
+/// Arguments of [`Request::ConfigureNetwork`]. IPv4 only. The loopback
+/// interface is brought up in any case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureNetwork {
+    /// The guest interfaces to bring up, found by MAC address.
+    pub interfaces: Vec<NetInterface>,
+    /// Routes to add once every interface is up.
+    pub routes: Vec<NetRoute>,
+}
+
+/// One guest interface (a virtio-net device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    /// The device's MAC address (`aa:bb:cc:dd:ee:ff`): how the agent finds it.
+    pub mac: String,
+    /// IPv4 addresses; the first is the primary one.
+    pub addresses: Vec<Ipv4Cidr>,
+    /// The MTU.
+    pub mtu: u32,
+}
+
+/// An IPv4 address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv4Cidr {
+    /// The address.
+    pub address: std::net::Ipv4Addr,
+    /// The prefix length, 0..=32.
+    pub prefix_len: u8,
+}
+
+/// An IPv4 route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRoute {
+    /// The destination network (`0.0.0.0/0` for the default route).
+    pub destination: Ipv4Cidr,
+    /// The next hop, `None` for a directly connected destination.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The MAC of the interface the route goes out of.
+    pub interface_mac: String,
 }
 
 /// Arguments of [`Request::ExecProcess`].
@@ -409,6 +457,35 @@ mod tests {
         let inner =
             r#"{"version":1,"id":1,"request":{"type":"State","args":{"container_id":"a","b":2}}}"#;
         assert!(serde_json::from_str::<RequestFrame>(inner).is_err());
+    }
+
+    #[test]
+    fn configure_network_shape() {
+        let r = Request::ConfigureNetwork(ConfigureNetwork {
+            interfaces: vec![NetInterface {
+                mac: "02:00:00:00:00:01".into(),
+                addresses: vec![Ipv4Cidr {
+                    address: [10, 254, 1, 2].into(),
+                    prefix_len: 24,
+                }],
+                mtu: 1400,
+            }],
+            routes: vec![NetRoute {
+                destination: Ipv4Cidr {
+                    address: [0, 0, 0, 0].into(),
+                    prefix_len: 0,
+                },
+                gateway: Some([10, 254, 1, 1].into()),
+                interface_mac: "02:00:00:00:00:01".into(),
+            }],
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["type"], "ConfigureNetwork");
+        assert_eq!(
+            v["args"]["interfaces"][0]["addresses"][0]["address"],
+            "10.254.1.2"
+        );
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), r);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod cli;
 pub mod hooks;
 pub mod logging;
+pub mod network;
 pub mod ops;
 pub mod shim;
 pub mod signal;

@@ -106,6 +106,10 @@ pub struct ContainerState {
     /// Host paths husk bind-mounted into the share directory; unmounted on
     /// delete.
     pub mounts: Vec<PathBuf>,
+    /// The tap and tc mirroring husk set up in the spec's network
+    /// namespace; undone on delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetState>,
 }
 
 /// The state directory root (`--root`).
@@ -272,6 +276,7 @@ mod tests {
             vsock_uds: "/x.sock".into(),
             agent_port: 1024,
             mounts: vec![],
+            network: None,
         }
     }
 

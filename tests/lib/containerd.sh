@@ -2,6 +2,8 @@
 # CONTAINERD_DIR; containerd_stop kills it and removes its directories.
 # usage: containerd_start [EXTRA_CRI_CONFIG]
 #   EXTRA_CRI_CONFIG: TOML lines appended inside the CRI plugin's table.
+#   CONTAINERD_WRAP: a command prefix that execs containerd (e.g.
+#   `nsenter --net=PATH` to run it in a test's network namespace).
 containerd_start() {
   CONTAINERD_DIR=$(mktemp -d /tmp/husk-containerd.XXXXXX)
   CTR_ADDR=$CONTAINERD_DIR/containerd.sock
@@ -15,7 +17,8 @@ state = "$CONTAINERD_DIR/state"
   restrict_oom_score_adj = true
 ${1:-}
 CFG
-  containerd --config "$CONTAINERD_DIR/config.toml" >"$CONTAINERD_DIR/log" 2>&1 &
+  # shellcheck disable=SC2086 # the wrapper is a word list
+  ${CONTAINERD_WRAP:-} containerd --config "$CONTAINERD_DIR/config.toml" >"$CONTAINERD_DIR/log" 2>&1 &
   CONTAINERD_PID=$!
   for _ in $(seq 100); do
     ctr --address "$CTR_ADDR" version >/dev/null 2>&1 && return 0

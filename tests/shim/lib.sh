@@ -59,14 +59,15 @@ shim_import_pause_image() {
 }
 
 # containerd_start (tests/lib/containerd.sh) with the CRI runtime handler
-# `husk` registered and the pause image set.
+# `husk` registered and the pause image set; $1: further TOML tables.
 shim_containerd_start_cri() {
   containerd_start "  sandbox_image = \"$PAUSE_IMAGE\"
 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
   runtime_type = \"io.containerd.runc.v2\"
 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]
   runtime_type = \"io.containerd.husk.v2\"
-  pod_annotations = [\"husk.*\"]"
+  pod_annotations = [\"husk.*\"]
+${1:-}"
 }
 
 c() { ctr --address "$CTR_ADDR" "$@"; }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{CreateContainer, DEFAULT_AGENT_PORT};
+use husk_protocol::{ConfigureNetwork, CreateContainer, DEFAULT_AGENT_PORT};
 use serde::{Deserialize, Serialize};
 
 /// The longest path a Unix socket address can hold (`sun_path` less the NUL).
@@ -194,6 +194,53 @@ pub struct ContainerConfig {
     /// An inherited fd to report readiness on (one JSON line, then closed).
     #[serde(default)]
     pub ready_fd: Option<i32>,
+    /// The guest network, sent to the agent before `create`.
+    #[serde(default)]
+    pub network: Option<ConfigureNetwork>,
+}
+
+/// One virtio-net device backed by a tap device the caller opened
+/// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) and handed to the monitor as an
+/// inherited fd. Engine-neutral: the qemu engine passes the fd on to qemu,
+/// an in-process device would read and write it itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The open tap fd in the monitor's fd table (3 or more).
+    pub tap_fd: i32,
+    /// The guest interface's MAC address, `aa:bb:cc:dd:ee:ff` (unicast).
+    pub mac: String,
+    /// The MTU the device advertises to the guest.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+impl NetConfig {
+    fn validate(&self, i: usize) -> Result<(), String> {
+        if self.tap_fd < 3 {
+            return Err(format!("net[{i}].tap_fd {} is not 3 or more", self.tap_fd));
+        }
+        let octets: Vec<Option<u8>> = self
+            .mac
+            .split(':')
+            .map(|o| {
+                (o.len() == 2)
+                    .then(|| u8::from_str_radix(o, 16).ok())
+                    .flatten()
+            })
+            .collect();
+        let ok = octets.len() == 6 && octets.iter().all(Option::is_some);
+        if !ok || octets[0].is_some_and(|b| b & 1 == 1) || octets.iter().all(|o| *o == Some(0)) {
+            return Err(format!(
+                "net[{i}].mac {:?} is not a unicast MAC address aa:bb:cc:dd:ee:ff",
+                self.mac
+            ));
+        }
+        if !(68..=65535).contains(&self.mtu) {
+            return Err(format!("net[{i}].mtu {} is outside 68..=65535", self.mtu));
+        }
+        Ok(())
+    }
 }
 
 /// Everything needed to run one VM.
@@ -238,6 +285,9 @@ pub struct VmConfig {
     /// Container supervisor mode.
     #[serde(default)]
     pub container: Option<ContainerConfig>,
+    /// virtio-net devices on inherited tap fds.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 fn default_cid() -> u32 {
@@ -251,6 +301,9 @@ fn default_memory() -> u32 {
 }
 fn default_vcpus() -> u32 {
     1
+}
+fn default_mtu() -> u32 {
+    1500
 }
 fn default_boot_timeout() -> u64 {
     120
@@ -273,6 +326,7 @@ impl VmConfig {
             binaries: BinaryPaths::default(),
             boot_timeout_s: default_boot_timeout(),
             container: None,
+            net: Vec::new(),
         }
     }
 
@@ -387,6 +441,21 @@ impl VmConfig {
                 ));
             }
         }
+        let mut fds = HashSet::new();
+        let mut macs = HashSet::new();
+        for (i, n) in self.net.iter().enumerate() {
+            n.validate(i).map_err(ConfigError::Invalid)?;
+            if !fds.insert(n.tap_fd) || !macs.insert(n.mac.to_ascii_lowercase()) {
+                return invalid(format!(
+                    "net[{i}] repeats a tap_fd or mac of another device"
+                ));
+            }
+            if let Some(r) = self.container.as_ref().and_then(|c| c.ready_fd) {
+                if r == n.tap_fd {
+                    return invalid(format!("net[{i}].tap_fd {r} is also the ready_fd"));
+                }
+            }
+        }
         if let Some(c) = &self.container {
             if c.create.container_id.is_empty() {
                 return invalid("container.create.container_id is empty".into());
@@ -397,6 +466,25 @@ impl VmConfig {
                         "container uses share {t:?}, which is not configured"
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every `net[].tap_fd` is open in this process and marks it
+    /// close-on-exec, so only the engine (which clears the flag in its
+    /// child) inherits it, not the device daemons.
+    pub fn claim_net_fds(&self) -> Result<(), ConfigError> {
+        for (i, n) in self.net.iter().enumerate() {
+            // SAFETY: fcntl on a plain fd number touches no memory; a closed
+            // fd gives EBADF.
+            let r = unsafe { libc::fcntl(n.tap_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            if r < 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "net[{i}].tap_fd {} is not an open fd of the monitor: {}",
+                    n.tap_fd,
+                    std::io::Error::last_os_error()
+                )));
             }
         }
         Ok(())

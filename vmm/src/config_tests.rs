@@ -118,6 +118,7 @@ fn container_section() {
     cfg.container = Some(ContainerConfig {
         create,
         ready_fd: Some(3),
+        network: None,
     });
     cfg.validate().unwrap();
     let text = serde_json::to_string(&cfg).unwrap();
@@ -151,4 +152,79 @@ impl ShareConfig {
     fn from_str_lossy(tag: &str, dir: &Path) -> Self {
         format!("{tag}={}", dir.display()).parse().unwrap()
     }
+}
+
+#[test]
+fn net_devices_are_validated() {
+    let (_d, mut cfg) = files();
+    let c = VmConfig::from_json(
+        r#"{"kernel":"/k","state_dir":"/s","net":[{"tap_fd":4,"mac":"02:00:0a:fe:01:02"}]}"#,
+        Path::new("x"),
+    )
+    .unwrap();
+    assert_eq!(c.net[0].mtu, 1500);
+    let good = NetConfig {
+        tap_fd: 4,
+        mac: "02:00:0A:fe:01:02".into(),
+        mtu: 1400,
+    };
+    cfg.net = vec![good.clone()];
+    cfg.validate().unwrap();
+    for (bad, why) in [
+        (
+            NetConfig {
+                tap_fd: 2,
+                ..good.clone()
+            },
+            "tap_fd",
+        ),
+        (
+            NetConfig {
+                mac: "03:00:00:00:00:01".into(),
+                ..good.clone()
+            },
+            "unicast",
+        ),
+        (
+            NetConfig {
+                mac: "00:00:00:00:00:00".into(),
+                ..good.clone()
+            },
+            "unicast",
+        ),
+        (
+            NetConfig {
+                mac: "02:00:00:00:00".into(),
+                ..good.clone()
+            },
+            "unicast",
+        ),
+        (
+            NetConfig {
+                mac: "02:00:00:00:00:zz".into(),
+                ..good.clone()
+            },
+            "unicast",
+        ),
+        (
+            NetConfig {
+                mtu: 67,
+                ..good.clone()
+            },
+            "mtu",
+        ),
+    ] {
+        cfg.net = vec![bad];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    cfg.net = vec![good.clone(), good.clone()];
+    assert!(cfg.validate().unwrap_err().to_string().contains("repeats"));
+    // An fd that is not open is refused before anything starts.
+    cfg.net = vec![NetConfig {
+        tap_fd: 999_999,
+        ..good
+    }];
+    let e = cfg.claim_net_fds().unwrap_err().to_string();
+    assert!(e.contains("not an open fd"), "{e}");
 }

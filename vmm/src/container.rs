@@ -214,6 +214,15 @@ fn setup(
     };
     let fail = |what: &str, e: ClientError| Abort::Failed(format!("{what}: {}", error_chain(&e)));
     let cid = ccfg.create.container_id.clone();
+    if let Some(net) = &ccfg.network {
+        match control.call(Request::ConfigureNetwork(net.clone())) {
+            Ok(_) => tracing::info!(
+                interfaces = net.interfaces.len(),
+                "guest network configured"
+            ),
+            Err(e) => return Err(fail("cannot configure the guest network", e)),
+        }
+    }
     let pid = match control.call(Request::CreateContainer(Box::new(ccfg.create.clone()))) {
         Ok(Response::Process { pid }) => pid,
         Ok(other) => return Err(Abort::Failed(format!("CreateContainer answered {other:?}"))),

@@ -171,6 +171,7 @@ fn ccfg(id: &str) -> ContainerConfig {
     ContainerConfig {
         create: serde_json::from_str(&req).unwrap(),
         ready_fd: None,
+        network: None,
     }
 }
 

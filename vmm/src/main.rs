@@ -145,6 +145,7 @@ fn build_config(a: &Args) -> anyhow::Result<VmConfig> {
         cfg.container = Some(ContainerConfig {
             create,
             ready_fd: None,
+            network: None,
         });
     }
     if let (Some(fd), Some(c)) = (a.ready_fd, cfg.container.as_mut()) {

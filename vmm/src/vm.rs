@@ -114,6 +114,7 @@ impl Vm {
                 .map_err(EngineError::from)?;
         }
         cfg.ensure_state_dir()?;
+        cfg.claim_net_fds()?;
 
         let mut h = VmHandle {
             daemons: Vec::new(),

@@ -136,6 +136,13 @@ pub fn enter(
     }
     if !plan.new_flags.is_empty() {
         unshare(plan.new_flags).map_err(sys(format!("create namespaces {:?}", plan.new_flags)))?;
+        if plan.new_flags.contains(CloneFlags::CLONE_NEWNET) {
+            // As with runc: a new network namespace has a working loopback.
+            crate::network::loopback_up().map_err(|e| SetupError::Sys {
+                what: "bring lo up in the new network namespace".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
     }
     Ok(())
 }

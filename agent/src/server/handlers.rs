@@ -91,6 +91,10 @@ impl Server {
                 self.containers.insert(req.container_id.clone(), c);
                 Ok(Response::Process { pid })
             }
+            Request::ConfigureNetwork(req) => {
+                crate::network::configure(&req)?;
+                Ok(Response::Empty)
+            }
             Request::StartContainer(r) => {
                 let c = self.container(&r.container_id)?;
                 container::start(c)?;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_protocol::{CreateContainer, StdioSpec};
-use husk_vmm::config::{ContainerConfig, ShareConfig};
+use husk_vmm::config::{ContainerConfig, NetConfig, ShareConfig};
 use nix::unistd::pipe;
 
 use super::lifecycle::{oci_state_json, teardown};
@@ -79,6 +79,7 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
         vsock_uds: dir.join("vsock.sock"),
         agent_port: husk_protocol::DEFAULT_AGENT_PORT,
         mounts: Vec::new(),
+        network: None,
     };
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),
@@ -102,9 +103,23 @@ fn build(
     // always find what to undo.
     rt.root.save(st)?;
     let share_dir = dir.join("share");
-    let (guest_spec, mounts) = prepare_share(bundle, &share_dir)?;
+    let (mut guest_spec, mounts) = prepare_share(bundle, &share_dir)?;
     st.mounts = mounts.points;
     rt.root.save(st)?;
+    let net = match crate::network::netns_path(&bundle.spec) {
+        Some(ns) => {
+            let net = crate::network::setup(&ns).map_err(|e| {
+                OpError::Invalid(format!("pod network: {}", crate::error_chain(&e)))
+            })?;
+            crate::network::drop_netns_path(&mut guest_spec);
+            if let Some(n) = &net {
+                st.network = Some(n.state.clone());
+                rt.root.save(st)?;
+            }
+            net
+        }
+        None => None,
+    };
 
     let terminal = guest_spec
         .process()
@@ -132,7 +147,15 @@ fn build(
             },
         },
         ready_fd: Some(READY_FD),
+        network: net.as_ref().map(|n| n.guest.clone()),
     });
+    if let Some(n) = &net {
+        vm.net = vec![NetConfig {
+            tap_fd: crate::network::TAP_FD,
+            mac: n.mac.clone(),
+            mtu: n.mtu,
+        }];
+    }
     vm.validate()
         .map_err(|e| OpError::Invalid(crate::error_chain(&e)))?;
     let cfg_path = dir.join("vmm.json");
@@ -155,7 +178,10 @@ fn build(
         &st.id,
         vm.boot_timeout_s,
         pty.as_ref().map(|p| &p.slave),
+        net.as_ref().map(|n| &n.tap_fd),
     )?;
+    // The monitor holds the tap now; ours closes.
+    drop(net);
     if let (Some(pty), Some(sock)) = (&pty, &opts.console_socket) {
         send_console(sock, pty).map_err(OpError::io(format!(
             "cannot send the pty to {}",
@@ -196,8 +222,15 @@ fn spawn_monitor(
     id: &str,
     timeout_s: u64,
     tty: Option<&OwnedFd>,
+    tap: Option<&OwnedFd>,
 ) -> Result<(i32, i32), OpError> {
     let (rd, wr) = pipe().map_err(|e| OpError::io("pipe")(e.into()))?;
+    // Above 10, so the dup2 onto READY_FD cannot clobber it.
+    let tap = tap
+        .map(crate::network::high_fd)
+        .transpose()
+        .map_err(OpError::io("dup the tap fd"))?;
+    let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
     let mut cmd = Command::new(&rt.vmm_binary);
     cmd.arg("--config").arg(cfg);
     match tty {
@@ -228,6 +261,12 @@ fn spawn_monitor(
                 // Clear close-on-exec on the fd we keep.
                 libc::fcntl(READY_FD, libc::F_SETFD, 0);
             }
+            if let Some(t) = tap_raw {
+                // dup2 leaves the new fd inheritable.
+                if libc::dup2(t, crate::network::TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             libc::setsid();
             if set_ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -240,6 +279,7 @@ fn spawn_monitor(
         rt.vmm_binary.display()
     )))?;
     drop(wr);
+    drop(tap);
     let pid = child.id() as i32;
     let line = read_ready(rd, Duration::from_secs(timeout_s + 30));
     let fail = |reason: String| {

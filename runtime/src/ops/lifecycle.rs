@@ -257,6 +257,9 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
             tracing::warn!(id = %st.id, error = %e, "unmounting the share");
         }
     }
+    if let Some(n) = &st.network {
+        crate::network::teardown(n);
+    }
     if let Err(e) = rt.root.remove(&st.id) {
         tracing::warn!(id = %st.id, error = %e, "removing the state directory");
     }

@@ -24,6 +24,8 @@ use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB, MIN_MEMORY_MIB};
 
 /// The fd the monitor reports readiness on.
 const READY_FD: i32 = 3;
+/// The pod network's [`crate::network::NetState`] in the VM's directory.
+const NETWORK_STATE: &str = "network.json";
 /// How long a call waits for the agent of a running VM.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,6 +42,8 @@ pub struct PodVm {
     pub monitor_pid: i32,
     /// The VM's size.
     pub size: VmSize,
+    /// The pod network mirrored into the VM, undone on teardown.
+    pub network: Option<crate::network::NetState>,
 }
 
 /// Sizes the VM of a pod (or of a lone container) from the first
@@ -86,8 +90,9 @@ impl PodVm {
             },
             monitor_pid: 0,
             size,
+            network: None,
         };
-        match vm.start_monitor(vmm_binary) {
+        match vm.start_monitor(vmm_binary, spec) {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.teardown();
@@ -96,7 +101,7 @@ impl PodVm {
         }
     }
 
-    fn start_monitor(&mut self, vmm_binary: &Path) -> Result<(), ShimError> {
+    fn start_monitor(&mut self, vmm_binary: &Path, spec: &Spec) -> Result<(), ShimError> {
         fs::create_dir_all(&self.share).map_err(ShimError::io("create the share dir"))?;
         // Mounts made under the share later (containers of the pod) must
         // reach virtiofsd's own mount namespace: make the share a shared
@@ -133,6 +138,24 @@ impl PodVm {
             cache: Default::default(),
             readonly: false,
         }];
+        let net = match crate::network::netns_path(spec) {
+            Some(ns) => crate::network::setup(&ns).map_err(|e| {
+                ShimError::Invalid(format!("pod network: {}", crate::error_chain(&e)))
+            })?,
+            None => None,
+        };
+        if let Some(n) = &net {
+            self.network = Some(n.state.clone());
+            let _ = fs::write(
+                self.dir.join(NETWORK_STATE),
+                serde_json::to_vec(&n.state).expect("state serializes"),
+            );
+            vm.net = vec![husk_vmm::config::NetConfig {
+                tap_fd: crate::network::TAP_FD,
+                mac: n.mac.clone(),
+                mtu: n.mtu,
+            }];
+        }
         vm.validate()
             .map_err(|e| ShimError::Invalid(crate::error_chain(&e)))?;
         let cfg = self.dir.join("vmm.json");
@@ -145,6 +168,12 @@ impl PodVm {
             .map_err(ShimError::io("create husk-vmm.out"))?;
         let (rd, wr) = nix::unistd::pipe().map_err(|e| ShimError::io("pipe")(e.into()))?;
         let wr_raw = std::os::fd::AsRawFd::as_raw_fd(&wr);
+        let tap = net
+            .as_ref()
+            .map(|n| crate::network::high_fd(&n.tap_fd))
+            .transpose()
+            .map_err(ShimError::io("dup the tap fd"))?;
+        let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let mut cmd = Command::new(vmm_binary);
         cmd.arg("--config")
             .arg(&cfg)
@@ -164,6 +193,11 @@ impl PodVm {
                 } else if libc::dup2(wr_raw, READY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(t) = tap_raw {
+                    if libc::dup2(t, crate::network::TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 libc::setsid();
                 Ok(())
             });
@@ -173,6 +207,9 @@ impl PodVm {
             vmm_binary.display()
         )))?;
         drop(wr);
+        // The monitor holds the tap now.
+        drop(tap);
+        let guest_net = net.map(|n| n.guest);
         self.monitor_pid = child.id() as i32;
         // The shim's reaper (containerd-shim's SIGCHLD handler) reaps it.
         drop(child);
@@ -194,6 +231,16 @@ impl PodVm {
         if v["ok"] != true {
             let why = v["error"].as_str().unwrap_or(line.trim()).to_owned();
             return Err(self.boot_failed(&why));
+        }
+        if let Some(g) = guest_net {
+            self.agent()?
+                .call(Request::ConfigureNetwork(g))
+                .map_err(|e| {
+                    ShimError::Invalid(format!(
+                        "cannot configure the guest network: {}",
+                        crate::error_chain(&e)
+                    ))
+                })?;
         }
         tracing::info!(
             memory_mib = size.memory_mib,
@@ -227,6 +274,9 @@ impl PodVm {
     ) -> Result<(Spec, ShareMounts), ShimError> {
         let (mut spec, mounts) =
             prepare_share(bundle, &self.share.join(id)).map_err(crate::ops::OpError::from)?;
+        // Every container of the pod shares the guest's root network
+        // namespace, which is the pod's network.
+        crate::network::drop_netns_path(&mut spec);
         let base = PathBuf::from(husk_protocol::share_mount_point(SHARE_TAG));
         let re = |p: &Path| -> Option<PathBuf> {
             p.strip_prefix(&base)
@@ -282,6 +332,9 @@ impl PodVm {
         if self.monitor_pid > 0 {
             stop_pid(self.monitor_pid, Duration::from_secs(5));
         }
+        if let Some(n) = self.network.take() {
+            crate::network::teardown(&n);
+        }
         unmount_under(&self.dir);
         remove_unmounted(&self.dir);
     }
@@ -306,6 +359,12 @@ pub fn cleanup_dead(dir: &Path, id: &str) {
     }
     if let Some(p) = pid_in("monitor.pid") {
         stop_pid(p, Duration::from_secs(5));
+    }
+    if let Some(n) = fs::read(dir.join(NETWORK_STATE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::network::NetState>(&b).ok())
+    {
+        crate::network::teardown(&n);
     }
     unmount_under(dir);
     remove_unmounted(dir);

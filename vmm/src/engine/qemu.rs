@@ -1,9 +1,11 @@
 //! The qemu engine: `qemu-system-x86_64 -accel tcg -M microvm` as a child,
 //! guest RAM in a shared memfd for the vhost-user daemons, the serial
-//! console in a file, no QEMU monitor, no network.
+//! console in a file, no QEMU monitor, virtio-net only on tap fds the
+//! caller handed in (`net`).
 
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -84,6 +86,17 @@ pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
         a.push("-device".into());
         a.push(format!("vhost-user-fs-device,chardev=fs{i},tag={}", s.tag));
     }
+    for (i, n) in cfg.net.iter().enumerate() {
+        // No vnet_hdr=: with fd= QEMU 7.2 refuses it and reads
+        // IFF_VNET_HDR from the fd itself.
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
+            n.mac, n.mtu
+        ));
+    }
     a.push("-kernel".into());
     a.push(cfg.kernel.display().to_string());
     let mut out: Vec<OsString> = a.into_iter().map(OsString::from).collect();
@@ -117,6 +130,21 @@ impl QemuEngine {
         })?;
         let mut cmd = Command::new(program);
         cmd.args(qemu_args(cfg));
+        let tap_fds: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
+        if !tap_fds.is_empty() {
+            // SAFETY: between fork and exec the closure only calls the
+            // async-signal-safe fcntl on fd numbers, allocating nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for fd in &tap_fds {
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         tracing::debug!(?cmd, "starting qemu");
         let child = Supervised::spawn("qemu", cmd, &cfg.state_dir.join("qemu.log"))?;
         Ok(QemuEngine {
@@ -167,7 +195,7 @@ impl EngineInstance for QemuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ShareConfig;
+    use crate::config::{NetConfig, ShareConfig};
 
     #[test]
     fn command_line() {
@@ -179,6 +207,11 @@ mod tests {
         cfg.vsock.agent_port = 2000;
         cfg.shares
             .push("rootfs=/b/rootfs".parse::<ShareConfig>().unwrap());
+        cfg.net.push(NetConfig {
+            tap_fd: 4,
+            mac: "02:42:0a:fe:01:02".into(),
+            mtu: 1400,
+        });
         let a: Vec<String> = qemu_args(&cfg)
             .iter()
             .map(|s| s.to_str().unwrap().to_owned())
@@ -192,11 +225,12 @@ mod tests {
             "-serial file:/run/s,,1/console.log",
             "-chardev socket,id=vsock,path=/run/s,,1/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock",
             "-chardev socket,id=fs0,path=/run/s,,1/vhost-fs-rootfs.sock -device vhost-user-fs-device,chardev=fs0,tag=rootfs",
+            "-netdev tap,id=net0,fd=4 -device virtio-net-device,netdev=net0,mac=02:42:0a:fe:01:02,host_mtu=1400",
             "-kernel /k/vmlinux -initrd /k/initramfs.cpio",
         ] {
             assert!(joined.contains(want), "missing {want:?} in {joined}");
         }
-        assert!(!joined.contains("netdev") && !joined.contains("pit=off"));
+        assert!(!joined.contains("pit=off"));
         assert_eq!(a[a.len() - 2], "-append");
         assert_eq!(
             a[a.len() - 1],
@@ -206,5 +240,11 @@ mod tests {
         cfg.vsock.agent_port = husk_protocol::DEFAULT_AGENT_PORT;
         cfg.cmdline = None;
         assert_eq!(kernel_cmdline(&cfg), "console=ttyS0 panic=-1 quiet");
+        cfg.net.clear();
+        let none: Vec<String> = qemu_args(&cfg)
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert!(!none.join(" ").contains("netdev"), "no network without net");
     }
 }
