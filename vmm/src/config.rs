@@ -216,21 +216,25 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// The MAC's six octets, if it is written `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        let mut out = [0u8; 6];
+        let mut parts = self.mac.split(':');
+        for o in &mut out {
+            let p = parts.next().filter(|p| p.len() == 2)?;
+            *o = u8::from_str_radix(p, 16).ok()?;
+        }
+        parts.next().is_none().then_some(out)
+    }
+
     fn validate(&self, i: usize) -> Result<(), String> {
         if self.tap_fd < 3 {
             return Err(format!("net[{i}].tap_fd {} is not 3 or more", self.tap_fd));
         }
-        let octets: Vec<Option<u8>> = self
-            .mac
-            .split(':')
-            .map(|o| {
-                (o.len() == 2)
-                    .then(|| u8::from_str_radix(o, 16).ok())
-                    .flatten()
-            })
-            .collect();
-        let ok = octets.len() == 6 && octets.iter().all(Option::is_some);
-        if !ok || octets[0].is_some_and(|b| b & 1 == 1) || octets.iter().all(|o| *o == Some(0)) {
+        if self
+            .mac_bytes()
+            .is_none_or(|m| m[0] & 1 == 1 || m == [0; 6])
+        {
             return Err(format!(
                 "net[{i}].mac {:?} is not a unicast MAC address aa:bb:cc:dd:ee:ff",
                 self.mac

@@ -6,10 +6,12 @@
 //! KVM's emulator lacks; the banner is what this host can prove (see
 //! shared/ENVIRONMENT.md). With hardware KVM it runs on until stopped.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
+use husk_vmm::builtin::virtio::tap::Tap;
 use husk_vmm::engine::EngineInstance;
 use husk_vmm::VmConfig;
 
@@ -100,14 +102,35 @@ fn boots_the_guest_kernel_to_its_banner() {
     );
 }
 
+/// A tap (with a virtio-net header) in a network namespace made for it, so
+/// nothing touches the host's interfaces; the namespace lives as long as
+/// the returned namespace fd.
+fn private_tap() -> Result<(OwnedFd, OwnedFd), String> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        let ns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("netns fd: {e}"))?;
+        let tap = Tap::open("hk-kvm0").map_err(|e| format!("tap: {e}"))?;
+        let fd = tap
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
+        Ok((fd, ns.into()))
+    })
+    .join()
+    .map_err(|_| "tap thread panicked".to_string())?
+}
+
 /// The whole builtin path through the `husk-vmm` binary: the daemons start,
 /// the frontends connect to them (vsock, one virtio-fs share), the
+/// in-process virtio-net adopts a tap fd the monitor inherited, the
 /// transports are on the guest command line, the kernel prints its banner.
 /// A SIGTERM then stops the engine and the daemons and leaves nothing.
 /// Without hardware KVM the guest gets no further than early boot, so the
 /// guest's own virtio drivers are exercised by the qemu-engine tests.
 #[test]
-fn husk_vmm_builtin_attaches_vsock_and_fs() {
+fn husk_vmm_builtin_attaches_vsock_fs_and_net() {
     if let Err(why) = kvm_usable() {
         return skip(&why);
     }
@@ -119,7 +142,30 @@ fn husk_vmm_builtin_attaches_vsock_and_fs() {
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let state = tmp.path().join("state");
+    let (tap, _netns) = match private_tap() {
+        Ok(t) => t,
+        Err(why) => return skip(&why),
+    };
+    // Inherited by husk-vmm under the same number, as the runtime does.
+    nix::fcntl::fcntl(
+        tap.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let config = tmp.path().join("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"kernel":"{}","state_dir":"{}","net":[{{"tap_fd":{},"mac":"02:00:0a:fd:08:02","mtu":1400}}]}}"#,
+            kernel.display(),
+            state.display(),
+            tap.as_raw_fd()
+        ),
+    )
+    .unwrap();
     let mut child = vmm_on(&kernel, &state, "builtin")
+        .arg("--config")
+        .arg(&config)
         .args(["--cmdline", "loglevel=7 earlyprintk=ttyS0"])
         .arg("--share")
         .arg(format!("root={}", share.display()))
@@ -148,6 +194,7 @@ fn husk_vmm_builtin_attaches_vsock_and_fs() {
     for want in [
         "virtio_mmio.device=4K@0xd0000000:5",
         "virtio_mmio.device=4K@0xd0001000:6",
+        "virtio_mmio.device=4K@0xd0002000:7",
     ] {
         assert!(
             cmdline.contains(want),

@@ -1,6 +1,6 @@
 //! The guest's virtio devices for a [`VmConfig`]: virtio-vsock and one
 //! virtio-fs per share, each a vhost-user frontend on its daemon's socket,
-//! each behind its own virtio-mmio transport in the next register window
+//! and one in-process virtio-net per tap fd; each behind its own virtio-mmio transport in the next register window
 //! with the next GSI. The engine registers the transports' kick eventfds as
 //! ioeventfds and their interrupt eventfds as irqfds (see
 //! [`super::engine::Machine::add_mmio_device`]).
@@ -12,6 +12,8 @@ use vm_memory::GuestMemoryMmap;
 use super::engine::{BuiltinError, MmioDevice};
 use super::memory::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use super::virtio::mmio::MmioTransport;
+use super::virtio::net::Net;
+use super::virtio::tap::Tap;
 use super::virtio::vhost_user::VhostUserDevice;
 use super::virtio::{DeviceError, VirtioDevice};
 use crate::config::VmConfig;
@@ -70,7 +72,7 @@ pub fn place(
 }
 
 /// The devices `cfg` asks for, connected to the daemons `Vm::start`
-/// started: vsock first, then the shares in order.
+/// started: vsock first, then the shares, then the taps, in order.
 pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuiltinError> {
     let mut v: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VhostUserDevice::vsock(
         &cfg.vsock_backend_socket(),
@@ -81,6 +83,20 @@ pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Builtin
             &cfg.fs_backend_socket(&share.tag),
             &share.tag,
         )?));
+    }
+    for (i, n) in cfg.net.iter().enumerate() {
+        let bad = |why: String| BuiltinError::Invalid(format!("net[{i}]: {why}"));
+        // SAFETY: `Vm::start` checked that the fd is open in this process
+        // (`claim_net_fds`); it is only borrowed to be duplicated here.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n.tap_fd) }
+            .try_clone_to_owned()
+            .map_err(|e| bad(format!("cannot dup tap fd {}: {e}", n.tap_fd)))?;
+        let tap = Tap::from_fd(fd).map_err(|e| bad(e.to_string()))?;
+        let mac = n
+            .mac_bytes()
+            .ok_or_else(|| bad(format!("bad mac {:?}", n.mac)))?;
+        let mtu = u16::try_from(n.mtu).map_err(|_| bad(format!("mtu {} too large", n.mtu)))?;
+        v.push(Box::new(Net::new(tap, mac, mtu)));
     }
     Ok(v)
 }
