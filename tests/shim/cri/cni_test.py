@@ -13,22 +13,10 @@ import sys
 import time
 
 sock, image, logdir, gendir, hostns = sys.argv[1:6]
-sys.path.insert(0, gendir)
-import grpc  # noqa: E402
-import api_pb2 as pb  # noqa: E402
-import api_pb2_grpc as pbg  # noqa: E402
 
-rt = pbg.RuntimeServiceStub(grpc.insecure_channel("unix://" + sock))
-T = 120  # seconds per call: a VM boots under TCG here
+from crilib import T, connect, fail, ok  # noqa: E402
 
-
-def ok(msg):
-    print("ok:", msg, flush=True)
-
-
-def fail(msg):
-    print("FAIL:", msg, flush=True)
-    sys.exit(1)
+pb, rt = connect(sock, gendir)
 
 
 pods = []
