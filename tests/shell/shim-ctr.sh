@@ -30,6 +30,12 @@ expect_eq "stderr" "$(cat "$tmp/err")" "to-err"
 out=$(echo piped-in | c run --rm "${R[@]}" "$IMAGE" t-stdin sh -c 'cat; echo done'); rc=$?
 expect_eq "stdin" "$out" "piped-in
 done"
+# 4 MiB through stdin: CloseIO comes when the client is done writing, and
+# must not cut what is still on its way to the guest.
+head -c 4194304 /dev/urandom >"$tmp/in"
+out=$(c run --rm "${R[@]}" "$IMAGE" t-stdin-big md5sum <"$tmp/in"); rc=$?
+expect_eq "4 MiB stdin exit" "$rc" 0
+expect_eq "4 MiB stdin byte-exact" "${out%% *}" "$(md5sum <"$tmp/in" | cut -d' ' -f1)"
 
 # (isatty, not busybox tty: ttyname needs the pty in the container's devpts)
 out=$(script -qec "ctr --address $CTR_ADDR run --rm -t ${R[*]} $IMAGE t-tty sh -c '[ -t 0 ] && [ -t 1 ] && echo is-a-tty; exit 5'" /dev/null </dev/null | tr -d '\r\0' | sed 's/\^@//g'); rc=${PIPESTATUS[0]}

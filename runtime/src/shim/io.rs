@@ -50,6 +50,9 @@ pub struct Pumps {
     /// The stream that carries stdin (the pty stream with a terminal), to
     /// close it on `CloseIO`.
     pub stdin: Option<UnixStream>,
+    /// Signalled when the stdin pump forwarded everything up to the FIFO's
+    /// EOF (and half-closed the stream itself).
+    stdin_done: Option<Receiver<()>>,
     /// The pty stream, closed once the process exited and its output
     /// drained (the agent may keep it open while the host side is).
     pty: Option<UnixStream>,
@@ -75,17 +78,32 @@ impl Pumps {
         }
     }
 
-    /// Ends stdin: the process reads EOF.
-    pub fn close_stdin(&mut self, terminal: bool) {
-        if let Some(s) = self.stdin.take() {
-            // A pty stream also carries the output: only half-close it.
-            let _ = s.shutdown(if terminal {
-                Shutdown::Write
-            } else {
-                Shutdown::Both
-            });
+    /// `CloseIO`: the client closed its end of the stdin FIFO. Takes the
+    /// stdin stream out so [`close_stdin`] can end it without holding the
+    /// pumps' lock.
+    pub fn take_stdin(&mut self) -> Option<(UnixStream, Option<Receiver<()>>)> {
+        let s = self.stdin.take()?;
+        Some((s, self.stdin_done.take()))
+    }
+}
+
+/// How long `CloseIO` lets the stdin pump forward what is still in the
+/// FIFO before it ends the stream regardless.
+const STDIN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Ends stdin: the process reads EOF after every byte the client wrote.
+/// The pump half-closes the stream itself at the FIFO's EOF; cutting the
+/// stream (or asking the agent to close stdin) before that would lose bytes
+/// still in the FIFO or in flight. Only a client that keeps the FIFO open
+/// past `CloseIO` gets its stdin ended after [`STDIN_DRAIN`].
+pub fn close_stdin(stream: UnixStream, done: Option<Receiver<()>>) {
+    if let Some(rx) = done {
+        if rx.recv_timeout(STDIN_DRAIN).is_ok() {
+            return;
         }
     }
+    // Write half only: a pty stream also carries the output.
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Attaches the streams of process (`container`, `exec`) to its FIFOs.
@@ -103,7 +121,7 @@ pub fn attach(
         if !paths.stdin.is_empty() {
             let w = s.try_clone().map_err(ShimError::io("dup stream"))?;
             pumps.stdin = Some(w.try_clone().map_err(ShimError::io("dup stream"))?);
-            pump_in(paths.stdin.clone(), w, true);
+            pumps.stdin_done = Some(pump_in(paths.stdin.clone(), w, true));
         }
         if !paths.stdout.is_empty() {
             pumps.done.push(pump_out(s, paths.stdout.clone()));
@@ -113,7 +131,7 @@ pub fn attach(
     if !paths.stdin.is_empty() {
         let s = open(StreamKind::Stdin)?;
         pumps.stdin = Some(s.try_clone().map_err(ShimError::io("dup stream"))?);
-        pump_in(paths.stdin.clone(), s, false);
+        pumps.stdin_done = Some(pump_in(paths.stdin.clone(), s, false));
     }
     if !paths.stdout.is_empty() {
         pumps
@@ -144,7 +162,8 @@ fn pump_out(mut from: UnixStream, fifo: String) -> Receiver<()> {
     rx
 }
 
-fn pump_in(fifo: String, mut to: UnixStream, terminal: bool) {
+fn pump_in(fifo: String, mut to: UnixStream, terminal: bool) -> Receiver<()> {
+    let (tx, rx) = channel();
     std::thread::spawn(move || {
         match File::open(&fifo) {
             Ok(mut f) => {
@@ -160,7 +179,9 @@ fn pump_in(fifo: String, mut to: UnixStream, terminal: bool) {
         } else {
             Shutdown::Both
         });
+        let _ = tx.send(());
     });
+    rx
 }
 
 /// Copies until EOF, flushing each chunk (a FIFO reader sees it at once).

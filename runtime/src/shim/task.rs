@@ -20,8 +20,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::{
-    ContainerRef, CreateContainer, ExecProcess, ProcessRef, Request, ResizeTty, Response,
-    SignalProcess,
+    ContainerRef, CreateContainer, ExecProcess, Request, ResizeTty, Response, SignalProcess,
 };
 
 use super::io::{attach, Pumps, StdioPaths};
@@ -602,21 +601,10 @@ impl Task for TaskService {
         if !req.stdin {
             return Ok(Empty::new());
         }
-        let (pumps, terminal) = self.proc_info(&req.id, &req.exec_id, |_, p| {
-            (p.pumps.clone(), p.stdio.terminal)
-        })?;
-        pumps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .close_stdin(terminal);
-        if !terminal {
-            let r = self.agent_call(Request::CloseStdin(ProcessRef {
-                container_id: req.id.clone(),
-                exec_id: opt(&req.exec_id).map(str::to_owned),
-            }));
-            if let Err(e) = r {
-                tracing::debug!(id = %req.id, error = %e, "CloseStdin");
-            }
+        let pumps = self.proc_info(&req.id, &req.exec_id, |_, p| p.pumps.clone())?;
+        let stdin = pumps.lock().unwrap_or_else(|e| e.into_inner()).take_stdin();
+        if let Some((stream, done)) = stdin {
+            super::io::close_stdin(stream, done);
         }
         Ok(Empty::new())
     }
