@@ -94,6 +94,12 @@ impl Pump {
                 }
             }
         }
+        // EOF seen on the last round with nothing left to write: finish
+        // now, since such a pump wants neither read nor write and would
+        // never be polled again (its destination would stay open forever).
+        if self.src_eof && self.buf.is_empty() {
+            return self.finish();
+        }
         PumpState::Open
     }
 
@@ -102,5 +108,62 @@ impl Pump {
             let _ = shutdown(self.dst.as_raw_fd(), Shutdown::Write);
         }
         PumpState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        for fd in [&r, &w] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .unwrap();
+        }
+        (r, w)
+    }
+
+    /// A pump resumed with a chunk still buffered (its destination was
+    /// full) reads on even rounds, so the source's EOF can land on the last
+    /// round of a `service` call; it must finish then, not stall.
+    #[test]
+    fn eof_on_the_last_round_finishes() {
+        let (src_r, src_w) = pipe();
+        let (dst_r, dst_w) = pipe();
+        nix::fcntl::fcntl(
+            dst_w.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        )
+        .unwrap();
+        nix::fcntl::fcntl(
+            src_w.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        )
+        .unwrap();
+        // Round 1 writes the buffered chunk, rounds 2..=62 read and write
+        // 31 chunks, round 64 reads EOF.
+        let data = vec![7u8; 31 * CHUNK];
+        assert_eq!(nix::unistd::write(&src_w, &data).unwrap(), data.len());
+        drop(src_w);
+        let mut p = Pump {
+            src: src_r,
+            dst: dst_w,
+            buf: vec![1u8; CHUNK],
+            src_eof: false,
+            shutdown_dst: false,
+            key: PumpKey {
+                container_id: "c".into(),
+                exec_id: None,
+                stream: StreamKind::Stdin,
+            },
+        };
+        assert_eq!(p.service(), PumpState::Done);
+        let mut got = vec![0u8; 33 * CHUNK];
+        let n = nix::unistd::read(dst_r.as_raw_fd(), &mut got).unwrap();
+        assert_eq!(n, 32 * CHUNK);
     }
 }
