@@ -126,6 +126,9 @@ impl Drop for Agent {
     }
 }
 
+/// How long a stdio stream may stay silent before a test fails.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Reads stdout and stderr to EOF (threads so neither blocks the other),
 /// writing `stdin_data` then closing stdin.
 pub fn collect(
@@ -134,6 +137,10 @@ pub fn collect(
     input: Option<UnixStream>,
     stdin_data: Option<&[u8]>,
 ) -> (Vec<u8>, Vec<u8>) {
+    // A stalled stream fails the test instead of hanging the suite.
+    for s in [&out, &err] {
+        s.set_read_timeout(Some(STREAM_TIMEOUT)).unwrap();
+    }
     let writer = input.map(|mut s| {
         let data = stdin_data.unwrap_or_default().to_vec();
         std::thread::spawn(move || {
@@ -143,11 +150,11 @@ pub fn collect(
     });
     let t = std::thread::spawn(move || {
         let mut v = Vec::new();
-        err.read_to_end(&mut v).unwrap();
+        err.read_to_end(&mut v).expect("stderr stalled");
         v
     });
     let mut o = Vec::new();
-    out.read_to_end(&mut o).unwrap();
+    out.read_to_end(&mut o).expect("stdout stalled");
     if let Some(w) = writer {
         w.join().unwrap();
     }
