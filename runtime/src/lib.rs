@@ -10,11 +10,14 @@
 //! | [`state`] | `ROOT/ID/state.json`, atomic writes, id claims, monitor liveness |
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
 //! | [`hooks`] | host-side OCI hooks |
+//! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
+//! | [`child`] | running helper programs (`ip`, `tc`) in the CLI and under the shim's reaper |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
 //! | [`signal`] | signal names, and forwarding for `run` |
 //! | [`shim`] | the containerd shim v2 (`containerd-shim-husk-v2`) |
 
 pub mod bundle;
+pub mod child;
 pub mod cli;
 pub mod hooks;
 pub mod logging;

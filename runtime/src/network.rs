@@ -137,52 +137,29 @@ fn in_netns<T: Send>(
     })
 }
 
-/// The marker line after which [`run`] finds the program's exit status.
-const RC_MARKER: &str = "husk-rc=";
-
 /// Runs an iproute2 program (in the calling thread's namespace) and returns
-/// its stdout. The exit status travels on the output (`sh` prints it after
-/// the program's output): in the shim, containerd-shim's SIGCHLD reaper
-/// reaps every child, so `wait` may find none (ECHILD).
+/// its stdout.
 fn run(prog: &str, args: &[&str]) -> Result<String, NetworkError> {
-    use std::io::Read;
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("\"$@\" 2>&1; rc=$?; echo; echo {RC_MARKER}$rc"))
-        .arg("sh")
-        .arg(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(io(format!("cannot run {prog}")))?;
-    let mut text = String::new();
-    let read = child
-        .stdout
-        .take()
-        .map(|mut o| o.read_to_string(&mut text))
-        .unwrap_or(Ok(0));
-    if let Err(e) = child.wait() {
-        tracing::debug!(prog, error = %e, "wait (reaped elsewhere)");
+    let out = crate::child::output(Command::new(prog).args(args)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NetworkError::Command(format!("{prog} is not installed (iproute2)"))
+        } else {
+            NetworkError::Io {
+                what: format!("cannot run {prog}"),
+                source: e,
+            }
+        }
+    })?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end().to_owned();
+    if out.status.success() {
+        return Ok(text(&out.stdout));
     }
-    read.map_err(io(format!("cannot read the output of {prog}")))?;
-    let (body, rc) = text
-        .trim_end()
-        .rsplit_once(RC_MARKER)
-        .map(|(b, rc)| (b.trim_end().to_owned(), rc.trim().to_owned()))
-        .unwrap_or_else(|| (text.clone(), "?".into()));
-    match rc.as_str() {
-        "0" => Ok(body),
-        "127" => Err(NetworkError::Command(format!(
-            "{prog} is not installed (iproute2): {body}"
-        ))),
-        _ => Err(NetworkError::Command(format!(
-            "{prog} {} failed (exit {rc}): {}",
-            args.join(" "),
-            body.trim()
-        ))),
-    }
+    Err(NetworkError::Command(format!(
+        "{prog} {} failed (exit {}): {}",
+        args.join(" "),
+        out.status.code().unwrap_or(-1),
+        format!("{} {}", text(&out.stderr), text(&out.stdout)).trim()
+    )))
 }
 
 fn ip_json(args: &[&str]) -> Result<Vec<Value>, NetworkError> {

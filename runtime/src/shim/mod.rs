@@ -159,6 +159,8 @@ impl containerd_shim::Shim for HuskShim {
         // address: nothing may be logged there.
         if args.action != "start" {
             init_logging(args.action.is_empty(), args.debug);
+            // Serving and `delete` run containerd-shim's reaper.
+            crate::child::exits_come_from_the_shim_monitor();
         }
         HuskShim {
             id: args.id.clone(),
