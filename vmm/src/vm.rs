@@ -87,7 +87,7 @@ impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<VmHandle, VmError> {
         cfg.validate()?;
         let (kind, warning) =
-            engine::select(cfg.engine, &HostFacts::probe(), engine::BUILTIN_AVAILABLE)?;
+            engine::select(cfg.engine, HostFacts::probe(), engine::BUILTIN_AVAILABLE)?;
         if let Some(w) = warning {
             tracing::warn!("{w}");
         }

@@ -60,14 +60,16 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    /// Reads this host's facts.
-    pub fn probe() -> Self {
-        HostFacts {
+    /// This host's facts, read once per process (engine selection and the
+    /// builtin engine's CPUID policy both ask).
+    pub fn probe() -> &'static Self {
+        static FACTS: std::sync::OnceLock<HostFacts> = std::sync::OnceLock::new();
+        FACTS.get_or_init(|| HostFacts {
             cpuinfo: std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
             hw_kvm_module: ["kvm_intel", "kvm_amd"]
                 .iter()
                 .any(|m| Path::new("/sys/module").join(m).exists()),
-        }
+        })
     }
 
     /// True when the CPU has VT-x/AMD-V (a `vmx` or `svm` flag) or a
