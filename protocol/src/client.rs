@@ -6,6 +6,13 @@
 //! of `vhost-device-vsock`, where the host writes `CONNECT <port>\n` and reads
 //! `OK <host port>\n` before the stream is the guest connection (the
 //! Firecracker convention).
+//!
+//! Nothing here waits forever on the agent. `vhost-device-vsock` sometimes
+//! never answers a `CONNECT` it accepted (a request queued while the guest's
+//! driver was not ready is not always delivered), so each handshake (the
+//! `OK` line and the hello's acknowledgement) has [`HANDSHAKE_TIMEOUT`] and
+//! is retried on a fresh connection; every response but `WaitProcess`'s
+//! has [`CALL_TIMEOUT`]. A caller holding a lock gets an error, not a hang.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +25,16 @@ use crate::{
     check_version, ContainerRef, ErrorCode, Hello, ProcessRef, ProtocolError, Request,
     RequestFrame, Response, ResponseFrame, StreamKind, PROTOCOL_VERSION,
 };
+
+/// How long one connection handshake may take before it is given up and
+/// tried again on a new connection. An agent that is up answers within
+/// milliseconds, even under TCG.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a response may take, for every request but `WaitProcess` (which
+/// lasts as long as the process). The agent answers everything else without
+/// blocking; this bounds a wedged guest.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the agent listens, seen from the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +74,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the failure was the connection's (worth a new connection),
+    /// not an answer from the agent.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Frame(FrameError::Io(_) | FrameError::Closed)
+        )
+    }
+
     /// The agent's error code, when the agent answered with an error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -88,17 +115,37 @@ impl AgentAddr {
     /// is not up yet (the socket is missing, refuses, or the guest port has no
     /// listener so the daemon closes the connection).
     pub fn connect_retry(&self, timeout: Duration) -> Result<UnixStream, ClientError> {
+        self.connect_with(timeout, |_| Ok(()))
+    }
+
+    /// Connects and runs `handshake` on the new stream (with
+    /// [`HANDSHAKE_TIMEOUT`] on reads), retrying on a fresh connection until
+    /// `timeout` while either fails for a connection reason. An error the
+    /// agent answered is returned at once.
+    fn connect_with(
+        &self,
+        timeout: Duration,
+        handshake: impl Fn(&mut UnixStream) -> Result<(), ClientError>,
+    ) -> Result<UnixStream, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(5);
         loop {
-            match self.connect() {
+            let attempt = self
+                .connect()
+                .map_err(|e| ClientError::Connect {
+                    addr: self.to_string(),
+                    source: e,
+                })
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                        .map_err(FrameError::Io)?;
+                    handshake(&mut s)?;
+                    s.set_read_timeout(None).map_err(FrameError::Io)?;
+                    Ok(s)
+                });
+            match attempt {
                 Ok(s) => return Ok(s),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(ClientError::Connect {
-                        addr: self.to_string(),
-                        source: e,
-                    })
-                }
+                Err(e) if !e.is_connection() || Instant::now() >= deadline => return Err(e),
                 Err(_) => {
                     thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(100));
@@ -108,25 +155,24 @@ impl AgentAddr {
     }
 
     /// Opens a stdio stream connection for one process, already acknowledged.
+    /// The agent is expected to be up: connection failures are retried for
+    /// a few handshakes only.
     pub fn open_stream(
         &self,
         container_id: &str,
         exec_id: Option<&str>,
         stream: StreamKind,
     ) -> Result<UnixStream, ClientError> {
-        let mut s = self.connect().map_err(|e| ClientError::Connect {
-            addr: self.to_string(),
-            source: e,
-        })?;
         let hello = Hello::Stream {
             version: PROTOCOL_VERSION,
             container_id: container_id.to_owned(),
             exec_id: exec_id.map(str::to_owned),
             stream,
         };
-        write_frame(&mut s, &hello)?;
-        read_ack(&mut s)?;
-        Ok(s)
+        self.connect_with(HANDSHAKE_TIMEOUT * 3, |s| {
+            write_frame(s, &hello)?;
+            read_ack(s)
+        })
     }
 }
 
@@ -134,6 +180,8 @@ impl AgentAddr {
 pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
     let mut s = UnixStream::connect(uds)?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // The daemon may accept and then never answer (see the module doc).
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     // Read the reply a byte at a time: whatever follows the newline is
     // already the guest's data and must stay in the socket.
     let mut line = Vec::with_capacity(16);
@@ -157,6 +205,7 @@ pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
         }
     }
     if line.starts_with(b"OK ") {
+        s.set_read_timeout(None)?;
         Ok(s)
     } else {
         Err(io::Error::new(
@@ -181,31 +230,51 @@ fn read_ack(s: &mut UnixStream) -> Result<(), ClientError> {
 pub struct AgentClient {
     stream: UnixStream,
     next_id: u64,
+    call_timeout: Duration,
 }
 
 impl AgentClient {
     /// Connects (retrying until `timeout`) and sends the control hello.
     pub fn connect(addr: &AgentAddr, timeout: Duration) -> Result<Self, ClientError> {
-        let mut stream = addr.connect_retry(timeout)?;
-        write_frame(
-            &mut stream,
-            &Hello::Control {
-                version: PROTOCOL_VERSION,
-            },
-        )?;
-        read_ack(&mut stream)?;
-        Ok(AgentClient { stream, next_id: 1 })
+        let hello = Hello::Control {
+            version: PROTOCOL_VERSION,
+        };
+        let stream = addr.connect_with(timeout, |s| {
+            write_frame(s, &hello)?;
+            read_ack(s)
+        })?;
+        Ok(AgentClient {
+            stream,
+            next_id: 1,
+            call_timeout: CALL_TIMEOUT,
+        })
     }
 
     /// Wraps an already-connected stream whose hello was acknowledged.
     pub fn from_stream(stream: UnixStream) -> Self {
-        AgentClient { stream, next_id: 1 }
+        AgentClient {
+            stream,
+            next_id: 1,
+            call_timeout: CALL_TIMEOUT,
+        }
+    }
+
+    /// Changes how long responses may take (default [`CALL_TIMEOUT`]).
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
     }
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
+        let timeout = match request {
+            Request::WaitProcess(_) => None,
+            _ => Some(self.call_timeout),
+        };
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(FrameError::Io)?;
         write_frame(
             &mut self.stream,
             &RequestFrame {
@@ -214,7 +283,14 @@ impl AgentClient {
                 request,
             },
         )?;
-        let resp: ResponseFrame = read_frame(&mut self.stream)?;
+        let resp: ResponseFrame = match read_frame(&mut self.stream) {
+            Ok(r) => r,
+            Err(e) => {
+                // A late answer must not be read as the next call's.
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                return Err(e.into());
+            }
+        };
         check_version(resp.version)?;
         if resp.id != id {
             return Err(ClientError::Unexpected(format!(
@@ -243,5 +319,129 @@ impl AgentClient {
             container_id: container_id.to_owned(),
         }))
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_frame;
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("husk-client-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("vsock.sock")
+    }
+
+    /// Reads the `CONNECT <port>` line a hybrid vsock daemon gets.
+    fn read_connect(s: &mut UnixStream) -> String {
+        let mut line = String::new();
+        io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    }
+
+    fn ack(s: &mut UnixStream) {
+        let _hello: Hello = read_frame(s).unwrap();
+        write_frame(s, &ResponseFrame::new(0, Ok(Response::Empty))).unwrap();
+    }
+
+    #[test]
+    fn an_unanswered_connect_is_retried_on_a_new_connection() {
+        let uds = socket_path("unanswered");
+        let listener = UnixListener::bind(&uds).unwrap();
+        let daemon = thread::spawn(move || {
+            // The first CONNECT is accepted and never answered.
+            let (mut first, _) = listener.accept().unwrap();
+            assert_eq!(read_connect(&mut first), "CONNECT 1024\n");
+            let (mut second, _) = listener.accept().unwrap();
+            assert_eq!(read_connect(&mut second), "CONNECT 1024\n");
+            second.write_all(b"OK 5\n").unwrap();
+            ack(&mut second);
+            let req: RequestFrame = read_frame(&mut second).unwrap();
+            assert_eq!(req.request, Request::Version);
+            write_frame(
+                &mut second,
+                &ResponseFrame::new(req.id, Ok(Response::Empty)),
+            )
+            .unwrap();
+            drop(first);
+        });
+        let addr = AgentAddr::HybridVsock { uds, port: 1024 };
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let r = AgentClient::connect(&addr, Duration::from_secs(30))
+                .and_then(|mut c| c.call(Request::Version));
+            let _ = tx.send((r, started.elapsed()));
+        });
+        // A client without the handshake timeout waits here forever.
+        let (r, took) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the client hangs on the unanswered CONNECT");
+        assert_eq!(r.unwrap(), Response::Empty);
+        assert!(took >= HANDSHAKE_TIMEOUT);
+        daemon.join().unwrap();
+    }
+
+    #[test]
+    fn an_unacknowledged_hello_is_retried_and_a_refusal_is_not() {
+        let uds = socket_path("hello");
+        let listener = UnixListener::bind(&uds).unwrap();
+        let daemon = thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            read_connect(&mut first);
+            first.write_all(b"OK 5\n").unwrap();
+            let _hello: Hello = read_frame(&mut first).unwrap();
+            // No acknowledgement on the first; the second is refused.
+            let (mut second, _) = listener.accept().unwrap();
+            read_connect(&mut second);
+            second.write_all(b"OK 6\n").unwrap();
+            let _hello: Hello = read_frame(&mut second).unwrap();
+            let refusal = ProtocolError::new(ErrorCode::NotFound, "no such process");
+            write_frame(&mut second, &ResponseFrame::new(0, Err(refusal))).unwrap();
+            drop(first);
+        });
+        let addr = AgentAddr::HybridVsock { uds, port: 1024 };
+        let e = addr
+            .open_stream("c", None, StreamKind::Stdout)
+            .expect_err("refused");
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e:?}");
+        daemon.join().unwrap();
+    }
+
+    #[test]
+    fn a_response_that_never_comes_is_an_error_but_a_wait_is_not_bounded() {
+        let uds = socket_path("call");
+        let listener = UnixListener::bind(&uds).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let daemon = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            ack(&mut s);
+            // Version: never answered.
+            let _: RequestFrame = read_frame(&mut s).unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            ack(&mut s);
+            // WaitProcess: answered well after the call timeout.
+            let req: RequestFrame = read_frame(&mut s).unwrap();
+            thread::sleep(Duration::from_millis(600));
+            let exited = Response::Exited { exit_status: 7 };
+            write_frame(&mut s, &ResponseFrame::new(req.id, Ok(exited))).unwrap();
+            let _ = rx.recv();
+        });
+        let addr = AgentAddr::Unix(uds);
+        let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
+        c.set_call_timeout(Duration::from_millis(200));
+        let e = c.call(Request::Version).expect_err("no answer");
+        assert!(e.is_connection(), "{e:?}");
+        let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
+        c.set_call_timeout(Duration::from_millis(200));
+        assert_eq!(c.wait("c", None).unwrap(), 7);
+        tx.send(()).unwrap();
+        daemon.join().unwrap();
     }
 }

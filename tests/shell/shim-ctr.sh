@@ -51,7 +51,11 @@ out=$(c task exec --exec-id e1 t-bg sh -c 'echo exec-out; echo exec-err >&2; exi
 expect_eq "exec output" "$out" "exec-out"
 expect_eq "exec stderr" "$(cat "$tmp/err")" "exec-err"
 expect_eq "exec exit" "$rc" 4
-out=$(script -qec "stty cols 91 rows 17; ctr --address $CTR_ADDR task exec -t --exec-id e2 t-bg sh -c '[ -t 0 ] && echo is-a-tty; stty size; exit 6'" /dev/null </dev/null | tr -d '\r\0' | sed 's/\^@//g'); rc=${PIPESTATUS[0]}
+# ctr sends the window size (ResizePty) only after Start, and the exec spec
+# has no consoleSize: until it arrives the pty is 0x0 and busybox `stty
+# size` fails, so the process waits for it (up to 10 s) rather than racing.
+sized='s=; for i in $(seq 100); do s=$(stty size 2>/dev/null); [ -n "$s" ] && break; sleep 0.1; done; echo "$s"'
+out=$(script -qec "stty cols 91 rows 17; ctr --address $CTR_ADDR task exec -t --exec-id e2 t-bg sh -c '[ -t 0 ] && echo is-a-tty; $sized; exit 6'" /dev/null </dev/null | tr -d '\r\0' | sed 's/\^@//g'); rc=${PIPESTATUS[0]}
 expect_eq "exec -t exit" "$rc" 6
 expect_eq "exec -t has a sized tty" "$out" "is-a-tty
 17 91"

@@ -1,15 +1,26 @@
-//! The plain monitor loop (no container): start the VM, report readiness,
-//! then wait for the guest to stop, a child to die or a stop signal.
+//! The plain monitor loop (no container): start the VM, report readiness
+//! once the agent listens, then wait for the guest to stop, a child to die
+//! or a stop signal.
+//!
+//! Readiness waits for the agent's console line, so the caller's first
+//! `CONNECT` reaches a guest whose vsock driver is running.
+//! vhost-device-vsock 0.3.0 loses its vring worker thread for good when a
+//! host connection arrives after the memory table but before the guest set
+//! up the queues (`process_tx` fails on the not-ready queue, and that error
+//! ends the worker's epoll loop), so connecting while the guest boots can
+//! leave the VM without an agent connection. The container path
+//! (`container.rs`) waits for the same line.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::VmConfig;
 use crate::signals::{is_stop_signal, Signals};
-use crate::vm::{Vm, VmError};
+use crate::vm::{Vm, VmError, AGENT_READY_LINE};
 
 /// The exit status for a monitor failure (bad config, a daemon or the engine
 /// failing, no agent).
@@ -40,6 +51,11 @@ impl ReadyFd {
         // SAFETY: F_SETFD on an fd we own.
         unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         Ok(ReadyFd(Some(f)))
+    }
+
+    /// Whether anybody reads the report.
+    pub fn is_wanted(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Reports success (with the container's guest pid in container mode).
@@ -74,16 +90,22 @@ pub fn run_plain(
     mut ready: ReadyFd,
 ) -> Result<i32, VmError> {
     let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
-    ready.ok(None);
+    let boot_timeout = Duration::from_secs(cfg.boot_timeout_s);
+    let deadline = Instant::now() + boot_timeout;
+    // Without a reader nobody waits, and a guest without an agent (a
+    // kernel under test) must not be stopped for it.
+    let mut announced = !ready.is_wanted();
     loop {
         while let Some(sig) = signals.next_signal() {
             if is_stop_signal(sig) {
                 tracing::info!("{sig}: stopping the VM");
+                ready.fail(&format!("interrupted by {sig}"));
                 vm.shutdown();
                 return Ok(128 + sig as i32);
             }
         }
         if let Some(exit) = vm.try_wait() {
+            ready.fail(&format!("the VM stopped before the agent listened: {exit}"));
             vm.shutdown();
             if exit.is_clean() {
                 tracing::info!("{exit}");
@@ -92,12 +114,31 @@ pub fn run_plain(
             tracing::error!("{exit}");
             return Ok(EXIT_FAILURE);
         }
+        if !announced {
+            if vm.agent_announced() {
+                announced = true;
+                tracing::info!("the agent listens");
+                ready.ok(None);
+            } else if Instant::now() >= deadline {
+                let msg = format!("no {AGENT_READY_LINE:?} on the console within {boot_timeout:?}");
+                tracing::error!("{msg}");
+                ready.fail(&msg);
+                vm.shutdown();
+                return Ok(EXIT_FAILURE);
+            }
+        }
         let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
         fds.extend(
             vm.exit_fds()
                 .into_iter()
                 .map(|f| PollFd::new(f, PollFlags::POLLIN)),
         );
-        let _ = poll(&mut fds, PollTimeout::NONE);
+        // The console is a file: look at it again shortly.
+        let timeout = if announced {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(20u8)
+        };
+        let _ = poll(&mut fds, timeout);
     }
 }

@@ -5,8 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -137,9 +135,8 @@ fn run(
     std::fs::write(&req, serde_json::to_string(&create).unwrap()).unwrap();
     let state = dir.join("state");
 
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    let ready_w_raw = ready_w.as_raw_fd();
     let mut cmd = vmm(&env.kernel, &state);
+    let (ready_r, ready_w) = ready_pipe(&mut cmd);
     cmd.arg("--initramfs")
         .arg(&env.initramfs)
         .arg("--share")
@@ -148,8 +145,6 @@ fn run(
         .arg(guest_cid.to_string())
         .arg("--container")
         .arg(&req)
-        .arg("--ready-fd")
-        .arg("3")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -157,16 +152,6 @@ fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: dup2 is async-signal-safe; it gives the child the pipe's
-    // write end as fd 3 without close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(ready_w_raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let started = Instant::now();
     let mut child = cmd.spawn().unwrap();
     drop(ready_w);
@@ -193,9 +178,7 @@ fn run(
         v
     });
     let mut line = String::new();
-    BufReader::new(std::fs::File::from(ready_r))
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(ready_r).read_line(&mut line).unwrap();
     let ready_after = started.elapsed();
     let v: serde_json::Value = serde_json::from_str(&line)
         .unwrap_or_else(|_| panic!("bad ready line {line:?}; log:\n{}", read_log(&state)));

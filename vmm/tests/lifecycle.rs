@@ -277,3 +277,97 @@ fn clear_errors() {
     expect_error(&["--config", cfg.to_str().unwrap()], "unknown field `vcpu`");
     assert_nothing_left(&state);
 }
+
+/// Starts a plain monitor with a ready pipe on a busybox guest running
+/// `script`; returns the ready line, how long it took, the console at that
+/// moment and the running monitor.
+fn plain_with_ready(
+    name: &str,
+    script: &str,
+    extra: &[&str],
+) -> Option<(
+    String,
+    Duration,
+    String,
+    std::process::Child,
+    tempfile::TempDir,
+)> {
+    let kernel = match host_ready() {
+        Ok(k) => k,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let tmp = scratch(name);
+    let initrd = match busybox_initramfs(tmp.path(), script) {
+        Ok(i) => i,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let state = tmp.path().join("state");
+    let mut cmd = vmm(&kernel, &state);
+    let (ready_r, ready_w) = ready_pipe(&mut cmd);
+    cmd.arg("--initramfs")
+        .arg(&initrd)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("stderr.log")).unwrap());
+    let t0 = Instant::now();
+    let child = cmd.spawn().unwrap();
+    drop(ready_w);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(ready_r), &mut line).unwrap();
+    let took = t0.elapsed();
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap_or_default();
+    Some((line, took, console, child, tmp))
+}
+
+/// Readiness means the agent listens: the monitor reports it only after
+/// the agent's console line (a caller connecting earlier can wedge
+/// vhost-device-vsock; see monitor.rs).
+#[test]
+fn plain_readiness_waits_for_the_agent() {
+    let script = "echo IDLING\nsleep 2\necho husk-agent listening\nexec sleep 1000";
+    let Some((line, took, console, mut child, tmp)) = plain_with_ready("ready", script, &[]) else {
+        return;
+    };
+    eprintln!("plain monitor ready after {took:?}");
+    assert_eq!(line.trim(), r#"{"ok":true}"#);
+    assert!(console.contains("husk-agent listening"), "{console}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(20)).code(),
+        Some(143)
+    );
+    assert_nothing_left(&tmp.path().join("state"));
+}
+
+#[test]
+fn plain_readiness_fails_without_an_agent() {
+    let script = "echo IDLING\nexec sleep 1000";
+    let Some((line, _, _, mut child, tmp)) =
+        plain_with_ready("noagent", script, &["--boot-timeout", "4"])
+    else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(v["ok"], false, "{line}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("husk-agent listening"),
+        "{line}"
+    );
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    let stderr = std::fs::read_to_string(tmp.path().join("stderr.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_nothing_left(&tmp.path().join("state"));
+}

@@ -3,7 +3,9 @@
 //! monitor, and asserting nothing is left behind.
 #![allow(dead_code)]
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -192,4 +194,24 @@ pub fn vmm_on(kernel: &Path, state: &Path, engine: &str) -> Command {
         .arg(engine);
     c.env("HUSK_LOG", "debug");
     c
+}
+
+/// Makes `cmd` report readiness on a pipe (`--ready-fd 3`) and returns the
+/// pipe's read end. Spawn `cmd` before reading; the write end closes with
+/// the returned guard's drop after the spawn.
+pub fn ready_pipe(cmd: &mut Command) -> (std::fs::File, std::os::fd::OwnedFd) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let raw = w.as_raw_fd();
+    cmd.arg("--ready-fd").arg("3");
+    // SAFETY: dup2 is async-signal-safe; it gives the child the pipe's
+    // write end as fd 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (std::fs::File::from(r), w)
 }
