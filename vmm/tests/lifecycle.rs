@@ -44,20 +44,25 @@ fn busybox_initramfs(dir: &Path, script: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// The kernel, a scratch dir and a busybox initramfs running `script`, or
+/// None (after printing why) when the host lacks something.
+fn busybox_guest(name: &str, script: &str) -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    let kernel = host_ready().map_err(|why| skip(&why)).ok()?;
+    let tmp = scratch(name);
+    let initrd = busybox_initramfs(tmp.path(), script)
+        .map_err(|why| skip(&why))
+        .ok()?;
+    Some((kernel, tmp, initrd))
+}
+
 #[test]
 fn boot_share_and_guest_reboot() {
-    let kernel = match host_ready() {
-        Ok(k) => k,
-        Err(why) => return skip(&why),
-    };
-    let tmp = scratch("boot");
     let script = "mount -t proc proc /proc\n\
         echo \"GUEST-KERNEL $(uname -r)\"\n\
         mount -t virtiofs data /mnt && cat /mnt/from-host && echo from-guest > /mnt/from-guest\n\
         sync\nreboot -f";
-    let initrd = match busybox_initramfs(tmp.path(), script) {
-        Ok(i) => i,
-        Err(why) => return skip(&why),
+    let Some((kernel, tmp, initrd)) = busybox_guest("boot", script) else {
+        return;
     };
     let share = tmp.path().join("share");
     std::fs::create_dir(&share).unwrap();
@@ -105,21 +110,7 @@ fn idle_guest(
     name: &str,
     disturb: impl FnOnce(u32, &Path),
 ) -> Option<(std::process::Output, PathBuf, tempfile::TempDir)> {
-    let kernel = match host_ready() {
-        Ok(k) => k,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
-    let tmp = scratch(name);
-    let initrd = match busybox_initramfs(tmp.path(), "echo IDLING\nexec sleep 1000") {
-        Ok(i) => i,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
+    let (kernel, tmp, initrd) = busybox_guest(name, "echo IDLING\nexec sleep 1000")?;
     let state = tmp.path().join("state");
     let mut child = vmm(&kernel, &state)
         .arg("--initramfs")
@@ -292,21 +283,7 @@ fn plain_with_ready(
     std::process::Child,
     tempfile::TempDir,
 )> {
-    let kernel = match host_ready() {
-        Ok(k) => k,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
-    let tmp = scratch(name);
-    let initrd = match busybox_initramfs(tmp.path(), script) {
-        Ok(i) => i,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
+    let (kernel, tmp, initrd) = busybox_guest(name, script)?;
     let state = tmp.path().join("state");
     let mut cmd = vmm(&kernel, &state);
     let (ready_r, ready_w) = ready_pipe(&mut cmd);
