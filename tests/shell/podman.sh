@@ -10,6 +10,9 @@ husk=${HUSK_BIN:-/usr/local/bin/husk}
 tmp=$(mktemp -d); trap 'podman rmi -f localhost/husk-bb:test >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 "$root/tests/make-rootfs.sh" "$tmp/rootfs" >/dev/null
 tar -C "$tmp/rootfs" -c . | podman import - localhost/husk-bb:test >/dev/null
+# Monitors and VMs by process name, so the check sees only new ones of ours.
+vms() { { pgrep -a -x qemu-system-x86; pgrep -a -x husk-vmm; } | sort || true; }
+before=$(vms)
 set +e
 out=$(podman --runtime "$husk" run --rm --network none localhost/husk-bb:test \
   sh -c 'echo "kernel $(uname -r)"; echo to-stderr >&2; exit 3' 2>"$tmp/err")
@@ -19,5 +22,5 @@ set -e
 [ "$out" = "kernel $(uname -r)" ] && { echo "the container saw the host kernel: $out"; exit 1; }
 case "$out" in "kernel 6.12."*) ;; *) echo "unexpected output: $out"; exit 1 ;; esac
 grep -q to-stderr "$tmp/err" || { echo "stderr lost: $(cat "$tmp/err")"; exit 1; }
-left=$(pgrep -af 'qemu-system|husk-vmm' | grep -v containerd-shim || true)
+left=$(comm -13 <(echo "$before") <(vms))
 [ -z "$left" ] || { echo "left running: $left"; exit 1; }
