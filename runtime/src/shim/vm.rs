@@ -202,6 +202,7 @@ impl PodVm {
                 Ok(())
             });
         }
+        let started = Instant::now();
         let child = cmd.spawn().map_err(ShimError::io(format!(
             "cannot run {}",
             vmm_binary.display()
@@ -243,12 +244,13 @@ impl PodVm {
                 })?;
         }
         tracing::info!(
+            boot_ms = started.elapsed().as_millis() as u64,
             memory_mib = size.memory_mib,
             vcpus = size.vcpus,
             overhead_mib = MEMORY_OVERHEAD_MIB,
             monitor_pid = self.monitor_pid,
             dir = %self.dir.display(),
-            "VM booted (guest RAM = memory limit + overhead_mib; host overhead: see README.md)"
+            "VM booted, agent listening (guest RAM = memory limit + overhead_mib; host overhead: see README.md)"
         );
         Ok(())
     }
