@@ -417,8 +417,9 @@ fn is_terminal(ccfg: &ContainerConfig) -> bool {
         .unwrap_or(false)
 }
 
-/// Copies the window size of `tty` to the container's pty.
-fn resize_tty(control: &Mutex<AgentClient>, cid: &str, tty: &OwnedFd) {
+/// The window size (rows, cols) of terminal `tty`, or None when it is not
+/// a terminal or has no size yet (0 rows). Also used by `husk exec -t`.
+pub fn window_size(tty: impl AsFd) -> Option<(u16, u16)> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,
@@ -426,14 +427,20 @@ fn resize_tty(control: &Mutex<AgentClient>, cid: &str, tty: &OwnedFd) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCGWINSZ writes one winsize into `ws`; `tty` is open.
-    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 || ws.ws_row == 0 {
+    let r = unsafe { libc::ioctl(tty.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (r >= 0 && ws.ws_row != 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Copies the window size of `tty` to the container's pty.
+fn resize_tty(control: &Mutex<AgentClient>, cid: &str, tty: &OwnedFd) {
+    let Some((rows, cols)) = window_size(tty) else {
         return;
-    }
+    };
     let req = Request::ResizeTty(husk_protocol::ResizeTty {
         container_id: cid.to_owned(),
         exec_id: None,
-        rows: ws.ws_row,
-        cols: ws.ws_col,
+        rows,
+        cols,
     });
     if let Ok(mut c) = control.lock() {
         if let Err(e) = c.call(req) {

@@ -212,22 +212,15 @@ pub fn exec_attach(
 }
 
 fn resize(addr: &husk_protocol::client::AgentAddr, id: &str, exec_id: &str, term: &std::fs::File) {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
-    if unsafe { libc::ioctl(term.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 || ws.ws_row == 0 {
+    let Some((rows, cols)) = husk_vmm::container::window_size(term) else {
         return;
-    }
+    };
     if let Ok(mut c) = AgentClient::connect(addr, AGENT_TIMEOUT) {
         let _ = c.call(Request::ResizeTty(ResizeTty {
             container_id: id.into(),
             exec_id: Some(exec_id.into()),
-            rows: ws.ws_row,
-            cols: ws.ws_col,
+            rows,
+            cols,
         }));
     }
 }
