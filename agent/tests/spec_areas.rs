@@ -36,7 +36,7 @@ fn field<'a>(status: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
-fn capabilities_no_new_privs_and_no_seccomp() {
+fn capabilities_no_new_privs_and_the_vsock_rule() {
     let Some(out) = sh("capabilities", &[], "cat /proc/self/status", |_| {}) else {
         return;
     };
@@ -47,7 +47,47 @@ fn capabilities_no_new_privs_and_no_seccomp() {
     assert_eq!(field(&out, "CapBnd"), want);
     assert_eq!(field(&out, "CapInh"), "0000000000000000");
     assert_eq!(field(&out, "NoNewPrivs"), "1");
-    assert_eq!(field(&out, "Seccomp"), "0");
+    // No profile in the spec, but every container gets the vsock rule.
+    assert_eq!(field(&out, "Seccomp"), "2");
+}
+
+/// A container process cannot open an AF_VSOCK socket (the agent's port
+/// is for the host alone), unless the spec carries the operator-enabled
+/// `husk.guest_vsock: allow`. Installing the rules does not turn on
+/// no_new_privs when the spec leaves it off, with or without a profile.
+#[test]
+fn vsock_sockets_are_refused_unless_allowed() {
+    let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+                  vsock-cat 2 1024 </dev/null 2>&1; echo rc=$?";
+    let Some(out) = sh("vsock_denied", &["--probes"], script, |v| {
+        v["process"]["noNewPrivileges"] = json!(false);
+    }) else {
+        return;
+    };
+    assert!(out.contains("vsock-cat: socket: Address family not supported"), "{out}");
+    assert!(out.contains("rc=2"), "{out}");
+    assert_eq!(field(&out, "NoNewPrivs"), "0", "{out}");
+    assert_eq!(field(&out, "Seccomp"), "2");
+
+    let Some(out) = sh("vsock_profile", &["--probes"], script, |v| {
+        v["process"]["noNewPrivileges"] = json!(false);
+        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]});
+    }) else {
+        return;
+    };
+    assert!(out.contains("rc=2"), "{out}");
+    assert_eq!(field(&out, "NoNewPrivs"), "0", "a profile must not set no_new_privs: {out}");
+
+    let Some(out) = sh("vsock_allowed", &["--probes"], script, |v| {
+        v["annotations"] = json!({"husk.guest_vsock": "allow"});
+    }) else {
+        return;
+    };
+    // The socket opens; nothing listens on the host's CID here, so only
+    // the connect fails.
+    assert!(!out.contains("vsock-cat: socket:"), "{out}");
+    assert!(out.contains("rc=3") || out.contains("rc=0"), "{out}");
 }
 
 #[test]

@@ -31,6 +31,12 @@ pub const DEFAULT_AGENT_PORT: u32 = 1024;
 /// The kernel command-line key that overrides [`DEFAULT_AGENT_PORT`].
 pub const AGENT_PORT_CMDLINE_KEY: &str = "husk.agent_port";
 
+/// The annotation that lets a container's processes open AF_VSOCK sockets
+/// (value `allow`). Without it the agent's seccomp rule answers
+/// `socket(AF_VSOCK, ..)` with EAFNOSUPPORT. The host runtime passes it to
+/// the guest only when the operator enabled it.
+pub const GUEST_VSOCK_ANNOTATION: &str = "husk.guest_vsock";
+
 /// Formats an error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

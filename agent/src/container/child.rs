@@ -159,10 +159,7 @@ fn child_main(
     }
     process::enter_cwd(p)?;
     let exec = process::prepare_exec(p)?;
-    let programs = match linux.seccomp() {
-        Some(profile) => seccomp::compile(profile)?.0,
-        None => Vec::new(),
-    };
+    let programs = seccomp::programs_for(args.spec)?;
     let nnp = p.no_new_privileges().unwrap_or(false);
     if !nnp {
         seccomp::install(&programs)?;

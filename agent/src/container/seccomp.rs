@@ -125,13 +125,81 @@ fn build(
         .map_err(|e: seccompiler::BackendError| SetupError::Invalid(format!("seccomp filter: {e}")))
 }
 
+/// Whether `spec` lets its processes open AF_VSOCK sockets.
+pub fn vsock_allowed(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(husk_protocol::GUEST_VSOCK_ANNOTATION))
+        .is_some_and(|v| v == "allow")
+}
+
+/// The rule every container gets unless its spec allows vsock:
+/// `socket(AF_VSOCK, ..)` fails with EAFNOSUPPORT, as on a kernel without
+/// vsock. The agent's port is for the host alone; a container that could
+/// open vsock sockets could also reach whatever the host forwards.
+pub fn deny_vsock() -> Result<BpfProgram, SetupError> {
+    let family = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .map_err(|e| SetupError::Invalid(format!("seccomp condition: {e}")))?;
+    let rule = SeccompRule::new(vec![family])
+        .map_err(|e| SetupError::Invalid(format!("seccomp rule: {e}")))?;
+    build(
+        BTreeMap::from([(libc::SYS_socket, vec![rule])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+    )
+}
+
+/// The programs a container process gets: its profile's, then the vsock
+/// rule unless the spec allows vsock.
+pub fn programs_for(spec: &oci_spec::runtime::Spec) -> Result<Vec<BpfProgram>, SetupError> {
+    let mut programs = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => compile(profile)?.0,
+        None => Vec::new(),
+    };
+    if !vsock_allowed(spec) {
+        programs.push(deny_vsock()?);
+    }
+    Ok(programs)
+}
+
 /// Installs the programs on the calling thread (last step before exec).
+///
+/// Unlike `seccompiler::apply_filter` this does not set no_new_privs: as
+/// with runc, a process whose spec leaves `noNewPrivileges` false keeps it
+/// off, and installs its filters while it still holds CAP_SYS_ADMIN. The
+/// caller sets no_new_privs first when the spec asks for it.
 pub fn install(programs: &[BpfProgram]) -> Result<(), SetupError> {
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| SetupError::Sys {
-            what: "install seccomp filter".into(),
-            source: std::io::Error::other(e.to_string()),
+        let len = u16::try_from(p.len()).map_err(|_| {
+            SetupError::Invalid(format!("seccomp program of {} instructions", p.len()))
         })?;
+        let prog = libc::sock_fprog {
+            len,
+            // seccompiler's sock_filter has the kernel's layout (u16, u8,
+            // u8, u32), as libc's does.
+            filter: p.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `len` instructions that live in `p` for
+        // the duration of the call; the kernel copies them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if r != 0 {
+            return Err(SetupError::Sys {
+                what: "install seccomp filter".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
     }
     Ok(())
 }
@@ -159,5 +227,67 @@ mod tests {
         let (progs, unknown) = compile(&p).unwrap();
         assert_eq!(progs.len(), 2);
         assert_eq!(unknown, vec!["bogus_call".to_string()]);
+    }
+
+    fn spec_with(annotations: serde_json::Value) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"}, "annotations": annotations
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn vsock_is_denied_unless_the_spec_allows_it() {
+        let plain = spec_with(serde_json::json!({}));
+        assert!(!vsock_allowed(&plain));
+        assert_eq!(programs_for(&plain).unwrap().len(), 1, "the vsock rule");
+        let other = spec_with(serde_json::json!({"husk.guest_vsock": "yes"}));
+        assert!(!vsock_allowed(&other));
+        let allowed = spec_with(serde_json::json!({"husk.guest_vsock": "allow"}));
+        assert!(vsock_allowed(&allowed));
+        assert!(programs_for(&allowed).unwrap().is_empty());
+    }
+
+    /// The rule runs in a forked child: AF_VSOCK fails with EAFNOSUPPORT,
+    /// AF_UNIX still works, and no_new_privs stays off.
+    #[test]
+    fn deny_vsock_rule_refuses_only_vsock() {
+        let prog = deny_vsock().unwrap();
+        match crate::sys::fork().unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = (|| {
+                    // Without the rule this host opens vsock sockets, so
+                    // the test cannot pass by accident.
+                    // SAFETY: plain socket(2) call.
+                    let before = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+                    if before < 0 {
+                        crate::sys::exit_now(2);
+                    }
+                    // Unprivileged test runs cannot install without NNP.
+                    if !nix::unistd::geteuid().is_root() {
+                        nix::sys::prctl::set_no_new_privs().ok()?;
+                    }
+                    install(&[prog]).ok()?;
+                    // SAFETY: plain socket(2) calls; fds are closed by exit.
+                    let v = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+                    let errno = std::io::Error::last_os_error().raw_os_error();
+                    // SAFETY: as above.
+                    let u = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                    let nnp = nix::sys::prctl::get_no_new_privs().ok()?;
+                    let nnp_ok = !nix::unistd::geteuid().is_root() || !nnp;
+                    Some(v == -1 && errno == Some(libc::EAFNOSUPPORT) && u >= 0 && nnp_ok)
+                })();
+                crate::sys::exit_now(if code == Some(true) { 0 } else { 1 })
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_ne!(
+                    st,
+                    nix::sys::wait::WaitStatus::Exited(child, 2),
+                    "this host cannot open AF_VSOCK sockets at all (load vsock_loopback or vhost_vsock)"
+                );
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 }

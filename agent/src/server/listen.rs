@@ -12,7 +12,8 @@ use super::ServerError;
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// AF_VSOCK on this port, any CID.
+    /// AF_VSOCK on this port. Only the host (CID 2) may connect: see
+    /// [`peer_allowed`].
     Vsock(u32),
     /// A Unix socket at this path.
     Unix(PathBuf),
@@ -75,5 +76,53 @@ pub fn bind(addr: &Listen) -> Result<OwnedFd, ServerError> {
             listen(&fd, Backlog::new(64).map_err(|e| err(e.into()))?).map_err(|e| err(e.into()))?;
             Ok(fd)
         }
+    }
+}
+
+/// Whether a vsock peer may talk to the agent: only the host (CID 2).
+///
+/// A connection from any other CID can only come from inside this guest
+/// (CID 1 through vsock loopback, or the guest's own CID), that is from a
+/// container process: such a peer could create, exec into and signal every
+/// container of the VM with the agent's privileges. The guest kernel is
+/// built without vsock loopback as well; this check is the second wall.
+pub fn vsock_peer_allowed(cid: u32) -> bool {
+    cid == libc::VMADDR_CID_HOST
+}
+
+/// Whether the peer of an accepted connection may use the agent. Unix
+/// peers (the host tests' listener) are allowed; vsock peers must be the
+/// host. `Err` when the peer address cannot be read (the connection is
+/// dropped then too).
+pub fn peer_allowed(conn: std::os::fd::BorrowedFd<'_>) -> std::io::Result<(bool, String)> {
+    use nix::sys::socket::{getpeername, SockaddrLike, SockaddrStorage};
+    let addr: SockaddrStorage = getpeername(std::os::fd::AsRawFd::as_raw_fd(&conn))?;
+    if let Some(v) = addr.as_vsock_addr() {
+        return Ok((
+            vsock_peer_allowed(v.cid()),
+            format!("vsock cid {} port {}", v.cid(), v.port()),
+        ));
+    }
+    Ok((addr.family() != Some(AddressFamily::Vsock), "unix".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_cid_may_connect() {
+        assert!(vsock_peer_allowed(2));
+        for cid in [0, 1, 3, 4, 1000, u32::MAX] {
+            assert!(!vsock_peer_allowed(cid), "cid {cid}");
+        }
+    }
+
+    #[test]
+    fn unix_peers_are_allowed() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (ok, what) = peer_allowed(std::os::fd::AsFd::as_fd(&a)).unwrap();
+        assert!(ok);
+        assert_eq!(what, "unix");
     }
 }

@@ -187,6 +187,17 @@ impl Server {
         loop {
             match crate::sys::accept(self.listener.as_fd()) {
                 Ok(Some(fd)) => {
+                    match listen::peer_allowed(fd.as_fd()) {
+                        Ok((true, _)) => {}
+                        Ok((false, peer)) => {
+                            tracing::warn!(%peer, "refused a connection that is not from the host");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refused a connection whose peer is unknown");
+                            continue;
+                        }
+                    }
                     let id = self.next_id;
                     self.next_id += 1;
                     self.conns.insert(
