@@ -64,7 +64,10 @@ fn vsock_sockets_are_refused_unless_allowed() {
     }) else {
         return;
     };
-    assert!(out.contains("vsock-cat: socket: Address family not supported"), "{out}");
+    assert!(
+        out.contains("vsock-cat: socket: Address family not supported"),
+        "{out}"
+    );
     assert!(out.contains("rc=2"), "{out}");
     assert_eq!(field(&out, "NoNewPrivs"), "0", "{out}");
     assert_eq!(field(&out, "Seccomp"), "2");
@@ -77,7 +80,11 @@ fn vsock_sockets_are_refused_unless_allowed() {
         return;
     };
     assert!(out.contains("rc=2"), "{out}");
-    assert_eq!(field(&out, "NoNewPrivs"), "0", "a profile must not set no_new_privs: {out}");
+    assert_eq!(
+        field(&out, "NoNewPrivs"),
+        "0",
+        "a profile must not set no_new_privs: {out}"
+    );
 
     let Some(out) = sh("vsock_allowed", &["--probes"], script, |v| {
         v["annotations"] = json!({"husk.guest_vsock": "allow"});

@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod logging;
 pub mod network;
 pub mod ops;
+pub mod policy;
 pub mod shim;
 pub mod signal;
 pub mod sizing;

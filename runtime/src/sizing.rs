@@ -5,11 +5,14 @@
 //! (`HUSK_KERNEL`, `HUSK_INITRAMFS`, `HUSK_ENGINE`), the spec's `vm` section
 //! (kernel path, parameters, initrd), `linux.resources` (memory limit plus
 //! [`MEMORY_OVERHEAD_MIB`]; CPU quota/period rounded up to whole vCPUs), then
-//! `husk.*` annotations, which win.
+//! `husk.*` annotations, which win. What the spec may set at all, and the
+//! largest VM, is the operator's [`HostPolicy`].
 
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
+
+use crate::policy::{self, HostPolicy};
 
 /// Guest RAM when the spec sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
@@ -26,11 +29,50 @@ pub const DEFAULT_INITRAMFS: &str = "/usr/local/share/husk/initramfs.cpio";
 
 /// Why sizing failed.
 #[derive(Debug, thiserror::Error)]
-#[error("annotation {key}={value:?}: {reason}")]
-pub struct SizingError {
-    key: String,
-    value: String,
-    reason: &'static str,
+pub enum SizingError {
+    /// An annotation's value is unusable.
+    #[error("annotation {key}={value:?}: {reason}")]
+    Annotation {
+        /// The annotation.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An operator setting (environment or options file) is unusable.
+    #[error("{key}={value:?}: {reason}")]
+    Setting {
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The spec sets something the operator did not enable.
+    #[error("{0} is not enabled by the operator (HUSK_ENABLE_ANNOTATIONS, or enable_annotations in the shim's options)")]
+    NotEnabled(String),
+}
+
+impl SizingError {
+    /// A bad annotation value.
+    pub fn annotation(key: &str, value: &str, reason: impl Into<String>) -> Self {
+        SizingError::Annotation {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A bad operator setting.
+    pub fn setting(key: &str, value: &str, reason: impl Into<String>) -> Self {
+        SizingError::Setting {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// The VM a container gets.
@@ -48,6 +90,9 @@ pub struct VmSize {
     pub cmdline: Option<String>,
     /// `auto`, `builtin` or `qemu`.
     pub engine: String,
+    /// The operator's rules it was sized under (a pod's later containers
+    /// are checked against them too).
+    pub policy: HostPolicy,
 }
 
 impl VmSize {
@@ -67,15 +112,19 @@ impl VmSize {
     }
 }
 
-/// Sizes the VM for `spec`, reading defaults through `env`.
+/// Sizes the VM for `spec`, reading the operator's defaults and rules
+/// through `env`; refuses what the operator did not enable.
 pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSize, SizingError> {
+    let policy = HostPolicy::from_env(&env)?;
+    policy.check(spec)?;
     let mut size = VmSize {
-        memory_mib: DEFAULT_MEMORY_MIB,
+        memory_mib: DEFAULT_MEMORY_MIB.min(policy.max_memory_mib),
         vcpus: 1,
         kernel: env("HUSK_KERNEL").map_or_else(|| DEFAULT_KERNEL.into(), PathBuf::from),
         initramfs: env("HUSK_INITRAMFS").map_or_else(|| DEFAULT_INITRAMFS.into(), PathBuf::from),
         cmdline: None,
         engine: env("HUSK_ENGINE").unwrap_or_else(|| "auto".into()),
+        policy,
     };
     if let Some(vm) = spec.vm() {
         size.kernel = vm.kernel().path().clone();
@@ -93,44 +142,42 @@ pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSi
             .and_then(|m| m.limit())
             .filter(|l| *l > 0)
         {
-            let mib = u32::try_from((limit as u64).div_ceil(1 << 20)).unwrap_or(u32::MAX);
-            size.memory_mib = mib.saturating_add(MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB);
+            size.memory_mib = size.clamp_memory(memory_for_limit(limit as u64));
         }
         if let Some(cpu) = res.cpu() {
             if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
                 if quota > 0 && period > 0 {
                     let v = (quota as u64).div_ceil(period);
-                    size.vcpus = u32::try_from(v).unwrap_or(u32::MAX).clamp(1, 64);
+                    size.vcpus = size.clamp_vcpus(u32::try_from(v).unwrap_or(u32::MAX));
                 }
             }
         }
     }
     for (k, v) in spec.annotations().iter().flatten() {
-        let bad = |reason| SizingError {
-            key: k.clone(),
-            value: v.clone(),
-            reason,
-        };
+        let bad = |reason: String| SizingError::annotation(k, v, reason);
         match k.as_str() {
-            "husk.memory_mib" => {
-                size.memory_mib = v.parse().map_err(|_| bad("not a number of MiB"))?;
-                if size.memory_mib < MIN_MEMORY_MIB {
-                    return Err(bad("below the 128 MiB minimum"));
-                }
+            policy::MEMORY_MIB => {
+                let max = size.policy.max_memory_mib;
+                size.memory_mib = v
+                    .parse()
+                    .ok()
+                    .filter(|m| (MIN_MEMORY_MIB..=max).contains(m))
+                    .ok_or_else(|| bad(format!("not {MIN_MEMORY_MIB}..={max} MiB")))?;
             }
-            "husk.vcpus" => {
+            policy::VCPUS => {
+                let max = size.policy.max_vcpus;
                 size.vcpus = v
                     .parse()
                     .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| bad("not 1..=64"))?;
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| bad(format!("not 1..={max}")))?;
             }
-            "husk.kernel" => size.kernel = v.into(),
-            "husk.initramfs" => size.initramfs = v.into(),
-            "husk.kernel_params" => size.cmdline = Some(v.clone()),
-            "husk.engine" => {
+            policy::KERNEL => size.kernel = v.into(),
+            policy::INITRAMFS => size.initramfs = v.into(),
+            policy::KERNEL_PARAMS => size.cmdline = Some(v.clone()),
+            policy::ENGINE => {
                 if !["auto", "builtin", "qemu"].contains(&v.as_str()) {
-                    return Err(bad("not auto, builtin or qemu"));
+                    return Err(bad("not auto, builtin or qemu".into()));
                 }
                 size.engine = v.clone();
             }
@@ -138,6 +185,39 @@ pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSi
         }
     }
     Ok(size)
+}
+
+/// Guest RAM for a container memory limit of `bytes`: the limit plus the
+/// guest's own overhead, at least the minimum that boots.
+pub fn memory_for_limit(bytes: u64) -> u32 {
+    let mib = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+    mib.saturating_add(MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB)
+}
+
+impl VmSize {
+    /// `mib` bounded by the operator's maximum; logged when cut. (A
+    /// container limit above it still runs, in the largest VM allowed, as
+    /// a runc container with a limit above the host's RAM does.)
+    pub fn clamp_memory(&self, mib: u32) -> u32 {
+        let max = self.policy.max_memory_mib;
+        if mib > max {
+            tracing::warn!(
+                wanted_mib = mib,
+                max_mib = max,
+                "guest RAM cut to the operator's maximum"
+            );
+        }
+        mib.min(max)
+    }
+
+    /// `n` vCPUs bounded by the operator's maximum; logged when cut.
+    pub fn clamp_vcpus(&self, n: u32) -> u32 {
+        let max = self.policy.max_vcpus;
+        if n > max {
+            tracing::warn!(wanted = n, max, "vCPUs cut to the operator's maximum");
+        }
+        n.clamp(1, max)
+    }
 }
 
 #[cfg(test)]
@@ -179,7 +259,12 @@ mod tests {
         let s = spec(serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"husk.memory_mib": "300", "husk.vcpus": "3", "husk.engine": "qemu"},
             "linux": {"resources": {"memory": {"limit": 1u64 << 30}}}}));
-        let env = |k: &str| (k == "HUSK_KERNEL").then(|| "/k".to_string());
+        let env = |k: &str| match k {
+            "HUSK_KERNEL" => Some("/k".to_string()),
+            "HUSK_ENABLE_ANNOTATIONS" => Some("husk.*".to_string()),
+            "HUSK_MAX_VCPUS" => Some("8".to_string()),
+            _ => None,
+        };
         let s = size_vm(&s, env).unwrap();
         assert_eq!((s.memory_mib, s.vcpus, s.engine.as_str()), (300, 3, "qemu"));
         assert_eq!(s.kernel, PathBuf::from("/k"));
@@ -189,5 +274,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("husk.vcpus"));
+    }
+
+    /// A pod author cannot ask for a VM larger than the operator allows,
+    /// nor pick host files (the engine ran `-initrd /etc/shadow` once).
+    #[test]
+    fn operator_maximums_and_enabled_annotations_bound_the_vm() {
+        let env = |k: &str| match k {
+            "HUSK_MAX_MEMORY_MIB" => Some("2048".to_string()),
+            "HUSK_MAX_VCPUS" => Some("4".to_string()),
+            _ => None,
+        };
+        let huge = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"husk.memory_mib": "1048576"}}));
+        assert!(size_vm(&huge, env)
+            .unwrap_err()
+            .to_string()
+            .contains("128..=2048"));
+        let cpus = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"husk.vcpus": "64"}}));
+        assert!(size_vm(&cpus, env)
+            .unwrap_err()
+            .to_string()
+            .contains("1..=4"));
+        let limits = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+            "memory": {"limit": 1u64 << 40}, "cpu": {"quota": 6400000, "period": 100000}}}}),
+        );
+        let s = size_vm(&limits, env).unwrap();
+        assert_eq!(
+            (s.memory_mib, s.vcpus),
+            (2048, 4),
+            "limits are cut, not refused"
+        );
+        let shadow = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"husk.initramfs": "/etc/shadow"}}));
+        assert!(matches!(
+            size_vm(&shadow, env),
+            Err(SizingError::NotEnabled(_))
+        ));
     }
 }

@@ -66,7 +66,7 @@ shim_containerd_start_cri() {
   runtime_type = \"io.containerd.runc.v2\"
 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]
   runtime_type = \"io.containerd.husk.v2\"
-  pod_annotations = [\"husk.*\"]
+  pod_annotations = [\"husk.memory_mib\", \"husk.vcpus\"]
 ${1:-}"
 }
 

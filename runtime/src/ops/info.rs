@@ -43,10 +43,11 @@ pub fn features() -> Value {
             "io.github.husk.vm": "every container runs in its own KVM microVM",
             "husk.memory_mib": "guest RAM in MiB (overrides linux.resources)",
             "husk.vcpus": "guest vCPUs",
-            "husk.engine": "auto, builtin or qemu",
-            "husk.kernel": "guest kernel path",
-            "husk.initramfs": "guest initramfs path",
-            "husk.kernel_params": "extra guest kernel parameters"
+            "husk.engine": "auto, builtin or qemu (operator must enable)",
+            "husk.kernel": "guest kernel path (operator must enable)",
+            "husk.initramfs": "guest initramfs path (operator must enable)",
+            "husk.kernel_params": "extra guest kernel parameters (operator must enable)",
+            "husk.guest_vsock": "allow: the container may open AF_VSOCK sockets (operator must enable)"
         }
     })
 }

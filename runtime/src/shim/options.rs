@@ -11,6 +11,9 @@
 //! | `kernel` | `HUSK_KERNEL` | guest kernel |
 //! | `initramfs` | `HUSK_INITRAMFS` | guest initramfs |
 //! | `vmm` | `HUSK_VMM` | the `husk-vmm` binary |
+//! | `enable_annotations` | `HUSK_ENABLE_ANNOTATIONS` | `husk.*` annotations pods may use (see [`crate::policy`]) |
+//! | `max_memory_mib` | `HUSK_MAX_MEMORY_MIB` | the largest guest RAM |
+//! | `max_vcpus` | `HUSK_MAX_VCPUS` | the most vCPUs |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,11 +23,14 @@ use containerd_shim::protos::protobuf::CodedInputStream;
 
 use super::ShimError;
 
-const KEYS: [(&str, &str); 4] = [
+const KEYS: [(&str, &str); 7] = [
     ("engine", "HUSK_ENGINE"),
     ("kernel", "HUSK_KERNEL"),
     ("initramfs", "HUSK_INITRAMFS"),
     ("vmm", "HUSK_VMM"),
+    ("enable_annotations", "HUSK_ENABLE_ANNOTATIONS"),
+    ("max_memory_mib", "HUSK_MAX_MEMORY_MIB"),
+    ("max_vcpus", "HUSK_MAX_VCPUS"),
 ];
 
 /// The settings from a runtime options file, keyed by the environment
@@ -69,10 +75,8 @@ impl RuntimeOptions {
                 .find(|(key, _)| *key == k)
                 .map(|(_, env)| *env)
                 .ok_or_else(|| {
-                    format!(
-                        "line {}: unknown key {k:?} (engine, kernel, initramfs, vmm)",
-                        n + 1
-                    )
+                    let known: Vec<&str> = KEYS.iter().map(|(key, _)| *key).collect();
+                    format!("line {}: unknown key {k:?} ({})", n + 1, known.join(", "))
                 })?;
             out.insert(env, v.to_owned());
         }

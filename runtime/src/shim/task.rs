@@ -239,6 +239,12 @@ impl TaskService {
             inner.vm = Some(PodVm::boot(&dir, &bundle.spec, &vmm, |k| opts.env(k))?);
         }
         let vm = inner.vm.as_ref().expect("booted above");
+        // The pod's first container was checked when its VM was sized;
+        // every later one answers to the same operator rules.
+        vm.size
+            .policy
+            .check(&bundle.spec)
+            .map_err(crate::ops::OpError::from)?;
         let (spec, mounts) = vm.share_bundle(&bundle, id)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),

@@ -20,7 +20,7 @@ use oci_spec::runtime::Spec;
 
 use super::{ShimError, CRI_SANDBOX_MEMORY};
 use crate::bundle::{prepare_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
-use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB, MIN_MEMORY_MIB};
+use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB};
 
 /// The fd the monitor reports readiness on.
 const READY_FD: i32 = 3;
@@ -53,14 +53,13 @@ pub struct PodVm {
 pub fn size_pod(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSize, ShimError> {
     let mut size = size_vm(spec, env).map_err(crate::ops::OpError::from)?;
     let ann = spec.annotations().clone().unwrap_or_default();
-    if !ann.contains_key("husk.memory_mib") {
+    if !ann.contains_key(crate::policy::MEMORY_MIB) {
         if let Some(bytes) = ann
             .get(CRI_SANDBOX_MEMORY)
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|b| *b > 0)
         {
-            let mib = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
-            size.memory_mib = mib.saturating_add(MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB);
+            size.memory_mib = size.clamp_memory(crate::sizing::memory_for_limit(bytes));
         }
     }
     Ok(size)
