@@ -210,16 +210,41 @@ impl StateRoot {
 }
 
 /// Writes `body` to `path` so that readers see the old or the new file.
+///
+/// The temporary file gets a fresh random name in the target's directory
+/// and is created with O_CREAT|O_EXCL, so nothing planted beforehand (a
+/// symlink at `path.tmp` towards a root-owned file, say) is followed or
+/// written through; the rename replaces a symlink at `path` itself rather
+/// than the file it points to. Mode 0644, as runc's pid files.
 pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::PermissionsExt;
     let io_err = |source| StateError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut f = fs::File::create(&tmp).map_err(io_err)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file path",
+        ))
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut f = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(io_err)?;
     f.write_all(body).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    f.as_file().sync_all().map_err(io_err)?;
+    f.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
 }
 
 /// Checks that `id` is a safe single path component (runc's rule).
@@ -278,6 +303,43 @@ mod tests {
             mounts: vec![],
             network: None,
         }
+    }
+
+    /// A local user who plants symlinks where husk writes (the old
+    /// `<pidfile>.tmp`, or the pid file itself) cannot make husk write
+    /// through them into another file.
+    #[test]
+    fn write_atomic_never_writes_through_planted_symlinks() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("shadow");
+        fs::write(&victim, "root:secret\n").unwrap();
+        let pid = t.path().join("c.pid");
+        symlink(&victim, t.path().join("c.tmp")).unwrap();
+        symlink(&victim, t.path().join("c.pid.tmp")).unwrap();
+        write_atomic(&pid, b"42").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root:secret\n");
+        assert_eq!(fs::read_to_string(&pid).unwrap(), "42");
+        assert_eq!(
+            fs::metadata(&pid).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+
+        let link = t.path().join("l.pid");
+        symlink(&victim, &link).unwrap();
+        write_atomic(&link, b"43").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root:secret\n");
+        assert!(!fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let left: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
     #[test]
