@@ -379,7 +379,8 @@ const ALL_CAPS: &[&str] = &[
 const ATTACK: &str = r#"cd /
 echo x > /plain; chmod u+s /plain; echo "chmod-u+s=$?"
 cp /bin/busybox /copy && chmod 4755 /copy; echo "chmod-4755=$?"
-install -m 4755 /bin/busybox /installed; echo "install-4755=$?"
+cp /bin/busybox /dev/suid && chmod 4755 /dev/suid && cp -p /dev/suid /copied; echo "cp-p-4755=$?"
+mknod -m 4755 /suid-fifo p; echo "mknod-suid-fifo=$?"
 echo y > /gfile; chmod g+s /gfile; echo "chmod-g+s=$?"
 mkdir /sgid-dir; chmod g+s /sgid-dir; echo "chmod-g+s-dir=$?"
 mknod /blk b 8 0; echo "mknod-b=$?"
@@ -450,29 +451,36 @@ fn hostile_guest_root_cannot_make_setuid_files_or_devices_on_the_host() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let Some(env) = env() else { return };
     let tmp = scratch("hostile");
-    let r = run_with(
-        &env,
-        tmp.path(),
-        false,
-        &["sh", "-c", ATTACK],
-        None,
-        3,
-        |spec, rootfs| {
-            let caps: Vec<serde_json::Value> = ALL_CAPS.iter().map(|c| (*c).into()).collect();
-            for set in ["bounding", "effective", "permitted"] {
-                spec["process"]["capabilities"][set] = caps.clone().into();
-            }
-            spec["linux"]["resources"]["devices"] =
-                serde_json::json!([{ "allow": true, "access": "rwm" }]);
-            assert_eq!(privileged_entries(rootfs), Vec::<String>::new());
-            // A setuid-root file already in the image.
-            let f = rootfs.join("host-suid");
-            std::fs::write(&f, "#!/bin/sh\n").unwrap();
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        },
-    );
+    let r = run_with(&env, tmp.path(), false, &["sh"], None, 3, |spec, rootfs| {
+        // make-bundle.sh would split the script at its newlines.
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", ATTACK]);
+        let caps: Vec<serde_json::Value> = ALL_CAPS.iter().map(|c| (*c).into()).collect();
+        for set in ["bounding", "effective", "permitted"] {
+            spec["process"]["capabilities"][set] = caps.clone().into();
+        }
+        spec["linux"]["resources"]["devices"] =
+            serde_json::json!([{ "allow": true, "access": "rwm" }]);
+        assert_eq!(privileged_entries(rootfs), Vec::<String>::new());
+        // A setuid-root file already in the image.
+        let f = rootfs.join("host-suid");
+        std::fs::write(&f, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    });
     let mut seen = Vec::new();
-    r.stdout_until("attacks-done", Duration::from_secs(120), &mut seen);
+    while !String::from_utf8_lossy(&seen).contains("attacks-done") {
+        match r.stdout.recv_timeout(Duration::from_secs(120)) {
+            Ok(c) => seen.extend(c),
+            Err(_) => {
+                let out = String::from_utf8_lossy(&seen).into_owned();
+                let (code, _, err, state) = r.finish(Duration::from_secs(60));
+                panic!(
+                    "the attack did not finish (exit {code}): {out}\n{}\n{}",
+                    String::from_utf8_lossy(&err),
+                    read_log(&state)
+                );
+            }
+        }
+    }
 
     // The daemons as they run while the guest uses them.
     let mut fs_daemons = 0;
@@ -539,6 +547,8 @@ fn hostile_guest_root_cannot_make_setuid_files_or_devices_on_the_host() {
     for refused in [
         "chmod-u+s=",
         "chmod-4755=",
+        "cp-p-4755=",
+        "mknod-suid-fifo=",
         "chmod-g+s=",
         "chmod-g+s-dir=",
         "mknod-b=",
