@@ -120,7 +120,7 @@ impl Confinement {
         Ok(Confinement {
             bounding: virtiofsd_bounding_set(sandbox),
             drop_all: false,
-            filters: virtiofsd_filters()?,
+            filters: virtiofsd_filters(sandbox)?,
         })
     }
 
@@ -379,7 +379,13 @@ fn no_x32() -> BpfProgram {
 ///    virtiofsd probes it once and then uses `openat`) and io_uring (whose
 ///    operations no filter sees);
 /// 3. ENOSYS for x32 syscalls.
-pub fn virtiofsd_filters() -> Result<Vec<BpfProgram>, ConfineError> {
+///
+/// With `--sandbox none` `openat2` stays allowed: there nothing but its
+/// `RESOLVE_IN_ROOT` keeps a guest-supplied name such as `..` inside the
+/// share (virtiofsd does not check names itself; pivot_root or chroot does
+/// it in the other sandboxes), and a way out of the share is worse than
+/// the setuid bit an `openat2` create could then set.
+pub fn virtiofsd_filters(sandbox: VirtiofsdSandbox) -> Result<Vec<BpfProgram>, ConfineError> {
     let d = "virtiofsd";
     let eperm = || -> Built<Rules> {
         let mut r = Rules::new();
@@ -396,7 +402,17 @@ pub fn virtiofsd_filters() -> Result<Vec<BpfProgram>, ConfineError> {
     };
     Ok(vec![
         compile(d, eperm, errno(libc::EPERM))?,
-        compile(d, || Ok(always(&OPAQUE)), errno(libc::ENOSYS))?,
+        compile(
+            d,
+            || {
+                let mut r = always(&OPAQUE);
+                if sandbox == VirtiofsdSandbox::None {
+                    r.remove(&libc::SYS_openat2);
+                }
+                Ok(r)
+            },
+            errno(libc::ENOSYS),
+        )?,
         no_x32(),
     ])
 }

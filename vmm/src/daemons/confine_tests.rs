@@ -89,115 +89,148 @@ fn filters_compile() {
 fn virtiofsd_filter_refuses_setuid_setgid_and_devices() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    under(virtiofsd_filters().unwrap(), move || {
-        let file = d.join("f");
-        let cf = c(&file);
-        std::fs::write(&file, "x").unwrap();
-        let fd = std::fs::File::open(&file).unwrap();
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let fchmod = |mode: u32| errno_of(unsafe { libc::fchmod(raw, mode) } as _);
-        assert_eq!(fchmod(0o4755), libc::EPERM, "fchmod u+s");
-        assert_eq!(fchmod(0o2755), libc::EPERM, "fchmod g+s");
-        assert_eq!(fchmod(0o1777), 0, "sticky is fine");
-        assert_eq!(fchmod(0o755), 0);
-        let fchmodat = |p: &CString, mode: u32| {
+    under(
+        virtiofsd_filters(VirtiofsdSandbox::Namespace).unwrap(),
+        move || {
+            let file = d.join("f");
+            let cf = c(&file);
+            std::fs::write(&file, "x").unwrap();
+            let fd = std::fs::File::open(&file).unwrap();
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
             // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-            errno_of(unsafe { libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, p.as_ptr(), mode) })
-        };
-        assert_eq!(fchmodat(&cf, 0o4711), libc::EPERM);
-        assert_eq!(fchmodat(&cf, 0o644), 0);
-        let sub = d.join("sub");
-        std::fs::create_dir(&sub).unwrap();
-        assert_eq!(fchmodat(&c(&sub), 0o2775), libc::EPERM, "setgid dir");
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let fchmodat2 = errno_of(unsafe {
-            libc::syscall(libc::SYS_fchmodat2, libc::AT_FDCWD, cf.as_ptr(), 0o6755, 0)
-        });
-        assert_eq!(fchmodat2, libc::EPERM, "fchmodat2");
-        assert_eq!(
+            let fchmod = |mode: u32| errno_of(unsafe { libc::fchmod(raw, mode) } as _);
+            assert_eq!(fchmod(0o4755), libc::EPERM, "fchmod u+s");
+            assert_eq!(fchmod(0o2755), libc::EPERM, "fchmod g+s");
+            assert_eq!(fchmod(0o1777), 0, "sticky is fine");
+            assert_eq!(fchmod(0o755), 0);
+            let fchmodat = |p: &CString, mode: u32| {
+                // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+                errno_of(unsafe {
+                    libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, p.as_ptr(), mode)
+                })
+            };
+            assert_eq!(fchmodat(&cf, 0o4711), libc::EPERM);
+            assert_eq!(fchmodat(&cf, 0o644), 0);
+            let sub = d.join("sub");
+            std::fs::create_dir(&sub).unwrap();
+            assert_eq!(fchmodat(&c(&sub), 0o2775), libc::EPERM, "setgid dir");
             // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-            errno_of(unsafe { libc::chmod(cf.as_ptr(), 0o4755) } as _),
-            libc::EPERM
-        );
-        assert_eq!(
-            std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
-            0o644
-        );
+            let fchmodat2 = errno_of(unsafe {
+                libc::syscall(libc::SYS_fchmodat2, libc::AT_FDCWD, cf.as_ptr(), 0o6755, 0)
+            });
+            assert_eq!(fchmodat2, libc::EPERM, "fchmodat2");
+            assert_eq!(
+                // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+                errno_of(unsafe { libc::chmod(cf.as_ptr(), 0o4755) } as _),
+                libc::EPERM
+            );
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+                0o644
+            );
 
-        let openat = |p: &CString, flags: i32, mode: u32| {
+            let openat = |p: &CString, flags: i32, mode: u32| {
+                // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+                sys_close(unsafe {
+                    libc::syscall(libc::SYS_openat, libc::AT_FDCWD, p.as_ptr(), flags, mode)
+                })
+            };
+            let new = c(&d.join("new"));
+            assert_eq!(
+                openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o4755),
+                libc::EPERM
+            );
+            assert_eq!(
+                openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o2755),
+                libc::EPERM
+            );
+            assert!(!d.join("new").exists());
+            assert_eq!(openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o755), 0);
+            // Without O_CREAT the mode register is not looked at.
+            assert_eq!(openat(&cf, libc::O_RDONLY, 0o6777), 0);
+            let tmp = openat(&c(&d), libc::O_TMPFILE | libc::O_RDWR, 0o4700);
+            assert_eq!(tmp, libc::EPERM, "O_TMPFILE u+s");
+            assert_ne!(
+                openat(&c(&d), libc::O_TMPFILE | libc::O_RDWR, 0o600),
+                libc::EPERM
+            );
             // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-            sys_close(unsafe {
-                libc::syscall(libc::SYS_openat, libc::AT_FDCWD, p.as_ptr(), flags, mode)
-            })
-        };
-        let new = c(&d.join("new"));
-        assert_eq!(
-            openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o4755),
-            libc::EPERM
-        );
-        assert_eq!(
-            openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o2755),
-            libc::EPERM
-        );
-        assert!(!d.join("new").exists());
-        assert_eq!(openat(&new, libc::O_CREAT | libc::O_WRONLY, 0o755), 0);
-        // Without O_CREAT the mode register is not looked at.
-        assert_eq!(openat(&cf, libc::O_RDONLY, 0o6777), 0);
-        let tmp = openat(&c(&d), libc::O_TMPFILE | libc::O_RDWR, 0o4700);
-        assert_eq!(tmp, libc::EPERM, "O_TMPFILE u+s");
-        assert_ne!(
-            openat(&c(&d), libc::O_TMPFILE | libc::O_RDWR, 0o600),
-            libc::EPERM
-        );
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let creat = errno_of(unsafe { libc::syscall(libc::SYS_creat, new.as_ptr(), 0o4755) });
-        assert_eq!(creat, libc::EPERM);
+            let creat = errno_of(unsafe { libc::syscall(libc::SYS_creat, new.as_ptr(), 0o4755) });
+            assert_eq!(creat, libc::EPERM);
 
-        let mknodat = |name: &str, mode: u32, dev: u64| {
-            let p = c(&d.join(name));
+            let mknodat = |name: &str, mode: u32, dev: u64| {
+                let p = c(&d.join(name));
+                // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+                errno_of(unsafe {
+                    libc::syscall(libc::SYS_mknodat, libc::AT_FDCWD, p.as_ptr(), mode, dev)
+                })
+            };
+            assert_eq!(
+                mknodat("b", libc::S_IFBLK | 0o666, libc::makedev(8, 0)),
+                libc::EPERM
+            );
+            assert_eq!(
+                mknodat("c", libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+                libc::EPERM
+            );
+            assert_eq!(mknodat("r", libc::S_IFREG | 0o4755, 0), libc::EPERM);
+            assert_eq!(mknodat("fifo", libc::S_IFIFO | 0o644, 0), 0);
+            assert_eq!(mknodat("reg", libc::S_IFREG | 0o644, 0), 0);
+            if is_root() {
+                // A whiteout (0:0) is no device; overlayfs needs it.
+                assert_eq!(mknodat("wh", libc::S_IFCHR, 0), 0);
+            }
+            for n in ["b", "c", "r"] {
+                assert!(!d.join(n).exists(), "{n} was created");
+            }
+
             // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-            errno_of(unsafe {
-                libc::syscall(libc::SYS_mknodat, libc::AT_FDCWD, p.as_ptr(), mode, dev)
-            })
-        };
-        assert_eq!(
-            mknodat("b", libc::S_IFBLK | 0o666, libc::makedev(8, 0)),
-            libc::EPERM
-        );
-        assert_eq!(
-            mknodat("c", libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
-            libc::EPERM
-        );
-        assert_eq!(mknodat("r", libc::S_IFREG | 0o4755, 0), libc::EPERM);
-        assert_eq!(mknodat("fifo", libc::S_IFIFO | 0o644, 0), 0);
-        assert_eq!(mknodat("reg", libc::S_IFREG | 0o644, 0), 0);
-        if is_root() {
-            // A whiteout (0:0) is no device; overlayfs needs it.
-            assert_eq!(mknodat("wh", libc::S_IFCHR, 0), 0);
-        }
-        for n in ["b", "c", "r"] {
-            assert!(!d.join(n).exists(), "{n} was created");
-        }
+            let openat2 = errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    cf.as_ptr(),
+                    0usize,
+                    0usize,
+                )
+            });
+            assert_eq!(openat2, libc::ENOSYS, "openat2");
+            // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+            let uring = errno_of(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0usize) });
+            assert_eq!(uring, libc::ENOSYS, "io_uring_setup");
+            // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
+            let x32 = errno_of(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) });
+            assert_eq!(x32, libc::ENOSYS, "x32 getpid");
+        },
+    );
+}
 
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let openat2 = errno_of(unsafe {
+#[test]
+fn virtiofsd_keeps_openat2_only_without_a_sandbox() {
+    let openat2 = || {
+        // SAFETY: a raw syscall on a static NUL-terminated path and a
+        // zeroed open_how that outlives it.
+        let how: libc::open_how = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        errno_of(unsafe {
             libc::syscall(
                 libc::SYS_openat2,
                 libc::AT_FDCWD,
-                cf.as_ptr(),
-                0usize,
-                0usize,
+                c".".as_ptr(),
+                &how,
+                std::mem::size_of::<libc::open_how>(),
             )
+        })
+    };
+    for (sandbox, want_enosys) in [
+        (VirtiofsdSandbox::Namespace, true),
+        (VirtiofsdSandbox::Chroot, true),
+        (VirtiofsdSandbox::None, false),
+    ] {
+        under(virtiofsd_filters(sandbox).unwrap(), move || {
+            assert_eq!(openat2() == libc::ENOSYS, want_enosys, "{sandbox:?}");
         });
-        assert_eq!(openat2, libc::ENOSYS, "openat2");
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let uring = errno_of(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, 0usize) });
-        assert_eq!(uring, libc::ENOSYS, "io_uring_setup");
-        // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
-        let x32 = errno_of(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) });
-        assert_eq!(x32, libc::ENOSYS, "x32 getpid");
-    });
+    }
 }
 
 #[test]
