@@ -109,6 +109,48 @@ impl CachePolicy {
     }
 }
 
+/// virtiofsd's `--sandbox` mode. Only `namespace` isolates the daemon from
+/// the rest of the host; the weaker modes must be chosen explicitly
+/// (`virtiofsd_sandbox`, or `HUSK_VIRTIOFSD_SANDBOX` / `--virtiofsd-sandbox`
+/// for `husk-vmm`) and are logged as a warning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VirtiofsdSandbox {
+    /// Mount, pid and net namespaces plus pivot_root into the shared dir.
+    #[default]
+    Namespace,
+    /// chroot into the shared dir: the daemon still sees the host's
+    /// processes and network.
+    Chroot,
+    /// None: only virtiofsd's own path checks and seccomp.
+    None,
+}
+
+impl VirtiofsdSandbox {
+    /// The value of virtiofsd's `--sandbox`.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            VirtiofsdSandbox::Namespace => "namespace",
+            VirtiofsdSandbox::Chroot => "chroot",
+            VirtiofsdSandbox::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for VirtiofsdSandbox {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "namespace" => Ok(VirtiofsdSandbox::Namespace),
+            "chroot" => Ok(VirtiofsdSandbox::Chroot),
+            "none" => Ok(VirtiofsdSandbox::None),
+            _ => Err(format!(
+                "unknown virtiofsd sandbox {s:?} (namespace, chroot or none)"
+            )),
+        }
+    }
+}
+
 /// One host directory shared with the guest over virtio-fs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +334,10 @@ pub struct VmConfig {
     /// virtio-net devices on inherited tap fds.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// virtiofsd's sandbox. `namespace` (the default) or the start fails;
+    /// `chroot` and `none` are an operator's explicit opt-in.
+    #[serde(default)]
+    pub virtiofsd_sandbox: VirtiofsdSandbox,
 }
 
 fn default_cid() -> u32 {
@@ -331,6 +377,7 @@ impl VmConfig {
             boot_timeout_s: default_boot_timeout(),
             container: None,
             net: Vec::new(),
+            virtiofsd_sandbox: VirtiofsdSandbox::default(),
         }
     }
 

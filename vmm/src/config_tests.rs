@@ -228,3 +228,33 @@ fn net_devices_are_validated() {
     let e = cfg.claim_net_fds().unwrap_err().to_string();
     assert!(e.contains("not an open fd"), "{e}");
 }
+
+#[test]
+fn virtiofsd_sandbox_defaults_to_namespace_and_refuses_unknown_values() {
+    let c = VmConfig::from_json(r#"{"kernel":"/k","state_dir":"/s"}"#, Path::new("x")).unwrap();
+    assert_eq!(c.virtiofsd_sandbox, VirtiofsdSandbox::Namespace);
+    assert_eq!(
+        VmConfig::new("/k", "/s").virtiofsd_sandbox,
+        VirtiofsdSandbox::Namespace
+    );
+    for (text, want) in [
+        ("namespace", VirtiofsdSandbox::Namespace),
+        ("chroot", VirtiofsdSandbox::Chroot),
+        ("none", VirtiofsdSandbox::None),
+    ] {
+        let json = format!(r#"{{"kernel":"/k","state_dir":"/s","virtiofsd_sandbox":"{text}"}}"#);
+        let c = VmConfig::from_json(&json, Path::new("x")).unwrap();
+        assert_eq!(c.virtiofsd_sandbox, want);
+        assert_eq!(text.parse::<VirtiofsdSandbox>().unwrap(), want);
+        assert_eq!(want.as_arg(), text);
+    }
+    for bad in ["off", "Namespace", ""] {
+        let json = format!(r#"{{"kernel":"/k","state_dir":"/s","virtiofsd_sandbox":"{bad}"}}"#);
+        assert!(
+            VmConfig::from_json(&json, Path::new("x")).is_err(),
+            "{bad:?}"
+        );
+        let e = bad.parse::<VirtiofsdSandbox>().unwrap_err();
+        assert!(e.contains("namespace, chroot or none"), "{e}");
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
+use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig};
 use husk_vmm::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use husk_vmm::signals::Signals;
 
@@ -64,6 +64,10 @@ struct Args {
     /// Path of vhost-device-vsock.
     #[arg(long)]
     vhost_device_vsock: Option<PathBuf>,
+    /// virtiofsd's sandbox: namespace (default), or the weaker chroot or
+    /// none, which only an explicit choice here or in the config gives.
+    #[arg(long, env = "HUSK_VIRTIOFSD_SANDBOX")]
+    virtiofsd_sandbox: Option<VirtiofsdSandbox>,
     /// Seconds to wait for the agent.
     #[arg(long)]
     boot_timeout: Option<u64>,
@@ -113,6 +117,7 @@ fn build_config(a: &Args) -> anyhow::Result<VmConfig> {
     set!(a.agent_port, cfg.vsock.agent_port);
     set!(a.engine, cfg.engine);
     set!(a.boot_timeout, cfg.boot_timeout_s);
+    set!(a.virtiofsd_sandbox, cfg.virtiofsd_sandbox);
     if a.initramfs.is_some() {
         cfg.initramfs = a.initramfs.clone();
     }

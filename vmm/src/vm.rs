@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use husk_protocol::client::AgentAddr;
 
 use crate::config::{ConfigError, VmConfig};
-use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError, Sandbox};
+use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError};
 use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
 use crate::process::{describe, Supervised};
 
@@ -131,17 +131,13 @@ impl Vm {
         };
         let started = Instant::now();
         h.daemons.push(daemons::start_vsock(&vsock_bin, cfg)?);
-        let mut sandbox = Sandbox::Namespace;
         for share in &cfg.shares {
             h.sockets.push(cfg.fs_backend_socket(&share.tag));
-            let (d, used) = daemons::start_virtiofsd(
+            h.daemons.push(daemons::start_virtiofsd(
                 fs_bin.as_deref().unwrap_or(&vsock_bin),
                 cfg,
                 share,
-                sandbox,
-            )?;
-            sandbox = used;
-            h.daemons.push(d);
+            )?);
         }
         tracing::debug!(elapsed = ?started.elapsed(), "device daemons ready");
         h.engine = Some(engine::start(kind, cfg)?);

@@ -105,6 +105,19 @@ fn run(
     stdin: Option<Vec<u8>>,
     guest_cid: u32,
 ) -> Running {
+    run_with(env, dir, readonly, args, stdin, guest_cid, |_, _| {})
+}
+
+/// [`run`], with `prepare` editing the spec and the rootfs first.
+fn run_with(
+    env: &Env,
+    dir: &Path,
+    readonly: bool,
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+    guest_cid: u32,
+    prepare: impl FnOnce(&mut serde_json::Value, &Path),
+) -> Running {
     let bundle = dir.join("bundle");
     let mut mk = Command::new(repo_root().join("tests/make-bundle.sh"));
     if readonly {
@@ -120,6 +133,7 @@ fn run(
     let mut spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
             .unwrap();
+    prepare(&mut spec, &bundle.join("rootfs"));
     spec["root"]["path"] = husk_protocol::share_mount_point("rootfs").into();
     let create = CreateContainer {
         container_id: CID.into(),
@@ -341,4 +355,209 @@ fn two_vms_at_once_readonly_rootfs_signals_and_sigkill() {
     seen.extend(out_b);
     assert_eq!(String::from_utf8_lossy(&seen), "armed\ngot-term\n");
     assert_nothing_left(&state_b);
+}
+
+/// Every capability the attack below could use in the guest.
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_MKNOD",
+    "CAP_SETFCAP",
+    "CAP_SYS_ADMIN",
+    "CAP_AUDIT_WRITE",
+    "CAP_NET_BIND_SERVICE",
+];
+
+/// What guest root tries on the shared rootfs; each step prints its status.
+const ATTACK: &str = r#"cd /
+echo x > /plain; chmod u+s /plain; echo "chmod-u+s=$?"
+cp /bin/busybox /copy && chmod 4755 /copy; echo "chmod-4755=$?"
+cp /bin/busybox /dev/suid && chmod 4755 /dev/suid && cp -p /dev/suid /copied; echo "cp-p-4755=$?"
+mknod -m 4755 /suid-fifo p; echo "mknod-suid-fifo=$?"
+echo y > /gfile; chmod g+s /gfile; echo "chmod-g+s=$?"
+mkdir /sgid-dir; chmod g+s /sgid-dir; echo "chmod-g+s-dir=$?"
+mknod /blk b 8 0; echo "mknod-b=$?"
+mknod /chr c 1 3; echo "mknod-c=$?"
+mkfifo /fifo; echo "mkfifo=$?"
+echo appended >> /host-suid; echo "append-to-setuid=$?"
+echo ordinary > /ordinary; echo "write=$?"
+echo attacks-done
+while [ ! -e /go ]; do sleep 0.2; done
+"#;
+
+/// setuid/setgid files and device nodes under `dir` (not following links).
+fn privileged_entries(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.path().symlink_metadata().unwrap();
+        let ft = m.file_type();
+        if m.mode() & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            v.push(format!("{} mode {:o}", e.path().display(), m.mode()));
+        }
+        if ft.is_block_device() || ft.is_char_device() {
+            v.push(format!("{} device {:x}", e.path().display(), m.rdev()));
+        }
+        if ft.is_dir() {
+            v.extend(privileged_entries(&e.path()));
+        }
+    }
+    v
+}
+
+/// `pid`'s children, then theirs.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// `Name`, capability, `NoNewPrivs` and `Seccomp` lines of /proc/PID/status.
+fn confinement_of(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| k == "Name" || k.starts_with("Cap") || k == "NoNewPrivs" || k == "Seccomp")
+        .collect()
+}
+
+fn cap_bits(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap()
+}
+
+#[test]
+fn hostile_guest_root_cannot_make_setuid_files_or_devices_on_the_host() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let Some(env) = env() else { return };
+    let tmp = scratch("hostile");
+    let r = run_with(&env, tmp.path(), false, &["sh"], None, 3, |spec, rootfs| {
+        // make-bundle.sh would split the script at its newlines.
+        spec["process"]["args"] = serde_json::json!(["sh", "-c", ATTACK]);
+        let caps: Vec<serde_json::Value> = ALL_CAPS.iter().map(|c| (*c).into()).collect();
+        for set in ["bounding", "effective", "permitted"] {
+            spec["process"]["capabilities"][set] = caps.clone().into();
+        }
+        spec["linux"]["resources"]["devices"] =
+            serde_json::json!([{ "allow": true, "access": "rwm" }]);
+        assert_eq!(privileged_entries(rootfs), Vec::<String>::new());
+        // A setuid-root file already in the image.
+        let f = rootfs.join("host-suid");
+        std::fs::write(&f, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    });
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("attacks-done") {
+        match r.stdout.recv_timeout(Duration::from_secs(120)) {
+            Ok(c) => seen.extend(c),
+            Err(_) => {
+                let out = String::from_utf8_lossy(&seen).into_owned();
+                let (code, _, err, state) = r.finish(Duration::from_secs(60));
+                panic!(
+                    "the attack did not finish (exit {code}): {out}\n{}\n{}",
+                    String::from_utf8_lossy(&err),
+                    read_log(&state)
+                );
+            }
+        }
+    }
+
+    // The daemons as they run while the guest uses them.
+    let mut fs_daemons = 0;
+    let mut vsock_daemons = 0;
+    for pid in descendants(r.child.id()) {
+        let s = confinement_of(pid);
+        let Some(name) = s.get("Name").cloned() else {
+            continue;
+        };
+        if !name.starts_with("virtiofsd") && !name.starts_with("vhost-device-v") {
+            continue;
+        }
+        eprintln!(
+            "{name} pid {pid}: CapEff {} CapPrm {} CapBnd {} CapInh {} CapAmb {} NoNewPrivs {} Seccomp {}",
+            s["CapEff"], s["CapPrm"], s["CapBnd"], s["CapInh"], s["CapAmb"], s["NoNewPrivs"], s["Seccomp"]
+        );
+        assert_eq!(s["NoNewPrivs"], "1", "{name}");
+        assert_eq!(s["Seccomp"], "2", "{name}");
+        if name.starts_with("virtiofsd") {
+            fs_daemons += 1;
+            let refused = (1u64 << 27) | (1 << 4) | (1 << 31); // MKNOD, FSETID, SETFCAP
+            for k in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+                assert_eq!(cap_bits(&s[k]) & refused, 0, "{name} {k}");
+            }
+        } else {
+            vsock_daemons += 1;
+            for k in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+                assert_eq!(cap_bits(&s[k]), 0, "{name} {k}");
+            }
+        }
+    }
+    assert!(fs_daemons >= 1 && vsock_daemons == 1, "daemons not found");
+
+    std::fs::write(r.rootfs.join("go"), "").unwrap();
+    let rootfs = r.rootfs.clone();
+    let (code, out, err, state) = r.finish(Duration::from_secs(120));
+    seen.extend(out);
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", read_log(&state));
+    eprintln!("guest said:\n{out}{err}");
+
+    // What the host has now.
+    assert_eq!(privileged_entries(&rootfs), Vec::<String>::new(), "{out}");
+    assert!(rootfs
+        .join("fifo")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("ordinary")).unwrap(),
+        "ordinary\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("host-suid")).unwrap(),
+        "#!/bin/sh\nappended\n"
+    );
+    assert!(rootfs.join("sgid-dir").is_dir() && rootfs.join("copy").is_file());
+    // And what the guest was told.
+    for ok in ["mkfifo=0", "write=0", "append-to-setuid=0"] {
+        assert!(out.contains(ok), "{ok}: {out}");
+    }
+    for refused in [
+        "chmod-u+s=",
+        "chmod-4755=",
+        "cp-p-4755=",
+        "mknod-suid-fifo=",
+        "chmod-g+s=",
+        "chmod-g+s-dir=",
+        "mknod-b=",
+        "mknod-c=",
+    ] {
+        assert!(
+            out.contains(refused) && !out.contains(&format!("{refused}0\n")),
+            "{refused}: {out}"
+        );
+    }
+    assert_nothing_left(&state);
 }

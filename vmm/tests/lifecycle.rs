@@ -269,6 +269,102 @@ fn clear_errors() {
     assert_nothing_left(&state);
 }
 
+/// A stand-in for virtiofsd that cannot set up `--sandbox namespace` and
+/// serves its socket in any other sandbox.
+const FAKE_VIRTIOFSD: &str = r#"#!/bin/sh
+sock=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --socket-path) sock=$2; shift ;;
+    --sandbox) if [ "$2" = namespace ]; then
+        echo "fake virtiofsd: Error entering sandbox: PivotRoot(EINVAL)" >&2; exit 1; fi ;;
+  esac
+  shift
+done
+exec python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(60)' "$sock"
+"#;
+
+#[test]
+fn virtiofsd_sandbox_fails_closed_unless_the_operator_opts_in() {
+    let Ok(vsock) = husk_vmm::binaries::locate("vhost-device-vsock", None) else {
+        return skip("vhost-device-vsock not installed");
+    };
+    if Command::new("python3").arg("-c").arg("").status().is_err() {
+        return skip("the fake virtiofsd needs python3");
+    }
+    let tmp = scratch("sbx");
+    let k = tmp.path().join("vmlinux");
+    std::fs::write(&k, "not really a kernel").unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let fake = tmp.path().join("virtiofsd");
+    std::fs::write(&fake, FAKE_VIRTIOFSD).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = tmp.path().join("state");
+    let monitor = |sandbox_env: Option<&str>, extra: &[&str]| {
+        let mut c = Command::new(VMM);
+        c.arg("--kernel")
+            .arg(&k)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--engine")
+            .arg("qemu")
+            // qemu "runs" and the guest "stops" at once: enough to get past
+            // the daemons.
+            .arg("--qemu")
+            .arg("/bin/true")
+            .arg("--vhost-device-vsock")
+            .arg(&vsock)
+            .arg("--virtiofsd")
+            .arg(&fake)
+            .arg("--share")
+            .arg(format!("rootfs={}", share.display()))
+            .args(extra)
+            .env_remove("HUSK_VIRTIOFSD_SANDBOX");
+        if let Some(v) = sandbox_env {
+            c.env("HUSK_VIRTIOFSD_SANDBOX", v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (code, stderr, _) = monitor(None, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for want in [
+        "virtiofsd[rootfs] cannot run with --sandbox namespace",
+        "HUSK_VIRTIOFSD_SANDBOX",
+        "fake virtiofsd: Error entering sandbox: PivotRoot(EINVAL)",
+    ] {
+        assert!(lines[0].contains(want), "{stderr:?} lacks {want:?}");
+    }
+    assert_nothing_left(&state);
+
+    let (code, stderr, _) = monitor(Some("chroot"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("weaker --sandbox chroot"),
+        "{stderr}"
+    );
+    assert_nothing_left(&state);
+
+    let (code, stderr, stdout) = monitor(Some("none"), &["--check"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(r#""virtiofsd_sandbox": "none""#),
+        "{stdout}"
+    );
+    let (code, stderr, _) = monitor(Some("off"), &["--check"]);
+    assert_eq!(code, Some(2), "clap refuses the value: {stderr}");
+    assert!(stderr.contains("namespace, chroot or none"), "{stderr}");
+}
+
 /// Starts a plain monitor with a ready pipe on a busybox guest running
 /// `script`; returns the ready line, how long it took, the console at that
 /// moment and the running monitor.

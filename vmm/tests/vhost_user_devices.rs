@@ -6,7 +6,10 @@
 //! and reads the used rings the daemon fills.
 //!
 //! Needs `vhost-device-vsock` and `virtiofsd` (skipped with a printed reason
-//! when missing, or for virtiofsd when not root).
+//! when missing, or for virtiofsd when not root). Both run confined as the
+//! monitor runs them (`husk_vmm::daemons::confine`), so this also shows the
+//! daemons still serve their devices under their seccomp filters and
+//! capability sets.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,6 +22,9 @@ use husk_vmm::builtin::bus::BusDevice;
 use husk_vmm::builtin::memory::create_guest_memory;
 use husk_vmm::builtin::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
 use husk_vmm::builtin::virtio::vhost_user::VhostUserDevice;
+use husk_vmm::config::{CachePolicy, ShareConfig, VirtiofsdSandbox};
+use husk_vmm::daemons::confine::Confinement;
+use husk_vmm::daemons::virtiofsd_args;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -437,6 +443,7 @@ fn vsock_guest_connects_to_host_listener() {
         .arg("--uds-path")
         .arg(&uds)
         .env("RUST_LOG", "debug");
+    Confinement::vsock().unwrap().install(&mut cmd);
     let daemon = Daemon::spawn(cmd, dir, &sock);
 
     let mem = create_guest_memory(16 << 20).unwrap();
@@ -688,13 +695,21 @@ fn virtiofs_init_lookup_open_read() {
     let content = b"read through virtiofsd by a fake guest\n".repeat(10);
     std::fs::write(share.join("hello.txt"), &content).unwrap();
     let sock = dir.path().join("vhost-fs.sock");
+    let share_cfg = ShareConfig {
+        tag: "share".into(),
+        host_dir: share.clone(),
+        cache: CachePolicy::Auto,
+        readonly: false,
+    };
     let mut cmd = Command::new(bin);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--shared-dir")
-        .arg(&share)
-        .arg("--sandbox")
-        .arg("none");
+    cmd.args(virtiofsd_args(
+        &share_cfg,
+        &sock,
+        VirtiofsdSandbox::Namespace,
+    ));
+    Confinement::virtiofsd(VirtiofsdSandbox::Namespace)
+        .unwrap()
+        .install(&mut cmd);
     let _daemon = Daemon::spawn(cmd, dir, &sock);
 
     let mem = create_guest_memory(16 << 20).unwrap();

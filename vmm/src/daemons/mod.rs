@@ -2,6 +2,7 @@
 //! and one `vhost-device-vsock`. The monitor starts them before the engine,
 //! waits for their sockets, and stops them on every exit path.
 
+pub mod confine;
 mod virtiofsd;
 mod vsock;
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-pub use virtiofsd::{start_virtiofsd, virtiofsd_args, Sandbox};
+pub use virtiofsd::{start_virtiofsd, virtiofsd_args};
 pub use vsock::{start_vsock, vsock_args};
 
 use crate::binaries::BinaryError;
@@ -39,6 +40,24 @@ pub enum DaemonError {
         socket: PathBuf,
         /// The last line it logged.
         log_tail: String,
+    },
+    /// Its confinement could not be prepared.
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
+    /// virtiofsd did not start in the sandbox the configuration asks for;
+    /// the monitor never falls back to a weaker one by itself.
+    #[error(
+        "{name} cannot run with --sandbox {sandbox}; not falling back to a weaker sandbox \
+         (an operator may opt in with virtiofsd_sandbox or HUSK_VIRTIOFSD_SANDBOX=chroot|none)"
+    )]
+    Sandbox {
+        /// The daemon.
+        name: String,
+        /// The sandbox asked for.
+        sandbox: &'static str,
+        /// How it failed, with the daemon's last log line.
+        #[source]
+        source: Box<DaemonError>,
     },
     /// Its socket did not appear in time.
     #[error("{name} did not create {} within {SOCKET_TIMEOUT:?}", .socket.display())]

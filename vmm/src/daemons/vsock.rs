@@ -1,10 +1,12 @@
 //! `vhost-device-vsock`: the hybrid vsock backend (the host connects to a
-//! Unix socket and writes `CONNECT <port>\n`).
+//! Unix socket and writes `CONNECT <port>\n`), without capabilities and
+//! confined by [`super::confine`].
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use super::confine::Confinement;
 use super::{remove_socket, remove_vsock_sockets, wait_for_socket, DaemonError, SOCKET_TIMEOUT};
 use crate::config::VmConfig;
 use crate::process::Supervised;
@@ -27,6 +29,7 @@ pub fn start_vsock(program: &Path, cfg: &VmConfig) -> Result<Supervised, DaemonE
     remove_vsock_sockets(&cfg.vsock_uds_path());
     let mut cmd = Command::new(program);
     cmd.args(vsock_args(cfg));
+    Confinement::vsock()?.install(&mut cmd);
     let mut child = Supervised::spawn(
         "vhost-device-vsock",
         cmd,

@@ -1,0 +1,115 @@
+use super::*;
+use crate::config::CachePolicy;
+use crate::daemons::DaemonError;
+use std::os::unix::fs::PermissionsExt;
+
+fn strs(a: &[OsString]) -> Vec<&str> {
+    a.iter().map(|s| s.to_str().unwrap()).collect()
+}
+
+#[test]
+fn args() {
+    let share = ShareConfig {
+        tag: "rootfs".into(),
+        host_dir: "/b/rootfs".into(),
+        cache: CachePolicy::Auto,
+        readonly: true,
+    };
+    let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), VirtiofsdSandbox::Chroot);
+    assert_eq!(
+        strs(&a),
+        [
+            "--socket-path",
+            "/s/fs.sock",
+            "--shared-dir",
+            "/b/rootfs",
+            "--sandbox",
+            "chroot",
+            "--cache",
+            "auto",
+            "--modcaps=-mknod:-fsetid:-setfcap",
+            "--readonly"
+        ]
+    );
+    let cfg = VmConfig::new("/k", "/s");
+    let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), cfg.virtiofsd_sandbox);
+    let a = strs(&a);
+    assert!(
+        a.windows(2).any(|w| w == ["--sandbox", "namespace"]),
+        "{a:?}"
+    );
+    for forbidden in [
+        "--xattr",
+        "--posix-acl",
+        "--security-label",
+        "--killpriv-v2",
+    ] {
+        assert!(!a.iter().any(|s| s.starts_with(forbidden)), "{a:?}");
+    }
+}
+
+/// A stand-in for virtiofsd that cannot set up `--sandbox namespace` (as on
+/// a host without the privileges for it) and serves its socket otherwise.
+const FAKE_VIRTIOFSD: &str = r#"#!/bin/sh
+echo "$@" > "$(dirname "$0")/args"
+sock=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --socket-path) sock=$2; shift ;;
+    --sandbox) if [ "$2" = namespace ]; then
+        echo "fake virtiofsd: Error entering sandbox: Unshare(EPERM)" >&2; exit 1; fi ;;
+  esac
+  shift
+done
+exec python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(60)' "$sock"
+"#;
+
+#[test]
+fn a_failing_namespace_sandbox_fails_the_start_unless_weaker_is_chosen() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("")
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        eprintln!("SKIPPED: the fake virtiofsd needs python3");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-virtiofsd");
+    std::fs::write(&fake, FAKE_VIRTIOFSD).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let host_dir = dir.path().join("share");
+    std::fs::create_dir(&host_dir).unwrap();
+    let mut cfg = VmConfig::new(dir.path().join("k"), dir.path().join("state"));
+    cfg.binaries.virtiofsd = Some(fake.clone());
+    cfg.shares.push(ShareConfig {
+        tag: "rootfs".into(),
+        host_dir,
+        cache: CachePolicy::Auto,
+        readonly: false,
+    });
+    cfg.ensure_state_dir().unwrap();
+    let program = crate::binaries::locate("virtiofsd", cfg.binaries.virtiofsd.as_deref()).unwrap();
+    let share = cfg.shares[0].clone();
+
+    let err = start_virtiofsd(&program, &cfg, &share).unwrap_err();
+    assert!(matches!(err, DaemonError::Sandbox { .. }), "{err:?}");
+    let chain = crate::monitor::error_chain(&err);
+    assert!(chain.contains("--sandbox namespace"), "{chain}");
+    assert!(chain.contains("HUSK_VIRTIOFSD_SANDBOX"), "{chain}");
+    assert!(
+        chain.contains("Error entering sandbox: Unshare(EPERM)"),
+        "the reason is missing: {chain}"
+    );
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert!(!args.contains("chroot") && !args.contains("none"), "{args}");
+
+    cfg.virtiofsd_sandbox = VirtiofsdSandbox::Chroot;
+    let mut d = start_virtiofsd(&program, &cfg, &share).unwrap();
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert!(args.contains("--sandbox chroot"), "{args}");
+    assert!(args.contains("--modcaps=-mknod:-fsetid:-setfcap"), "{args}");
+    d.stop(std::time::Duration::from_secs(2));
+}
