@@ -1,6 +1,13 @@
 //! The VM of one shim (one pod): its state directory, the share directory
 //! every container's rootfs is bind-mounted into, the plain `husk-vmm`
 //! monitor, and teardown.
+//!
+//! The share (`DIR/share`) is served while the guest runs, and the guest
+//! can write it through virtiofsd. So nothing is prepared there by path: a
+//! container's tree is built in `DIR/staging/<id>` (the VM's directory is
+//! mode 0700 and not shared) and a copy of it is attached at
+//! `share/<id>` by file descriptor; teardown is one lazy unmount of
+//! `share/<id>` that does not follow a symlink, then an `rmdir`.
 
 use std::fs;
 use std::io::BufRead;
@@ -19,13 +26,16 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::{ShimError, CRI_SANDBOX_MEMORY};
-use crate::bundle::{prepare_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
+use crate::bundle::{attach_share, detach_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
 use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB, MIN_MEMORY_MIB};
 
 /// The fd the monitor reports readiness on.
 const READY_FD: i32 = 3;
 /// The pod network's [`crate::network::NetState`] in the VM's directory.
 const NETWORK_STATE: &str = "network.json";
+/// Where containers' share trees are built, in the VM's directory, out of
+/// the guest's reach (see [`PodVm::share_bundle`]).
+const STAGING: &str = "staging";
 /// How long a call waits for the agent of a running VM.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -267,15 +277,20 @@ impl PodVm {
         Ok(AgentClient::connect(&self.addr, AGENT_TIMEOUT)?)
     }
 
-    /// Shares `bundle` into the VM under `share/<id>/` and returns its spec
-    /// rewritten for the guest and the mounts made.
+    /// Shares `bundle` into the running VM at `share/<id>/` and returns its
+    /// spec rewritten for the guest and the mount made. The guest can
+    /// already write the share, so the tree is built in `staging/<id>`
+    /// under the VM's directory, which the guest cannot reach, and attached
+    /// by fd ([`attach_share`]): a symlink the guest plants at `share/<id>`
+    /// is refused, never followed.
     pub fn share_bundle(
         &self,
         bundle: &Bundle,
         id: &str,
     ) -> Result<(Spec, ShareMounts), ShimError> {
+        let staging = self.dir.join(STAGING).join(id);
         let (mut spec, mounts) =
-            prepare_share(bundle, &self.share.join(id)).map_err(crate::ops::OpError::from)?;
+            attach_share(bundle, &staging, &self.share, id).map_err(crate::ops::OpError::from)?;
         // Every container of the pod shares the guest's root network
         // namespace, which is the pod's network.
         crate::network::drop_netns_path(&mut spec);
@@ -306,12 +321,12 @@ impl PodVm {
         Ok((spec, mounts))
     }
 
-    /// Undoes [`PodVm::share_bundle`].
+    /// Undoes [`PodVm::share_bundle`]: one lazy unmount of `share/<id>`
+    /// and the removal of the then empty directory.
     pub fn unshare_bundle(&self, id: &str, mounts: &[PathBuf]) {
-        if let Err(e) = unmount_all(mounts) {
-            tracing::warn!(id, error = %e, "cannot unmount the container's share");
+        if let Err(e) = detach_share(&self.share, id, mounts) {
+            tracing::warn!(id, error = %e, "cannot remove the container's share");
         }
-        remove_unmounted(&self.share.join(id));
     }
 
     /// Stops the VM (the agent powers it off; signals if it does not) and
