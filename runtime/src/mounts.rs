@@ -8,11 +8,12 @@
 //! the host: a tree is cloned and given its attributes while detached, and
 //! attached onto a directory fd opened with `O_NOFOLLOW`.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 /// Per-mount attributes set on a share's mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,9 +272,56 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Every mount point at or below `dir` in this mount namespace, deepest
+/// first (from `/proc/self/mountinfo`).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.reverse();
+    v
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space...)
+/// decoded.
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/a\\040b\\134c\\011"), Path::new("/a b\\c\t"));
+        assert_eq!(unescape("/x\\9"), Path::new("/x\\9"));
+    }
 
     #[test]
     fn open_in_root_keeps_symlinks_inside() {

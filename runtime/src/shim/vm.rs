@@ -26,6 +26,8 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::{ShimError, CRI_SANDBOX_MEMORY};
+pub use crate::mounts::mounts_under;
+
 use crate::bundle::{attach_share, detach_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
 use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB, MIN_MEMORY_MIB};
 
@@ -112,30 +114,7 @@ impl PodVm {
     }
 
     fn start_monitor(&mut self, vmm_binary: &Path, spec: &Spec) -> Result<(), ShimError> {
-        fs::create_dir_all(&self.share).map_err(ShimError::io("create the share dir"))?;
-        // Mounts made under the share later (containers of the pod) must
-        // reach virtiofsd's own mount namespace: make the share a shared
-        // mount point before virtiofsd copies the mount table.
-        let share_err = |e: nix::errno::Errno| ShimError::Io {
-            what: format!("make {} a shared mount", self.share.display()),
-            source: e.into(),
-        };
-        mount(
-            Some(&self.share),
-            &self.share,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(share_err)?;
-        mount(
-            None::<&str>,
-            &self.share,
-            None::<&str>,
-            MsFlags::MS_SHARED,
-            None::<&str>,
-        )
-        .map_err(share_err)?;
+        make_shared_mount(&self.share)?;
 
         let size = &self.size;
         let mut vm = size.vm_config(&self.dir).map_err(ShimError::Invalid)?;
@@ -357,6 +336,27 @@ impl PodVm {
     }
 }
 
+/// Creates `dir` and makes it a shared mount point (a bind on itself).
+/// Mounts made under the share later (containers of the pod) must reach
+/// virtiofsd's own mount namespace, a slave copy of the host's made when
+/// virtiofsd starts: so the share is shared before that.
+pub fn make_shared_mount(dir: &Path) -> Result<(), ShimError> {
+    fs::create_dir_all(dir).map_err(ShimError::io("create the share dir"))?;
+    let share_err = |e: nix::errno::Errno| ShimError::Io {
+        what: format!("make {} a shared mount", dir.display()),
+        source: e.into(),
+    };
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(share_err)?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(share_err)
+}
+
 /// Cleans up after a shim that died: stops its monitor, unmounts and removes
 /// its state. Leaves everything alone while the shim still runs.
 pub fn cleanup_dead(dir: &Path, id: &str) {
@@ -418,21 +418,6 @@ fn stop_pid(pid: i32, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Every mount point at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    v.sort();
-    v.dedup();
-    v.reverse();
-    v
 }
 
 fn unmount_under(dir: &Path) {
