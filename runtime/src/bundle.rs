@@ -216,6 +216,16 @@ pub fn prepare_share(
     bundle: &Bundle,
     share_dir: &Path,
 ) -> Result<(Spec, ShareMounts), BundleError> {
+    // Checked before anything is made, in the rootfs or here.
+    for m in bundle.spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
+        let src = bind_source(bundle, m);
+        if !src.exists() {
+            return Err(BundleError::Share {
+                what: format!("bind source {}", src.display()),
+                source: io::ErrorKind::NotFound.into(),
+            });
+        }
+    }
     if root_readonly(&bundle.spec) {
         let dests =
             mountpoints::destinations(bundle.spec.mounts().as_deref().unwrap_or_default(), |m| {
@@ -318,9 +328,6 @@ fn rewrite(bundle: &Bundle, top: BorrowedFd<'_>) -> Result<Spec, BundleError> {
         if is_bind(&m) {
             let src = bind_source(bundle, &m);
             let what = format!("bind source {}", src.display());
-            if !src.exists() {
-                return Err(share_err(what)(io::ErrorKind::NotFound.into()));
-            }
             let dir = match &mut dir {
                 Some(d) => d,
                 None => dir.insert(
@@ -539,10 +546,14 @@ mod tests {
             eprintln!("SKIP: bind mounts need root");
             return;
         }
-        let (t, b) = bundle_with(minimal());
+        let mut c = minimal();
+        c["root"]["readonly"] = true.into();
+        let (t, b) = bundle_with(c);
         let share = t.path().join("share");
         let err = prepare_share(&b.unwrap(), &share).unwrap_err();
         assert!(err.to_string().contains("bind source"), "{err}");
+        // Nor was its destination made in the read-only rootfs.
+        assert!(!t.path().join("rootfs/data").exists());
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!info.contains(share.to_str().unwrap()));
     }
