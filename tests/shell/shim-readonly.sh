@@ -27,8 +27,8 @@ try mount -o remount,rw /
 try touch /root-new
 try mkdir /dev/again
 try mount -t virtiofs husk /dev/again
-for r in /dev/again/*/rootfs; do try touch "$r/share-new"; done
-for d in /dev/again/*/mounts/*; do try touch "$d/share-new"; done
+try touch /dev/again/share-new
+for d in /dev/again/* /dev/again/*/*; do [ -d "$d" ] && try touch "$d/share-new"; done
 test -e /root-new && echo "root-new exists"
 echo done'
 out=$(c run --rm "${R[@]}" --read-only --cap-add CAP_SYS_ADMIN \
