@@ -1,18 +1,31 @@
 //! An OCI bundle on the host and its translation for the guest.
 //!
-//! The guest sees one virtio-fs share, [`SHARE_TAG`], served from the state
-//! directory's `share/` folder. husk bind-mounts the bundle rootfs at
-//! `share/rootfs` and each host source of a bind mount at `share/mounts/N`,
-//! then rewrites the spec so those paths point at the share's guest mount
-//! point. One daemon serves the whole container this way, and the host side
-//! keeps a list of every mount it made so delete can undo it.
+//! The guest sees one virtio-fs share, [`SHARE_TAG`], served by virtiofsd
+//! (root) from the state directory's `share/`. husk makes that directory a
+//! small tmpfs, bind-mounts the bundle rootfs at `share/rootfs` and each
+//! host source of a bind mount at `share/mounts/N`, seals the tmpfs
+//! read-only, and rewrites the spec so those paths point at the share's
+//! guest mount point. One daemon serves the whole container this way, and
+//! unmounting `share/` undoes all of it.
+//!
+//! The guest is not trusted to honour read-only: a guest root can remount
+//! anything. So every bind in the share is nosuid and nodev, and read-only
+//! ones (`root.readonly`, a mount's `ro`) are read-only on the host mount
+//! itself ([`prepare_share`]), where virtiofsd's writes fail with EROFS.
+//! The containerd shim adds containers to a share the guest already
+//! serves and can write; it builds each tree out of the guest's reach and
+//! attaches it by file descriptor ([`attach_share`]).
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{Mount, Spec};
+
+use crate::mountpoints::{self, MountPointError};
+use crate::mounts::{self, MountAttrs};
 
 /// The virtio-fs tag of a container's share.
 pub const SHARE_TAG: &str = "husk";
@@ -48,6 +61,9 @@ pub enum BundleError {
         #[source]
         source: io::Error,
     },
+    /// A mount destination could not be made in a read-only rootfs.
+    #[error(transparent)]
+    MountPoint(#[from] MountPointError),
 }
 
 /// A bundle with its parsed config.
@@ -126,53 +142,52 @@ pub fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// The host mounts made for a share, undone in reverse order.
-#[derive(Debug, Default)]
-pub struct ShareMounts {
-    /// Mount points, in the order they were made.
-    pub points: Vec<PathBuf>,
+/// Whether an OCI mount's options make it read-only: the last of `ro` and
+/// `rw` (or runc's recursive `rro`/`rrw`) wins, as in mount(8).
+pub fn is_readonly(m: &Mount) -> bool {
+    m.options()
+        .iter()
+        .flatten()
+        .fold(false, |ro, o| match o.as_str() {
+            "ro" | "rro" => true,
+            "rw" | "rrw" => false,
+            _ => ro,
+        })
 }
 
-impl ShareMounts {
-    fn bind(&mut self, src: &Path, dst: &Path, what: &str) -> Result<(), BundleError> {
-        let err = |source| BundleError::Share {
-            what: what.to_owned(),
-            source,
-        };
-        if src.is_dir() {
-            fs::create_dir_all(dst).map_err(err)?;
-        } else {
-            if let Some(p) = dst.parent() {
-                fs::create_dir_all(p).map_err(err)?;
-            }
-            fs::File::create(dst).map_err(err)?;
-        }
-        mount(
-            Some(src),
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| err(io::Error::from(e)))?;
-        self.points.push(dst.to_owned());
-        // Keep the share's mounts out of other mount namespaces' way.
-        let _ = mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            None::<&str>,
-        );
-        Ok(())
+/// Whether the spec asks for a read-only root filesystem.
+pub fn root_readonly(spec: &Spec) -> bool {
+    spec.root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+}
+
+/// The host path of a bind mount's source: relative ones are in the bundle.
+fn bind_source(bundle: &Bundle, m: &Mount) -> PathBuf {
+    let src = m.source().clone().unwrap_or_default();
+    if src.is_absolute() {
+        src
+    } else {
+        bundle.dir.join(src)
     }
 }
 
-/// Unmounts `points` in reverse order; returns the first failure.
+/// The host mounts made for a share, undone in reverse order.
+#[derive(Debug, Default)]
+pub struct ShareMounts {
+    /// Mount points, in the order they were made. Unmounting one detaches
+    /// everything below it.
+    pub points: Vec<PathBuf>,
+}
+
+/// Unmounts `points` in reverse order, each lazily with everything below
+/// it and without following a symlink in its last component; returns the
+/// first failure. A point that is not (or no longer) mounted is skipped.
 pub fn unmount_all(points: &[PathBuf]) -> io::Result<()> {
     let mut first = Ok(());
     for p in points.iter().rev() {
-        match umount2(p, MntFlags::MNT_DETACH) {
+        match umount2(p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) if first.is_ok() => first = Err(io::Error::from(e)),
             Err(_) => {}
@@ -181,15 +196,83 @@ pub fn unmount_all(points: &[PathBuf]) -> io::Result<()> {
     first
 }
 
-/// Fills `share_dir` with the rootfs and bind sources of `bundle`, and
-/// returns the spec rewritten for the guest plus the mounts made. On error,
-/// whatever was mounted is unmounted again.
+/// Builds the share of `bundle` at `share_dir` and returns the spec
+/// rewritten for the guest plus the one mount to undo (`share_dir`).
+///
+/// `share_dir` becomes a small tmpfs (nosuid, nodev, noexec) that is
+/// read-only once filled, holding the rootfs at `rootfs` and each bind
+/// source at `mounts/N`. Each of those is a recursive bind made while
+/// detached and attached with its attributes already set: nosuid and nodev
+/// always, read-only when the spec says so (`root.readonly`, a bind mount's
+/// `ro`). Read-only is thus enforced on the host, where virtiofsd (root,
+/// with CAP_DAC_OVERRIDE) gets EROFS, and not only by the guest kernel,
+/// which a guest root can remount. A read-only rootfs first gets the mount
+/// destinations the agent would have made in it ([`crate::mountpoints`]).
+///
+/// `share_dir` must be a directory only the host can change (the CLI's
+/// state directory before the VM starts, the shim's staging directory).
+/// On error, whatever was mounted is unmounted again.
 pub fn prepare_share(
     bundle: &Bundle,
     share_dir: &Path,
 ) -> Result<(Spec, ShareMounts), BundleError> {
-    let mut mounts = ShareMounts::default();
-    match rewrite(bundle, share_dir, &mut mounts) {
+    // Checked before anything is made, in the rootfs or here.
+    for m in bundle.spec.mounts().iter().flatten().filter(|m| is_bind(m)) {
+        let src = bind_source(bundle, m);
+        if !src.exists() {
+            return Err(BundleError::Share {
+                what: format!("bind source {}", src.display()),
+                source: io::ErrorKind::NotFound.into(),
+            });
+        }
+    }
+    if root_readonly(&bundle.spec) {
+        let dests =
+            mountpoints::destinations(bundle.spec.mounts().as_deref().unwrap_or_default(), |m| {
+                is_bind(m).then(|| bind_source(bundle, m))
+            });
+        let made = mountpoints::create_missing(&bundle.rootfs, &dests)?;
+        if !made.is_empty() {
+            tracing::debug!(?made, "made mount destinations in the read-only rootfs");
+        }
+    }
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |source| BundleError::Share { what, source }
+    };
+    fs::create_dir_all(share_dir).map_err(err("the share directory"))?;
+    mount(
+        Some("tmpfs"),
+        share_dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(|e| err("the share directory")(e.into()))?;
+    let mounts = ShareMounts {
+        points: vec![share_dir.to_owned()],
+    };
+    let built = (|| {
+        // Nothing mounted in the share propagates to the host's other
+        // mount namespaces.
+        mount(
+            None::<&str>,
+            share_dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| err("the share directory")(e.into()))?;
+        let top = mounts::open_dir(share_dir).map_err(err("the share directory"))?;
+        let spec = rewrite(bundle, top.as_fd())?;
+        let sealed = MountAttrs {
+            readonly: true,
+            nosuid_nodev: true,
+        };
+        mounts::set_attrs(top.as_fd(), sealed, false).map_err(err("the share directory"))?;
+        Ok(spec)
+    })();
+    match built {
         Ok(spec) => Ok((spec, mounts)),
         Err(e) => {
             let _ = unmount_all(&mounts.points);
@@ -198,41 +281,65 @@ pub fn prepare_share(
     }
 }
 
-fn rewrite(
-    bundle: &Bundle,
-    share_dir: &Path,
-    mounts: &mut ShareMounts,
-) -> Result<Spec, BundleError> {
+/// Binds `src` on `target` (a directory or file fd) with `attrs`, set on
+/// the detached copy so no moment exists where the share shows it writable.
+fn bind(src: &Path, target: BorrowedFd<'_>, attrs: MountAttrs) -> io::Result<()> {
+    let tree = mounts::clone_tree(src)?;
+    // Cut the copy from the source's peers: mounts made later under the
+    // source (by containerd, say) stay out of the share.
+    mounts::make_private(tree.as_fd())?;
+    mounts::set_attrs(tree.as_fd(), attrs, true)?;
+    mounts::attach(tree.as_fd(), target)
+}
+
+/// A new mount point `name` under `dir`: a directory, or an empty file when
+/// `src` is not a directory.
+fn mount_point(dir: BorrowedFd<'_>, name: &str, src: &Path) -> io::Result<OwnedFd> {
+    let name = std::ffi::OsStr::new(name);
+    if src.is_dir() {
+        mounts::mkdir_at(dir, name, 0o755)?;
+        mounts::open_dir_nofollow(dir, name)
+    } else {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        drop(mounts::open_at(dir, name, flags, 0o644)?);
+        mounts::open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+    }
+}
+
+fn rewrite(bundle: &Bundle, top: BorrowedFd<'_>) -> Result<Spec, BundleError> {
     let guest_share = PathBuf::from(husk_protocol::share_mount_point(SHARE_TAG));
     let mut spec = bundle.spec.clone();
-    mounts.bind(&bundle.rootfs, &share_dir.join("rootfs"), "the rootfs")?;
+    let attrs = |readonly| MountAttrs {
+        readonly,
+        nosuid_nodev: true,
+    };
+    let share_err = |what: String| move |source| BundleError::Share { what, source };
+    mount_point(top, "rootfs", &bundle.rootfs)
+        .and_then(|t| bind(&bundle.rootfs, t.as_fd(), attrs(root_readonly(&spec))))
+        .map_err(share_err("the rootfs".into()))?;
     let mut root = spec.root().clone().expect("validated");
     root.set_path(guest_share.join("rootfs"));
     spec.set_root(Some(root));
 
+    let mut dir: Option<OwnedFd> = None;
     let mut new_mounts = Vec::new();
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let mut m = m.clone();
         if is_bind(&m) {
-            let src = m.source().clone().unwrap_or_default();
-            let src = if src.is_absolute() {
-                src
-            } else {
-                bundle.dir.join(src)
+            let src = bind_source(bundle, &m);
+            let what = format!("bind source {}", src.display());
+            let dir = match &mut dir {
+                Some(d) => d,
+                None => dir.insert(
+                    mounts::mkdir_at(top, "mounts".as_ref(), 0o755)
+                        .and_then(|()| mounts::open_dir_nofollow(top, "mounts".as_ref()))
+                        .map_err(share_err("the share directory".into()))?,
+                ),
             };
-            if !src.exists() {
-                return Err(BundleError::Share {
-                    what: format!("bind source {}", src.display()),
-                    source: io::ErrorKind::NotFound.into(),
-                });
-            }
-            let rel = format!("mounts/{i}");
-            mounts.bind(
-                &src,
-                &share_dir.join(&rel),
-                &format!("bind source {}", src.display()),
-            )?;
-            m.set_source(Some(guest_share.join(rel)));
+            mount_point(dir.as_fd(), &i.to_string(), &src)
+                .and_then(|t| bind(&src, t.as_fd(), attrs(is_readonly(&m))))
+                .map_err(share_err(what))?;
+            m.set_source(Some(guest_share.join(format!("mounts/{i}"))));
         }
         new_mounts.push(m);
     }
@@ -240,6 +347,112 @@ fn rewrite(
         spec.set_mounts(Some(new_mounts));
     }
     Ok(spec)
+}
+
+/// Shares `bundle` into a share the guest already serves: builds it with
+/// [`prepare_share`] in `staging` (a directory the guest cannot reach), then
+/// attaches a copy of that tree at `share/name` without following anything
+/// the guest may have planted there, and drops the staging tree. Returns the
+/// spec rewritten as for a share of its own (paths under the share's root,
+/// not under `name`) and the one mount to undo with [`detach_share`].
+///
+/// `share/name` must be missing or an empty plain directory; a symlink or
+/// anything else the guest put there is refused.
+pub fn attach_share(
+    bundle: &Bundle,
+    staging: &Path,
+    share: &Path,
+    name: &str,
+) -> Result<(Spec, ShareMounts), BundleError> {
+    let err = |what: String| move |source| BundleError::Share { what, source };
+    let single = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(Component::Normal(_))
+        );
+    if !single {
+        return Err(err(format!("{name:?}"))(io::ErrorKind::InvalidInput.into()));
+    }
+    if let Some(p) = staging.parent() {
+        fs::create_dir_all(p).map_err(err(format!("staging directory {}", p.display())))?;
+    }
+    fs::create_dir(staging).map_err(err(format!("staging directory {}", staging.display())))?;
+    let (spec, staged) = match prepare_share(bundle, staging) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = fs::remove_dir(staging);
+            return Err(e);
+        }
+    };
+    let attached = attach_staged(staging, share, name);
+    // The share holds its own copy of the tree now (or nothing).
+    let _ = unmount_all(&staged.points);
+    let _ = fs::remove_dir(staging);
+    Ok((
+        spec,
+        ShareMounts {
+            points: vec![attached?],
+        },
+    ))
+}
+
+fn attach_staged(staging: &Path, share: &Path, name: &str) -> Result<PathBuf, BundleError> {
+    let at = share.join(name);
+    let err = |source| BundleError::Share {
+        what: at.display().to_string(),
+        source,
+    };
+    let tree = mounts::clone_tree(staging).map_err(err)?;
+    let share_fd = mounts::open_dir(share).map_err(err)?;
+    let name = std::ffi::OsStr::new(name);
+    let created = match mounts::mkdir_at(share_fd.as_fd(), name, 0o755) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => return Err(err(e)),
+    };
+    let r = (|| {
+        // O_NOFOLLOW|O_DIRECTORY: a symlink here is ENOTDIR, not followed.
+        let target = mounts::open_dir_nofollow(share_fd.as_fd(), name)?;
+        if mounts::mount_info(target.as_fd())?.is_mount_root {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        if !mounts::dir_is_empty(target.as_fd())? {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+        mounts::attach(tree.as_fd(), target.as_fd())?;
+        // The directory could have been renamed between the open and the
+        // attach; the spec and teardown need the mount at `share/name`.
+        let want = mounts::mount_info(tree.as_fd())?.mount_id;
+        let there = mounts::open_dir_nofollow(share_fd.as_fd(), name)
+            .and_then(|fd| mounts::mount_info(fd.as_fd()));
+        if !there.is_ok_and(|i| i.is_mount_root && i.mount_id == want) {
+            let _ = mounts::detach_fd(tree.as_fd());
+            return Err(io::Error::other(
+                "the directory was moved while the share was attached",
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        if created {
+            let _ = mounts::rmdir_at(share_fd.as_fd(), name);
+        }
+        return Err(err(e));
+    }
+    Ok(at)
+}
+
+/// Undoes [`attach_share`]: detaches the tree at each of `points` (one lazy
+/// unmount, never through a symlink) and removes the then empty directory
+/// `share/name`; never removes anything recursively.
+pub fn detach_share(share: &Path, name: &str, points: &[PathBuf]) -> io::Result<()> {
+    let unmounted = unmount_all(points);
+    let removed = mounts::open_dir(share)
+        .and_then(|d| mounts::rmdir_at(d.as_fd(), std::ffi::OsStr::new(name)));
+    match removed {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => unmounted.and(Err(e)),
+        _ => unmounted,
+    }
 }
 
 #[cfg(test)]
@@ -333,10 +546,14 @@ mod tests {
             eprintln!("SKIP: bind mounts need root");
             return;
         }
-        let (t, b) = bundle_with(minimal());
+        let mut c = minimal();
+        c["root"]["readonly"] = true.into();
+        let (t, b) = bundle_with(c);
         let share = t.path().join("share");
         let err = prepare_share(&b.unwrap(), &share).unwrap_err();
         assert!(err.to_string().contains("bind source"), "{err}");
+        // Nor was its destination made in the read-only rootfs.
+        assert!(!t.path().join("rootfs/data").exists());
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!info.contains(share.to_str().unwrap()));
     }

@@ -6,7 +6,9 @@
 //! | --- | --- |
 //! | [`cli`] | runc's command line |
 //! | [`ops`] | the operations: create, start, state, kill, delete, exec, ps, list, pause, ... |
-//! | [`bundle`] | loading config.json, sharing rootfs and bind sources into the guest, rewriting paths |
+//! | [`bundle`] | loading config.json, sharing rootfs and bind sources into the guest (read-only on the host where asked), rewriting paths |
+//! | [`mounts`] | the mount and path syscalls the share is built with (`open_tree`, `mount_setattr`, `move_mount`, `openat2`) |
+//! | [`mountpoints`] | mount destinations made on the host in a read-only rootfs, without leaving it through symlinks |
 //! | [`state`] | `ROOT/ID/state.json`, atomic writes, id claims, monitor liveness |
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
 //! | [`hooks`] | host-side OCI hooks |
@@ -21,6 +23,8 @@ pub mod child;
 pub mod cli;
 pub mod hooks;
 pub mod logging;
+pub mod mountpoints;
+pub mod mounts;
 pub mod network;
 pub mod ops;
 pub mod policy;

@@ -99,10 +99,11 @@ fn build(
     opts: &CreateOptions,
     st: &mut ContainerState,
 ) -> Result<(), OpError> {
-    // Record the state before mounting anything, so `delete --force` can
-    // always find what to undo.
-    rt.root.save(st)?;
+    // Record the state, and the one mount the share is, before mounting
+    // anything, so `delete --force` can always find what to undo.
     let share_dir = dir.join("share");
+    st.mounts = vec![share_dir.clone()];
+    rt.root.save(st)?;
     let (mut guest_spec, mounts) = prepare_share(bundle, &share_dir)?;
     st.mounts = mounts.points;
     rt.root.save(st)?;

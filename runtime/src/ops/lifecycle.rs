@@ -251,14 +251,25 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
             wait_gone(st, Duration::from_secs(5));
         }
     }
+    let mut removable = true;
     if let Ok(dir) = rt.root.dir(&st.id) {
         kill_leftovers(&dir);
         if let Err(e) = unmount_all(&st.mounts) {
             tracing::warn!(id = %st.id, error = %e, "unmounting the share");
         }
+        // Removing the directory through a mount would delete the
+        // container's files: leave it if anything is still mounted there.
+        let left = crate::mounts::mounts_under(&dir);
+        if !left.is_empty() {
+            tracing::warn!(id = %st.id, ?left, "still mounted; not removing the state directory");
+            removable = false;
+        }
     }
     if let Some(n) = &st.network {
         crate::network::teardown(n);
+    }
+    if !removable {
+        return;
     }
     if let Err(e) = rt.root.remove(&st.id) {
         tracing::warn!(id = %st.id, error = %e, "removing the state directory");

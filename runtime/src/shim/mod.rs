@@ -11,6 +11,8 @@
 //! with its rootfs and bind sources bind-mounted under the VM's share
 //! directory (`share/<container-id>/...`), which is a shared mount made
 //! before virtiofsd starts so that later mounts reach virtiofsd's sandbox.
+//! Since the guest can write that directory, each container's tree is
+//! built in the VM's `staging/` directory and attached by fd (see [`vm`]).
 //!
 //! | module | owns |
 //! | --- | --- |

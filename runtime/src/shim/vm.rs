@@ -1,6 +1,13 @@
 //! The VM of one shim (one pod): its state directory, the share directory
 //! every container's rootfs is bind-mounted into, the plain `husk-vmm`
 //! monitor, and teardown.
+//!
+//! The share (`DIR/share`) is served while the guest runs, and the guest
+//! can write it through virtiofsd. So nothing is prepared there by path: a
+//! container's tree is built in `DIR/staging/<id>` (the VM's directory is
+//! mode 0700 and not shared) and a copy of it is attached at
+//! `share/<id>` by file descriptor; teardown is one lazy unmount of
+//! `share/<id>` that does not follow a symlink, then an `rmdir`.
 
 use std::fs;
 use std::io::BufRead;
@@ -19,13 +26,18 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::{ShimError, CRI_SANDBOX_MEMORY};
-use crate::bundle::{prepare_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
+pub use crate::mounts::mounts_under;
+
+use crate::bundle::{attach_share, detach_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
 use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB};
 
 /// The fd the monitor reports readiness on.
 const READY_FD: i32 = 3;
 /// The pod network's [`crate::network::NetState`] in the VM's directory.
 const NETWORK_STATE: &str = "network.json";
+/// Where containers' share trees are built, in the VM's directory, out of
+/// the guest's reach (see [`PodVm::share_bundle`]).
+const STAGING: &str = "staging";
 /// How long a call waits for the agent of a running VM.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,30 +113,7 @@ impl PodVm {
     }
 
     fn start_monitor(&mut self, vmm_binary: &Path, spec: &Spec) -> Result<(), ShimError> {
-        fs::create_dir_all(&self.share).map_err(ShimError::io("create the share dir"))?;
-        // Mounts made under the share later (containers of the pod) must
-        // reach virtiofsd's own mount namespace: make the share a shared
-        // mount point before virtiofsd copies the mount table.
-        let share_err = |e: nix::errno::Errno| ShimError::Io {
-            what: format!("make {} a shared mount", self.share.display()),
-            source: e.into(),
-        };
-        mount(
-            Some(&self.share),
-            &self.share,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(share_err)?;
-        mount(
-            None::<&str>,
-            &self.share,
-            None::<&str>,
-            MsFlags::MS_SHARED,
-            None::<&str>,
-        )
-        .map_err(share_err)?;
+        make_shared_mount(&self.share)?;
 
         let size = &self.size;
         let mut vm = size.vm_config(&self.dir).map_err(ShimError::Invalid)?;
@@ -266,15 +255,20 @@ impl PodVm {
         Ok(AgentClient::connect(&self.addr, AGENT_TIMEOUT)?)
     }
 
-    /// Shares `bundle` into the VM under `share/<id>/` and returns its spec
-    /// rewritten for the guest and the mounts made.
+    /// Shares `bundle` into the running VM at `share/<id>/` and returns its
+    /// spec rewritten for the guest and the mount made. The guest can
+    /// already write the share, so the tree is built in `staging/<id>`
+    /// under the VM's directory, which the guest cannot reach, and attached
+    /// by fd ([`attach_share`]): a symlink the guest plants at `share/<id>`
+    /// is refused, never followed.
     pub fn share_bundle(
         &self,
         bundle: &Bundle,
         id: &str,
     ) -> Result<(Spec, ShareMounts), ShimError> {
+        let staging = self.dir.join(STAGING).join(id);
         let (mut spec, mounts) =
-            prepare_share(bundle, &self.share.join(id)).map_err(crate::ops::OpError::from)?;
+            attach_share(bundle, &staging, &self.share, id).map_err(crate::ops::OpError::from)?;
         // Every container of the pod shares the guest's root network
         // namespace, which is the pod's network.
         crate::network::drop_netns_path(&mut spec);
@@ -305,12 +299,12 @@ impl PodVm {
         Ok((spec, mounts))
     }
 
-    /// Undoes [`PodVm::share_bundle`].
+    /// Undoes [`PodVm::share_bundle`]: one lazy unmount of `share/<id>`
+    /// and the removal of the then empty directory.
     pub fn unshare_bundle(&self, id: &str, mounts: &[PathBuf]) {
-        if let Err(e) = unmount_all(mounts) {
-            tracing::warn!(id, error = %e, "cannot unmount the container's share");
+        if let Err(e) = detach_share(&self.share, id, mounts) {
+            tracing::warn!(id, error = %e, "cannot remove the container's share");
         }
-        remove_unmounted(&self.share.join(id));
     }
 
     /// Stops the VM (the agent powers it off; signals if it does not) and
@@ -339,6 +333,27 @@ impl PodVm {
         unmount_under(&self.dir);
         remove_unmounted(&self.dir);
     }
+}
+
+/// Creates `dir` and makes it a shared mount point (a bind on itself).
+/// Mounts made under the share later (containers of the pod) must reach
+/// virtiofsd's own mount namespace, a slave copy of the host's made when
+/// virtiofsd starts: so the share is shared before that.
+pub fn make_shared_mount(dir: &Path) -> Result<(), ShimError> {
+    fs::create_dir_all(dir).map_err(ShimError::io("create the share dir"))?;
+    let share_err = |e: nix::errno::Errno| ShimError::Io {
+        what: format!("make {} a shared mount", dir.display()),
+        source: e.into(),
+    };
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(share_err)?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(share_err)
 }
 
 /// Cleans up after a shim that died: stops its monitor, unmounts and removes
@@ -402,21 +417,6 @@ fn stop_pid(pid: i32, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Every mount point at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    v.sort();
-    v.dedup();
-    v.reverse();
-    v
 }
 
 fn unmount_under(dir: &Path) {
