@@ -8,7 +8,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use husk_runtime::bundle::{prepare_share, unmount_all, Bundle};
@@ -273,14 +273,11 @@ fn pod_vm(dir: &Path) -> PodVm {
         share: dir.join("share"),
         addr: husk_protocol::client::AgentAddr::Unix(dir.join("agent.sock")),
         monitor_pid: 0,
-        size: husk_runtime::sizing::VmSize {
-            memory_mib: 128,
-            vcpus: 1,
-            kernel: PathBuf::new(),
-            initramfs: PathBuf::new(),
-            cmdline: None,
-            engine: "auto".into(),
-        },
+        size: husk_runtime::sizing::size_vm(
+            &serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap(),
+            |_| None,
+        )
+        .unwrap(),
         network: None,
     }
 }
