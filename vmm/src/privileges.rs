@@ -36,11 +36,14 @@ fn caps_err(what: &'static str) -> impl FnOnce(caps::errors::CapsError) -> Privi
 pub fn drop_thread_privileges(keep: &[Capability]) -> Result<(), PrivilegeError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
     // The bounding set first, while CAP_SETPCAP is still effective (a
-    // thread started later inherits an empty one and has nothing to drop).
-    // A capability unknown to this kernel reads as an error: not there.
-    for c in caps::all() {
-        if caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).map_err(caps_err("bounding"))?;
+    // thread started later inherits an empty one and has nothing to drop;
+    // a monitor not run as root has nothing to bound). A capability
+    // unknown to this kernel reads as an error: not there.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::all() {
+            if caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, c).map_err(caps_err("bounding"))?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(caps_err("ambient"))?;

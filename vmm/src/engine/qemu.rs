@@ -20,6 +20,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use caps::Capability;
+
 use super::{EngineError, EngineInstance};
 use crate::config::VmConfig;
 use crate::process::{describe, Supervised};
@@ -61,6 +63,39 @@ pub const QEMU_GID: u32 = 65534;
 /// QEMU's own seccomp filter: obsolete syscalls, spawning processes and
 /// changing scheduling/resource limits are refused.
 pub const QEMU_SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
+
+/// What qemu may hold while it builds the machine as root (its bounding
+/// set, so also its permitted set after exec): open the files and
+/// sockets it is given, chroot, switch uid and gid. `-runas` then drops
+/// them all; the bounding set stays this small.
+pub const QEMU_CAPABILITIES: &[Capability] = &[
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SYS_CHROOT,
+];
+
+/// Runs in the forked child before exec: drops every capability but
+/// `keep` from the bounding set. Async-signal-safe.
+fn bound_capabilities(keep: &[u32]) -> std::io::Result<()> {
+    // Past the last capability the kernel knows, PR_CAPBSET_DROP fails
+    // with EINVAL: that ends the walk.
+    for cap in 0..64u32 {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments changes only this process.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
 
 /// The empty directory qemu chroots into.
 pub fn chroot_dir(cfg: &VmConfig) -> std::path::PathBuf {
@@ -186,6 +221,17 @@ impl QemuEngine {
                     }
                     Ok(())
                 });
+            }
+        }
+        if drop_root {
+            let keep: Vec<u32> = QEMU_CAPABILITIES
+                .iter()
+                .map(|c| u32::from(c.index()))
+                .collect();
+            // SAFETY: between fork and exec the closure only calls the
+            // async-signal-safe prctl with integers, allocating nothing.
+            unsafe {
+                cmd.pre_exec(move || bound_capabilities(&keep));
             }
         }
         tracing::debug!(?cmd, "starting qemu");

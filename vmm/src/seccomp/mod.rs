@@ -246,11 +246,11 @@ fn program(
     f.try_into().map_err(seccompiler::Error::Backend)
 }
 
-/// The programs for `kind`, in installation order: one that answers
-/// `clone3` with ENOSYS so thread creation takes `clone`, whose flags the
-/// allowlist can check, then the allowlist (a miss kills the process, or
-/// is logged in [`SeccompMode::Log`]). The allowlist goes last: installing
-/// a program takes `prctl` and `seccomp`, which most lists forbid.
+/// The programs for `kind`, in installation order: one per errno for the
+/// syscalls [`refused`] answers with an error, then the allowlist (a miss
+/// kills the process, or is logged in [`SeccompMode::Log`]). The allowlist
+/// goes last: installing a program takes `prctl` and `seccomp`, which
+/// most lists forbid.
 pub fn compile(
     kind: ThreadKind,
     ctx: &Context,
@@ -264,19 +264,59 @@ pub fn compile(
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::KillProcess,
     };
-    let allow = program(
-        rule_map(&allowlist(kind, ctx)).map_err(build)?,
-        miss,
-        SeccompAction::Allow,
-    )
-    .map_err(build)?;
-    let clone3 = program(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )
-    .map_err(build)?;
-    Ok(vec![clone3, allow])
+    let refused = refused(kind);
+    let mut allowed = rule_map(&allowlist(kind, ctx)).map_err(build)?;
+    let mut by_errno: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
+    for r in &refused {
+        // The allowlist lets it through; the errno program answers it.
+        allowed.insert(r.nr, Vec::new());
+        by_errno
+            .entry(r.errno)
+            .or_default()
+            .insert(r.nr, Vec::new());
+    }
+    let mut progs = Vec::with_capacity(by_errno.len() + 1);
+    for (errno, rules) in by_errno {
+        progs.push(
+            program(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(errno as u32),
+            )
+            .map_err(build)?,
+        );
+    }
+    progs.push(program(allowed, miss, SeccompAction::Allow).map_err(build)?);
+    Ok(progs)
+}
+
+/// A syscall answered with an errno instead of killing the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The syscall number.
+    pub nr: i64,
+    /// Its name.
+    pub name: &'static str,
+    /// What it returns.
+    pub errno: i32,
+}
+
+/// What `kind` gets an error for: `clone3` (ENOSYS) where threads are
+/// created, so glibc falls back to `clone`, whose flags the allowlist can
+/// see; opening files (EACCES) outside the main thread, because glibc's
+/// malloc reads `/proc/sys/vm/overcommit_memory` once, in whichever
+/// thread first shrinks a per-thread heap, and takes a failure as "no".
+pub fn refused(kind: ThreadKind) -> Vec<Refused> {
+    let r = |nr, name, errno| Refused { nr, name, errno };
+    let mut v = Vec::new();
+    if matches!(kind, ThreadKind::Main | ThreadKind::Vcpu) {
+        v.push(r(libc::SYS_clone3, "clone3", libc::ENOSYS));
+    }
+    if kind != ThreadKind::Main {
+        v.push(r(libc::SYS_openat, "openat", libc::EACCES));
+        v.push(r(libc::SYS_open, "open", libc::EACCES));
+    }
+    v
 }
 
 /// Confines the calling thread as `kind` in the current mode (nothing in
@@ -284,6 +324,7 @@ pub fn compile(
 pub fn install(kind: ThreadKind, ctx: &Context) -> Result<(), SeccompError> {
     let mode = mode();
     if mode == SeccompMode::Off {
+        probe_if_asked(kind);
         return Ok(());
     }
     for p in compile(kind, ctx, mode)? {
@@ -323,6 +364,47 @@ fn probe_if_asked(kind: ThreadKind) {
         // nothing.
         let r = unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffff_u64) };
         tracing::warn!(result = r, "the forbidden syscall returned");
+    }
+}
+
+/// Running a unit test under the real filters. The mode is process-wide
+/// and a miss kills the process, so the test binary runs the one test
+/// again in a child process with the mode on, and the parent checks how
+/// the child ended.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::process::Command;
+
+    /// Set in the child.
+    const CHILD_ENV: &str = "HUSK_VMM_CONFINED_TEST_CHILD";
+
+    /// In the child (seccomp mode on): true, the caller runs its body. In
+    /// the parent: reruns test `module::name` in a child, asserts it
+    /// passed, returns false.
+    pub fn in_child_process(module: &str, name: &str) -> bool {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            super::set_mode(super::SeccompMode::On);
+            return true;
+        }
+        let module = module.split_once("::").map_or(module, |(_, m)| m);
+        let test = format!("{module}::{name}");
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{test} under seccomp: {:?} (SIGSYS is a syscall missing from an allowlist; the kernel log names it)\n{text}",
+            out.status
+        );
+        assert!(text.contains("1 passed"), "{test} did not run:\n{text}");
+        false
     }
 }
 
