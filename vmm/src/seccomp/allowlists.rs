@@ -31,6 +31,10 @@ pub struct Context {
     pub children: Vec<i32>,
 }
 
+/// glibc's internal signal for set*id calls across threads
+/// (`__SIGRTMIN + 1`; `libc::SIGRTMIN()` is past it).
+const GLIBC_SIGSETXID: u64 = 33;
+
 /// `prot` must not ask for executable memory.
 fn no_exec(index: u8) -> Cond {
     Cond::BitsClear {
@@ -93,6 +97,16 @@ fn thread_spawn() -> Vec<Allowed> {
             Cond::BitsSet {
                 index: 0,
                 mask: libc::CLONE_THREAD as u64,
+            }
+        ),
+        // glibc installs its set*id broadcast handler (SIGSETXID, signal
+        // 33) at a process's first pthread_create, which in container
+        // mode with qemu comes after the main thread is confined.
+        sys!(
+            SYS_rt_sigaction,
+            Cond::OneOf {
+                index: 0,
+                values: vec![GLIBC_SIGSETXID],
             }
         ),
         sys!(SYS_set_robust_list),

@@ -266,6 +266,23 @@ fn argument_conditions_hold() {
         }
     });
     assert!(exited(s, 7), "{s:?}");
+    // glibc's first pthread_create installs one handler; no other.
+    let s = in_confined_child(ThreadKind::Main, || {
+        // SAFETY: reads the current disposition of signal 33 only.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, 33, 0, 0, 8) };
+        if r == 0 {
+            7
+        } else {
+            8
+        }
+    });
+    assert!(exited(s, 7), "{s:?}");
+    let s = in_confined_child(ThreadKind::Main, || {
+        // SAFETY: reads the disposition of SIGTERM; killed before it runs.
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, libc::SIGTERM, 0, 0, 8) };
+        7
+    });
+    assert!(killed_by_sigsys(s), "{s:?}");
     // A new process (clone without CLONE_THREAD) kills; clone3 is ENOSYS.
     let s = in_confined_child(ThreadKind::Main, || {
         // SAFETY: clone3 with a null argument; answered before it runs.
