@@ -121,6 +121,10 @@ pub fn run_container(
         }
     };
     let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
+    // Every child runs: from here on no capabilities, no new processes.
+    crate::confine::main_thread(&vm)
+        .map_err(VmError::from)
+        .inspect_err(|e| ready.fail(&error_chain(e)))?;
     let timeout = Duration::from_secs(cfg.boot_timeout_s);
     Ok(supervise_container(
         &mut vm, ccfg, timeout, signals, ready, stdio,
@@ -263,7 +267,10 @@ fn setup(
         .map_err(|e| Abort::Failed(format!("socketpair: {e}")))?;
     let wcid = cid.clone();
     thread::spawn(move || {
-        let r = wait_client.wait(&wcid, None).map_err(|e| error_chain(&e));
+        let r = match confine_pump() {
+            Ok(()) => wait_client.wait(&wcid, None).map_err(|e| error_chain(&e)),
+            Err(e) => Err(e),
+        };
         let _ = wtx.send(r);
         let _ = wake_tx.write_all(b"x");
     });
@@ -280,7 +287,9 @@ fn setup(
                     .try_clone()
                     .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
                 thread::spawn(move || {
-                    pump_stdin(std::fs::File::from(stdin), stream);
+                    if confine_pump().is_ok() {
+                        pump_stdin(std::fs::File::from(stdin), stream);
+                    }
                 });
                 // Not drained at exit: nobody waits for stdin.
                 drop(drx);
@@ -295,7 +304,9 @@ fn setup(
                 };
                 let out = out.map_err(|e| Abort::Failed(format!("dup stdio: {e}")))?;
                 thread::spawn(move || {
-                    pump_out(stream, std::fs::File::from(out));
+                    if confine_pump().is_ok() {
+                        pump_out(stream, std::fs::File::from(out));
+                    }
                     let _ = dtx.send(());
                 });
                 pumps.push((drx, clone));
@@ -316,9 +327,15 @@ fn setup(
                 let to_guest = stream
                     .try_clone()
                     .map_err(|e| Abort::Failed(format!("dup stream: {e}")))?;
-                thread::spawn(move || pump_stdin(std::fs::File::from(input), to_guest));
                 thread::spawn(move || {
-                    pump_out(stream, std::fs::File::from(out));
+                    if confine_pump().is_ok() {
+                        pump_stdin(std::fs::File::from(input), to_guest);
+                    }
+                });
+                thread::spawn(move || {
+                    if confine_pump().is_ok() {
+                        pump_out(stream, std::fs::File::from(out));
+                    }
                     let _ = dtx.send(());
                 });
                 pumps.push((drx, clone));
@@ -337,6 +354,16 @@ fn setup(
         pumps,
         terminal,
         tty,
+    })
+}
+
+/// Confines a pump or waiter thread as it starts; one that cannot be
+/// confined does not run (its stream closes, the container sees EOF).
+fn confine_pump() -> Result<(), String> {
+    crate::confine::this_thread(crate::seccomp::ThreadKind::Pump).map_err(|e| {
+        let msg = format!("stdio thread: {}", error_chain(&e));
+        tracing::error!("{msg}");
+        msg
     })
 }
 

@@ -246,6 +246,54 @@ fn runs_a_container_end_to_end_against_a_fake_agent() {
     }
 }
 
+/// The same under husk-vmm's filters: the supervising thread confined as
+/// the main thread, the pumps and the waiter confining themselves. In a
+/// child process (see `seccomp::testing`).
+#[test]
+fn runs_a_container_under_the_main_and_pump_filters() {
+    if !crate::seccomp::testing::in_child_process(
+        module_path!(),
+        "runs_a_container_under_the_main_and_pump_filters",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut guest, st) = fake(dir.path());
+    let (host, ready, mut io) = host_io();
+    let input: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut w = io.stdin_w.take().unwrap();
+    let data = input.clone();
+    thread::spawn(move || w.write_all(&data).unwrap());
+    let status = thread::spawn(move || {
+        let mut signals = Signals::block().unwrap();
+        crate::privileges::drop_thread_privileges(&[]).unwrap();
+        crate::seccomp::install(
+            crate::seccomp::ThreadKind::Main,
+            &crate::seccomp::own_context(),
+        )
+        .unwrap();
+        let status = supervise_container(
+            &mut guest,
+            &ccfg("c1"),
+            Duration::from_secs(5),
+            &mut signals,
+            ready,
+            host,
+        );
+        assert!(guest.shut_down && guest.exited);
+        status
+    })
+    .join()
+    .unwrap();
+    assert_eq!(status, 7);
+    let mut line = String::new();
+    io.ready_r.read_to_string(&mut line).unwrap();
+    assert_eq!(line, "{\"ok\":true,\"pid\":42}\n");
+    assert!(io.out.join().unwrap() == input, "stdout differs from stdin");
+    assert_eq!(io.err.join().unwrap(), b"to-stderr\n");
+    assert_eq!(st.log.lock().unwrap().len(), 5);
+}
+
 #[test]
 fn forwards_signals_to_init() {
     let dir = tempfile::tempdir().unwrap();

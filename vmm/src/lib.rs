@@ -7,11 +7,14 @@
 pub mod binaries;
 pub mod builtin;
 pub mod config;
+pub mod confine;
 pub mod container;
 pub mod daemons;
 pub mod engine;
 pub mod monitor;
+pub mod privileges;
 pub mod process;
+pub mod seccomp;
 pub mod signals;
 pub mod vm;
 

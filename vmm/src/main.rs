@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig};
 use husk_vmm::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
+use husk_vmm::seccomp::SeccompMode;
 use husk_vmm::signals::Signals;
 
 /// Runs one husk microVM and its device daemons; with a container section,
@@ -85,6 +86,11 @@ struct Args {
     /// Validate the configuration, print it as JSON and exit.
     #[arg(long)]
     check: bool,
+    /// Seccomp filters on husk-vmm's own threads: `on` (a forbidden
+    /// syscall kills the monitor with SIGSYS), `off` (escape hatch), `log`
+    /// (the kernel logs forbidden syscalls and allows them).
+    #[arg(long, env = "HUSK_VMM_SECCOMP", value_enum, default_value = "on")]
+    seccomp: SeccompMode,
 }
 
 fn build_config(a: &Args) -> anyhow::Result<VmConfig> {
@@ -212,6 +218,13 @@ fn real_main() -> anyhow::Result<i32> {
             .map(|_| cfg.state_dir.join("husk-vmm.log"))
     });
     init_logging(log)?;
+    husk_vmm::seccomp::set_mode(args.seccomp);
+    if args.seccomp != SeccompMode::On {
+        tracing::warn!(
+            "seccomp filters are {:?} (--seccomp / HUSK_VMM_SECCOMP): a compromised monitor thread can make any syscall",
+            args.seccomp
+        );
+    }
     let code = if cfg.container.is_some() {
         husk_vmm::container::run_container(&cfg, &mut signals, ready)?
     } else {

@@ -90,6 +90,10 @@ pub fn run_plain(
     mut ready: ReadyFd,
 ) -> Result<i32, VmError> {
     let mut vm = Vm::start(cfg).inspect_err(|e| ready.fail(&error_chain(e)))?;
+    // Every child runs: from here on no capabilities, no new processes.
+    crate::confine::main_thread(&vm)
+        .map_err(VmError::from)
+        .inspect_err(|e| ready.fail(&error_chain(e)))?;
     let boot_timeout = Duration::from_secs(cfg.boot_timeout_s);
     let deadline = Instant::now() + boot_timeout;
     // Without a reader nobody waits, and a guest without an agent (a

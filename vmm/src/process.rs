@@ -171,13 +171,17 @@ impl Supervised {
             return s;
         }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        // qemu runs as another uid: the confined monitor raises CAP_KILL
+        // for the signal only.
         if !grace.is_zero() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = crate::privileges::with_kill_capability(|| {
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            });
             if let Some(s) = self.wait_timeout(grace) {
                 return s;
             }
         }
-        let _ = self.child.kill();
+        let _ = crate::privileges::with_kill_capability(|| self.child.kill());
         let s = self
             .child
             .wait()

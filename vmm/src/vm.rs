@@ -24,6 +24,9 @@ pub enum VmError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The monitor could not confine itself after starting the VM.
+    #[error("cannot confine the monitor")]
+    Confine(#[from] crate::confine::ConfineError),
 }
 
 /// How long a daemon's exit may precede the engine's for the pair to count

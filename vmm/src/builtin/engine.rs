@@ -515,6 +515,13 @@ fn vcpu_thread(
     mmio: &Bus,
     exit: &ExitState,
 ) -> Option<Result<(), String>> {
+    // Confined before the guest runs a single instruction.
+    if let Err(e) = crate::confine::this_thread(crate::seccomp::ThreadKind::Vcpu) {
+        return Some(Err(format!(
+            "vCPU {id}: {}",
+            crate::monitor::error_chain(&e)
+        )));
+    }
     // The monitor blocks signals before it starts threads; the kick must
     // get through to this one.
     if let Err(e) = vmm_sys_util::signal::unblock_signal(kick_signal()) {

@@ -27,6 +27,15 @@ pub enum EngineError {
     /// The engine process could not be started.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// qemu's empty chroot directory could not be made.
+    #[error("cannot prepare qemu's chroot directory {path}")]
+    Chroot {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The console log could not be prepared.
     #[error("cannot create console log {path}")]
     Console {

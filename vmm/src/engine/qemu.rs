@@ -2,6 +2,16 @@
 //! guest RAM in a shared memfd for the vhost-user daemons, the serial
 //! console in a file, no QEMU monitor, virtio-net only on tap fds the
 //! caller handed in (`net`).
+//!
+//! QEMU confines itself (QEMU 7.2 options): `-sandbox` (its seccomp
+//! filter) and, when started as root, `-runas` [`QEMU_UID`]:[`QEMU_GID`]
+//! and `-chroot` into an empty directory, both applied after the machine
+//! was built and before the guest runs: the kernel and initramfs are read,
+//! the console file, the vhost-user sockets and the tap fds are open, and
+//! guest RAM is a memfd by then. `elevateprivileges=deny` is left out:
+//! QEMU 7.2 installs its filter before `-runas` switches uid, and the
+//! filter kills it at that `setgid` (measured: SIGSYS, syscall 106). With
+//! uid 65534, no capabilities and no_new_privs, set*id cannot raise it.
 
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
@@ -9,6 +19,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+
+use caps::Capability;
 
 use super::{EngineError, EngineInstance};
 use crate::config::VmConfig;
@@ -42,8 +54,58 @@ fn opt_path(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// The full qemu argument list for `cfg`.
-pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
+/// The uid qemu switches to (`nobody` on Debian). Shared by every VM on
+/// the host; see `vmm/README.md` for what that leaves open.
+pub const QEMU_UID: u32 = 65534;
+/// The gid qemu switches to (`nogroup` on Debian).
+pub const QEMU_GID: u32 = 65534;
+
+/// QEMU's own seccomp filter: obsolete syscalls, spawning processes and
+/// changing scheduling/resource limits are refused.
+pub const QEMU_SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
+
+/// What qemu may hold while it builds the machine as root (its bounding
+/// set, so also its permitted set after exec): open the files and
+/// sockets it is given, chroot, switch uid and gid. `-runas` then drops
+/// them all; the bounding set stays this small.
+pub const QEMU_CAPABILITIES: &[Capability] = &[
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SYS_CHROOT,
+];
+
+/// Runs in the forked child before exec: drops every capability but
+/// `keep` from the bounding set. Async-signal-safe.
+fn bound_capabilities(keep: &[u32]) -> std::io::Result<()> {
+    // Past the last capability the kernel knows, PR_CAPBSET_DROP fails
+    // with EINVAL: that ends the walk.
+    for cap in 0..64u32 {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments changes only this process.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The empty directory qemu chroots into.
+pub fn chroot_dir(cfg: &VmConfig) -> std::path::PathBuf {
+    cfg.state_dir.join("qemu-root")
+}
+
+/// The full qemu argument list for `cfg`; with `drop_root` (the monitor
+/// runs as root) qemu switches to [`QEMU_UID`] and chroots into
+/// [`chroot_dir`] before the guest starts.
+pub fn qemu_args(cfg: &VmConfig, drop_root: bool) -> Vec<OsString> {
     let mem = cfg.memory_mib;
     let mut a: Vec<String> = vec![
         "-accel".into(),
@@ -67,6 +129,8 @@ pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
         "none".into(),
         "-monitor".into(),
         "none".into(),
+        "-sandbox".into(),
+        QEMU_SANDBOX.into(),
         "-serial".into(),
         format!("file:{}", opt_path(&cfg.console_log_path())),
         "-chardev".into(),
@@ -97,6 +161,12 @@ pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
             n.mac, n.mtu
         ));
     }
+    if drop_root {
+        a.push("-runas".into());
+        a.push(format!("{QEMU_UID}:{QEMU_GID}"));
+        a.push("-chroot".into());
+        a.push(chroot_dir(cfg).display().to_string());
+    }
     a.push("-kernel".into());
     a.push(cfg.kernel.display().to_string());
     let mut out: Vec<OsString> = a.into_iter().map(OsString::from).collect();
@@ -117,6 +187,8 @@ pub fn qemu_args(cfg: &VmConfig) -> Vec<OsString> {
 pub struct QemuEngine {
     child: Supervised,
     stopping: bool,
+    /// The chroot directory, removed once qemu is gone.
+    root: Option<std::path::PathBuf>,
 }
 
 impl QemuEngine {
@@ -128,8 +200,14 @@ impl QemuEngine {
             path: console.clone(),
             source,
         })?;
+        let drop_root = nix::unistd::Uid::effective().is_root();
+        if drop_root {
+            make_empty_dir(&chroot_dir(cfg))?;
+        } else {
+            tracing::debug!("not root: qemu runs as this uid, without -runas/-chroot");
+        }
         let mut cmd = Command::new(program);
-        cmd.args(qemu_args(cfg));
+        cmd.args(qemu_args(cfg, drop_root));
         let tap_fds: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
         if !tap_fds.is_empty() {
             // SAFETY: between fork and exec the closure only calls the
@@ -145,12 +223,47 @@ impl QemuEngine {
                 });
             }
         }
+        if drop_root {
+            let keep: Vec<u32> = QEMU_CAPABILITIES
+                .iter()
+                .map(|c| u32::from(c.index()))
+                .collect();
+            // SAFETY: between fork and exec the closure only calls the
+            // async-signal-safe prctl with integers, allocating nothing.
+            unsafe {
+                cmd.pre_exec(move || bound_capabilities(&keep));
+            }
+        }
         tracing::debug!(?cmd, "starting qemu");
         let child = Supervised::spawn("qemu", cmd, &cfg.state_dir.join("qemu.log"))?;
         Ok(QemuEngine {
             child,
             stopping: false,
+            root: drop_root.then(|| chroot_dir(cfg)),
         })
+    }
+}
+
+/// Creates `dir` (root-owned, mode 0555) or checks that it is empty: qemu
+/// chroots there and must find nothing.
+fn make_empty_dir(dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| EngineError::Chroot {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(0o555).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_dir(dir).map_err(err)?.next().is_some() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::DirectoryNotEmpty,
+                    "not empty",
+                )));
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
     }
 }
 
@@ -189,6 +302,9 @@ impl EngineInstance for QemuEngine {
     fn stop(&mut self, grace: Duration) {
         self.stopping = true;
         self.child.stop(grace);
+        if let Some(root) = self.root.take() {
+            let _ = std::fs::remove_dir(root);
+        }
     }
 }
 
@@ -212,7 +328,7 @@ mod tests {
             mac: "02:42:0a:fe:01:02".into(),
             mtu: 1400,
         });
-        let a: Vec<String> = qemu_args(&cfg)
+        let a: Vec<String> = qemu_args(&cfg, true)
             .iter()
             .map(|s| s.to_str().unwrap().to_owned())
             .collect();
@@ -221,7 +337,8 @@ mod tests {
             "-accel tcg -cpu max -M microvm,acpi=off,memory-backend=mem",
             "-object memory-backend-memfd,id=mem,size=512M,share=on -m 512M -smp 2",
             "-no-reboot -nodefaults",
-            "-monitor none",
+            "-monitor none -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+            "-runas 65534:65534 -chroot /run/s,1/qemu-root -kernel",
             "-serial file:/run/s,,1/console.log",
             "-chardev socket,id=vsock,path=/run/s,,1/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock",
             "-chardev socket,id=fs0,path=/run/s,,1/vhost-fs-rootfs.sock -device vhost-user-fs-device,chardev=fs0,tag=rootfs",
@@ -241,10 +358,16 @@ mod tests {
         cfg.cmdline = None;
         assert_eq!(kernel_cmdline(&cfg), "console=ttyS0 panic=-1 quiet");
         cfg.net.clear();
-        let none: Vec<String> = qemu_args(&cfg)
+        let none: Vec<String> = qemu_args(&cfg, false)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
-        assert!(!none.join(" ").contains("netdev"), "no network without net");
+        let none = none.join(" ");
+        assert!(!none.contains("netdev"), "no network without net");
+        assert!(
+            !none.contains("-runas") && !none.contains("-chroot"),
+            "{none}"
+        );
+        assert!(none.contains("-sandbox on,"), "{none}");
     }
 }

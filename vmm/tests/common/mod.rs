@@ -5,6 +5,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -214,4 +215,49 @@ pub fn ready_pipe(cmd: &mut Command) -> (std::fs::File, std::os::fd::OwnedFd) {
         });
     }
     (std::fs::File::from(r), w)
+}
+
+/// Packs /bin/busybox and `script` as /init into a newc cpio.
+pub fn busybox_initramfs(dir: &Path, script: &str) -> Result<PathBuf, String> {
+    let bb = Path::new("/bin/busybox");
+    if !bb.is_file() {
+        return Err("no /bin/busybox (apt-get install busybox-static)".into());
+    }
+    let root = dir.join("initrd");
+    for d in ["bin", "proc", "dev", "sys", "mnt"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(bb, root.join("bin/busybox")).unwrap();
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n{script}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("initrd.cpio");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .map_err(|e| format!("sh: {e}"))?;
+    if !st.success() {
+        return Err("cpio failed (apt-get install cpio)".into());
+    }
+    Ok(out)
+}
+
+/// The kernel, a scratch dir and a busybox initramfs running `script`, or
+/// None (after printing why) when the host lacks something.
+pub fn busybox_guest(name: &str, script: &str) -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    let kernel = host_ready().map_err(|why| skip(&why)).ok()?;
+    let tmp = scratch(name);
+    let initrd = busybox_initramfs(tmp.path(), script)
+        .map_err(|why| skip(&why))
+        .ok()?;
+    Some((kernel, tmp, initrd))
 }

@@ -305,6 +305,14 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
+        // Confined before it reads a single descriptor.
+        if let Err(e) = crate::confine::this_thread(crate::seccomp::ThreadKind::NetWorker) {
+            warn!(
+                "net worker: {}; the device stops",
+                crate::monitor::error_chain(&e)
+            );
+            return;
+        }
         self.set_tap_polling(true);
         let mut events = [EpollEvent::default(); 4];
         loop {

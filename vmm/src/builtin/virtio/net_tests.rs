@@ -304,6 +304,39 @@ fn reset_stops_the_worker_and_the_device_starts_again() {
     drop(net); // joins the worker
 }
 
+/// The device as husk-vmm runs it: activated from a thread under the
+/// vCPU filter (which starts the worker, confined as the net worker),
+/// frames both ways, reset, dropped. In a child process (see
+/// `seccomp::testing`).
+#[test]
+fn works_under_the_vcpu_and_worker_filters() {
+    if !crate::seccomp::testing::in_child_process(
+        module_path!(),
+        "works_under_the_vcpu_and_worker_filters",
+    ) {
+        return;
+    }
+    std::thread::spawn(|| {
+        // Built before confinement, like the monitor's devices.
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let (mut net, host) = fake_net();
+        let mut d = Driver::new(&mem);
+        crate::confine::this_thread(crate::seccomp::ThreadKind::Vcpu).unwrap();
+        d.activate(&mut net);
+        let frame: Vec<u8> = (0..76u8).collect();
+        mem.write_slice(&frame, GuestAddress(DATA)).unwrap();
+        d.add(TX, &[(DATA, 76, false)]);
+        assert_eq!(recv(&host).len(), 76);
+        d.add(RX, &[(DATA + 0x1000, 2048, true)]);
+        host.send(&[0x55; VNET_HDR_LEN + 60]).unwrap();
+        assert_eq!(d.wait_used(RX, 1), vec![(0, (VNET_HDR_LEN + 60) as u32)]);
+        assert!(net.reset(), "worker joined");
+        drop(net);
+    })
+    .join()
+    .unwrap();
+}
+
 mod real_tap {
     //! A real tap in a network namespace the test makes for itself (on
     //! its own thread, via unshare), so nothing reaches host interfaces;
