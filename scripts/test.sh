@@ -20,8 +20,17 @@ log "cargo test (workspace)"
 # Release, to reuse what setup.sh built. One test thread: the end-to-end
 # tests each boot a VM, and two cores cannot run several TCG guests at once
 # without timeouts.
+# --nocapture so that each test that lacks something on this host and
+# returns early is seen by its "SKIP..." line and counted as skipped, not
+# passed. The whole output goes to a log; the console gets the test lines.
+rust_log=$(mktemp /tmp/husk-cargo-test.XXXXXX)
 rust=0
-cargo test --release --no-fail-fast -j"$jobs" --workspace -- --test-threads=1 || rust=$?
+cargo test --release --no-fail-fast -j"$jobs" --workspace -- --test-threads=1 --nocapture \
+  >"$rust_log" 2>&1 || rust=$?
+grep -E '^(test |SKIP|     Running |error|thread .* panicked|failures:)' "$rust_log" || true
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$rust_log")
+skipped=$(grep -c '^SKIP' "$rust_log" || true)
+echo "rust: $((passed - skipped)) passed, $failed failed, $skipped skipped (full output: $rust_log)"
 
 log "shell tests"
 shell=0

@@ -30,7 +30,7 @@ fn container_and_exec_live_in_their_cgroup() {
         return;
     }
     let Some(root) = cgroup2_root() else {
-        eprintln!("skipping cgroups: no cgroup2 hierarchy on this host");
+        eprintln!("SKIP: cgroups: no cgroup2 hierarchy on this host");
         return;
     };
     let agent = Agent::start_with(&["--cgroup-root", root]);

@@ -17,7 +17,7 @@ fn pid1_mounts_runs_a_container_and_reboots_on_shutdown() {
         return;
     }
     if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skipping pid1: no unshare(1)");
+        eprintln!("SKIP: pid1: no unshare(1)");
         return;
     }
     let dir = tempfile::Builder::new()

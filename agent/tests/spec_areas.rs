@@ -420,7 +420,7 @@ fn cgroup_limits() {
         return;
     }
     if !husk_agent::container::cgroups::is_cgroup2(std::path::Path::new("/sys/fs/cgroup")) {
-        eprintln!("skipping cgroup_limits: /sys/fs/cgroup is not cgroup2 on this host (the VM tests cover it)");
+        eprintln!("SKIP: cgroup_limits: /sys/fs/cgroup is not cgroup2 on this host (the VM tests cover it)");
         return;
     }
     let Some(out) = sh(

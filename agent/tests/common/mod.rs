@@ -18,7 +18,7 @@ use oci_spec::runtime::{Process, Spec};
 /// True when the test may run; prints why not otherwise.
 pub fn can_run(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root (namespaces, mounts)");
+        eprintln!("SKIP: {test}: needs root (namespaces, mounts)");
         return false;
     }
     true
