@@ -264,14 +264,7 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
 
 /// The start time of `pid` (clock ticks since boot), if it is alive.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let state = rest.split(' ').next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    rest.split(' ').nth(19)?.parse().ok()
+    husk_vmm::journal::start_time(pid)
 }
 
 impl ContainerState {

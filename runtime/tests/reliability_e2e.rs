@@ -79,3 +79,63 @@ fn killed_create_then_delete_keeps_the_bundle_and_volumes() {
         env.assert_clean();
     }
 }
+
+/// `delete --force c1` stops what c1's monitor started and nothing else:
+/// not container `c10` (whose state directory name starts with c1's), not
+/// an operator's process that names c1's state directory. After a SIGKILL
+/// of c1's monitor, its qemu (which `-runas` leaves without a parent-death
+/// signal) is stopped by the monitor's record of what it started.
+#[test]
+fn delete_force_stops_only_what_the_container_started() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    for id in ["c1", "c10"] {
+        env.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), id]);
+    }
+    let c1_dir = env.root().join("c1");
+    let mut bystander = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "sleep 600; true",
+            "tail",
+            c1_dir.join("console.log").to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&["state", "c1"])).unwrap();
+    let monitor = st["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    env.ok(&["delete", "--force", "c1"]);
+
+    assert_eq!(env.status_of("c10"), "running");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was killed"
+    );
+    // (With the slash: c10's processes name ".../c10/".)
+    let c1_needle = format!("{}/", c1_dir.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_mentioning(&c1_needle)
+        .iter()
+        .any(|p| !p.contains("sleep 600"))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<String> = processes_mentioning(&c1_needle)
+        .into_iter()
+        .filter(|p| !p.contains("sleep 600"))
+        .collect();
+    assert!(left.is_empty(), "c1's processes left: {left:?}");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    env.ok(&["kill", "c10", "KILL"]);
+    env.ok(&["delete", "--force", "c10"]);
+    env.assert_clean();
+}

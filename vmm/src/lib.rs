@@ -11,6 +11,7 @@ pub mod confine;
 pub mod container;
 pub mod daemons;
 pub mod engine;
+pub mod journal;
 pub mod monitor;
 pub mod privileges;
 pub mod process;

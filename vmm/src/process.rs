@@ -122,6 +122,14 @@ impl Supervised {
         })
     }
 
+    /// Records this child in `state_dir`'s list of what the monitor
+    /// started ([`crate::journal`]), for cleanup after a SIGKILLed monitor.
+    pub fn record_in(&self, state_dir: &Path) {
+        if let Err(e) = crate::journal::record(state_dir, self.pid(), &self.name) {
+            tracing::warn!(name = %self.name, error = %e, "cannot record the child in the state directory");
+        }
+    }
+
     /// What this child is.
     pub fn name(&self) -> &str {
         &self.name

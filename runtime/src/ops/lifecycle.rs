@@ -1,7 +1,6 @@
 //! `start`, `state`, `kill`, `delete`, `list`, `ps`, `pause`, `resume`, and
 //! the teardown every failure path shares.
 
-use std::fs;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -238,7 +237,7 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
     if st.monitor_alive() {
         let pid = Pid::from_raw(st.pid);
         if st.status == Status::Paused {
-            signal_engine(st, Signal::SIGCONT);
+            signal_engine(rt, st, Signal::SIGCONT);
         }
         if let Ok(mut agent) = husk_protocol::client::AgentClient::connect(
             &Runtime::agent_addr(st),
@@ -287,57 +286,33 @@ fn wait_gone(st: &ContainerState, timeout: Duration) -> bool {
     !st.monitor_alive()
 }
 
-/// Kills processes a SIGKILLed monitor may have left: its engine and daemons
-/// all name a path in the state directory on their command line.
+/// Kills what a SIGKILLed monitor may have left: the children it recorded
+/// in its state directory (pid and start time, so a recycled pid or a
+/// process that only mentions the directory is never touched).
 fn kill_leftovers(dir: &std::path::Path) {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
-            let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+    let n = husk_vmm::journal::signal_recorded(dir, Signal::SIGKILL);
+    if n > 0 {
+        tracing::debug!(dir = %dir.display(), killed = n, "stopped the monitor's leftover children");
     }
 }
 
-/// The engine processes of a container's monitor: its children that are
-/// not device daemons. SIGSTOP on them stops the vCPUs.
-fn engine_pids(st: &ContainerState) -> Vec<i32> {
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return Vec::new();
+/// Stops or continues the VM's vCPUs: qemu where the monitor recorded one,
+/// else the monitor itself, whose threads are the vCPUs (builtin engine).
+/// Returns how many processes were signalled.
+fn signal_engine(rt: &Runtime, st: &ContainerState, sig: Signal) -> usize {
+    let Ok(dir) = rt.root.dir(&st.id) else {
+        return 0;
     };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(close) = stat.rfind(')') else {
-                return false;
-            };
-            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
-            let ppid = stat[close + 2..]
-                .split(' ')
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok());
-            ppid == Some(st.pid) && comm.starts_with("qemu")
-        })
-        .collect()
-}
-
-fn signal_engine(st: &ContainerState, sig: Signal) -> usize {
-    let pids = engine_pids(st);
-    for p in &pids {
-        let _ = send_signal(Pid::from_raw(*p), sig);
+    let qemu: Vec<_> = husk_vmm::journal::read(&dir)
+        .into_iter()
+        .filter(|r| r.name == "qemu" && r.alive())
+        .collect();
+    if qemu.is_empty() {
+        return usize::from(st.monitor_alive() && send_signal(Pid::from_raw(st.pid), sig).is_ok());
     }
-    pids.len()
+    qemu.iter()
+        .filter(|r| send_signal(Pid::from_raw(r.pid), sig).is_ok())
+        .count()
 }
 
 /// `pause`: stops the VM's vCPUs.
@@ -351,7 +326,7 @@ pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
             what: "only a running container can pause",
         });
     }
-    if signal_engine(&st, Signal::SIGSTOP) == 0 {
+    if signal_engine(rt, &st, Signal::SIGSTOP) == 0 {
         return Err(OpError::Invalid(format!(
             "container {id}: its engine cannot be paused"
         )));
@@ -372,7 +347,7 @@ pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
             what: "it is not paused",
         });
     }
-    signal_engine(&st, Signal::SIGCONT);
+    signal_engine(rt, &st, Signal::SIGCONT);
     st.status = Status::Running;
     rt.root.save(&st)?;
     Ok(())

@@ -327,6 +327,9 @@ impl PodVm {
         if self.monitor_pid > 0 {
             stop_pid(self.monitor_pid, Duration::from_secs(5));
         }
+        // What the monitor started and may have outlived it (qemu after
+        // -runas has no parent-death signal).
+        husk_vmm::journal::signal_recorded(&self.dir, Signal::SIGKILL);
         if let Some(n) = self.network.take() {
             crate::network::teardown(&n);
         }
@@ -376,6 +379,7 @@ pub fn cleanup_dead(dir: &Path, id: &str) {
     if let Some(p) = pid_in("monitor.pid") {
         stop_pid(p, Duration::from_secs(5));
     }
+    husk_vmm::journal::signal_recorded(dir, Signal::SIGKILL);
     if let Some(n) = fs::read(dir.join(NETWORK_STATE))
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::network::NetState>(&b).ok())

@@ -52,6 +52,7 @@ pub fn start_virtiofsd(
     cmd.args(virtiofsd_args(share, &socket, sandbox));
     Confinement::virtiofsd(sandbox)?.install(&mut cmd);
     let mut child = Supervised::spawn(&name, cmd, &log)?;
+    child.record_in(&cfg.state_dir);
     match wait_for_socket(&mut child, &socket, SOCKET_TIMEOUT) {
         Ok(()) => {
             if sandbox == VirtiofsdSandbox::Namespace {

@@ -35,6 +35,7 @@ pub fn start_vsock(program: &Path, cfg: &VmConfig) -> Result<Supervised, DaemonE
         cmd,
         &cfg.state_dir.join("vhost-device-vsock.log"),
     )?;
+    child.record_in(&cfg.state_dir);
     wait_for_socket(&mut child, &cfg.vsock_backend_socket(), SOCKET_TIMEOUT)?;
     Ok(child)
 }

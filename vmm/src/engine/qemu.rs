@@ -236,6 +236,7 @@ impl QemuEngine {
         }
         tracing::debug!(?cmd, "starting qemu");
         let child = Supervised::spawn("qemu", cmd, &cfg.state_dir.join("qemu.log"))?;
+        child.record_in(&cfg.state_dir);
         Ok(QemuEngine {
             child,
             stopping: false,

@@ -1,0 +1,136 @@
+//! The processes a monitor started, recorded in its state directory.
+//!
+//! A monitor's children die with it (`PR_SET_PDEATHSIG`) except where the
+//! kernel clears that setting: qemu's `-runas` changes its uid, which does.
+//! So that whoever cleans up after a SIGKILLed monitor stops exactly what
+//! it started, and never a process that merely looks like it (another
+//! container's, or an operator's `tail -f` of a log), each child is
+//! appended to [`CHILDREN_FILE`] as `PID START_TIME NAME` right after it is
+//! spawned. A pid counts as that child only while its start time (clock
+//! ticks since boot, from `/proc/PID/stat`) is the recorded one.
+
+use std::io::Write;
+use std::path::Path;
+
+/// The file in the state directory.
+pub const CHILDREN_FILE: &str = "children";
+
+/// One recorded child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time when it was recorded.
+    pub start_time: u64,
+    /// What it is (`qemu`, `virtiofsd[TAG]`, `vhost-device-vsock`).
+    pub name: String,
+}
+
+impl Recorded {
+    /// Whether this very process still runs (same pid, same start time).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// The start time of `pid` in clock ticks since boot; `None` when it is
+/// gone or a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: split after the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let state = rest.split(' ').next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Appends `pid` (which must be alive) to `state_dir`'s list.
+pub fn record(state_dir: &Path, pid: u32, name: &str) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let start = start_time(pid).ok_or(std::io::ErrorKind::NotFound)?;
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join(CHILDREN_FILE))?;
+    // One write(2) per line: O_APPEND keeps lines whole.
+    f.write_all(format!("{pid} {start} {name}\n").as_bytes())
+}
+
+/// The children recorded in `state_dir`; malformed lines are skipped.
+pub fn read(state_dir: &Path) -> Vec<Recorded> {
+    let Ok(text) = std::fs::read_to_string(state_dir.join(CHILDREN_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some(Recorded {
+                pid: it.next()?.parse().ok().filter(|p| *p > 1)?,
+                start_time: it.next()?.parse().ok()?,
+                name: it.next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Sends `signal` to every recorded child of `state_dir` that still runs;
+/// returns how many were signalled.
+pub fn signal_recorded(state_dir: &Path, signal: nix::sys::signal::Signal) -> usize {
+    read(state_dir)
+        .iter()
+        .filter(|r| r.alive())
+        .filter(|r| nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid), signal).is_ok())
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_signals_only_the_very_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        record(dir.path(), child.id(), "a name").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(CHILDREN_FILE))
+            .unwrap()
+            // The other sleeper's pid with a start time it does not have:
+            // a recycled pid, which must be left alone. And junk.
+            .write_all(format!("{} 1 stale\nnot a line\n1 5 init\n", other.id()).as_bytes())
+            .unwrap();
+        let recs = read(dir.path());
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(recs[0].name, "a_name");
+        assert!(recs[0].alive() && !recs[1].alive());
+        assert_eq!(
+            signal_recorded(dir.path(), nix::sys::signal::Signal::SIGKILL),
+            1
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the look-alike survives"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!recs[0].alive());
+        assert_eq!(read(Path::new("/nonexistent")), Vec::new());
+    }
+}
