@@ -84,6 +84,17 @@ fn run_with(env: &Env, bundle: &Path, id: &str, enable: Option<&str>) -> (bool, 
     )
 }
 
+/// The attack script's result line for each of CIDs 1, 2 and 3.
+fn cid_lines(out: &str) -> Vec<&str> {
+    (1..=3)
+        .map(|cid| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("cid {cid} ")))
+                .unwrap_or_else(|| panic!("no line for cid {cid}: {out}"))
+        })
+        .collect()
+}
+
 /// The agent's port is for the host alone. A container cannot open an
 /// AF_VSOCK socket at all (the agent's seccomp rule); with vsock allowed by
 /// the operator it still cannot reach the agent: the guest kernel has no
@@ -97,11 +108,7 @@ fn a_container_cannot_drive_the_agent_over_vsock() {
     let b = bundle_with_attack(&env, "denied", "v1");
     let (ok, out, err) = run_with(&env, &b, "v1", None);
     assert!(ok, "stdout: {out} stderr: {err}");
-    for cid in 1..=3 {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&format!("cid {cid} ")))
-            .unwrap_or_else(|| panic!("no line for cid {cid}: {out}"));
+    for line in cid_lines(&out) {
         assert!(
             line.contains("rc=2") && line.contains("socket: Address family not supported"),
             "{line}"
@@ -119,11 +126,7 @@ fn a_container_cannot_drive_the_agent_over_vsock() {
     });
     let (ok, out, err) = run_with(&env, &b, "v2", Some("husk.guest_vsock"));
     assert!(ok, "stdout: {out} stderr: {err}");
-    for cid in 1..=3 {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&format!("cid {cid} ")))
-            .unwrap_or_else(|| panic!("no line for cid {cid}: {out}"));
+    for line in cid_lines(&out) {
         assert!(!line.contains("socket:"), "the socket opens: {line}");
         assert!(!line.contains("rc=0"), "nothing may answer: {line}");
     }

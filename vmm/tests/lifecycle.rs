@@ -226,19 +226,7 @@ fn clear_errors() {
 
 /// A stand-in for virtiofsd that cannot set up `--sandbox namespace` and
 /// serves its socket in any other sandbox.
-const FAKE_VIRTIOFSD: &str = r#"#!/bin/sh
-sock=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --socket-path) sock=$2; shift ;;
-    --sandbox) if [ "$2" = namespace ]; then
-        echo "fake virtiofsd: Error entering sandbox: PivotRoot(EINVAL)" >&2; exit 1; fi ;;
-  esac
-  shift
-done
-exec python3 -c 'import socket, sys, time
-s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(60)' "$sock"
-"#;
+const FAKE_VIRTIOFSD: &str = include_str!("fixtures/fake-virtiofsd.sh");
 
 #[test]
 fn virtiofsd_sandbox_fails_closed_unless_the_operator_opts_in() {
@@ -295,7 +283,7 @@ fn virtiofsd_sandbox_fails_closed_unless_the_operator_opts_in() {
     for want in [
         "virtiofsd[rootfs] cannot run with --sandbox namespace",
         "HUSK_VIRTIOFSD_SANDBOX",
-        "fake virtiofsd: Error entering sandbox: PivotRoot(EINVAL)",
+        "fake virtiofsd: Error entering sandbox: Unshare(EPERM)",
     ] {
         assert!(lines[0].contains(want), "{stderr:?} lacks {want:?}");
     }

@@ -49,21 +49,9 @@ fn args() {
 }
 
 /// A stand-in for virtiofsd that cannot set up `--sandbox namespace` (as on
-/// a host without the privileges for it) and serves its socket otherwise.
-const FAKE_VIRTIOFSD: &str = r#"#!/bin/sh
-echo "$@" > "$(dirname "$0")/args"
-sock=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --socket-path) sock=$2; shift ;;
-    --sandbox) if [ "$2" = namespace ]; then
-        echo "fake virtiofsd: Error entering sandbox: Unshare(EPERM)" >&2; exit 1; fi ;;
-  esac
-  shift
-done
-exec python3 -c 'import socket, sys, time
-s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); time.sleep(60)' "$sock"
-"#;
+/// a host without the privileges for it) and serves its socket otherwise;
+/// it records its arguments in `args` next to itself.
+const FAKE_VIRTIOFSD: &str = include_str!("../../tests/fixtures/fake-virtiofsd.sh");
 
 #[test]
 fn a_failing_namespace_sandbox_fails_the_start_unless_weaker_is_chosen() {
