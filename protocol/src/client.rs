@@ -12,7 +12,13 @@
 //! driver was not ready is not always delivered), so each handshake (the
 //! `OK` line and the hello's acknowledgement) has [`HANDSHAKE_TIMEOUT`] and
 //! is retried on a fresh connection; every response but `WaitProcess`'s
-//! has [`CALL_TIMEOUT`]. A caller holding a lock gets an error, not a hang.
+//! has [`CALL_TIMEOUT`] unless the caller asks for less
+//! ([`AgentClient::call_with_timeout`], [`AgentClient::set_call_timeout`]);
+//! a connect never outlives the timeout it was given by more than one
+//! connection attempt. A caller holding a lock gets an error, not a hang.
+//!
+//! Pids in a response are checked ([`crate::check_guest_pid`]) before the
+//! caller sees them.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::{
-    check_version, ContainerRef, ErrorCode, Hello, ProcessRef, ProtocolError, Request,
-    RequestFrame, Response, ResponseFrame, StreamKind, PROTOCOL_VERSION,
+    check_guest_pid, check_version, BadGuestPid, ContainerRef, ErrorCode, Hello, ProcessRef,
+    ProtocolError, Request, RequestFrame, Response, ResponseFrame, StreamKind, PROTOCOL_VERSION,
 };
 
 /// How long one connection handshake may take before it is given up and
@@ -68,9 +74,20 @@ pub enum ClientError {
     /// The agent answered with an error.
     #[error(transparent)]
     Agent(#[from] ProtocolError),
+    /// The agent did not answer in time.
+    #[error("the agent did not answer {what} within {after:?}")]
+    TimedOut {
+        /// What was not answered (a request's name, or the handshake).
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
     /// The agent answered something this request cannot produce.
     #[error("unexpected response from agent: {0}")]
     Unexpected(String),
+    /// The agent reported a pid no process can have.
+    #[error(transparent)]
+    BadPid(#[from] BadGuestPid),
 }
 
 impl ClientError {
@@ -80,6 +97,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Connect { .. }
+                | ClientError::TimedOut { .. }
                 | ClientError::Frame(FrameError::Io(_) | FrameError::Closed)
         )
     }
@@ -111,6 +129,15 @@ impl AgentAddr {
         }
     }
 
+    /// [`AgentAddr::connect`] with `step` instead of [`HANDSHAKE_TIMEOUT`]
+    /// on the vsock `CONNECT` reply.
+    fn connect_step(&self, step: Duration) -> io::Result<UnixStream> {
+        match self {
+            AgentAddr::Unix(p) => UnixStream::connect(p),
+            AgentAddr::HybridVsock { uds, port } => connect_hybrid_vsock_within(uds, *port, step),
+        }
+    }
+
     /// Like [`AgentAddr::connect`], retrying until `timeout` while the agent
     /// is not up yet (the socket is missing, refuses, or the guest port has no
     /// listener so the daemon closes the connection).
@@ -119,9 +146,9 @@ impl AgentAddr {
     }
 
     /// Connects and runs `handshake` on the new stream (with
-    /// [`HANDSHAKE_TIMEOUT`] on reads), retrying on a fresh connection until
-    /// `timeout` while either fails for a connection reason. An error the
-    /// agent answered is returned at once.
+    /// [`HANDSHAKE_TIMEOUT`], or the time left if less, on reads), retrying
+    /// on a fresh connection until `timeout` while either fails for a
+    /// connection reason. An error the agent answered is returned at once.
     fn connect_with(
         &self,
         timeout: Duration,
@@ -130,16 +157,19 @@ impl AgentAddr {
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(5);
         loop {
+            // A zero read timeout would mean none; a millisecond is the floor.
+            let step = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT);
             let attempt = self
-                .connect()
+                .connect_step(step)
                 .map_err(|e| ClientError::Connect {
                     addr: self.to_string(),
                     source: e,
                 })
                 .and_then(|mut s| {
-                    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-                        .map_err(FrameError::Io)?;
-                    handshake(&mut s)?;
+                    s.set_read_timeout(Some(step)).map_err(FrameError::Io)?;
+                    handshake(&mut s).map_err(|e| timed_out(e, "the handshake", step))?;
                     s.set_read_timeout(None).map_err(FrameError::Io)?;
                     Ok(s)
                 });
@@ -178,10 +208,15 @@ impl AgentAddr {
 
 /// Connects to a hybrid vsock Unix socket and asks for guest port `port`.
 pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
+    connect_hybrid_vsock_within(uds, port, HANDSHAKE_TIMEOUT)
+}
+
+fn connect_hybrid_vsock_within(uds: &Path, port: u32, step: Duration) -> io::Result<UnixStream> {
     let mut s = UnixStream::connect(uds)?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // The daemon may accept and then never answer (see the module doc).
-    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_read_timeout(Some(step))?;
+    s.set_write_timeout(Some(step))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // Read the reply a byte at a time: whatever follows the newline is
     // already the guest's data and must stay in the socket.
     let mut line = Vec::with_capacity(16);
@@ -206,16 +241,48 @@ pub fn connect_hybrid_vsock(uds: &Path, port: u32) -> io::Result<UnixStream> {
     }
     if line.starts_with(b"OK ") {
         s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
         Ok(s)
     } else {
         Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             format!(
                 "vsock CONNECT {port} refused: {}",
-                String::from_utf8_lossy(&line)
+                crate::sanitize(&String::from_utf8_lossy(&line))
             ),
         ))
     }
+}
+
+/// Names a read that ran out of time as such, rather than as an I/O error.
+fn timed_out(e: ClientError, what: &'static str, after: Duration) -> ClientError {
+    match e {
+        ClientError::Frame(FrameError::Io(io))
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ClientError::TimedOut { what, after }
+        }
+        e => e,
+    }
+}
+
+/// Refuses a response whose pids no process can have.
+fn check_pids(resp: Response) -> Result<Response, ClientError> {
+    match &resp {
+        Response::Process { pid } => {
+            check_guest_pid(i64::from(*pid))?;
+        }
+        Response::Processes { processes } => {
+            for p in processes {
+                check_guest_pid(i64::from(p.pid))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(resp)
 }
 
 fn read_ack(s: &mut UnixStream) -> Result<(), ClientError> {
@@ -264,14 +331,35 @@ impl AgentClient {
         self.call_timeout = timeout;
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits for its response (for as long as the
+    /// client's call timeout, [`CALL_TIMEOUT`] unless changed).
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
         let timeout = match request {
             Request::WaitProcess(_) => None,
             _ => Some(self.call_timeout),
         };
+        self.call_within(request, timeout)
+    }
+
+    /// Sends one request and waits at most `timeout` for its response,
+    /// whatever the request (a `WaitProcess` too).
+    pub fn call_with_timeout(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        // A zero read timeout would mean none.
+        self.call_within(request, Some(timeout.max(Duration::from_millis(1))))
+    }
+
+    fn call_within(
+        &mut self,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let what = request.name();
         self.stream
             .set_read_timeout(timeout)
             .map_err(FrameError::Io)?;
@@ -288,7 +376,11 @@ impl AgentClient {
             Err(e) => {
                 // A late answer must not be read as the next call's.
                 let _ = self.stream.shutdown(std::net::Shutdown::Both);
-                return Err(e.into());
+                let e = ClientError::from(e);
+                return Err(match timeout {
+                    Some(after) => timed_out(e, what, after),
+                    None => e,
+                });
             }
         };
         check_version(resp.version)?;
@@ -298,7 +390,7 @@ impl AgentClient {
                 resp.id
             )));
         }
-        Ok(resp.result?)
+        check_pids(resp.result?)
     }
 
     /// Waits for a process to exit and returns its exit status.
@@ -438,10 +530,148 @@ mod tests {
         c.set_call_timeout(Duration::from_millis(200));
         let e = c.call(Request::Version).expect_err("no answer");
         assert!(e.is_connection(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "the agent did not answer Version within 200ms"
+        );
         let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
         c.set_call_timeout(Duration::from_millis(200));
         assert_eq!(c.wait("c", None).unwrap(), 7);
         tx.send(()).unwrap();
         daemon.join().unwrap();
+    }
+
+    /// A listener that acknowledges hellos and then serves `answer` to
+    /// each request on each connection (`None`: never answers).
+    fn fake_agent(
+        name: &str,
+        answer: impl Fn(&Request) -> Option<Response> + Send + 'static,
+    ) -> AgentAddr {
+        let uds = socket_path(name);
+        let listener = UnixListener::bind(&uds).unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                ack(&mut s);
+                while let Ok(req) = read_frame::<_, RequestFrame>(&mut s) {
+                    match answer(&req.request) {
+                        Some(r) => {
+                            let _ = write_frame(&mut s, &ResponseFrame::new(req.id, Ok(r)));
+                        }
+                        // Hold the connection open, silent.
+                        None => thread::sleep(Duration::from_secs(3600)),
+                    }
+                }
+            }
+        });
+        AgentAddr::Unix(uds)
+    }
+
+    #[test]
+    fn call_with_timeout_bounds_any_request_and_names_it() {
+        let addr = fake_agent("silent", |_| None);
+        let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        let e = c
+            .call_with_timeout(
+                Request::WaitProcess(ProcessRef {
+                    container_id: "c".into(),
+                    exec_id: None,
+                }),
+                Duration::from_millis(300),
+            )
+            .expect_err("no answer");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(
+            matches!(
+                e,
+                ClientError::TimedOut {
+                    what: "WaitProcess",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_connect_never_outlives_its_timeout_by_a_handshake() {
+        // Accepts, never acknowledges the hello.
+        let uds = socket_path("mute-hello");
+        let listener = UnixListener::bind(&uds).unwrap();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        let started = Instant::now();
+        let e = AgentClient::connect(&AgentAddr::Unix(uds), Duration::from_millis(400))
+            .expect_err("no acknowledgement");
+        let took = started.elapsed();
+        // Each handshake used to wait HANDSHAKE_TIMEOUT whatever was left.
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        assert!(
+            matches!(
+                e,
+                ClientError::TimedOut {
+                    what: "the handshake",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn impossible_guest_pids_are_refused() {
+        let addr = fake_agent("pids", |r| match r {
+            Request::ExecProcess(_) | Request::StartContainer(_) => {
+                Some(Response::Process { pid: -1 })
+            }
+            Request::ListProcesses(_) => Some(Response::Processes {
+                processes: vec![
+                    crate::ProcessInfo {
+                        pid: 1,
+                        exec_id: None,
+                    },
+                    crate::ProcessInfo {
+                        pid: MAX_PID_PLUS_ONE,
+                        exec_id: None,
+                    },
+                ],
+            }),
+            _ => Some(Response::Process { pid: 42 }),
+        });
+        let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            c.call(Request::Version).unwrap(),
+            Response::Process { pid: 42 }
+        );
+        let e = c.start("c").expect_err("pid -1");
+        assert!(matches!(e, ClientError::BadPid(BadGuestPid(-1))), "{e:?}");
+        let e = c
+            .call(Request::ListProcesses(ContainerRef {
+                container_id: "c".into(),
+            }))
+            .expect_err("pid beyond pid_max");
+        assert!(
+            matches!(e, ClientError::BadPid(BadGuestPid(p)) if p == i64::from(MAX_PID_PLUS_ONE)),
+            "{e:?}"
+        );
+    }
+
+    const MAX_PID_PLUS_ONE: i32 = crate::MAX_GUEST_PID + 1;
+
+    #[test]
+    fn an_agent_error_prints_escaped() {
+        let e = ClientError::from(ProtocolError::new(
+            ErrorCode::Internal,
+            "no such file \x1b]0;owned\x07\x1b[2J",
+        ));
+        let shown = crate::error_chain(&e);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\x1b]0;owned\\x07"), "{shown}");
     }
 }

@@ -116,6 +116,28 @@ pub enum Request {
     ConfigureNetwork(ConfigureNetwork),
 }
 
+impl Request {
+    /// The request's name, for error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Version => "Version",
+            Request::CreateContainer(_) => "CreateContainer",
+            Request::StartContainer(_) => "StartContainer",
+            Request::ExecProcess(_) => "ExecProcess",
+            Request::SignalProcess(_) => "SignalProcess",
+            Request::WaitProcess(_) => "WaitProcess",
+            Request::ResizeTty(_) => "ResizeTty",
+            Request::CloseStdin(_) => "CloseStdin",
+            Request::State(_) => "State",
+            Request::ListProcesses(_) => "ListProcesses",
+            Request::Stats(_) => "Stats",
+            Request::RemoveContainer(_) => "RemoveContainer",
+            Request::Shutdown => "Shutdown",
+            Request::ConfigureNetwork(_) => "ConfigureNetwork",
+        }
+    }
+}
+
 /// Names a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,7 +380,8 @@ pub struct CgroupStats {
 /// A typed error: the code says what kind, the message says what exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(deny_unknown_fields)]
-#[error("{code}: {message}")]
+// The message comes from the guest: printed escaped, never raw.
+#[error("{code}: {}", crate::sanitize(.message))]
 pub struct ProtocolError {
     /// The kind of failure.
     pub code: ErrorCode,

@@ -15,7 +15,11 @@
 //! | --- | --- | --- |
 //! | annotations enabled | `HUSK_ENABLE_ANNOTATIONS` (comma list, `husk.*` = all) | `husk.memory_mib,husk.vcpus` |
 //! | largest guest RAM | `HUSK_MAX_MEMORY_MIB` | the host's RAM |
-//! | most vCPUs | `HUSK_MAX_VCPUS` | the host's online CPUs (at most 64) |
+//! | most vCPUs | `HUSK_MAX_VCPUS` | the host's online CPUs |
+//!
+//! Either maximum is further bounded by what the monitor accepts
+//! (`husk_vmm::config::MAX_MEMORY_MIB`, `MAX_VCPUS`), so a VM the runtime
+//! sizes is never refused by the monitor.
 
 use oci_spec::runtime::Spec;
 
@@ -43,8 +47,9 @@ pub const INITRAMFS: &str = "husk.initramfs";
 pub const KERNEL_PARAMS: &str = "husk.kernel_params";
 /// `auto`, `builtin` or `qemu`.
 pub const ENGINE: &str = "husk.engine";
-/// The most vCPUs a VM gets whatever the host.
-pub const VCPU_LIMIT: u32 = 64;
+/// The most vCPUs a VM gets whatever the host and operator say: the
+/// monitor's own limit (one definition, in `husk_vmm::config`).
+pub const VCPU_LIMIT: u32 = husk_vmm::config::MAX_VCPUS;
 
 /// The operator's rules for one runtime or shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +103,14 @@ impl HostPolicy {
         };
         Ok(HostPolicy {
             enabled,
+            // The operator's maximum (the host's by default; an operator
+            // may overcommit), never beyond what the monitor accepts.
             max_memory_mib: number(
                 "HUSK_MAX_MEMORY_MIB",
                 host_memory_mib(),
                 crate::sizing::MIN_MEMORY_MIB,
-            )?,
+            )?
+            .min(husk_vmm::config::MAX_MEMORY_MIB),
             max_vcpus: number("HUSK_MAX_VCPUS", host_cpus(), 1)?.min(VCPU_LIMIT),
         })
     }
@@ -242,6 +250,9 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((p.max_memory_mib, p.max_vcpus), (1024, VCPU_LIMIT));
+        let p = HostPolicy::from_env(&env_of(&[("HUSK_MAX_MEMORY_MIB", "4000000000")])).unwrap();
+        assert_eq!(p.max_memory_mib, husk_vmm::config::MAX_MEMORY_MIB);
+        assert!(p.max_vcpus <= husk_vmm::config::MAX_VCPUS);
         assert!(HostPolicy::from_env(&env_of(&[("HUSK_MAX_MEMORY_MIB", "64")])).is_err());
         assert!(HostPolicy::from_env(&env_of(&[("HUSK_MAX_VCPUS", "x")])).is_err());
     }

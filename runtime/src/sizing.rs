@@ -20,8 +20,8 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// kernel, the agent and page cache. Measured: an idle guest with the
 /// agent uses about 40 MiB; the rest is headroom.
 pub const MEMORY_OVERHEAD_MIB: u32 = 64;
-/// The smallest guest that boots reliably.
-pub const MIN_MEMORY_MIB: u32 = 128;
+/// The smallest guest that boots reliably (the monitor's own minimum).
+pub const MIN_MEMORY_MIB: u32 = husk_vmm::config::MIN_MEMORY_MIB;
 /// The default kernel location (installed by scripts/setup.sh).
 pub const DEFAULT_KERNEL: &str = "/usr/local/share/husk/vmlinux";
 /// The default initramfs location.
@@ -162,7 +162,13 @@ pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSi
                     .parse()
                     .ok()
                     .filter(|m| (MIN_MEMORY_MIB..=max).contains(m))
-                    .ok_or_else(|| bad(format!("not {MIN_MEMORY_MIB}..={max} MiB")))?;
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "not {MIN_MEMORY_MIB}..={max} MiB (HUSK_MAX_MEMORY_MIB, \
+                             default the host's RAM, at most MAX_MEMORY_MIB {})",
+                            husk_vmm::config::MAX_MEMORY_MIB
+                        ))
+                    })?;
             }
             policy::VCPUS => {
                 let max = size.policy.max_vcpus;
@@ -170,7 +176,13 @@ pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSi
                     .parse()
                     .ok()
                     .filter(|n| (1..=max).contains(n))
-                    .ok_or_else(|| bad(format!("not 1..={max}")))?;
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "not 1..={max} (HUSK_MAX_VCPUS, default the host's CPUs, \
+                             at most MAX_VCPUS {})",
+                            husk_vmm::config::MAX_VCPUS
+                        ))
+                    })?;
             }
             policy::KERNEL => size.kernel = v.into(),
             policy::INITRAMFS => size.initramfs = v.into(),
@@ -291,6 +303,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("128..=2048"));
+        let beyond = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"husk.vcpus": "33"}}));
+        let many = |k: &str| (k == "HUSK_MAX_VCPUS").then(|| "500".to_string());
+        let e = size_vm(&beyond, many).unwrap_err().to_string();
+        assert!(e.contains("1..=32") && e.contains("MAX_VCPUS 32"), "{e}");
         let cpus = spec(serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"husk.vcpus": "64"}}));
         assert!(size_vm(&cpus, env)

@@ -10,6 +10,21 @@ use serde::{Deserialize, Serialize};
 /// The longest path a Unix socket address can hold (`sun_path` less the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// The most vCPUs a guest can have: the guest kernel is built with
+/// `CONFIG_NR_CPUS=32` (`guest-kernel/fragments/00-base-console.config`;
+/// a test checks the built config), and the builtin engine numbers vCPUs
+/// in a `u8`. The runtime's limit is the least of this, the host's CPUs
+/// and the operator's `HUSK_MAX_VCPUS`.
+pub const MAX_VCPUS: u32 = 32;
+
+/// The smallest guest RAM that boots reliably (kernel, agent, page cache).
+pub const MIN_MEMORY_MIB: u32 = 128;
+
+/// The largest guest RAM: RAM above the 4 GiB MMIO gap ends at
+/// `MAX_MEMORY_MIB` + 768 MiB, below 2^39, the smallest guest physical
+/// address width of current x86-64 CPUs with VT-x or AMD-V.
+pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -431,14 +446,18 @@ impl VmConfig {
         if let Some(i) = &self.initramfs {
             require_file("initramfs", i)?;
         }
-        if !(32..=1024 * 1024).contains(&self.memory_mib) {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return invalid(format!(
-                "memory_mib {} is outside 32..=1048576",
+                "memory_mib {} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} \
+                 (MIN_MEMORY_MIB boots, MAX_MEMORY_MIB the engines can map)",
                 self.memory_mib
             ));
         }
-        if !(1..=255).contains(&self.vcpus) {
-            return invalid(format!("vcpus {} is outside 1..=255", self.vcpus));
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return invalid(format!(
+                "vcpus {} is outside 1..={MAX_VCPUS} (MAX_VCPUS: the guest kernel's NR_CPUS)",
+                self.vcpus
+            ));
         }
         if self.vsock.guest_cid < 3 || self.vsock.guest_cid == u32::MAX {
             return invalid(format!(

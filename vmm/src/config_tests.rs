@@ -258,3 +258,76 @@ fn virtiofsd_sandbox_defaults_to_namespace_and_refuses_unknown_values() {
         assert!(e.contains("namespace, chroot or none"), "{e}");
     }
 }
+
+#[test]
+fn vcpu_and_memory_bounds_are_the_shared_limits() {
+    let (_dir, cfg) = files();
+    let with = |vcpus: u32, memory_mib: u32| {
+        let mut c = cfg.clone();
+        c.vcpus = vcpus;
+        c.memory_mib = memory_mib;
+        c.validate().map_err(|e| e.to_string())
+    };
+    with(1, MIN_MEMORY_MIB).unwrap();
+    with(MAX_VCPUS, MAX_MEMORY_MIB).unwrap();
+    let e = with(MAX_VCPUS + 1, 256).unwrap_err();
+    assert!(
+        e.contains("vcpus 33 is outside 1..=32") && e.contains("MAX_VCPUS"),
+        "{e}"
+    );
+    // The builtin engine's u8 would have taken these.
+    assert!(with(255, 256).is_err());
+    assert!(with(0, 256).is_err());
+    let e = with(1, MIN_MEMORY_MIB - 1).unwrap_err();
+    assert!(e.contains("memory_mib 127 is outside 128..=262144"), "{e}");
+    let e = with(1, MAX_MEMORY_MIB + 1).unwrap_err();
+    assert!(e.contains("MAX_MEMORY_MIB"), "{e}");
+    // The 64 the runtime used to allow is refused here too.
+    assert!(with(64, 256).is_err());
+}
+
+/// The guest kernel must run as many vCPUs as the monitor accepts: a
+/// kernel with fewer `NR_CPUS` silently leaves the rest offline.
+#[test]
+fn guest_kernel_nr_cpus_covers_max_vcpus() {
+    let nr_cpus = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("CONFIG_NR_CPUS="))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    // What the build asks for is always here.
+    let fragments = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-kernel/fragments");
+    let asked: Vec<u32> = std::fs::read_dir(&fragments)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| nr_cpus(&t))
+        .collect();
+    assert_eq!(asked.len(), 1, "one CONFIG_NR_CPUS in {fragments:?}");
+    assert!(asked[0] >= MAX_VCPUS, "fragments ask NR_CPUS={}", asked[0]);
+    // What the build made, where one was built (guest-kernel/build.sh).
+    let cache = std::env::var_os("HUSK_CACHE_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/husk"), PathBuf::from)
+        .join("kernel");
+    let built: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|d| d.join("vmlinux").is_file() && d.join("config").is_file())
+        .map(|d| d.join("config"))
+        .collect();
+    if built.is_empty() {
+        println!("SKIP: no built guest kernel under {}", cache.display());
+        return;
+    }
+    for config in built {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let n = nr_cpus(&text).unwrap_or_else(|| panic!("no CONFIG_NR_CPUS in {config:?}"));
+        assert!(
+            n >= MAX_VCPUS,
+            "{}: CONFIG_NR_CPUS={n} < MAX_VCPUS={MAX_VCPUS}",
+            config.display()
+        );
+    }
+}

@@ -11,6 +11,7 @@ use husk_runtime::signal::parse_signal;
 use oci_spec::runtime::{Process, Spec};
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     husk_runtime::logging::init(
         cli.log.as_deref(),
@@ -29,6 +30,17 @@ fn main() -> ExitCode {
             eprintln!("husk: {msg}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Rust starts with SIGPIPE ignored, so a write to a closed pipe
+/// (`husk list | head -1`) is an error that gets printed; like runc and
+/// every C tool, die of the signal quietly instead.
+fn restore_sigpipe() {
+    // SAFETY: the first thing main does, before any thread exists; SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -75,12 +87,7 @@ fn dispatch(rt: &Runtime, cmd: Command) -> anyhow::Result<i32> {
                 Format::Json => {
                     print_json(&procs.iter().map(|p| p.pid).collect::<Vec<_>>())?;
                 }
-                Format::Table => {
-                    println!("PID\tEXEC");
-                    for p in procs {
-                        println!("{}\t{}", p.pid, p.exec_id.as_deref().unwrap_or("-"));
-                    }
-                }
+                Format::Table => print!("{}", ops::ps_table(&procs)),
             }
         }
         Command::List { format, quiet } => {

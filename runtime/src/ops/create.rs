@@ -300,7 +300,14 @@ fn spawn_monitor(
     let v: serde_json::Value =
         serde_json::from_str(&line).map_err(|_| fail(format!("bad readiness report {line:?}")))?;
     if v["ok"] == true {
-        let guest_pid = v["pid"].as_i64().unwrap_or(0) as i32;
+        // Relayed from the guest: an impossible pid is refused, not cut
+        // down to an i32.
+        let guest_pid = v["pid"]
+            .as_i64()
+            .ok_or_else(|| format!("no guest pid in the readiness report {line:?}"))
+            .and_then(|p| husk_protocol::check_guest_pid(p).map_err(|e| e.to_string()))
+            .and_then(|p| i32::try_from(p).map_err(|e| e.to_string()))
+            .map_err(fail)?;
         // The child is reaped by nobody once we exit; the monitor was
         // started in its own session and is re-parented to init.
         std::mem::forget(child);

@@ -216,6 +216,7 @@ fn resize(addr: &husk_protocol::client::AgentAddr, id: &str, exec_id: &str, term
         return;
     };
     if let Ok(mut c) = AgentClient::connect(addr, AGENT_TIMEOUT) {
+        c.set_call_timeout(super::AGENT_CALL_TIMEOUT);
         let _ = c.call(Request::ResizeTty(ResizeTty {
             container_id: id.into(),
             exec_id: Some(exec_id.into()),

@@ -64,8 +64,10 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
 }
 
 /// The live status: the recorded one, corrected by whether the monitor
-/// still runs and by what the agent says.
-fn agent_status(st: &ContainerState) -> Status {
+/// still runs and by what the agent says within `deadline` (connect and
+/// answer together); an agent that is silent, dying or gone leaves the
+/// recorded status.
+fn agent_status(st: &ContainerState, deadline: Duration) -> Status {
     if !st.monitor_alive() {
         return if st.status == Status::Creating {
             Status::Creating
@@ -76,16 +78,19 @@ fn agent_status(st: &ContainerState) -> Status {
     if matches!(st.status, Status::Paused | Status::Creating) {
         return st.status;
     }
-    // A short timeout: a monitor that is shutting down has no agent left.
-    let asked = husk_protocol::client::AgentClient::connect(
-        &Runtime::agent_addr(st),
-        Duration::from_millis(1500),
-    )
-    .and_then(|mut a| {
-        a.call(Request::State(ContainerRef {
-            container_id: st.id.clone(),
-        }))
-    });
+    let until = Instant::now() + deadline;
+    let asked = husk_protocol::client::AgentClient::connect(&Runtime::agent_addr(st), deadline)
+        .and_then(|mut a| {
+            a.call_with_timeout(
+                Request::State(ContainerRef {
+                    container_id: st.id.clone(),
+                }),
+                until.saturating_duration_since(Instant::now()),
+            )
+        });
+    if let Err(e) = &asked {
+        tracing::debug!(id = %st.id, error = %husk_protocol::error_chain(e), "agent status unknown; using the recorded one");
+    }
     match asked {
         Ok(Response::State(s)) => match s.status {
             ContainerStatus::Creating => Status::Creating,
@@ -102,7 +107,7 @@ fn agent_status(st: &ContainerState) -> Status {
 /// status cannot fall back to `running` while the VM shuts down and its
 /// agent no longer answers.
 fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
-    let status = agent_status(st);
+    let status = agent_status(st, rt.deadlines.status);
     if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
         let mut recorded = st.clone();
         recorded.status = Status::Stopped;
@@ -120,17 +125,29 @@ pub fn state(rt: &Runtime, id: &str) -> Result<OciState, OpError> {
     Ok(to_oci(&st, status))
 }
 
-/// `list`: every container's state.
+/// `list`: every container's state. The agents are asked in parallel, so
+/// silent ones cost one [`super::STATUS_DEADLINE`] in all, not one each.
 pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
-    let mut out = Vec::new();
-    for id in rt.root.list()? {
-        // A directory without state.json is a create in progress or debris.
-        if let Ok(st) = rt.root.load(&id) {
-            let status = live_status(rt, &st);
-            out.push(to_oci(&st, status));
-        }
-    }
-    Ok(out)
+    // A directory without state.json is a create in progress or debris.
+    let states: Vec<ContainerState> = rt
+        .root
+        .list()?
+        .iter()
+        .filter_map(|id| rt.root.load(id).ok())
+        .collect();
+    Ok(thread::scope(|s| {
+        let asks: Vec<_> = states
+            .iter()
+            .map(|st| (st, s.spawn(|| live_status(rt, st))))
+            .collect();
+        asks.into_iter()
+            .map(|(st, ask)| {
+                // A panicked ask leaves the recorded status.
+                let status = ask.join().unwrap_or(st.status);
+                to_oci(st, status)
+            })
+            .collect()
+    }))
 }
 
 /// `start`.
@@ -193,12 +210,24 @@ pub fn ps(rt: &Runtime, id: &str) -> Result<Vec<ProcessInfo>, OpError> {
     let req = Request::ListProcesses(ContainerRef {
         container_id: id.into(),
     });
+    // The client refused impossible pids already.
     match ask_live(rt, id, "it has no processes", req)? {
         Response::Processes { processes } => Ok(processes),
         other => Err(OpError::Invalid(format!(
-            "unexpected agent answer {other:?}"
+            "container {id}: unexpected agent answer {other:?}"
         ))),
     }
+}
+
+/// `ps`'s table: one line per process. The exec ids come from the guest
+/// and are printed escaped ([`husk_protocol::sanitize`]).
+pub fn ps_table(procs: &[ProcessInfo]) -> String {
+    let mut out = String::from("PID\tEXEC\n");
+    for p in procs {
+        let exec = p.exec_id.as_deref().unwrap_or("-");
+        out.push_str(&format!("{}\t{}\n", p.pid, husk_protocol::sanitize(exec)));
+    }
+    out
 }
 
 /// `delete`.
@@ -243,7 +272,8 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
             &Runtime::agent_addr(st),
             Duration::from_secs(2),
         ) {
-            let _ = agent.call(Request::Shutdown);
+            // A silent agent is killed with its monitor below.
+            let _ = agent.call_with_timeout(Request::Shutdown, Duration::from_secs(2));
         }
         if !wait_gone(st, Duration::from_secs(5)) {
             let _ = send_signal(pid, Signal::SIGKILL);
@@ -367,3 +397,7 @@ pub fn wait_monitor(pid: i32) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

@@ -16,15 +16,49 @@ use husk_protocol::ErrorCode;
 pub use create::{create, now_rfc3339, CreateOptions};
 pub use exec::{exec, exec_attach, ExecOptions};
 pub use info::{default_spec, features};
-pub use lifecycle::{delete, kill, list, pause, ps, resume, start, state, wait_monitor, OciState};
+pub use lifecycle::{
+    delete, kill, list, pause, ps, ps_table, resume, start, state, wait_monitor, OciState,
+};
 
 use crate::bundle::BundleError;
 use crate::hooks::HookError;
 use crate::sizing::SizingError;
 use crate::state::{ContainerState, StateError, StateRoot};
 
-/// How long a command waits for the agent of a running VM to answer.
+/// How long a command waits to connect to the agent of a running VM.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `state` and `list` may ask the agent (connect and answer
+/// together) before they answer from the recorded state and the monitor's
+/// liveness instead.
+pub const STATUS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long a short agent call from the CLI (`kill`, `ps`, `start`, exec
+/// setup, shutdown) may take to be answered: the agent answers these
+/// without blocking, so only a wedged or hostile guest takes longer.
+pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the CLI waits on an agent; [`Default`] is the constants above.
+/// Tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentDeadlines {
+    /// See [`STATUS_DEADLINE`].
+    pub status: Duration,
+    /// Connecting to the agent of a running VM.
+    pub connect: Duration,
+    /// See [`AGENT_CALL_TIMEOUT`].
+    pub call: Duration,
+}
+
+impl Default for AgentDeadlines {
+    fn default() -> Self {
+        AgentDeadlines {
+            status: STATUS_DEADLINE,
+            connect: AGENT_TIMEOUT,
+            call: AGENT_CALL_TIMEOUT,
+        }
+    }
+}
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +140,8 @@ pub struct Runtime {
     pub vmm_binary: PathBuf,
     /// The `husk` binary itself (for detached exec).
     pub self_binary: PathBuf,
+    /// How long to wait on agents.
+    pub deadlines: AgentDeadlines,
 }
 
 impl Runtime {
@@ -127,6 +163,7 @@ impl Runtime {
             root: StateRoot::new(root),
             vmm_binary,
             self_binary,
+            deadlines: AgentDeadlines::default(),
         }
     }
 
@@ -137,13 +174,16 @@ impl Runtime {
         }
     }
 
-    /// A control connection to the agent of container `st`.
+    /// A control connection to the agent of container `st`, its calls
+    /// bounded by [`AgentDeadlines::call`] (`WaitProcess` excepted).
     fn agent(&self, st: &ContainerState) -> Result<AgentClient, OpError> {
-        AgentClient::connect(&Self::agent_addr(st), AGENT_TIMEOUT).map_err(|source| {
-            OpError::Agent {
+        let mut c = AgentClient::connect(&Self::agent_addr(st), self.deadlines.connect).map_err(
+            |source| OpError::Agent {
                 id: st.id.clone(),
                 source,
-            }
-        })
+            },
+        )?;
+        c.set_call_timeout(self.deadlines.call);
+        Ok(c)
     }
 }

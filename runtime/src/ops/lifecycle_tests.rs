@@ -1,0 +1,239 @@
+//! `state`, `list`, `kill` and `ps` against fake agents behind a fake
+//! hybrid vsock socket: silent ones must not stall the CLI, hostile ones
+//! must not reach the terminal or containerd.
+
+use super::*;
+use crate::ops::{AgentDeadlines, STATUS_DEADLINE};
+use husk_protocol::client::ClientError;
+use husk_protocol::frame::{read_frame, write_frame};
+use husk_protocol::{Hello, RequestFrame, ResponseFrame};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+/// How a fake agent behaves.
+#[derive(Clone, Copy)]
+enum Agent {
+    /// Accepts `CONNECT` and never answers it (a wedged vsock daemon).
+    MuteDaemon,
+    /// Completes the handshake, then never answers a request.
+    Silent,
+    /// Answers `State` with running and `ListProcesses` with these
+    /// processes.
+    Lists(&'static [(i32, Option<&'static str>)]),
+}
+
+fn serve(mut s: UnixStream, agent: Agent) {
+    let mut line = String::new();
+    if BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .is_err()
+    {
+        return;
+    }
+    if matches!(agent, Agent::MuteDaemon) {
+        thread::sleep(Duration::from_secs(3600));
+    }
+    let _ = s.write_all(b"OK 7\n");
+    let Ok(_hello) = read_frame::<_, Hello>(&mut s) else {
+        return;
+    };
+    let _ = write_frame(&mut s, &ResponseFrame::new(0, Ok(Response::Empty)));
+    while let Ok(f) = read_frame::<_, RequestFrame>(&mut s) {
+        let r = match (agent, f.request) {
+            (Agent::Lists(_), Request::State(c)) => {
+                Response::State(husk_protocol::ContainerState {
+                    container_id: c.container_id,
+                    status: ContainerStatus::Running,
+                    pid: 1,
+                    exit_status: None,
+                })
+            }
+            (Agent::Lists(ps), Request::ListProcesses(_)) => Response::Processes {
+                processes: ps
+                    .iter()
+                    .map(|(pid, exec)| ProcessInfo {
+                        pid: *pid,
+                        exec_id: exec.map(str::to_owned),
+                    })
+                    .collect(),
+            },
+            (Agent::Lists(_), _) => Response::Empty,
+            _ => {
+                thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+        };
+        let _ = write_frame(&mut s, &ResponseFrame::new(f.id, Ok(r)));
+    }
+}
+
+/// A state root with container `id` recorded as running, its "monitor"
+/// this (live) test process and its vsock socket served by `agent`.
+fn running(rt_root: &std::path::Path, id: &str, agent: Option<Agent>) -> Runtime {
+    let mut rt = Runtime::new(rt_root.to_owned());
+    rt.deadlines = AgentDeadlines::default();
+    let dir = rt.root.claim(id).unwrap();
+    let me = std::process::id() as i32;
+    let st = ContainerState {
+        oci_version: "1.0.2".into(),
+        id: id.into(),
+        status: Status::Running,
+        pid: me,
+        pid_start_time: crate::state::process_start_time(me).unwrap(),
+        bundle: "/nonexistent-bundle".into(),
+        rootfs: "/nonexistent-bundle/rootfs".into(),
+        created: "2026-01-01T00:00:00Z".into(),
+        annotations: Default::default(),
+        guest_pid: 1,
+        engine_pid: None,
+        vsock_uds: dir.join("vsock.sock"),
+        agent_port: husk_protocol::DEFAULT_AGENT_PORT,
+        mounts: vec![],
+        network: None,
+    };
+    if let Some(agent) = agent {
+        let listener = UnixListener::bind(&st.vsock_uds).unwrap();
+        thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                thread::spawn(move || serve(s, agent));
+            }
+        });
+    }
+    rt.root.save(&st).unwrap();
+    rt
+}
+
+/// Runs `f` on a thread; fails the test if it takes longer than `limit`
+/// (a hang would otherwise hang the test too).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let r = rx
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still waiting after {limit:?}"));
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+    r
+}
+
+#[test]
+fn state_answers_from_the_record_when_the_agent_is_silent_or_wedged() {
+    // Connect, handshake and answer together stay within the deadline,
+    // plus scheduling slack: never a handshake or call timeout more.
+    let limit = STATUS_DEADLINE + Duration::from_millis(800);
+    for (name, agent) in [
+        ("silent", Some(Agent::Silent)),
+        ("mute-daemon", Some(Agent::MuteDaemon)),
+        ("no-socket", None),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let rt = running(t.path(), name, agent);
+        let st = within(limit, move || state(&rt, name).unwrap());
+        assert_eq!(st.status, Status::Running, "{name}");
+        assert_eq!(st.pid, std::process::id() as i32, "{name}");
+    }
+}
+
+#[test]
+fn list_asks_silent_agents_in_parallel() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rt = None;
+    for id in ["a", "b", "c", "d"] {
+        rt = Some(running(t.path(), id, Some(Agent::Silent)));
+    }
+    let rt = rt.unwrap();
+    let all = within(STATUS_DEADLINE * 2, move || list(&rt).unwrap());
+    let ids: Vec<_> = all.iter().map(|s| (s.id.as_str(), s.status)).collect();
+    assert_eq!(
+        ids,
+        [
+            ("a", Status::Running),
+            ("b", Status::Running),
+            ("c", Status::Running),
+            ("d", Status::Running)
+        ]
+    );
+}
+
+#[test]
+fn kill_and_ps_of_a_silent_agent_fail_within_their_deadline() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rt = running(t.path(), "quiet", Some(Agent::Silent));
+    rt.deadlines = AgentDeadlines {
+        status: Duration::from_millis(300),
+        connect: Duration::from_secs(2),
+        call: Duration::from_millis(500),
+    };
+    let rt2 = rt.clone();
+    let e = within(Duration::from_secs(3), move || {
+        kill(&rt2, "quiet", 15, false).unwrap_err()
+    });
+    assert!(
+        matches!(
+            &e,
+            OpError::Agent {
+                source: ClientError::TimedOut {
+                    what: "SignalProcess",
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let shown = husk_protocol::error_chain(&e);
+    assert!(shown.starts_with("container quiet: "), "{shown}");
+    assert!(
+        shown.contains("did not answer SignalProcess within 500ms"),
+        "{shown}"
+    );
+    let e = within(Duration::from_secs(3), move || {
+        ps(&rt, "quiet").unwrap_err()
+    });
+    assert!(
+        husk_protocol::error_chain(&e).contains("did not answer ListProcesses"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn ps_refuses_impossible_pids() {
+    for (name, procs) in [
+        ("zero", &[(1, None), (0, None)][..]),
+        ("negative", &[(-5, None)][..]),
+        ("beyond-pid-max", &[(4_194_305, None)][..]),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let rt = running(t.path(), name, Some(Agent::Lists(procs)));
+        let e = ps(&rt, name).expect_err(name);
+        assert!(
+            matches!(
+                &e,
+                OpError::Agent {
+                    source: ClientError::BadPid(_),
+                    ..
+                }
+            ),
+            "{name}: {e:?}"
+        );
+    }
+    let t = tempfile::tempdir().unwrap();
+    let good = &[(1, None), (4_194_304, Some("e1"))][..];
+    let rt = running(t.path(), "good", Some(Agent::Lists(good)));
+    let pids: Vec<i32> = ps(&rt, "good").unwrap().iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [1, 4_194_304]);
+}
+
+#[test]
+fn ps_prints_guest_strings_escaped() {
+    let t = tempfile::tempdir().unwrap();
+    let hostile = &[(7, Some("x\x1b]0;owned\x07\x1b[2J\u{9b}1m\x7f"))][..];
+    let rt = running(t.path(), "hostile", Some(Agent::Lists(hostile)));
+    let table = ps_table(&ps(&rt, "hostile").unwrap());
+    assert_eq!(
+        table,
+        "PID\tEXEC\n7\tx\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\\x7f\n"
+    );
+}
