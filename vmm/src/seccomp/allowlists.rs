@@ -56,6 +56,14 @@ fn common() -> Vec<Allowed> {
         sys!(SYS_write),
         sys!(SYS_writev),
         sys!(SYS_close),
+        // Debug builds of std check that an fd is open before closing it.
+        sys!(
+            SYS_fcntl,
+            Cond::OneOf {
+                index: 1,
+                values: vec![libc::F_GETFD as u64],
+            }
+        ),
         // Mutexes, condvars, channels, joins.
         sys!(SYS_futex),
         // malloc (glibc arenas grow by mprotect), thread stacks; never
