@@ -94,6 +94,21 @@ fn common() -> Vec<Allowed> {
     ]
 }
 
+/// `tgkill` of this process's own threads with one of `signals` only.
+fn tgkill_own(ctx: &Context, signals: &[u64]) -> Allowed {
+    sys!(
+        SYS_tgkill,
+        Cond::OneOf {
+            index: 0,
+            values: vec![ctx.pid as u64],
+        },
+        Cond::OneOf {
+            index: 2,
+            values: signals.to_vec(),
+        }
+    )
+}
+
 /// Creating threads, and what a new thread does before it installs its own
 /// filter (it runs under its creator's). `clone3` gets ENOSYS
 /// (`super::refused`), so glibc falls back to `clone`, whose flags seccomp
@@ -211,17 +226,7 @@ fn main_thread(ctx: &Context) -> Vec<Allowed> {
             }
         ),
         // Kicking vCPU threads out of KVM_RUN; abort().
-        sys!(
-            SYS_tgkill,
-            Cond::OneOf {
-                index: 0,
-                values: vec![ctx.pid as u64],
-            },
-            Cond::OneOf {
-                index: 2,
-                values: vec![sigrtmin(), libc::SIGABRT as u64],
-            }
-        ),
+        tgkill_own(ctx, &[sigrtmin(), libc::SIGABRT as u64]),
     ];
     // Stopping our own children, nobody else (CAP_KILL is raised around
     // it with capget/capset from `thread_spawn`: qemu runs as another uid).
@@ -272,17 +277,7 @@ fn vcpu(ctx: &Context) -> Vec<Allowed> {
         sys!(SYS_ppoll),
         sys!(SYS_readv),
         // Kicking the other vCPUs when the guest stops; abort().
-        sys!(
-            SYS_tgkill,
-            Cond::OneOf {
-                index: 0,
-                values: vec![ctx.pid as u64],
-            },
-            Cond::OneOf {
-                index: 2,
-                values: vec![sigrtmin(), libc::SIGABRT as u64],
-            }
-        ),
+        tgkill_own(ctx, &[sigrtmin(), libc::SIGABRT as u64]),
     ];
     v.extend(thread_spawn());
     v
@@ -297,17 +292,7 @@ fn net_worker(ctx: &Context) -> Vec<Allowed> {
         sys!(SYS_epoll_ctl),
         sys!(SYS_readv),
         // abort().
-        sys!(
-            SYS_tgkill,
-            Cond::OneOf {
-                index: 0,
-                values: vec![ctx.pid as u64],
-            },
-            Cond::OneOf {
-                index: 2,
-                values: vec![libc::SIGABRT as u64],
-            }
-        ),
+        tgkill_own(ctx, &[libc::SIGABRT as u64]),
     ]
 }
 
@@ -321,17 +306,7 @@ fn pump(ctx: &Context) -> Vec<Allowed> {
         sys!(SYS_recvfrom),
         sys!(SYS_poll),
         sys!(SYS_ppoll),
-        sys!(
-            SYS_tgkill,
-            Cond::OneOf {
-                index: 0,
-                values: vec![ctx.pid as u64],
-            },
-            Cond::OneOf {
-                index: 2,
-                values: vec![libc::SIGABRT as u64],
-            }
-        ),
+        tgkill_own(ctx, &[libc::SIGABRT as u64]),
     ]
 }
 
