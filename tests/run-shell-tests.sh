@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Runs every tests/shell/*.sh; exit 77 means skipped (with its reason printed).
+# Runs every tests/shell/*.sh, or the ones named (run-shell-tests.sh NAME...);
+# exit 77 means skipped (with its reason printed).
 # Ends with the plain "N passed, N failed, N skipped" line.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 pass=0 fail=0 skip=0
-for t in "$here"/shell/*.sh; do
+if [ $# -gt 0 ]; then
+  set -- "${@/#/$here/shell/}"; set -- "${@/%/.sh}"
+else
+  set -- "$here"/shell/*.sh
+fi
+for t in "$@"; do
   name=$(basename "$t" .sh)
   out=$(bash "$t" 2>&1); rc=$?
   case $rc in

@@ -166,6 +166,43 @@ fn run_in_foreground_passes_stdio_and_exit_codes() {
     env.assert_clean();
 }
 
+/// The VM is as big as the spec asks (`husk.vcpus` and `husk.memory_mib`,
+/// enabled by default), and the container's memory limit is its cgroup's.
+#[test]
+fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "nproc; grep MemTotal /proc/meminfo; \
+             cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max",
+        ],
+    );
+    env.edit_config(&b, |c| {
+        c["annotations"] = serde_json::json!({"husk.vcpus": "2", "husk.memory_mib": "384"});
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 100u64 << 20});
+    });
+    let out = env.ok(&["run", "--bundle", b.to_str().unwrap(), "v1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "output: {out}");
+    assert_eq!(lines[0], "2", "vCPUs the guest sees");
+    let kib: u64 = lines[1]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("MemTotal line: {}", lines[1]));
+    assert!(
+        (256 * 1024..384 * 1024).contains(&kib),
+        "a 384 MiB guest has {kib} KiB of MemTotal"
+    );
+    assert_eq!(lines[2], (100u64 << 20).to_string(), "memory.max");
+    env.assert_clean();
+}
+
 #[test]
 fn bad_bundles_fail_cleanly() {
     skip_without_guest!();

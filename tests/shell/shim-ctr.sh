@@ -17,7 +17,7 @@ expect_eq "run output" "$out" "hello-from-husk"
 expect_eq "run exit" "$rc" 0
 
 # Runtime options (ctr --runtime-config-path = CRI's options.ConfigPath).
-printf 'engine = "qemu"\n' >"$tmp/opts-good.toml"
+printf 'engine = "%s"\n' "${HUSK_ENGINE:-qemu}" >"$tmp/opts-good.toml"
 printf 'engine = "warp-drive"\n' >"$tmp/opts-bad.toml"
 out=$(c run --rm "${R[@]}" --runtime-config-path "$tmp/opts-bad.toml" "$IMAGE" t-badopt true 2>&1) \
   && fail "a bad engine in the runtime options was accepted"

@@ -179,9 +179,12 @@ pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
     }
 }
 
-/// A `husk-vmm` command for `state` with the kernel set, on the qemu engine.
+/// A `husk-vmm` command for `state` with the kernel set, on the engine
+/// `HUSK_ENGINE` names (the nested tier sets `builtin`), else qemu: the
+/// engine that runs a Linux guest on every host.
 pub fn vmm(kernel: &Path, state: &Path) -> Command {
-    vmm_on(kernel, state, "qemu")
+    let engine = std::env::var("HUSK_ENGINE").unwrap_or_else(|_| "qemu".into());
+    vmm_on(kernel, state, &engine)
 }
 
 /// A `husk-vmm` command for `state` with the kernel set, on `engine`.
