@@ -203,6 +203,64 @@ fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
     env.assert_clean();
 }
 
+/// `pause` parks the VM's vCPUs: nothing in the container runs (its ticks
+/// into a bind mount stop) until `resume`; on both engines.
+#[test]
+fn pause_parks_the_vm_until_resume() {
+    skip_without_guest!();
+    let env = Env::new();
+    let data = env.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let ticks = data.join("ticks");
+    let b = env.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "while :; do echo tick >> /data/ticks; sleep 0.1; done",
+        ],
+    );
+    env.edit_config(&b, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
+    });
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), "p1"]);
+    env.ok(&["start", "p1"]);
+    let count = || {
+        fs::read_to_string(&ticks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_more_than = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count() <= n {
+            assert!(Instant::now() < deadline, "{what}: still {} ticks", count());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_more_than(2, "the container never ticked");
+
+    env.ok(&["pause", "p1"]);
+    assert_eq!(env.status_of("p1"), "paused");
+    // A write already on its way to the host may still land; then nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let paused_at = count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(), paused_at, "the container ran while paused");
+    let out = env.run(&["exec", "p1", "true"]);
+    assert!(!out.status.success(), "exec into a paused container");
+
+    env.ok(&["resume", "p1"]);
+    assert_eq!(env.status_of("p1"), "running");
+    wait_more_than(paused_at, "the container did not run again after resume");
+
+    // A paused container can be deleted with --force.
+    env.ok(&["pause", "p1"]);
+    env.ok(&["delete", "--force", "p1"]);
+    env.assert_clean();
+}
+
 #[test]
 fn bad_bundles_fail_cleanly() {
     skip_without_guest!();

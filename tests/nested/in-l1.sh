@@ -9,10 +9,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 export HUSK_ENGINE=builtin
 grep -qw svm /proc/cpuinfo || { echo "SKIP: no svm flag in the L1"; exit 1; }
 [ -c /dev/kvm ] || { echo "SKIP: no /dev/kvm in the L1"; exit 1; }
+# The runtime's own concurrency (ten containers at once) is the host's
+# test: ten nested guests at once take longer to boot on the L1's emulated
+# CPUs than the boot timeout allows, and say nothing more about the engine.
+skip=(--skip ten_concurrent_cycles_leak_nothing)
 rc=0
 while [ $# -gt 0 ] && [ "$1" != -- ]; do
   echo "     Running $1 (engine builtin)"
-  "$1" --test-threads=1 --nocapture || rc=1
+  "$1" --test-threads=1 --nocapture "${skip[@]}" || rc=1
   shift
 done
 [ "${1:-}" = -- ] && shift

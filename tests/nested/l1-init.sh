@@ -24,6 +24,9 @@ for m in tun veth; do modprobe -q $m; done
 ip link set lo up
 hostname husk-l1
 echo "l1: up in $(cut -d' ' -f1 /proc/uptime) s; /dev/kvm $( [ -c /dev/kvm ] && echo present || echo MISSING)"
+if [ -f $job/debug-shell ]; then
+  (while :; do setsid sh -c 'exec sh -i </dev/ttyS1 >/dev/ttyS1 2>&1'; sleep 1; done) &
+fi
 ( . $job/cmd ) </dev/null
 echo $? >$job/rc
 sync

@@ -19,6 +19,10 @@
 # kvm-amd (nested=1) and whatever modules the command needs.
 #
 # Exit 125 with a line starting with "SKIP" when QEMU cannot emulate SVM.
+#
+# Debugging: with HUSK_NESTED_SHELL=PATH, a root shell of the L1 listens on
+# the unix socket PATH (its second serial port) while the command runs, e.g.
+# `socat -,raw,echo=0 UNIX-CONNECT:PATH`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -147,6 +151,11 @@ virtiofsd --shared-dir "$job/share" --socket-path "$job/job.sock" --cache never 
 pids+=($!)
 for _ in $(seq 100); do [ -S "$job/root.sock" ] && [ -S "$job/job.sock" ] && break; sleep 0.1; done
 
+debug_shell=()
+if [ -n "${HUSK_NESTED_SHELL:-}" ]; then
+  debug_shell=(-chardev "socket,id=dbg,path=$HUSK_NESTED_SHELL,server=on,wait=off" -serial chardev:dbg)
+  touch "$job/share/debug-shell"
+fi
 log "booting the L1 (kernel $kver, $cpus vCPU, $mem MiB, AMD SVM under TCG)"
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
@@ -156,7 +165,7 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 husk_stage2=$here/l1-init.sh" \
   -chardev socket,id=root,path="$job/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot \
   -chardev socket,id=job,path="$job/job.sock" -device vhost-user-fs-pci,chardev=job,tag=job \
-  -nic none -nographic -no-reboot -serial mon:stdio </dev/null \
+  -nic none -nographic -no-reboot -serial mon:stdio "${debug_shell[@]}" </dev/null \
   2> >(grep -v "TCG doesn't support requested feature" >&2)
 q=$?
 set -e

@@ -25,7 +25,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::{ContainerConfig, VmConfig};
 use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
-use crate::signals::{is_stop_signal, Signals};
+use crate::signals::{is_stop_signal, pause_request, Signals};
 use crate::vm::VmExit;
 use crate::vm::{Vm, VmError, VmHandle};
 
@@ -79,6 +79,8 @@ pub trait Guest {
     fn agent_announced(&self) -> bool {
         true
     }
+    /// Parks or runs the vCPUs (`husk pause` / `resume`).
+    fn set_paused(&mut self, _paused: bool) {}
 }
 
 impl Guest for VmHandle {
@@ -99,6 +101,9 @@ impl Guest for VmHandle {
     }
     fn agent_announced(&self) -> bool {
         VmHandle::agent_announced(self)
+    }
+    fn set_paused(&mut self, paused: bool) {
+        VmHandle::set_paused(self, paused)
     }
 }
 
@@ -195,7 +200,9 @@ fn setup(
             )));
         }
         while let Some(sig) = signals.next_signal() {
-            if is_stop_signal(sig) {
+            if let Some(paused) = pause_request(sig) {
+                vm.set_paused(paused);
+            } else if is_stop_signal(sig) {
                 return Err(Abort::Signal(sig));
             }
         }
@@ -512,6 +519,10 @@ fn supervise(
             break r;
         }
         while let Some(sig) = signals.next_signal() {
+            if let Some(paused) = pause_request(sig) {
+                vm.set_paused(paused);
+                continue;
+            }
             if sig == nix::sys::signal::Signal::SIGWINCH && setup.terminal {
                 // Our controlling terminal (the host pty) was resized.
                 resize_tty(&setup.control, &cid, &setup.tty);

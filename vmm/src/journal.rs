@@ -134,3 +134,41 @@ mod tests {
         assert_eq!(read(Path::new("/nonexistent")), Vec::new());
     }
 }
+
+/// The file in the state directory saying whether the guest's vCPUs run
+/// (`running`) or are parked (`paused`, after `husk pause`): written by the
+/// monitor once the change took effect, read by the runtime.
+pub const VM_STATE_FILE: &str = "vm-state";
+
+/// The monitor's [`VM_STATE_FILE`], opened before it confines itself.
+#[derive(Debug)]
+pub struct VmStateFile(std::fs::File);
+
+impl VmStateFile {
+    /// Creates `STATE_DIR/vm-state` saying `running`.
+    pub fn create(state_dir: &Path) -> std::io::Result<Self> {
+        let mut f = VmStateFile(std::fs::File::create(state_dir.join(VM_STATE_FILE))?);
+        f.set(false)?;
+        Ok(f)
+    }
+
+    /// Records paused or running (same length, so one pwrite replaces it).
+    pub fn set(&mut self, paused: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text: &[u8; 8] = if paused { b"paused \n" } else { b"running\n" };
+        self.0.write_all_at(text, 0)
+    }
+}
+
+/// Whether the monitor of `state_dir` says its guest is paused (`None`
+/// when it says nothing: no such file, an older monitor).
+pub fn vm_paused(state_dir: &Path) -> Option<bool> {
+    match std::fs::read_to_string(state_dir.join(VM_STATE_FILE))
+        .ok()?
+        .trim()
+    {
+        "paused" => Some(true),
+        "running" => Some(false),
+        _ => None,
+    }
+}

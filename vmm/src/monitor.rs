@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::VmConfig;
-use crate::signals::{is_stop_signal, Signals};
+use crate::signals::{is_stop_signal, pause_request, Signals};
 use crate::vm::{Vm, VmError, AGENT_READY_LINE};
 
 /// The exit status for a monitor failure (bad config, a daemon or the engine
@@ -101,7 +101,9 @@ pub fn run_plain(
     let mut announced = !ready.is_wanted();
     loop {
         while let Some(sig) = signals.next_signal() {
-            if is_stop_signal(sig) {
+            if let Some(paused) = pause_request(sig) {
+                vm.set_paused(paused);
+            } else if is_stop_signal(sig) {
                 tracing::info!("{sig}: stopping the VM");
                 ready.fail(&format!("interrupted by {sig}"));
                 vm.shutdown();

@@ -8,9 +8,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// The signals the monitor handles: the stop signals plus those container
-/// supervisor mode forwards to the container.
-pub const HANDLED: [Signal; 7] = [
+/// The signals the monitor handles: the stop signals, the pause signals,
+/// and those container supervisor mode forwards to the container.
+pub const HANDLED: [Signal; 9] = [
+    Signal::SIGTSTP,
+    Signal::SIGCONT,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -27,6 +29,17 @@ pub fn is_stop_signal(s: Signal) -> bool {
         s,
         Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT
     )
+}
+
+/// The monitor's pause control (`husk pause` / `resume`): SIGTSTP parks
+/// the guest's vCPUs, SIGCONT runs them again. Never forwarded. The
+/// monitor says which state the vCPUs are in in `STATE_DIR/vm-state`.
+pub fn pause_request(s: Signal) -> Option<bool> {
+    match s {
+        Signal::SIGTSTP => Some(true),
+        Signal::SIGCONT => Some(false),
+        _ => None,
+    }
 }
 
 /// The monitor's signalfd.

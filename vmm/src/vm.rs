@@ -80,6 +80,8 @@ pub struct VmHandle {
     console: PathBuf,
     kind: EngineKind,
     exit: Option<VmExit>,
+    /// Says whether the vCPUs run (`husk pause`).
+    vm_state: Option<crate::journal::VmStateFile>,
 }
 
 impl Vm {
@@ -89,10 +91,12 @@ impl Vm {
     /// children must die with this thread (PR_SET_PDEATHSIG).
     pub fn start(cfg: &VmConfig) -> Result<VmHandle, VmError> {
         cfg.validate()?;
-        let (kind, warning) =
-            engine::select(cfg.engine, HostFacts::probe(), engine::BUILTIN_AVAILABLE)?;
-        if let Some(w) = warning {
-            tracing::warn!("{w}");
+        let host = HostFacts::probe();
+        let (kind, why) = engine::select(cfg.engine, host, engine::BUILTIN_AVAILABLE)?;
+        if kind == EngineKind::Qemu && host.qemu_accel() == engine::Accel::Tcg {
+            tracing::warn!("{why}");
+        } else {
+            tracing::info!("{why}");
         }
         if kind == EngineKind::Builtin {
             crate::builtin::boot::check_kernel(&cfg.kernel)
@@ -131,6 +135,9 @@ impl Vm {
             console: cfg.console_log_path(),
             kind,
             exit: None,
+            vm_state: crate::journal::VmStateFile::create(&cfg.state_dir)
+                .inspect_err(|e| tracing::warn!("cannot create the vm-state file: {e}"))
+                .ok(),
         };
         let started = Instant::now();
         h.daemons.push(daemons::start_vsock(&vsock_bin, cfg)?);
@@ -251,6 +258,29 @@ impl VmHandle {
     /// Waits for the guest to stop or anything to fail.
     pub fn wait(&mut self) -> VmExit {
         self.wait_timeout(None).unwrap_or(VmExit::GuestStopped)
+    }
+
+    /// Parks the guest's vCPUs (`husk pause`) or runs them again, then
+    /// records which in the state directory's `vm-state`.
+    pub fn set_paused(&mut self, paused: bool) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        match engine.set_paused(paused) {
+            Ok(()) => {
+                tracing::info!(
+                    paused,
+                    "vCPUs {}",
+                    if paused { "parked" } else { "running" }
+                );
+                if let Some(f) = self.vm_state.as_mut() {
+                    if let Err(e) = f.set(paused) {
+                        tracing::warn!("cannot record the vm state: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(paused, "cannot change the vCPUs' state: {e}"),
+        }
     }
 
     /// Stops the engine, then the daemons, reaps them and removes the

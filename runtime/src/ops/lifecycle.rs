@@ -266,7 +266,9 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
     if st.monitor_alive() {
         let pid = Pid::from_raw(st.pid);
         if st.status == Status::Paused {
-            signal_engine(rt, st, Signal::SIGCONT);
+            if let Err(e) = set_paused(rt, st, false) {
+                tracing::warn!(id = %st.id, error = %e, "resuming before the stop");
+            }
         }
         if let Ok(mut agent) = husk_protocol::client::AgentClient::connect(
             &Runtime::agent_addr(st),
@@ -326,23 +328,34 @@ fn kill_leftovers(dir: &std::path::Path) {
     }
 }
 
-/// Stops or continues the VM's vCPUs: qemu where the monitor recorded one,
-/// else the monitor itself, whose threads are the vCPUs (builtin engine).
-/// Returns how many processes were signalled.
-fn signal_engine(rt: &Runtime, st: &ContainerState, sig: Signal) -> usize {
-    let Ok(dir) = rt.root.dir(&st.id) else {
-        return 0;
+/// Asks the monitor to park (`true`) or run the VM's vCPUs (SIGTSTP /
+/// SIGCONT, which it never forwards to the container) and waits until its
+/// `vm-state` file says so. Both engines: the builtin engine parks its vCPU
+/// threads, the qemu engine stops qemu.
+fn set_paused(rt: &Runtime, st: &ContainerState, paused: bool) -> Result<(), OpError> {
+    let id = &st.id;
+    let dir = rt.root.dir(id)?;
+    let sig = if paused {
+        Signal::SIGTSTP
+    } else {
+        Signal::SIGCONT
     };
-    let qemu: Vec<_> = husk_vmm::journal::read(&dir)
-        .into_iter()
-        .filter(|r| r.name == "qemu" && r.alive())
-        .collect();
-    if qemu.is_empty() {
-        return usize::from(st.monitor_alive() && send_signal(Pid::from_raw(st.pid), sig).is_ok());
+    if !st.monitor_alive() || send_signal(Pid::from_raw(st.pid), sig).is_err() {
+        return Err(OpError::Invalid(format!(
+            "container {id}: its monitor is not running"
+        )));
     }
-    qemu.iter()
-        .filter(|r| send_signal(Pid::from_raw(r.pid), sig).is_ok())
-        .count()
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while husk_vmm::journal::vm_paused(&dir) != Some(paused) {
+        if std::time::Instant::now() >= deadline || !st.monitor_alive() {
+            return Err(OpError::Invalid(format!(
+                "container {id}: the monitor did not {} the VM's vCPUs within 10 s",
+                if paused { "park" } else { "resume" }
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// `pause`: stops the VM's vCPUs.
@@ -356,11 +369,7 @@ pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
             what: "only a running container can pause",
         });
     }
-    if signal_engine(rt, &st, Signal::SIGSTOP) == 0 {
-        return Err(OpError::Invalid(format!(
-            "container {id}: its engine cannot be paused"
-        )));
-    }
+    set_paused(rt, &st, true)?;
     st.status = Status::Paused;
     rt.root.save(&st)?;
     Ok(())
@@ -377,7 +386,7 @@ pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
             what: "it is not paused",
         });
     }
-    signal_engine(rt, &st, Signal::SIGCONT);
+    set_paused(rt, &st, false)?;
     st.status = Status::Running;
     rt.root.save(&st)?;
     Ok(())

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub enum BuiltinError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] super::virtio::DeviceError),
+    /// The MP table (how the guest finds its vCPUs) could not be written.
+    #[error("cannot write the MP table")]
+    MpTable(#[source] vm_memory::GuestMemoryError),
 }
 
 /// Which devices [`BuiltinEngine::start`] gives the guest.
@@ -90,6 +93,16 @@ pub struct ExitState {
     /// The vCPU threads to kick out of `KVM_RUN`; emptied (under this lock)
     /// before they are joined, so a kick never targets a joined thread.
     threads: Mutex<Vec<libc::pthread_t>>,
+    /// `husk pause`: whether the vCPUs should be parked, and how many are.
+    pause: Mutex<Pause>,
+    /// Signalled when `pause` changes or the guest stops.
+    pause_cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pause {
+    wanted: bool,
+    parked: usize,
 }
 
 impl ExitState {
@@ -100,7 +113,71 @@ impl ExitState {
             stopping: AtomicBool::new(false),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
             threads: Mutex::new(Vec::new()),
+            pause: Mutex::new(Pause::default()),
+            pause_cv: Condvar::new(),
         }))
+    }
+
+    fn lock_pause(&self) -> std::sync::MutexGuard<'_, Pause> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes parked vCPUs after `stopping` was set.
+    fn wake_parked(&self) {
+        let _held = self.lock_pause();
+        self.pause_cv.notify_all();
+    }
+
+    /// Called by a vCPU thread between two `KVM_RUN`s: blocks while the
+    /// guest is paused (and not stopping).
+    fn park_while_paused(&self) {
+        let mut p = self.lock_pause();
+        if !p.wanted || self.stopping() {
+            return;
+        }
+        p.parked += 1;
+        self.pause_cv.notify_all();
+        while p.wanted && !self.stopping() {
+            p = self.pause_cv.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.parked -= 1;
+    }
+
+    /// Parks every vCPU (kicking each out of `KVM_RUN` until all are
+    /// parked) or lets them run again.
+    fn set_paused(&self, paused: bool) -> Result<(), String> {
+        let mut p = self.lock_pause();
+        p.wanted = paused;
+        self.pause_cv.notify_all();
+        if !paused {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let threads = self
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if p.parked >= threads.len() || self.stopping() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} of {} vCPUs parked after 5 s",
+                    p.parked,
+                    threads.len()
+                ));
+            }
+            for &t in &threads {
+                kick(t);
+            }
+            p = self
+                .pause_cv
+                .wait_timeout(p, Duration::from_millis(5))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Records how the guest ended (the first call wins), makes the exit
@@ -113,6 +190,7 @@ impl ExitState {
             }
         }
         self.stopping.store(true, Ordering::SeqCst);
+        self.wake_parked();
         let _ = self.evt.write(1);
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
@@ -359,6 +437,7 @@ impl BuiltinEngine {
                 mmio_devices: &mmio,
             },
         )?;
+        super::mptable::write(&mem, vcpus).map_err(BuiltinError::MpTable)?;
         let mut m = Machine::new(mem, vcpus)?;
         let console = cfg.console_log_path();
         let file = std::fs::File::create(&console).map_err(io_err(format!(
@@ -427,6 +506,7 @@ impl BuiltinEngine {
     /// Kicks every vCPU out of `KVM_RUN` until it returns, then joins them.
     fn stop_threads(&mut self) {
         self.exit.stopping.store(true, Ordering::SeqCst);
+        self.exit.wake_parked();
         // No kicks from `ExitState::finish` after this point.
         self.exit
             .threads
@@ -457,6 +537,10 @@ impl Drop for BuiltinEngine {
 impl EngineInstance for BuiltinEngine {
     fn name(&self) -> &str {
         "builtin"
+    }
+
+    fn set_paused(&mut self, paused: bool) -> Result<(), String> {
+        self.exit.set_paused(paused)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -530,6 +614,7 @@ fn vcpu_thread(
         )));
     }
     loop {
+        exit.park_while_paused();
         if exit.stopping() {
             return None;
         }

@@ -8,6 +8,7 @@
 //! | [`vm`] | the KVM VM: memory slots, in-kernel PIC/IOAPIC/LAPIC and PIT, irqfd/ioeventfd |
 //! | [`cpu`] | vCPU setup: CPUID, MSRs, FPU, LAPIC LINT pins, entry registers |
 //! | [`boot`] | `vmlinux` ELF load, initramfs, command line, PVH `hvm_start_info` and memory map |
+//! | [`mptable`] | the MP table: the guest's vCPUs and IOAPIC (there is no ACPI) |
 //! | [`serial`] | COM1 (vm-superio 16550A) into the console log |
 //! | [`i8042`] | the i8042's CPU reset line (guest reboot) |
 //! | [`devices`] | the config's devices (vsock, one fs per share) placed behind virtio-mmio transports at windows and GSIs |
@@ -25,6 +26,7 @@ pub mod devices;
 pub mod engine;
 pub mod i8042;
 pub mod memory;
+pub mod mptable;
 pub mod serial;
 pub mod virtio;
 pub mod vm;

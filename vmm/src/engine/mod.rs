@@ -52,8 +52,17 @@ pub enum EngineError {
 pub enum EngineKind {
     /// In-process KVM (`crate::builtin`).
     Builtin,
-    /// `qemu-system-x86_64 -accel tcg`.
+    /// `qemu-system-x86_64`, with the [`Accel`] the host allows.
     Qemu,
+}
+
+/// How the qemu engine runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// `-accel kvm -cpu host`: hardware virtualization.
+    Kvm,
+    /// `-accel tcg -cpu max`: emulation, seconds to boot.
+    Tcg,
 }
 
 /// Whether the builtin engine is compiled in.
@@ -66,6 +75,8 @@ pub struct HostFacts {
     pub cpuinfo: String,
     /// Whether kvm_intel or kvm_amd is loaded.
     pub hw_kvm_module: bool,
+    /// Whether this process can open /dev/kvm read-write.
+    pub kvm_device: bool,
 }
 
 impl HostFacts {
@@ -78,7 +89,23 @@ impl HostFacts {
             hw_kvm_module: ["kvm_intel", "kvm_amd"]
                 .iter()
                 .any(|m| Path::new("/sys/module").join(m).exists()),
+            kvm_device: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok(),
         })
+    }
+
+    /// The qemu engine's accelerator here: KVM where it can run a Linux
+    /// guest (hardware virtualization and a usable /dev/kvm), else TCG. A
+    /// PVM-backed /dev/kvm stops Linux guests early, so it gets TCG.
+    pub fn qemu_accel(&self) -> Accel {
+        if self.kvm_device && self.hardware_virtualization() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
     }
 
     /// True when the CPU has VT-x/AMD-V (a `vmx` or `svm` flag) or a
@@ -93,31 +120,42 @@ impl HostFacts {
     }
 }
 
-/// Picks the engine. `Auto` falls back to QEMU with a reason to log.
+/// Picks the engine, and says why in one line (the monitor logs it).
+/// `Auto` is the builtin engine on hardware virtualization, else qemu.
 pub fn select(
     choice: EngineChoice,
     host: &HostFacts,
     builtin_available: bool,
-) -> Result<(EngineKind, Option<String>), EngineError> {
+) -> Result<(EngineKind, String), EngineError> {
+    let qemu = |because: &str| {
+        match host.qemu_accel() {
+        Accel::Kvm => format!("qemu engine with KVM: {because}"),
+        Accel::Tcg => format!(
+            "qemu engine with TCG emulation (the guest boots in seconds instead of ~150 ms and runs several times slower): {because}, and this host has no hardware virtualization (no vmx/svm)"
+        ),
+    }
+    };
     match choice {
-        EngineChoice::Qemu => Ok((EngineKind::Qemu, None)),
-        EngineChoice::Builtin if builtin_available => Ok((EngineKind::Builtin, None)),
+        EngineChoice::Qemu => Ok((EngineKind::Qemu, qemu("asked for"))),
+        EngineChoice::Builtin if builtin_available => {
+            Ok((EngineKind::Builtin, "builtin KVM engine: asked for".into()))
+        }
         EngineChoice::Builtin => Err(EngineError::BuiltinUnavailable),
         EngineChoice::Auto => {
             let hw = host.hardware_virtualization();
             if hw && builtin_available {
-                return Ok((EngineKind::Builtin, None));
+                return Ok((
+                    EngineKind::Builtin,
+                    "builtin KVM engine: auto, and this host has hardware virtualization".into(),
+                ));
             }
-            let why = if hw {
-                "the builtin KVM engine is not built yet"
-            } else {
-                "this host has no hardware virtualization (no vmx/svm)"
-            };
             Ok((
                 EngineKind::Qemu,
-                Some(format!(
-                    "using the qemu engine (TCG emulation) because {why}: the guest boots in seconds instead of ~150 ms and runs several times slower"
-                )),
+                qemu(if hw {
+                    "auto, and the builtin KVM engine is not built yet"
+                } else {
+                    "auto"
+                }),
             ))
         }
     }
@@ -138,6 +176,9 @@ pub trait EngineInstance: std::fmt::Debug + Send {
     fn wait_timeout(&mut self, timeout: Duration) -> bool;
     /// Stops the guest now (waiting up to `grace` for a clean exit).
     fn stop(&mut self, grace: Duration);
+    /// Parks the guest's vCPUs (`true`) or runs them again; returns once
+    /// they are parked, or why they could not be.
+    fn set_paused(&mut self, paused: bool) -> Result<(), String>;
 }
 
 /// Starts the chosen engine for `cfg`, whose daemons already serve their
@@ -164,17 +205,20 @@ mod tests {
     fn detects_hardware_virtualization() {
         assert!(HostFacts {
             cpuinfo: VMX.into(),
-            hw_kvm_module: false
+            hw_kvm_module: false,
+            kvm_device: true,
         }
         .hardware_virtualization());
         assert!(!HostFacts {
             cpuinfo: PVM.into(),
-            hw_kvm_module: false
+            hw_kvm_module: false,
+            kvm_device: true,
         }
         .hardware_virtualization());
         assert!(HostFacts {
             cpuinfo: PVM.into(),
-            hw_kvm_module: true
+            hw_kvm_module: true,
+            kvm_device: true,
         }
         .hardware_virtualization());
     }
@@ -184,33 +228,45 @@ mod tests {
         let hw = HostFacts {
             cpuinfo: VMX.into(),
             hw_kvm_module: false,
+            kvm_device: true,
         };
         let no = HostFacts {
             cpuinfo: PVM.into(),
             hw_kvm_module: false,
+            kvm_device: true,
         };
-        assert_eq!(
-            select(EngineChoice::Auto, &hw, true).unwrap(),
-            (EngineKind::Builtin, None)
-        );
+        let (k, why) = select(EngineChoice::Auto, &hw, true).unwrap();
+        assert_eq!(k, EngineKind::Builtin);
+        assert!(why.contains("hardware virtualization"), "{why}");
         let (k, w) = select(EngineChoice::Auto, &hw, false).unwrap();
         assert_eq!(k, EngineKind::Qemu);
-        assert!(w.unwrap().contains("not built yet"));
+        assert!(w.contains("not built yet") && w.contains("KVM"), "{w}");
         let (k, w) = select(EngineChoice::Auto, &no, true).unwrap();
         assert_eq!(k, EngineKind::Qemu);
-        let w = w.unwrap();
         assert!(
-            w.contains("no hardware virtualization") && w.contains("seconds") && !w.contains('\n')
+            w.contains("no hardware virtualization") && w.contains("seconds") && !w.contains('\n'),
+            "{w}"
         );
+        let (k, w) = select(EngineChoice::Qemu, &hw, true).unwrap();
+        assert_eq!(k, EngineKind::Qemu);
+        assert!(w.starts_with("qemu engine with KVM"), "{w}");
         assert_eq!(
-            select(EngineChoice::Qemu, &hw, true).unwrap(),
-            (EngineKind::Qemu, None)
-        );
-        assert_eq!(
-            select(EngineChoice::Builtin, &no, true).unwrap(),
-            (EngineKind::Builtin, None)
+            select(EngineChoice::Builtin, &no, true).unwrap().0,
+            EngineKind::Builtin
         );
         let e = select(EngineChoice::Builtin, &hw, false).unwrap_err();
         assert!(e.to_string().contains("not built yet"));
+    }
+
+    #[test]
+    fn qemu_uses_kvm_only_where_it_can_run_a_guest() {
+        let facts = |cpuinfo: &str, kvm_device| HostFacts {
+            cpuinfo: cpuinfo.into(),
+            hw_kvm_module: false,
+            kvm_device,
+        };
+        assert_eq!(facts(VMX, true).qemu_accel(), Accel::Kvm);
+        assert_eq!(facts(VMX, false).qemu_accel(), Accel::Tcg, "no /dev/kvm");
+        assert_eq!(facts(PVM, true).qemu_accel(), Accel::Tcg, "PVM-backed");
     }
 }

@@ -1,4 +1,5 @@
-//! The qemu engine: `qemu-system-x86_64 -accel tcg -M microvm` as a child,
+//! The qemu engine: `qemu-system-x86_64 -M microvm` as a child (`-accel kvm`
+//! where KVM can run a guest, TCG elsewhere),
 //! guest RAM in a shared memfd for the vhost-user daemons, the serial
 //! console in a file, no QEMU monitor, virtio-net only on tap fds the
 //! caller handed in (`net`).
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use caps::Capability;
 
-use super::{EngineError, EngineInstance};
+use super::{Accel, EngineError, EngineInstance, HostFacts};
 use crate::config::VmConfig;
 use crate::process::{describe, Supervised};
 
@@ -102,16 +103,20 @@ pub fn chroot_dir(cfg: &VmConfig) -> std::path::PathBuf {
     cfg.state_dir.join("qemu-root")
 }
 
-/// The full qemu argument list for `cfg`; with `drop_root` (the monitor
-/// runs as root) qemu switches to [`QEMU_UID`] and chroots into
-/// [`chroot_dir`] before the guest starts.
-pub fn qemu_args(cfg: &VmConfig, drop_root: bool) -> Vec<OsString> {
+/// The full qemu argument list for `cfg` on `accel`; with `drop_root` (the
+/// monitor runs as root) qemu switches to [`QEMU_UID`] and chroots into
+/// [`chroot_dir`] before the guest starts (after it has opened /dev/kvm).
+pub fn qemu_args(cfg: &VmConfig, accel: Accel, drop_root: bool) -> Vec<OsString> {
     let mem = cfg.memory_mib;
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
     let mut a: Vec<String> = vec![
         "-accel".into(),
-        "tcg".into(),
+        accel.into(),
         "-cpu".into(),
-        "max".into(),
+        cpu.into(),
         // acpi=off makes QEMU put virtio_mmio.device= on the guest command
         // line (our kernel has no ACPI); PIT/PIC stay on so TCG can calibrate.
         "-M".into(),
@@ -207,7 +212,7 @@ impl QemuEngine {
             tracing::debug!("not root: qemu runs as this uid, without -runas/-chroot");
         }
         let mut cmd = Command::new(program);
-        cmd.args(qemu_args(cfg, drop_root));
+        cmd.args(qemu_args(cfg, HostFacts::probe().qemu_accel(), drop_root));
         let tap_fds: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
         if !tap_fds.is_empty() {
             // SAFETY: between fork and exec the closure only calls the
@@ -273,6 +278,18 @@ impl EngineInstance for QemuEngine {
         "qemu"
     }
 
+    fn set_paused(&mut self, paused: bool) -> Result<(), String> {
+        // Stopping the whole qemu process stops its vCPUs (and its device
+        // threads, which have nothing to do meanwhile).
+        let sig = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        let pid = nix::unistd::Pid::from_raw(self.child.pid() as i32);
+        nix::sys::signal::kill(pid, sig).map_err(|e| format!("{sig} to qemu: {e}"))
+    }
+
     fn pid(&self) -> Option<u32> {
         Some(self.child.pid())
     }
@@ -329,7 +346,9 @@ mod tests {
             mac: "02:42:0a:fe:01:02".into(),
             mtu: 1400,
         });
-        let a: Vec<String> = qemu_args(&cfg, true)
+        let kvm = qemu_args(&cfg, Accel::Kvm, true);
+        assert_eq!(kvm[..4], ["-accel", "kvm", "-cpu", "host"]);
+        let a: Vec<String> = qemu_args(&cfg, Accel::Tcg, true)
             .iter()
             .map(|s| s.to_str().unwrap().to_owned())
             .collect();
@@ -359,7 +378,7 @@ mod tests {
         cfg.cmdline = None;
         assert_eq!(kernel_cmdline(&cfg), "console=ttyS0 panic=-1 quiet");
         cfg.net.clear();
-        let none: Vec<String> = qemu_args(&cfg, false)
+        let none: Vec<String> = qemu_args(&cfg, Accel::Tcg, false)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
