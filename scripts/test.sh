@@ -2,7 +2,8 @@
 # The whole test suite, as root on a Debian 12 machine: builds and installs
 # what the tests need (scripts/setup.sh --no-run, cached), then the Rust
 # tests of every crate (unit, host-root, KVM and end-to-end tiers; a test
-# whose host lacks something prints why it skips), then the shell tests.
+# whose host lacks something prints why it skips), then the shell tests,
+# then the nested tier (the builtin engine end to end in an AMD-V L1).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
@@ -35,4 +36,12 @@ echo "rust: $((passed - skipped)) passed, $failed failed, $skipped skipped (full
 log "shell tests"
 shell=0
 "$root/tests/run-shell-tests.sh" || shell=$?
-[ "$rust" -eq 0 ] && [ "$shell" -eq 0 ] || die "failed: cargo test exit $rust, shell tests exit $shell"
+
+# The builtin KVM engine end to end: the runtime's and the monitor's
+# end-to-end test programs and the shim test again, inside an L1 VM whose
+# emulated AMD-V CPU gives hardware-KVM semantics (tests/nested/).
+log "nested tier (builtin engine)"
+nested=0
+"$root/tests/nested/suite.sh" || nested=$?
+[ "$rust" -eq 0 ] && [ "$shell" -eq 0 ] && [ "$nested" -eq 0 ] \
+  || die "failed: cargo test exit $rust, shell tests exit $shell, nested tier exit $nested"

@@ -152,11 +152,13 @@ impl VmStateFile {
         Ok(f)
     }
 
-    /// Records paused or running (same length, so one pwrite replaces it).
+    /// Records paused or running (same length, so one write at offset 0
+    /// replaces it; lseek + write, which the confined monitor may use).
     pub fn set(&mut self, paused: bool) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
+        use std::io::Seek;
         let text: &[u8; 8] = if paused { b"paused \n" } else { b"running\n" };
-        self.0.write_all_at(text, 0)
+        self.0.rewind()?;
+        self.0.write_all(text)
     }
 }
 

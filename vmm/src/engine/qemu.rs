@@ -287,7 +287,8 @@ impl EngineInstance for QemuEngine {
             nix::sys::signal::Signal::SIGCONT
         };
         let pid = nix::unistd::Pid::from_raw(self.child.pid() as i32);
-        nix::sys::signal::kill(pid, sig).map_err(|e| format!("{sig} to qemu: {e}"))
+        crate::privileges::with_kill_capability(|| nix::sys::signal::kill(pid, sig))
+            .map_err(|e| format!("{sig} to qemu: {e}"))
     }
 
     fn pid(&self) -> Option<u32> {

@@ -229,7 +229,8 @@ fn main_thread(ctx: &Context) -> Vec<Allowed> {
         tgkill_own(ctx, &[sigrtmin(), libc::SIGABRT as u64]),
     ];
     // Stopping our own children, nobody else (CAP_KILL is raised around
-    // it with capget/capset from `thread_spawn`: qemu runs as another uid).
+    // it with capget/capset from `thread_spawn`: qemu runs as another uid);
+    // SIGSTOP/SIGCONT pause and resume qemu (`husk pause`).
     if !ctx.children.is_empty() {
         v.push(sys!(
             SYS_kill,
@@ -239,7 +240,10 @@ fn main_thread(ctx: &Context) -> Vec<Allowed> {
             },
             Cond::OneOf {
                 index: 1,
-                values: vec![libc::SIGTERM as u64, libc::SIGKILL as u64],
+                values: [libc::SIGTERM, libc::SIGKILL, libc::SIGSTOP, libc::SIGCONT]
+                    .iter()
+                    .map(|&s| s as u64)
+                    .collect(),
             }
         ));
     }
