@@ -261,6 +261,50 @@ fn pause_parks_the_vm_until_resume() {
     env.assert_clean();
 }
 
+/// The qemu engine runs on KVM exactly where KVM can run a guest (hardware
+/// virtualization: the nested tier) and under TCG elsewhere (a PVM-backed
+/// /dev/kvm, this machine kind), and the container runs either way.
+#[test]
+fn the_qemu_engine_uses_kvm_exactly_where_it_can() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    let status = env
+        .husk()
+        .env("HUSK_ENGINE", "qemu")
+        .args(["create", "--bundle", b.to_str().unwrap(), "q1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "create on the qemu engine");
+    let children = fs::read_to_string(env.root().join("q1/children")).unwrap();
+    let qemu: i32 = children
+        .lines()
+        .find(|l| l.ends_with(" qemu"))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no qemu among the monitor's children: {children}"));
+    let cmdline = fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let accel = args
+        .windows(2)
+        .find(|w| w[0] == b"-accel")
+        .map(|w| String::from_utf8_lossy(w[1]).into_owned());
+    let hw = fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    assert_eq!(
+        accel.as_deref(),
+        Some(if hw { "kvm" } else { "tcg" }),
+        "hardware virtualization: {hw}"
+    );
+    env.ok(&["start", "q1"]);
+    assert_eq!(env.status_of("q1"), "running");
+    env.ok(&["delete", "--force", "q1"]);
+    env.assert_clean();
+}
+
 #[test]
 fn bad_bundles_fail_cleanly() {
     skip_without_guest!();
