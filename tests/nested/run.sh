@@ -80,6 +80,7 @@ moddir=$kdir/x/lib/modules/$kver
 initrd=$kdir/l1-$(hash_inputs "$here/run.sh" "$here/l1-init.sh").cpio
 if [ ! -f "$initrd" ]; then
   log "packing the L1 initramfs"
+  rm -f "$kdir"/l1-*.cpio
   t=$(mktemp -d)
   mkdir -p "$t"/{bin,dev,proc,sys,lower,upper,newroot,mods}
   install -m 0755 /bin/busybox "$t/bin/busybox"
