@@ -90,6 +90,20 @@ pub fn signal_recorded(state_dir: &Path, signal: nix::sys::signal::Signal) -> us
         .count()
 }
 
+/// SIGKILLs every recorded child of `state_dir` that still runs and waits
+/// up to `timeout` until none does (a zombie no longer runs); returns how
+/// many were killed.
+pub fn kill_recorded(state_dir: &Path, timeout: std::time::Duration) -> usize {
+    let killed = signal_recorded(state_dir, nix::sys::signal::Signal::SIGKILL);
+    if killed > 0 {
+        let deadline = std::time::Instant::now() + timeout;
+        while read(state_dir).iter().any(Recorded::alive) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

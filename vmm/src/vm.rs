@@ -93,10 +93,14 @@ impl Vm {
         cfg.validate()?;
         let host = HostFacts::probe();
         let (kind, why) = engine::select(cfg.engine, host, engine::BUILTIN_AVAILABLE)?;
+        // An operator's explicit choice needs no explaining; auto's does,
+        // loudly when it falls back to emulation.
         if kind == EngineKind::Qemu && host.qemu_accel() == engine::Accel::Tcg {
             tracing::warn!("{why}");
-        } else {
+        } else if cfg.engine == crate::config::EngineChoice::Auto {
             tracing::info!("{why}");
+        } else {
+            tracing::debug!("{why}");
         }
         if kind == EngineKind::Builtin {
             crate::builtin::boot::check_kernel(&cfg.kernel)

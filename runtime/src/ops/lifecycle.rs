@@ -322,7 +322,7 @@ fn wait_gone(st: &ContainerState, timeout: Duration) -> bool {
 /// in its state directory (pid and start time, so a recycled pid or a
 /// process that only mentions the directory is never touched).
 fn kill_leftovers(dir: &std::path::Path) {
-    let n = husk_vmm::journal::signal_recorded(dir, Signal::SIGKILL);
+    let n = husk_vmm::journal::kill_recorded(dir, Duration::from_secs(2));
     if n > 0 {
         tracing::debug!(dir = %dir.display(), killed = n, "stopped the monitor's leftover children");
     }
