@@ -55,7 +55,7 @@ const USED_OFF: u64 = 0x200;
 
 fn addr() -> impl Strategy<Value = u64> {
     prop_oneof![
-        6 => (0..MEM - DATA).prop_map(|o| DATA + o),
+        12 => (0..MEM - DATA).prop_map(|o| DATA + o),
         1 => (0..128u64).prop_map(|o| MEM - o),
         1 => (0..4096u64).prop_map(|o| MEM + o),
         1 => Just(0xdead_0000_0000),
@@ -87,14 +87,20 @@ fn len() -> impl Strategy<Value = u32> {
     ]
 }
 
-fn flags() -> impl Strategy<Value = u16> {
+/// Flags: mostly the queue's direction (device-writable on receive,
+/// queue 0), sometimes the wrong one, indirect, or any bits.
+fn flags(q: usize) -> impl Strategy<Value = u16> {
     let (n, w, i) = (
         VRING_DESC_F_NEXT as u16,
         VRING_DESC_F_WRITE as u16,
         VRING_DESC_F_INDIRECT as u16,
     );
+    let right = if q == 0 { w } else { 0 };
+    let wrong = w ^ right;
     prop_oneof![
-        4 => prop_oneof![Just(0), Just(n), Just(w), Just(n | w)],
+        5 => Just(right),
+        3 => Just(right | n),
+        1 => prop_oneof![Just(wrong), Just(wrong | n)],
         1 => prop_oneof![Just(i), Just(i | n), Just(i | w)],
         1 => any::<u16>(),
     ]
@@ -102,7 +108,7 @@ fn flags() -> impl Strategy<Value = u16> {
 
 /// A raw descriptor; indirect ones point at a table.
 fn desc(q: usize) -> impl Strategy<Value = SplitDescriptor> {
-    (flags(), addr(), table_addr(q), len(), 0u16..20, 0..=INDIRECT_LEN as u32).prop_map(
+    (flags(q), addr(), table_addr(q), len(), 0u16..20, 0..=INDIRECT_LEN as u32).prop_map(
         |(flags, addr, table, len, next, entries)| {
             if flags & VRING_DESC_F_INDIRECT as u16 != 0 {
                 // Mostly a whole number of entries, sometimes not.
