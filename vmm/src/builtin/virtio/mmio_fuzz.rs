@@ -100,10 +100,12 @@ impl VirtioDevice for Fake {
             let max = MAX_SIZES.get(q.index).copied().unwrap_or(0);
             let size = q.queue.size();
             if !q.queue.ready() || !q.queue.is_valid(&mem) || !q.queue.is_valid(&self.mem) {
-                s.violations.push(format!("queue {} handed over invalid", q.index));
+                s.violations
+                    .push(format!("queue {} handed over invalid", q.index));
             }
             if size == 0 || size > max || !size.is_power_of_two() {
-                s.violations.push(format!("queue {} of size {size}", q.index));
+                s.violations
+                    .push(format!("queue {} of size {size}", q.index));
             }
         }
         if self.fail_activate {
@@ -127,11 +129,28 @@ impl VirtioDevice for Fake {
 /// One guest access, or a driver step made of several.
 #[derive(Debug, Clone)]
 enum Access {
-    Read { offset: u64, width: usize },
-    Write { offset: u64, width: usize, value: u64 },
+    Read {
+        offset: u64,
+        width: usize,
+    },
+    Write {
+        offset: u64,
+        width: usize,
+        value: u64,
+    },
     Status(u32),
-    Features { sel: u32, value: u32 },
-    Queue { sel: u32, size: u32, desc: u64, avail: u64, used: u64, ready: u32 },
+    Features {
+        sel: u32,
+        value: u32,
+    },
+    Queue {
+        sel: u32,
+        size: u32,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        ready: u32,
+    },
     Notify(u32),
     Reset,
 }
@@ -217,7 +236,11 @@ fn apply(t: &mut MmioTransport, a: &Access) {
             let mut d = vec![0xa5u8; width];
             t.read(offset, &mut d);
         }
-        Access::Write { offset, width, value } => {
+        Access::Write {
+            offset,
+            width,
+            value,
+        } => {
             let bytes = value.to_le_bytes();
             let mut d = bytes.to_vec();
             d.resize(width, 0x5a);
@@ -228,7 +251,14 @@ fn apply(t: &mut MmioTransport, a: &Access) {
             w(t, reg::DRIVER_FEATURES_SEL, sel);
             w(t, reg::DRIVER_FEATURES, value);
         }
-        Access::Queue { sel, size, desc, avail, used, ready } => {
+        Access::Queue {
+            sel,
+            size,
+            desc,
+            avail,
+            used,
+            ready,
+        } => {
             w(t, reg::QUEUE_SEL, sel);
             w(t, reg::QUEUE_NUM, size);
             for (lo, addr) in [
@@ -253,7 +283,9 @@ fn ordered(s: u32) -> bool {
         (FEATURES_OK, DRIVER),
         (DRIVER_OK, FEATURES_OK),
     ];
-    needs.iter().all(|(bit, before)| s & bit == 0 || s & before != 0)
+    needs
+        .iter()
+        .all(|(bit, before)| s & bit == 0 || s & before != 0)
 }
 
 proptest! {

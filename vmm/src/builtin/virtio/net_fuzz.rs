@@ -108,8 +108,15 @@ fn flags(q: usize) -> impl Strategy<Value = u16> {
 
 /// A raw descriptor; indirect ones point at a table.
 fn desc(q: usize) -> impl Strategy<Value = SplitDescriptor> {
-    (flags(q), addr(), table_addr(q), len(), 0u16..20, 0..=INDIRECT_LEN as u32).prop_map(
-        |(flags, addr, table, len, next, entries)| {
+    (
+        flags(q),
+        addr(),
+        table_addr(q),
+        len(),
+        0u16..20,
+        0..=INDIRECT_LEN as u32,
+    )
+        .prop_map(|(flags, addr, table, len, next, entries)| {
             if flags & VRING_DESC_F_INDIRECT as u16 != 0 {
                 // Mostly a whole number of entries, sometimes not.
                 let l = if len % 5 == 0 { len } else { entries * 16 };
@@ -117,8 +124,7 @@ fn desc(q: usize) -> impl Strategy<Value = SplitDescriptor> {
             } else {
                 SplitDescriptor::new(addr, len, flags, next)
             }
-        },
-    )
+        })
 }
 
 /// What the driver put in one queue.
@@ -136,7 +142,10 @@ fn queue_input(q: usize) -> impl Strategy<Value = QueueInput> {
     (
         prop::collection::vec(desc(q), QSIZE as usize),
         prop::collection::vec(desc(q), INDIRECT_LEN),
-        prop::collection::vec(prop_oneof![8 => 0..QSIZE, 1 => QSIZE..u16::MAX], 0..=QSIZE as usize),
+        prop::collection::vec(
+            prop_oneof![8 => 0..QSIZE, 1 => QSIZE..u16::MAX],
+            0..=QSIZE as usize,
+        ),
         prop::option::weighted(0.05, 1u16..u16::MAX),
     )
         .prop_map(|(table, indirect, heads, idx_jump)| QueueInput {
@@ -175,11 +184,16 @@ impl Rig {
                 avail.ring().ref_at(i).unwrap().store(*h);
             }
             let idx = inp.heads.len() as u16;
-            avail.idx().store(idx.wrapping_add(inp.idx_jump.unwrap_or(0)));
+            avail
+                .idx()
+                .store(idx.wrapping_add(inp.idx_jump.unwrap_or(0)));
             let mut queue = Queue::new(QSIZE).unwrap();
             queue.set_size(QSIZE);
             for (off, set) in [
-                (0, Queue::set_desc_table_address as fn(&mut Queue, Option<u32>, Option<u32>)),
+                (
+                    0,
+                    Queue::set_desc_table_address as fn(&mut Queue, Option<u32>, Option<u32>),
+                ),
                 (AVAIL_OFF, Queue::set_avail_ring_address),
                 (USED_OFF, Queue::set_used_ring_address),
             ] {
