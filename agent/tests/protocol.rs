@@ -303,3 +303,80 @@ fn configure_network_errors_are_typed() {
     // The agent keeps serving.
     assert!(c.call(Request::Version).is_ok());
 }
+
+/// Found while fuzzing the agent's framing: a connection parked on a
+/// `WaitProcess` kept reading what the host sent next, 64 KiB per poll
+/// round, without limit. Now the agent buffers at most one frame's worth
+/// (`MAX_FRAME_LEN`) behind the parked wait and reads no further until the
+/// wait is answered.
+#[test]
+fn a_parked_wait_buffers_at_most_one_frame_behind_it() {
+    if !can_run("parked_wait_buffer") {
+        return;
+    }
+    use husk_protocol::frame::MAX_FRAME_LEN;
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    common::create(&mut c, "p", spec, StdioSpec::default()).unwrap();
+    c.start("p").unwrap();
+    let mut s = raw_control(&agent);
+    let wait = husk_protocol::RequestFrame {
+        version: PROTOCOL_VERSION,
+        id: 1,
+        request: Request::WaitProcess(pref_of("p")),
+    };
+    write_frame(&mut s, &wait).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Behind the parked wait: a frame announcing the largest body, then
+    // three times as much junk as it can hold.
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    s.write_all(&MAX_FRAME_LEN.to_be_bytes()).unwrap();
+    let chunk = vec![b' '; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 3 * MAX_FRAME_LEN as usize {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the agent stopped reading
+        }
+    }
+    assert!(
+        sent < 2 * MAX_FRAME_LEN as usize,
+        "the agent read {sent} bytes behind a parked wait"
+    );
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 3 * u64::from(MAX_FRAME_LEN) / 1024,
+        "agent RSS {rss_kib} KiB"
+    );
+    // The agent still serves: the container is killed, the wait answered.
+    let mut c2 = agent.client();
+    c2.call(Request::SignalProcess(SignalProcess {
+        container_id: "p".into(),
+        exec_id: None,
+        signal: 9,
+        all: false,
+    }))
+    .unwrap();
+    let r: ResponseFrame = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (r.id, r.result),
+        (1, Ok(Response::Exited { exit_status: 137 }))
+    );
+    drop(s);
+    common::remove(&mut c2, "p");
+    agent.shutdown();
+}
+
+fn pref_of(id: &str) -> ProcessRef {
+    ProcessRef {
+        container_id: id.into(),
+        exec_id: None,
+    }
+}

@@ -217,8 +217,16 @@ fn connect_hybrid_vsock_within(uds: &Path, port: u32, step: Duration) -> io::Res
     s.set_read_timeout(Some(step))?;
     s.set_write_timeout(Some(step))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    // Read the reply a byte at a time: whatever follows the newline is
-    // already the guest's data and must stay in the socket.
+    read_connect_reply(&mut s, port)?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(s)
+}
+
+/// Reads the daemon's answer to `CONNECT <port>`: `OK <host port>\n`, or
+/// anything else for a refusal. Reads a byte at a time: whatever follows
+/// the newline is already the guest's data and must stay in the socket.
+pub(crate) fn read_connect_reply(s: &mut impl Read, port: u32) -> io::Result<()> {
     let mut line = Vec::with_capacity(16);
     let mut b = [0u8; 1];
     loop {
@@ -240,9 +248,7 @@ fn connect_hybrid_vsock_within(uds: &Path, port: u32, step: Duration) -> io::Res
         }
     }
     if line.starts_with(b"OK ") {
-        s.set_read_timeout(None)?;
-        s.set_write_timeout(None)?;
-        Ok(s)
+        Ok(())
     } else {
         Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
@@ -285,7 +291,7 @@ fn check_pids(resp: Response) -> Result<Response, ClientError> {
     Ok(resp)
 }
 
-fn read_ack(s: &mut UnixStream) -> Result<(), ClientError> {
+pub(crate) fn read_ack(s: &mut impl Read) -> Result<(), ClientError> {
     let ack: ResponseFrame = read_frame(s)?;
     check_version(ack.version)?;
     ack.result.map(|_| ())?;

@@ -25,9 +25,18 @@ pub enum FrameError {
     /// The length prefix is larger than [`MAX_FRAME_LEN`].
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
     TooLarge(u32),
-    /// The frame is not the JSON we expect.
-    #[error("malformed frame")]
-    Json(#[from] serde_json::Error),
+    /// The frame is not the JSON we expect. serde's message quotes what
+    /// the peer sent (an unknown variant's name, verbatim), so it prints
+    /// escaped ([`crate::sanitize`]) and is not a `source` that a caller
+    /// would print raw.
+    #[error("malformed frame: {}", crate::sanitize(&.0.to_string()))]
+    Json(serde_json::Error),
+}
+
+impl From<serde_json::Error> for FrameError {
+    fn from(e: serde_json::Error) -> Self {
+        FrameError::Json(e)
+    }
 }
 
 /// Writes `msg` as one frame.
@@ -113,6 +122,24 @@ mod tests {
             read_frame_bytes(&mut &huge[..]),
             Err(FrameError::TooLarge(l)) if l == MAX_FRAME_LEN + 1
         ));
+    }
+
+    /// Found by `fuzz_call_answered_by_hostile_agent`: serde quotes an
+    /// unknown variant verbatim, so a hostile agent's escape sequence
+    /// reached the host's terminal through "malformed frame: ...".
+    #[test]
+    fn a_hostile_variant_name_prints_escaped() {
+        let body = br#"{"version":1,"id":1,"result":{"\u001b[2J\u001b]0;owned\u0007":1}}"#;
+        let mut buf = (body.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(body);
+        let e = read_frame::<_, crate::ResponseFrame>(&mut &buf[..]).unwrap_err();
+        assert!(matches!(e, FrameError::Json(_)), "{e:?}");
+        let shown = crate::error_chain(&e);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("unknown variant `\\x1b[2J\\x1b]0;owned\\x07`"),
+            "{shown}"
+        );
     }
 
     #[test]

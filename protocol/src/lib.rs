@@ -19,6 +19,9 @@ pub mod client;
 pub mod frame;
 mod messages;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use messages::*;
 
 /// The protocol version spoken by this build. Both sides put it in every frame.

@@ -343,6 +343,46 @@ fn bad_bundles_fail_cleanly() {
     env.assert_clean();
 }
 
+/// A config.json with a field of the wrong type fails `create` before any
+/// VM is booted (so this runs without one): exit 1, the field's path in
+/// the message (oci-spec alone says `serde failed`), no state left.
+#[test]
+fn wrong_typed_config_field_is_named_and_leaves_nothing() {
+    let env = Env::new();
+    let b = env.dir.path().join("typed");
+    fs::create_dir_all(b.join("rootfs")).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(husk_runtime::ops::default_spec()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    for (field, bad, want) in [
+        (
+            "args",
+            serde_json::json!("sh -c true"),
+            "process.args: invalid type: string",
+        ),
+        (
+            "user",
+            serde_json::json!({"uid": "root", "gid": 0}),
+            "process.user.uid: invalid type",
+        ),
+    ] {
+        let mut c = spec.clone();
+        c["process"][field] = bad;
+        fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&c).unwrap(),
+        )
+        .unwrap();
+        let out = env.run(&["create", "--bundle", b.to_str().unwrap(), "typed"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("config.json: "), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains("serde failed"), "{err}");
+        env.assert_clean();
+    }
+}
+
 #[test]
 fn same_id_twice_and_force_delete_after_monitor_sigkill() {
     skip_without_guest!();

@@ -77,6 +77,20 @@ struct Conn {
     closing: bool,
 }
 
+/// The most a connection buffers before it is read no further: one frame
+/// of the largest size with its prefix, and one read more.
+const MAX_BUFFERED: usize = MAX_FRAME_LEN as usize + 4;
+
+impl Conn {
+    /// Whether to read more from the peer. A connection whose frames wait
+    /// (a parked `WaitProcess`, a close after an error) keeps its bytes; it
+    /// used to keep reading them too, 64 KiB per poll round without limit,
+    /// for as long as the host kept sending.
+    fn wants_input(&self) -> bool {
+        self.inbuf.len() < MAX_BUFFERED
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Listener,
@@ -154,7 +168,8 @@ impl Server {
                 Token::Signals,
             );
             for (id, c) in &self.conns {
-                let mut ev = libc::POLLIN;
+                // Not readable while its buffer is full (see Conn::wants_input).
+                let mut ev = if c.wants_input() { libc::POLLIN } else { 0 };
                 if !c.outbuf.is_empty() {
                     ev |= libc::POLLOUT;
                 }
@@ -297,8 +312,17 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
+            if !c.wants_input() {
+                // A parked wait (or a close) with a full buffer behind it:
+                // nothing is read until that is handled, but a peer that
+                // hung up is gone for good.
+                if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.conns.remove(&id);
+                }
+                return;
+            }
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
+            while c.wants_input() {
                 match nix::unistd::read(c.fd.as_raw_fd(), &mut buf) {
                     Ok(0) => {
                         // Requests sent before the half-close still get
@@ -308,12 +332,7 @@ impl Server {
                         self.conns.remove(&id);
                         return;
                     }
-                    Ok(n) => {
-                        c.inbuf.extend_from_slice(&buf[..n]);
-                        if c.inbuf.len() > MAX_FRAME_LEN as usize + 4 {
-                            break;
-                        }
-                    }
+                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
                     Err(Errno::EAGAIN) => break,
                     Err(Errno::EINTR) => {}
                     Err(_) => {
@@ -333,23 +352,18 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.waiting.is_some() || c.closing || c.inbuf.len() < 4 {
+            if c.waiting.is_some() || c.closing {
                 return;
             }
-            let len = u32::from_be_bytes([c.inbuf[0], c.inbuf[1], c.inbuf[2], c.inbuf[3]]);
-            if len > MAX_FRAME_LEN {
-                let e = ProtocolError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes"),
-                );
-                queue(c, 0, Err(e));
-                c.closing = true;
-                return;
-            }
-            if c.inbuf.len() < 4 + len as usize {
-                return;
-            }
-            let body: Vec<u8> = c.inbuf.drain(..4 + len as usize).skip(4).collect();
+            let body = match next_frame(&mut c.inbuf) {
+                NextFrame::Incomplete => return,
+                NextFrame::TooLarge(e) => {
+                    queue(c, 0, Err(e));
+                    c.closing = true;
+                    return;
+                }
+                NextFrame::Body(body) => body,
+            };
             if c.hello_done {
                 self.on_request(id, &body);
             } else {
@@ -359,10 +373,7 @@ impl Server {
     }
 
     fn on_hello(&mut self, id: u64, body: &[u8]) {
-        let hello = match serde_json::from_slice::<Hello>(body) {
-            Ok(h) => check_version(h.version()).map(|_| h),
-            Err(e) => Err(bad_frame(body, "hello", &e).1),
-        };
+        let hello = decode_hello(body);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -393,13 +404,7 @@ impl Server {
     }
 
     fn on_request(&mut self, id: u64, body: &[u8]) {
-        let frame = match serde_json::from_slice::<RequestFrame>(body) {
-            Ok(f) => match check_version(f.version) {
-                Ok(()) => Ok(f),
-                Err(e) => Err((f.id, e)),
-            },
-            Err(e) => Err(bad_frame(body, "request", &e)),
-        };
+        let frame = decode_request(body);
         let (req_id, result) = match frame {
             Err((req_id, e)) => (req_id, Some(Err(e))),
             Ok(f) => (f.id, self.dispatch(id, f.id, f.request)),
@@ -465,6 +470,61 @@ impl Server {
     }
 }
 
+/// What the bytes buffered on a connection start with.
+#[derive(Debug, PartialEq)]
+enum NextFrame {
+    /// Not a whole frame yet.
+    Incomplete,
+    /// A length prefix beyond [`MAX_FRAME_LEN`]: answered with this error,
+    /// then the connection closes.
+    TooLarge(ProtocolError),
+    /// One frame's body, taken off the buffer.
+    Body(Vec<u8>),
+}
+
+/// Takes the first frame off `inbuf` (the host's bytes, trusted no more
+/// than the guest's: a length beyond the limit is refused before anything
+/// is buffered for it).
+fn next_frame(inbuf: &mut Vec<u8>) -> NextFrame {
+    let Some(prefix) = inbuf.first_chunk::<4>() else {
+        return NextFrame::Incomplete;
+    };
+    let len = u32::from_be_bytes(*prefix);
+    if len > MAX_FRAME_LEN {
+        return NextFrame::TooLarge(ProtocolError::new(
+            ErrorCode::InvalidArgument,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN} bytes"),
+        ));
+    }
+    let end = 4 + len as usize;
+    if inbuf.len() < end {
+        return NextFrame::Incomplete;
+    }
+    let body = inbuf[4..end].to_vec();
+    inbuf.drain(..end);
+    NextFrame::Body(body)
+}
+
+/// A connection's first frame: a hello of our version.
+fn decode_hello(body: &[u8]) -> Result<Hello, ProtocolError> {
+    match serde_json::from_slice::<Hello>(body) {
+        Ok(h) => check_version(h.version()).map(|_| h),
+        Err(e) => Err(bad_frame(body, "hello", &e).1),
+    }
+}
+
+/// A request frame of our version; the error carries the id to answer
+/// (the frame's, when it has one, else 0).
+fn decode_request(body: &[u8]) -> Result<RequestFrame, (u64, ProtocolError)> {
+    match serde_json::from_slice::<RequestFrame>(body) {
+        Ok(f) => match check_version(f.version) {
+            Ok(()) => Ok(f),
+            Err(e) => Err((f.id, e)),
+        },
+        Err(e) => Err(bad_frame(body, "request", &e)),
+    }
+}
+
 fn queue(c: &mut Conn, id: u64, result: Result<Response, ProtocolError>) {
     match serde_json::to_vec(&ResponseFrame::new(id, result)) {
         Ok(body) => {
@@ -503,3 +563,6 @@ fn bad_frame(body: &[u8], what: &str, e: &serde_json::Error) -> (u64, ProtocolEr
         ),
     )
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -8,7 +8,7 @@ use clap::Parser;
 use husk_runtime::cli::{Cli, Command, CreateArgs, ExecArgs, Format, LogFormat};
 use husk_runtime::ops::{self, CreateOptions, ExecOptions, Runtime};
 use husk_runtime::signal::parse_signal;
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Process;
 
 fn main() -> ExitCode {
     restore_sigpipe();
@@ -167,16 +167,19 @@ fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<Process>(&text)
-                .with_context(|| format!("parsing {}", p.display()))?
+            husk_runtime::bundle::parse_json::<Process>(text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("parsing {}: {e}", p.display()))?
         }
         None => {
             if a.args.is_empty() {
                 bail!("exec: no command given (args or --process)");
             }
             let st = rt.root.load(&a.id)?;
-            let spec = Spec::load(st.bundle.join("config.json"))
-                .with_context(|| format!("reading the config of {}", a.id))?;
+            let path = st.bundle.join("config.json");
+            let json =
+                std::fs::read(&path).with_context(|| format!("reading the config of {}", a.id))?;
+            let spec = husk_runtime::bundle::parse_spec(&json)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let mut p = spec.process().clone().unwrap_or_default();
             p.set_args(Some(a.args.clone()));
             p.set_terminal(Some(a.tty));

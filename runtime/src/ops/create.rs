@@ -39,24 +39,7 @@ pub struct CreateOptions {
 
 /// Creates container `id`; returns its state.
 pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerState, OpError> {
-    let bundle = Bundle::load(&opts.bundle)?;
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    if terminal && opts.console_socket.is_none() {
-        return Err(OpError::Invalid(
-            "process.terminal is true: --console-socket is required (as with runc)".into(),
-        ));
-    }
-    if opts.preserve_fds > 0 {
-        return Err(OpError::Invalid(
-            "--preserve-fds: passing extra fds into a VM is not supported".into(),
-        ));
-    }
-    let size = size_vm(&bundle.spec, |k| std::env::var(k).ok())?;
+    let (bundle, size) = check(opts, |k| std::env::var(k).ok())?;
     let dir = rt.root.claim(id)?;
     let mut st = ContainerState {
         oci_version: bundle.spec.version().clone(),
@@ -89,6 +72,38 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
             Err(e)
         }
     }
+}
+
+/// What `create` checks before it claims the id or touches the host: the
+/// bundle and its config.json ([`Bundle::load`]: every parse error names
+/// the field), the options, the operator's policy and the VM's size (read
+/// through `env`), the engine. No side effects: the config fuzz harness
+/// (`runtime/tests/fuzz_config.rs`) drives exactly this.
+pub fn check(
+    opts: &CreateOptions,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
+    let bundle = Bundle::load(&opts.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal && opts.console_socket.is_none() {
+        return Err(OpError::Invalid(
+            "process.terminal is true: --console-socket is required (as with runc)".into(),
+        ));
+    }
+    if opts.preserve_fds > 0 {
+        return Err(OpError::Invalid(
+            "--preserve-fds: passing extra fds into a VM is not supported".into(),
+        ));
+    }
+    let size = size_vm(&bundle.spec, env)?;
+    // The engine name (an annotation, when enabled) parses.
+    size.vm_config(&bundle.dir).map_err(OpError::Invalid)?;
+    Ok((bundle, size))
 }
 
 fn build(

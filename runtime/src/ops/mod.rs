@@ -13,7 +13,7 @@ use std::time::Duration;
 use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::ErrorCode;
 
-pub use create::{create, now_rfc3339, CreateOptions};
+pub use create::{check as check_create, create, now_rfc3339, CreateOptions};
 pub use exec::{exec, exec_attach, ExecOptions};
 pub use info::{default_spec, features};
 pub use lifecycle::{

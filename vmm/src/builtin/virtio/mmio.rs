@@ -521,3 +521,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "mmio_fuzz.rs"]
+mod fuzz;

@@ -499,3 +499,7 @@ fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
 #[cfg(test)]
 #[path = "net_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "net_fuzz.rs"]
+mod fuzz;
