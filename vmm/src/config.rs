@@ -572,6 +572,24 @@ impl VmConfig {
                 source,
             })
     }
+
+    /// Checks that the state directory exists, without making it: a
+    /// container's monitor runs in the directory its runtime made, and when
+    /// that is gone (`delete --force` of a create that was killed while the
+    /// monitor started) the monitor must stop rather than make it again.
+    pub fn require_state_dir(&self) -> Result<(), ConfigError> {
+        match std::fs::metadata(&self.state_dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ConfigError::StateDir {
+                path: self.state_dir.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+            }),
+            Err(source) => Err(ConfigError::StateDir {
+                path: self.state_dir.clone(),
+                source,
+            }),
+        }
+    }
 }
 
 fn require_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {

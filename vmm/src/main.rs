@@ -211,7 +211,13 @@ fn real_main() -> anyhow::Result<i32> {
         Some(fd) => ReadyFd::from_inherited(fd).with_context(|| format!("bad --ready-fd {fd}"))?,
         None => ReadyFd::default(),
     };
-    cfg.ensure_state_dir()?;
+    // A container's state directory is its runtime's; a plain VM's is made
+    // here if missing.
+    if cfg.container.is_some() {
+        cfg.require_state_dir()?;
+    } else {
+        cfg.ensure_state_dir()?;
+    }
     let log = args.log_file.clone().or_else(|| {
         cfg.container
             .as_ref()

@@ -124,7 +124,9 @@ impl Vm {
             crate::binaries::locate("qemu-system-x86_64", cfg.binaries.qemu.as_deref())
                 .map_err(EngineError::from)?;
         }
-        cfg.ensure_state_dir()?;
+        // Made by main (or the runtime) already; if it is gone, the
+        // container was deleted while this monitor started.
+        cfg.require_state_dir()?;
         cfg.claim_net_fds()?;
 
         let mut h = VmHandle {

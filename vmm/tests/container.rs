@@ -147,7 +147,9 @@ fn run_with(
     };
     let req = dir.join("create.json");
     std::fs::write(&req, serde_json::to_string(&create).unwrap()).unwrap();
+    // A container's state directory is made by its runtime, not the monitor.
     let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
 
     let mut cmd = vmm(&env.kernel, &state);
     let (ready_r, ready_w) = ready_pipe(&mut cmd);
