@@ -23,20 +23,8 @@ use serde_json::{json, Value};
 
 use crate::client::{read_ack, read_connect_reply, AgentClient};
 use crate::frame::{read_frame, read_frame_bytes, write_frame, FrameError, MAX_FRAME_LEN};
+use crate::fuzzing::{self, config};
 use crate::*;
-
-/// Cases per property: 256, or `HUSK_FUZZ_CASES`.
-fn config() -> ProptestConfig {
-    let cases = std::env::var("HUSK_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A reader that hands out at most `sizes[i]` bytes per read and fails
 /// with `Interrupted` where `sizes[i]` is 0 (never twice in a row).
@@ -144,46 +132,10 @@ fn response_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// One piece of what the agent sends.
-#[derive(Debug, Clone)]
-enum Piece {
-    /// A frame with the right length prefix.
-    Frame(Vec<u8>),
-    /// A length prefix that lies (short, long, beyond the limit).
-    Prefix(u32),
-    /// Raw bytes.
-    Raw(Vec<u8>),
-}
-
-fn piece() -> impl Strategy<Value = Piece> {
-    prop_oneof![
-        6 => response_json().prop_map(|v| Piece::Frame(serde_json::to_vec(&v).unwrap())),
-        1 => prop_oneof![
-            0u32..64,
-            Just(MAX_FRAME_LEN),
-            Just(MAX_FRAME_LEN + 1),
-            Just(u32::MAX)
-        ]
-        .prop_map(Piece::Prefix),
-        1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Piece::Raw),
-    ]
-}
-
+/// What a hostile agent sends: responses, lying prefixes, junk.
 fn stream() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(piece(), 0..4).prop_map(|pieces| {
-        let mut out = Vec::new();
-        for p in pieces {
-            match p {
-                Piece::Frame(body) => {
-                    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                    out.extend_from_slice(&body);
-                }
-                Piece::Prefix(n) => out.extend_from_slice(&n.to_be_bytes()),
-                Piece::Raw(b) => out.extend_from_slice(&b),
-            }
-        }
-        out
-    })
+    let body = response_json().prop_map(|v| serde_json::to_vec(&v).unwrap());
+    fuzzing::stream(fuzzing::piece(body, 64), 4)
 }
 
 /// An error as a caller prints it: one line, no control character.

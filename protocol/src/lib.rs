@@ -21,6 +21,8 @@ mod messages;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 
 pub use messages::*;
 

@@ -10,24 +10,11 @@
 //! a missing field, the field). Cases: 256 per property, `HUSK_FUZZ_CASES`
 //! for more (README, "Fuzzing").
 
+use husk_protocol::fuzzing::config;
 use husk_runtime::bundle::BundleError;
 use husk_runtime::ops::{check_create, CreateOptions, OpError};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-/// Cases per property: 256, or `HUSK_FUZZ_CASES`.
-fn config() -> ProptestConfig {
-    let cases = std::env::var("HUSK_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        // Minimized failures become regression tests, not files.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A valid config: `husk spec`'s, not a terminal, with a memory limit, a
 /// CPU quota and the sizing annotations.

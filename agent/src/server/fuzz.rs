@@ -15,6 +15,7 @@
 //! (README, "Fuzzing").
 
 use husk_protocol::frame::write_frame;
+use husk_protocol::fuzzing::{self, config};
 use husk_protocol::{
     ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind,
     PROTOCOL_VERSION,
@@ -23,19 +24,6 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::*;
-
-/// Cases per property: 256, or `HUSK_FUZZ_CASES`.
-fn config() -> ProptestConfig {
-    let cases = std::env::var("HUSK_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn hostile_str() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -140,42 +128,15 @@ fn request_json() -> impl Strategy<Value = Value> {
         })
 }
 
-#[derive(Debug, Clone)]
-enum Piece {
-    Frame(Vec<u8>),
-    Prefix(u32),
-    Raw(Vec<u8>),
-}
-
-fn piece() -> impl Strategy<Value = Piece> {
+/// What a hostile host sends: hellos, requests, junk frames, lying
+/// prefixes, raw bytes.
+fn stream() -> impl Strategy<Value = Vec<u8>> {
     let body = prop_oneof![
         hello_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         request_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         prop::collection::vec(any::<u8>(), 0..32),
     ];
-    prop_oneof![
-        8 => body.prop_map(Piece::Frame),
-        1 => prop_oneof![0u32..64, Just(MAX_FRAME_LEN), Just(MAX_FRAME_LEN + 1), Just(u32::MAX)]
-            .prop_map(Piece::Prefix),
-        1 => prop::collection::vec(any::<u8>(), 0..32).prop_map(Piece::Raw),
-    ]
-}
-
-fn stream() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(piece(), 0..6).prop_map(|pieces| {
-        let mut out = Vec::new();
-        for p in pieces {
-            match p {
-                Piece::Frame(body) => {
-                    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                    out.extend_from_slice(&body);
-                }
-                Piece::Prefix(n) => out.extend_from_slice(&n.to_be_bytes()),
-                Piece::Raw(b) => out.extend_from_slice(&b),
-            }
-        }
-        out
-    })
+    fuzzing::stream(fuzzing::piece(body, 32), 6)
 }
 
 /// The reference cut: the frames of `data`, then whether a prefix beyond

@@ -16,25 +16,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use husk_protocol::fuzzing::config;
 use proptest::prelude::*;
 use vm_memory::GuestMemoryMmap;
 
 use super::status::*;
 use super::*;
 use crate::builtin::memory::create_guest_memory;
-
-/// Cases per property: 256, or `HUSK_FUZZ_CASES`.
-fn config() -> ProptestConfig {
-    let cases = std::env::var("HUSK_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 const MEM: u64 = 1 << 20;
 const FEATURES: u64 = VIRTIO_F_VERSION_1 | 1 << 3 | VIRTIO_RING_F_EVENT_IDX;

@@ -15,6 +15,7 @@
 
 use std::os::unix::net::UnixDatagram;
 
+use husk_protocol::fuzzing::config;
 use proptest::prelude::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -23,19 +24,6 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::builtin::memory::create_guest_memory;
-
-/// Cases per property: 256, or `HUSK_FUZZ_CASES`.
-fn config() -> ProptestConfig {
-    let cases = std::env::var("HUSK_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Guest RAM: rings at 0 (receive) and 0x1000 (transmit), indirect tables
 /// at 0x2000 and 0x3000, buffers above 0x4000.
