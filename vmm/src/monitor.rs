@@ -137,11 +137,18 @@ pub fn run_plain(
                 .into_iter()
                 .map(|f| PollFd::new(f, PollFlags::POLLIN)),
         );
-        // The console is a file: look at it again shortly.
+        // Until the agent listens: its ready line (the console relay's
+        // eventfd) or the boot deadline.
         let timeout = if announced {
             PollTimeout::NONE
         } else {
-            PollTimeout::from(20u8)
+            fds.extend(
+                vm.agent_ready_fd()
+                    .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                .unwrap_or(PollTimeout::NONE)
         };
         let _ = poll(&mut fds, timeout);
     }

@@ -310,6 +310,28 @@ fn pump(ctx: &Context) -> Vec<Allowed> {
     ]
 }
 
+/// The console relay (started by the main thread before it confines
+/// itself): poll on the console pipe and its stop eventfd, the pipe made
+/// non-blocking to drain it, positioned reads and writes and truncation
+/// of the log it holds open, the ready eventfd.
+fn console(ctx: &Context) -> Vec<Allowed> {
+    vec![
+        sys!(SYS_poll),
+        sys!(SYS_ppoll),
+        sys!(
+            SYS_fcntl,
+            Cond::OneOf {
+                index: 1,
+                values: vec![libc::F_GETFD as u64, libc::F_SETFL as u64],
+            }
+        ),
+        sys!(SYS_pread64),
+        sys!(SYS_pwrite64),
+        sys!(SYS_ftruncate),
+        tgkill_own(ctx, &[libc::SIGABRT as u64]),
+    ]
+}
+
 /// The full allowlist of `kind`.
 pub fn allowlist(kind: ThreadKind, ctx: &Context) -> Vec<Allowed> {
     let mut v = common();
@@ -318,6 +340,7 @@ pub fn allowlist(kind: ThreadKind, ctx: &Context) -> Vec<Allowed> {
         ThreadKind::Vcpu => vcpu(ctx),
         ThreadKind::NetWorker => net_worker(ctx),
         ThreadKind::Pump => pump(ctx),
+        ThreadKind::Console => console(ctx),
     });
     v
 }
