@@ -137,10 +137,7 @@ fn qemu_and_the_monitor_run_confined() {
         threads.push(s["Name"].clone());
     }
     // The main thread and the console relay (its own list).
-    assert!(
-        threads.iter().any(|n| n == "husk-console"),
-        "{threads:?}"
-    );
+    assert!(threads.iter().any(|n| n == "husk-console"), "{threads:?}");
 
     // Stopping qemu (another uid) takes CAP_KILL; removing sockets in the
     // root-owned state dir takes nothing.

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::pump::{Pump, PumpKey};
-use super::{queue, Exit, Server};
+use super::{queue, Exit, PendingStart, Server};
 use crate::container::{self, cgroups, Container};
 
 fn not_found(what: &str) -> ProtocolError {
@@ -57,6 +57,21 @@ impl Server {
                     }
                 }
             }
+            Request::StartContainer(r) => {
+                // Answered from the poll loop once init has exec'd
+                // (`on_start_sync`): a slow init holds up only this
+                // connection, never the others or the stdio pumps.
+                let begun = self
+                    .container(&r.container_id)
+                    .and_then(container::start_begin);
+                match begun {
+                    Err(e) => Err(e),
+                    Ok(sync) => {
+                        self.defer_start(conn, req_id, r.container_id, sync);
+                        return None;
+                    }
+                }
+            }
             Request::Shutdown => {
                 self.exit = Some(Exit::Shutdown);
                 Ok(Response::Empty)
@@ -93,11 +108,6 @@ impl Server {
             }
             Request::ConfigureNetwork(req) => {
                 crate::network::configure(&req)?;
-                Ok(Response::Empty)
-            }
-            Request::StartContainer(r) => {
-                let c = self.container(&r.container_id)?;
-                container::start(c)?;
                 Ok(Response::Empty)
             }
             Request::ExecProcess(r) => {
@@ -221,8 +231,83 @@ impl Server {
                 self.remove_container(&r.container_id);
                 Ok(Response::Empty)
             }
-            Request::WaitProcess(_) | Request::Shutdown => unreachable!("handled in dispatch"),
+            Request::WaitProcess(_) | Request::StartContainer(_) | Request::Shutdown => {
+                unreachable!("handled in dispatch")
+            }
         }
+    }
+
+    /// Parks connection `conn` until the start its request `req_id` began
+    /// is over.
+    fn defer_start(&mut self, conn: u64, req_id: u64, container_id: String, sync: OwnedFd) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.starting = true;
+        }
+        self.starts.insert(
+            conn,
+            PendingStart {
+                req_id,
+                container_id,
+                sync,
+                deadline: Instant::now() + container::START_TIMEOUT,
+            },
+        );
+    }
+
+    /// The sync socket of a pending start is readable: init's error, or
+    /// EOF once it exec'd.
+    pub(super) fn on_start_sync(&mut self, conn: u64) {
+        let Some(s) = self.starts.get(&conn) else {
+            return;
+        };
+        // Readable now, so this does not wait.
+        let reply = container::sync::recv_msg(&s.sync, Duration::from_millis(1));
+        if matches!(reply, Err(container::sync::SyncError::Timeout)) {
+            return;
+        }
+        self.finish_start(conn, reply);
+    }
+
+    /// Fails the starts whose init said nothing within the timeout.
+    pub(super) fn expire_starts(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u64> = self
+            .starts
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for conn in late {
+            self.finish_start(conn, Err(container::sync::SyncError::Timeout));
+        }
+    }
+
+    fn finish_start(
+        &mut self,
+        conn: u64,
+        reply: Result<Option<container::sync::ChildMsg>, container::sync::SyncError>,
+    ) {
+        let Some(s) = self.starts.remove(&conn) else {
+            return;
+        };
+        let result = match self.containers.get_mut(&s.container_id) {
+            Some(c) => container::start_finish(c, reply).map(|()| Response::Empty),
+            None => Err(not_found(&format!(
+                "container {:?} was removed",
+                s.container_id
+            ))),
+        };
+        match &result {
+            Ok(_) => tracing::info!(container = %s.container_id, "started"),
+            Err(e) => tracing::info!(container = %s.container_id, error = %e, "start failed"),
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.starting = false;
+            queue(c, s.req_id, result);
+        }
+        // Frames that arrived meanwhile.
+        self.process_frames(conn);
+        self.flush(conn);
     }
 
     /// Kills what is left of a container, waits for it, removes its cgroup
@@ -264,6 +349,16 @@ impl Server {
         };
         self.pids.retain(|_, (cid, _)| cid != id);
         self.pumps.retain(|_, p| p.key.container_id != id);
+        // A start still pending fails: its container is gone.
+        let starting: Vec<u64> = self
+            .starts
+            .iter()
+            .filter(|(_, s)| s.container_id == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in starting {
+            self.finish_start(k, Ok(None));
+        }
         if let (Some(dir), Some(root)) = (&c.cgroup, &self.cfg.cgroup_root) {
             if let Err(e) = root.remove(dir) {
                 tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");

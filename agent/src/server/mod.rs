@@ -12,6 +12,7 @@ pub mod pump;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
 
 use husk_protocol::frame::MAX_FRAME_LEN;
 use husk_protocol::{
@@ -73,8 +74,22 @@ struct Conn {
     hello_done: bool,
     /// (request id, container, exec) of a parked WaitProcess.
     waiting: Option<(u64, String, Option<String>)>,
+    /// A StartContainer in progress ([`PendingStart`] in the server):
+    /// later frames wait for its answer.
+    starting: bool,
     /// Close once `outbuf` is flushed.
     closing: bool,
+}
+
+/// A StartContainer whose init has been told to exec: answered when its
+/// sync socket says how that went (readable in the poll loop), or after
+/// [`crate::container::START_TIMEOUT`]. Nothing blocks meanwhile.
+#[derive(Debug)]
+struct PendingStart {
+    req_id: u64,
+    container_id: String,
+    sync: OwnedFd,
+    deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +99,7 @@ enum Token {
     ConnFd(u64),
     PumpSrc(u64),
     PumpDst(u64),
+    StartSync(u64),
 }
 
 /// The server's state.
@@ -96,6 +112,8 @@ pub struct Server {
     pumps: HashMap<u64, Pump>,
     next_id: u64,
     containers: HashMap<String, Container>,
+    /// Starts in progress, by the connection that asked.
+    starts: HashMap<u64, PendingStart>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
     exit: Option<Exit>,
@@ -123,6 +141,7 @@ impl Server {
             pumps: HashMap::new(),
             next_id: 1,
             containers: HashMap::new(),
+            starts: HashMap::new(),
             pids: HashMap::new(),
             exit: None,
         })
@@ -168,7 +187,21 @@ impl Server {
                     add(p.dst.as_raw_fd(), libc::POLLOUT, Token::PumpDst(*id));
                 }
             }
-            crate::sys::poll(&mut pfds, -1).map_err(ServerError::Poll)?;
+            for (id, s) in &self.starts {
+                add(s.sync.as_raw_fd(), libc::POLLIN, Token::StartSync(*id));
+            }
+            let timeout = self
+                .starts
+                .values()
+                .map(|s| s.deadline)
+                .min()
+                .map_or(-1, |d| {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Rounded up: never wake before the deadline.
+                    (left.as_millis() + 1).min(i32::MAX as u128) as i32
+                });
+            crate::sys::poll(&mut pfds, timeout).map_err(ServerError::Poll)?;
+            self.expire_starts();
             for (pfd, tok) in pfds.iter().zip(tokens) {
                 if pfd.revents == 0 {
                     continue;
@@ -178,6 +211,7 @@ impl Server {
                     Token::Signals => self.on_signals(),
                     Token::ConnFd(id) => self.on_conn(id, pfd.revents),
                     Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
+                    Token::StartSync(id) => self.on_start_sync(id),
                 }
             }
         }
@@ -208,6 +242,7 @@ impl Server {
                             outbuf: Vec::new(),
                             hello_done: false,
                             waiting: None,
+                            starting: false,
                             closing: false,
                         },
                     );
@@ -333,7 +368,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.waiting.is_some() || c.closing || c.inbuf.len() < 4 {
+            if c.waiting.is_some() || c.starting || c.closing || c.inbuf.len() < 4 {
                 return;
             }
             let len = u32::from_be_bytes([c.inbuf[0], c.inbuf[1], c.inbuf[2], c.inbuf[3]]);
