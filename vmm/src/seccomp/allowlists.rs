@@ -166,16 +166,15 @@ fn thread_spawn() -> Vec<Allowed> {
 }
 
 /// The main thread after setup: its poll loop (signalfd, pidfds, the
-/// engine's exit eventfd), the console log, stopping and reaping children,
+/// engine's exit eventfd, the console relay's ready eventfd), stopping and reaping children,
 /// removing sockets; in container mode the agent connections and the
 /// threads it starts.
 fn main_thread(ctx: &Context) -> Vec<Allowed> {
     let mut v = vec![
         sys!(SYS_poll),
         sys!(SYS_ppoll),
-        // Read-only opens: the console log (agent readiness), the state
-        // directory (leftover vsock sockets), a log tail. Everything the
-        // monitor writes is open already.
+        // Read-only opens: the state directory (leftover vsock sockets),
+        // a log tail. Everything the monitor writes is open already.
         sys!(
             SYS_openat,
             Cond::BitsClear {
