@@ -329,7 +329,9 @@ fn ten_concurrent_cycles_leak_nothing() {
                 assert_eq!(env.status_of(id), "running");
                 let listed = env.ok(&["list"]);
                 assert!(
-                    listed.lines().any(|l| l.split_whitespace().next() == Some(*id)),
+                    listed
+                        .lines()
+                        .any(|l| l.split_whitespace().next() == Some(*id)),
                     "{id} not in:\n{listed}"
                 );
                 env.ok(&["kill", id, "KILL"]);

@@ -35,7 +35,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use self::cgroups::CgroupRoot;
 use self::stdio::AgentStdio;
-use self::sync::{recv_msg, send_msg, ChildMsg, ParentMsg, SyncError};
+use self::sync::{send_msg, ChildMsg, ParentMsg, SyncError};
 
 /// A failed step of building or starting a container (in the child).
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::pump::{Pump, PumpKey};
-use super::{queue, Exit, PendingStart, Server};
+use super::{queue, Exit, PendingRemove, PendingStart, Server, REMOVE_TIMEOUT};
 use crate::container::{self, cgroups, Container};
 
 fn not_found(what: &str) -> ProtocolError {
@@ -69,6 +69,35 @@ impl Server {
                     Ok(sync) => {
                         self.defer_start(conn, req_id, r.container_id, sync);
                         return None;
+                    }
+                }
+            }
+            Request::RemoveContainer(r) => {
+                // Its processes are killed now; the answer goes out from
+                // the poll loop once they are reaped (`progress_removes`),
+                // without holding up other connections.
+                let id = r.container_id;
+                match self.container(&id) {
+                    Err(e) => Err(e),
+                    Ok(c) => {
+                        c.drop_sync();
+                        if !self.kill_remaining(&id) {
+                            self.finish_remove(&id);
+                            Ok(Response::Empty)
+                        } else {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                c.parked = true;
+                            }
+                            self.removes.insert(
+                                conn,
+                                PendingRemove {
+                                    req_id,
+                                    container_id: id,
+                                    deadline: Instant::now() + REMOVE_TIMEOUT,
+                                },
+                            );
+                            return None;
+                        }
                     }
                 }
             }
@@ -226,12 +255,10 @@ impl Server {
                     c.cgroup.as_deref().map(cgroups::stats).unwrap_or_default(),
                 ))
             }
-            Request::RemoveContainer(r) => {
-                self.container(&r.container_id)?;
-                self.remove_container(&r.container_id);
-                Ok(Response::Empty)
-            }
-            Request::WaitProcess(_) | Request::StartContainer(_) | Request::Shutdown => {
+            Request::WaitProcess(_)
+            | Request::StartContainer(_)
+            | Request::RemoveContainer(_)
+            | Request::Shutdown => {
                 unreachable!("handled in dispatch")
             }
         }
@@ -241,7 +268,7 @@ impl Server {
     /// is over.
     fn defer_start(&mut self, conn: u64, req_id: u64, container_id: String, sync: OwnedFd) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.starting = true;
+            c.parked = true;
         }
         self.starts.insert(
             conn,
@@ -302,7 +329,7 @@ impl Server {
             Err(e) => tracing::info!(container = %s.container_id, error = %e, "start failed"),
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.starting = false;
+            c.parked = false;
             queue(c, s.req_id, result);
         }
         // Frames that arrived meanwhile.
@@ -310,39 +337,72 @@ impl Server {
         self.flush(conn);
     }
 
-    /// Kills what is left of a container, waits for it, removes its cgroup
-    /// and forgets it. Its mounts live in its own mount namespace and go
-    /// with its last process.
+    /// Kills what is left of a container and waits for it (the exit path:
+    /// nothing else is served any more), then forgets it.
     pub(super) fn remove_container(&mut self, id: &str) {
         let Some(c) = self.containers.get_mut(id) else {
             return;
         };
         c.drop_sync();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let Some(c) = self.containers.get(id) else {
-                return;
-            };
-            let mut pids = c.pids();
-            pids.extend(
-                std::iter::once(&c.init)
-                    .chain(c.execs.values())
-                    .filter(|p| p.exit_status.is_none())
-                    .map(|p| p.pid),
-            );
-            let live: Vec<i32> = pids.into_iter().filter(|p| is_alive(*p)).collect();
-            if live.is_empty() || Instant::now() > deadline {
-                if !live.is_empty() {
-                    tracing::warn!(container = %id, ?live, "processes survived SIGKILL");
-                }
-                break;
-            }
-            for p in live {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        while self.kill_remaining(id) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
-            self.reap();
         }
+        self.finish_remove(id);
+    }
+
+    /// Reaps, then SIGKILLs every live process of container `id`; true
+    /// when some were still alive.
+    fn kill_remaining(&mut self, id: &str) -> bool {
+        self.reap();
+        let Some(c) = self.containers.get(id) else {
+            return false;
+        };
+        let mut pids = c.pids();
+        pids.extend(
+            std::iter::once(&c.init)
+                .chain(c.execs.values())
+                .filter(|p| p.exit_status.is_none())
+                .map(|p| p.pid),
+        );
+        let live: Vec<i32> = pids.into_iter().filter(|p| is_alive(*p)).collect();
+        for p in &live {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        !live.is_empty()
+    }
+
+    /// Answers the removals whose processes are gone (checked whenever
+    /// the loop wakes: a SIGCHLD, say) or whose time is up.
+    pub(super) fn progress_removes(&mut self) {
+        let now = Instant::now();
+        let conns: Vec<u64> = self.removes.keys().copied().collect();
+        for conn in conns {
+            let (id, late) = match self.removes.get(&conn) {
+                Some(r) => (r.container_id.clone(), r.deadline <= now),
+                None => continue,
+            };
+            if self.kill_remaining(&id) && !late {
+                continue;
+            }
+            if late {
+                tracing::warn!(container = %id, "processes survived SIGKILL");
+            }
+            let r = self.removes.remove(&conn).expect("listed above");
+            self.finish_remove(&id);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.parked = false;
+                queue(c, r.req_id, Ok(Response::Empty));
+            }
+            self.process_frames(conn);
+            self.flush(conn);
+        }
+    }
+
+    /// Forgets container `id` once its processes are gone: removes its
+    /// cgroup, fails a start or waits still pending on it. Its mounts live
+    /// in its own mount namespace and went with its last process.
+    fn finish_remove(&mut self, id: &str) {
         self.reap();
         let Some(c) = self.containers.remove(id) else {
             return;

@@ -74,9 +74,9 @@ struct Conn {
     hello_done: bool,
     /// (request id, container, exec) of a parked WaitProcess.
     waiting: Option<(u64, String, Option<String>)>,
-    /// A StartContainer in progress ([`PendingStart`] in the server):
-    /// later frames wait for its answer.
-    starting: bool,
+    /// A StartContainer or RemoveContainer in progress ([`PendingStart`],
+    /// [`PendingRemove`] in the server): later frames wait for its answer.
+    parked: bool,
     /// Close once `outbuf` is flushed.
     closing: bool,
 }
@@ -89,6 +89,19 @@ struct PendingStart {
     req_id: u64,
     container_id: String,
     sync: OwnedFd,
+    deadline: Instant,
+}
+
+/// How long a RemoveContainer waits for the killed processes to be
+/// reaped before it forgets them anyway.
+pub(crate) const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A RemoveContainer whose processes were killed: answered once they are
+/// reaped, or after [`REMOVE_TIMEOUT`].
+#[derive(Debug)]
+struct PendingRemove {
+    req_id: u64,
+    container_id: String,
     deadline: Instant,
 }
 
@@ -114,6 +127,8 @@ pub struct Server {
     containers: HashMap<String, Container>,
     /// Starts in progress, by the connection that asked.
     starts: HashMap<u64, PendingStart>,
+    /// Removals in progress, by the connection that asked.
+    removes: HashMap<u64, PendingRemove>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
     exit: Option<Exit>,
@@ -142,6 +157,7 @@ impl Server {
             next_id: 1,
             containers: HashMap::new(),
             starts: HashMap::new(),
+            removes: HashMap::new(),
             pids: HashMap::new(),
             exit: None,
         })
@@ -194,6 +210,7 @@ impl Server {
                 .starts
                 .values()
                 .map(|s| s.deadline)
+                .chain(self.removes.values().map(|r| r.deadline))
                 .min()
                 .map_or(-1, |d| {
                     let left = d.saturating_duration_since(Instant::now());
@@ -214,6 +231,7 @@ impl Server {
                     Token::StartSync(id) => self.on_start_sync(id),
                 }
             }
+            self.progress_removes();
         }
     }
 
@@ -242,7 +260,7 @@ impl Server {
                             outbuf: Vec::new(),
                             hello_done: false,
                             waiting: None,
-                            starting: false,
+                            parked: false,
                             closing: false,
                         },
                     );
@@ -368,7 +386,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.waiting.is_some() || c.starting || c.closing || c.inbuf.len() < 4 {
+            if c.waiting.is_some() || c.parked || c.closing || c.inbuf.len() < 4 {
                 return;
             }
             let len = u32::from_be_bytes([c.inbuf[0], c.inbuf[1], c.inbuf[2], c.inbuf[3]]);
