@@ -337,3 +337,100 @@ fn exec_applies_its_own_process_spec() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+/// The agent is one thread: a start whose init is slow to exec must not
+/// hold up the other containers. Container a's init is stopped (SIGSTOP)
+/// before its StartContainer is sent, so it cannot act on it; meanwhile
+/// container b lives a whole life (create, stdio, start, exec, wait,
+/// remove) and a's start stays unanswered; after SIGCONT a starts and
+/// runs.
+#[test]
+fn a_stalled_start_holds_up_no_other_container() {
+    if !can_run("a_stalled_start_holds_up_no_other_container") {
+        return;
+    }
+    use husk_protocol::frame::{read_frame, write_frame};
+    use husk_protocol::{Hello, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+    let agent = Agent::start();
+    let (spec_a, _) = agent.bundle("a", &[], &["echo", "A-RAN"]);
+    let (spec_b, _) = agent.bundle("b", &[], &["sh", "-c", "echo B-RAN; exec sleep 1000"]);
+    let mut c = agent.client();
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    let pid_a = create(&mut c, "a", spec_a, stdio).unwrap();
+    let out_a = agent.stream("a", None, StreamKind::Stdout);
+    let err_a = agent.stream("a", None, StreamKind::Stderr);
+    let init_a = nix::unistd::Pid::from_raw(pid_a);
+    nix::sys::signal::kill(init_a, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    // StartContainer(a) on a raw connection: sent now, answered later.
+    let mut raw = agent.addr.connect().unwrap();
+    write_frame(
+        &mut raw,
+        &Hello::Control {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .unwrap();
+    let ack: ResponseFrame = read_frame(&mut raw).unwrap();
+    ack.result.unwrap();
+    write_frame(
+        &mut raw,
+        &RequestFrame {
+            version: PROTOCOL_VERSION,
+            id: 7,
+            request: Request::StartContainer(ContainerRef {
+                container_id: "a".into(),
+            }),
+        },
+    )
+    .unwrap();
+
+    // b's whole life while a's start is pending.
+    let mut cb = agent.client();
+    let mut p = spec_b.process().clone().unwrap();
+    create(&mut cb, "b", spec_b, stdio).unwrap();
+    let out_b = agent.stream("b", None, StreamKind::Stdout);
+    let err_b = agent.stream("b", None, StreamKind::Stderr);
+    cb.start("b").unwrap();
+    p.set_args(Some(vec!["echo".into(), "B-EXEC".into()]));
+    exec(&mut cb, "b", "e1", p, stdio).unwrap();
+    let (o, e) = collect(
+        agent.stream("b", Some("e1"), StreamKind::Stdout),
+        agent.stream("b", Some("e1"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(text(&o), "B-EXEC\n", "stderr: {}", text(&e));
+    assert_eq!(cb.wait("b", Some("e1")).unwrap(), 0);
+    assert_eq!(state(&mut cb, "a").status, ContainerStatus::Created);
+    signal(&mut cb, "b", None, 9, false);
+    assert_eq!(cb.wait("b", None).unwrap(), 137);
+    let (o, e) = collect(out_b, err_b, None, None);
+    assert_eq!(text(&o), "B-RAN\n", "stderr: {}", text(&e));
+    remove(&mut cb, "b");
+
+    // a's start is still unanswered: its init has not exec'd.
+    raw.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = std::io::Read::read(&mut raw, &mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a's start was answered while its init was stopped: {pending:?}"
+    );
+    raw.set_nonblocking(false).unwrap();
+
+    nix::sys::signal::kill(init_a, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let r: ResponseFrame = read_frame(&mut raw).unwrap();
+    assert_eq!(r.id, 7);
+    assert_eq!(r.result.unwrap(), Response::Empty);
+    let (o, _) = collect(out_a, err_a, None, None);
+    assert_eq!(text(&o), "A-RAN\n");
+    assert_eq!(c.wait("a", None).unwrap(), 0);
+    remove(&mut c, "a");
+    assert_no_children(&agent);
+    agent.shutdown();
+}

@@ -118,6 +118,12 @@ pub struct StateRoot {
     root: PathBuf,
 }
 
+/// A container's lock ([`StateRoot::lock`]), released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    _dir: fs::File,
+}
+
 impl StateRoot {
     /// A root at `root` (created on first use).
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -196,6 +202,57 @@ impl StateRoot {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Takes `id`'s lock, waiting for whoever holds it: `flock(2)` on its
+    /// state directory. Every command that changes a container's
+    /// `state.json` (`start`, `pause`, `resume`, `delete`, and `state` and
+    /// `list` recording a stop) holds it from reading the state to writing
+    /// (or removing) it, so none writes back a stale copy over another's
+    /// change or into a directory being removed. Released on drop.
+    pub fn lock(&self, id: &str) -> Result<StateLock, StateError> {
+        self.lock_with(id, 0)
+            .map(|l| l.expect("a blocking lock is taken"))
+    }
+
+    /// Like [`StateRoot::lock`] without waiting: `None` when another
+    /// command holds it.
+    pub fn try_lock(&self, id: &str) -> Result<Option<StateLock>, StateError> {
+        self.lock_with(id, libc::LOCK_NB)
+    }
+
+    fn lock_with(&self, id: &str, flags: i32) -> Result<Option<StateLock>, StateError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.dir(id)?;
+        let f = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.to_owned()))
+            }
+            Err(source) => return Err(StateError::Io { path: dir, source }),
+        };
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | flags) } == 0 {
+                return Ok(Some(StateLock { _dir: f }));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                _ => {
+                    return Err(StateError::Io {
+                        path: dir,
+                        source: e,
+                    })
+                }
+            }
+        }
     }
 
     /// Removes the directory of `id` and everything in it.

@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -468,20 +469,58 @@ fn hooks_and_bind_mounts() {
     env.assert_clean();
 }
 
+/// Ten containers at once, ids that are prefixes of one another (c1, c10,
+/// c100, ...: state directories, qemu command lines and the leftover
+/// sweep must not confuse them), each created with its own stdout, then
+/// started, exec'd into, asked for its state and listed while the others
+/// change theirs, killed and deleted: every one's output is its own, and
+/// nothing is left.
 #[test]
 fn ten_concurrent_cycles_leak_nothing() {
     skip_without_guest!();
     let env = Env::new();
-    let b = env.bundle("b", &[], &["sh", "-c", "echo $HOSTNAME"]);
+    let ids = [
+        "c1", "c10", "c100", "c1000", "c2", "c20", "c200", "c3", "c30", "c300",
+    ];
+    let bundles: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| {
+            let script = format!("echo init-{id}; exec sleep 600");
+            env.bundle(&format!("b-{id}"), &[], &["sh", "-c", &script])
+        })
+        .collect();
     std::thread::scope(|s| {
-        for i in 0..10 {
-            let (env, b) = (&env, &b);
+        for (id, b) in ids.iter().zip(&bundles) {
+            let env = &env;
             s.spawn(move || {
-                let id = format!("cc{i}");
-                env.ok(&["create", "--bundle", b.to_str().unwrap(), &id]);
-                env.ok(&["start", &id]);
-                wait_status(env, &id, "stopped");
-                env.ok(&["delete", &id]);
+                let out = env.dir.path().join(format!("{id}.out"));
+                let created = env
+                    .husk()
+                    .args(["create", "--bundle", b.to_str().unwrap(), id])
+                    .stdout(std::fs::File::create(&out).unwrap())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(created.success(), "create {id}: {created}");
+                env.ok(&["start", id]);
+                let ex = env.ok(&["exec", id, "sh", "-c", &format!("echo exec-{id}")]);
+                assert_eq!(ex, format!("exec-{id}\n"));
+                assert_eq!(env.status_of(id), "running");
+                let listed = env.ok(&["list"]);
+                assert!(
+                    listed
+                        .lines()
+                        .any(|l| l.split_whitespace().next() == Some(*id)),
+                    "{id} not in:\n{listed}"
+                );
+                env.ok(&["kill", id, "KILL"]);
+                wait_status(env, id, "stopped");
+                env.ok(&["delete", id]);
+                assert_eq!(
+                    std::fs::read_to_string(&out).unwrap(),
+                    format!("init-{id}\n"),
+                    "{id}'s own output"
+                );
             });
         }
     });

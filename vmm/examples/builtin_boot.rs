@@ -37,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     }
     cfg.cmdline = args.get(4).cloned();
     cfg.vcpus = 1;
-    let mut engine = BuiltinEngine::start(&cfg, Devices::ConsoleOnly)?;
+    let mut engine = BuiltinEngine::start(
+        &cfg,
+        Devices::ConsoleOnly,
+        std::fs::File::create(cfg.console_log_path()).unwrap(),
+    )?;
     eprintln!(
         "builtin_boot: VM built, kernel loaded, vCPUs started in {} us",
         t0.elapsed().as_micros()

@@ -224,6 +224,73 @@ impl Default for VsockConfig {
     }
 }
 
+/// Bounds on the guest serial console log (`crate::console`): the guest
+/// controls what it prints, and the log lives in the state directory
+/// (tmpfs `/run`, so host RAM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The log never grows past this; when it would, the last half is
+    /// kept and the rest cut off. Default 1 MiB.
+    #[serde(default = "default_console_max")]
+    pub max_bytes: u64,
+    /// Sustained console bytes per second written to the log; more is
+    /// dropped (and counted in a marker line). Default 16 KiB/s.
+    #[serde(default = "default_console_rate")]
+    pub rate_bytes_per_s: u64,
+    /// Bytes the log takes at once before the rate applies (a boot's
+    /// output). Default 256 KiB.
+    #[serde(default = "default_console_burst")]
+    pub burst_bytes: u64,
+}
+
+/// The smallest console cap accepted.
+pub const MIN_CONSOLE_MAX_BYTES: u64 = 4096;
+/// The smallest console burst accepted: room for the drop marker line and
+/// some output after it.
+pub const MIN_CONSOLE_BURST_BYTES: u64 = 256;
+
+fn default_console_max() -> u64 {
+    1 << 20
+}
+fn default_console_rate() -> u64 {
+    16 << 10
+}
+fn default_console_burst() -> u64 {
+    256 << 10
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            max_bytes: default_console_max(),
+            rate_bytes_per_s: default_console_rate(),
+            burst_bytes: default_console_burst(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_bytes < MIN_CONSOLE_MAX_BYTES {
+            return Err(format!(
+                "console.max_bytes {} is under {MIN_CONSOLE_MAX_BYTES}",
+                self.max_bytes
+            ));
+        }
+        if self.rate_bytes_per_s == 0 {
+            return Err("console.rate_bytes_per_s must be over 0".into());
+        }
+        if self.burst_bytes < MIN_CONSOLE_BURST_BYTES {
+            return Err(format!(
+                "console.burst_bytes {} is under {MIN_CONSOLE_BURST_BYTES}",
+                self.burst_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Explicit paths of the helper programs; unset ones are looked up in
 /// `$PATH`, `/usr/local/bin`, then `~/.cargo/bin`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +401,9 @@ pub struct VmConfig {
     /// `STATE_DIR/console.log`.
     #[serde(default)]
     pub console_path: Option<PathBuf>,
+    /// Bounds on the console log.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// The engine.
     #[serde(default)]
     pub engine: EngineChoice,
@@ -387,6 +457,7 @@ impl VmConfig {
             vsock: VsockConfig::default(),
             shares: Vec::new(),
             console_path: None,
+            console: ConsoleConfig::default(),
             engine: EngineChoice::default(),
             binaries: BinaryPaths::default(),
             boot_timeout_s: default_boot_timeout(),
@@ -453,6 +524,7 @@ impl VmConfig {
                 self.memory_mib
             ));
         }
+        self.console.validate().map_err(ConfigError::Invalid)?;
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return invalid(format!(
                 "vcpus {} is outside 1..={MAX_VCPUS} (MAX_VCPUS: the guest kernel's NR_CPUS)",

@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod builtin;
 pub mod config;
 pub mod confine;
+pub mod console;
 pub mod container;
 pub mod daemons;
 pub mod engine;

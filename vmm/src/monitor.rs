@@ -9,7 +9,9 @@
 //! up the queues (`process_tx` fails on the not-ready queue, and that error
 //! ends the worker's epoll loop), so connecting while the guest boots can
 //! leave the VM without an agent connection. The container path
-//! (`container.rs`) waits for the same line.
+//! (`container.rs`) waits for the same line. The console relay
+//! (`crate::console`) sees the line go by and signals an eventfd this loop
+//! polls; the console log is never read back.
 
 use std::fs::File;
 use std::io::Write;
@@ -139,11 +141,18 @@ pub fn run_plain(
                 .into_iter()
                 .map(|f| PollFd::new(f, PollFlags::POLLIN)),
         );
-        // The console is a file: look at it again shortly.
+        // Until the agent listens: its ready line (the console relay's
+        // eventfd) or the boot deadline.
         let timeout = if announced {
             PollTimeout::NONE
         } else {
-            PollTimeout::from(20u8)
+            fds.extend(
+                vm.agent_ready_fd()
+                    .map(|f| PollFd::new(f, PollFlags::POLLIN)),
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                .unwrap_or(PollTimeout::NONE)
         };
         let _ = poll(&mut fds, timeout);
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use husk_protocol::client::AgentAddr;
 
 use crate::config::{ConfigError, VmConfig};
+use crate::console::ConsoleRelay;
 use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError};
 use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
 use crate::process::{describe, Supervised};
@@ -77,7 +78,7 @@ pub struct VmHandle {
     sockets: Vec<PathBuf>,
     vsock_uds: PathBuf,
     agent_addr: AgentAddr,
-    console: PathBuf,
+    console: Option<ConsoleRelay>,
     kind: EngineKind,
     exit: Option<VmExit>,
     /// Says whether the vCPUs run (`husk pause`).
@@ -86,9 +87,11 @@ pub struct VmHandle {
 
 impl Vm {
     /// Validates `cfg`, starts the device daemons, waits for their sockets,
-    /// then starts the engine. Everything started is stopped again if a later
-    /// step fails. Spawns no threads: call it before starting any if the
-    /// children must die with this thread (PR_SET_PDEATHSIG).
+    /// then the console relay (`crate::console`, the one thread it starts,
+    /// after the daemons) and the engine. Everything started is stopped
+    /// again if a later step fails. The children get PR_SET_PDEATHSIG, which
+    /// fires when the *calling* thread exits: call it from a thread that
+    /// lives as long as the VM.
     pub fn start(cfg: &VmConfig) -> Result<VmHandle, VmError> {
         cfg.validate()?;
         let host = HostFacts::probe();
@@ -138,7 +141,7 @@ impl Vm {
                 uds: cfg.vsock_uds_path(),
                 port: cfg.vsock.agent_port,
             },
-            console: cfg.console_log_path(),
+            console: None,
             kind,
             exit: None,
             vm_state: crate::journal::VmStateFile::create(&cfg.state_dir)
@@ -156,22 +159,29 @@ impl Vm {
             )?);
         }
         tracing::debug!(elapsed = ?started.elapsed(), "device daemons ready");
-        h.engine = Some(engine::start(kind, cfg)?);
+        let (relay, console_pipe) = ConsoleRelay::start(&cfg.console_log_path(), &cfg.console)
+            .map_err(EngineError::from)?;
+        h.console = Some(relay);
+        h.engine = Some(engine::start(kind, cfg, console_pipe)?);
         tracing::info!(engine = ?kind, pid = ?h.engine_pid(), "guest started");
         Ok(h)
     }
 }
 
 impl VmHandle {
-    /// Whether the agent has said on the serial console that it listens.
-    /// Connecting to the hybrid vsock socket before the guest's vsock device
-    /// is up leaves vhost-device-vsock 0.3.0 with connections it never
-    /// answers, so the monitor waits for this line first.
+    /// Whether the agent has said on the serial console that it listens
+    /// (the console relay saw [`AGENT_READY_LINE`] go by; the log is never
+    /// read back). Connecting to the hybrid vsock socket before the guest's
+    /// vsock device is up leaves vhost-device-vsock 0.3.0 with connections
+    /// it never answers, so the monitor waits for this line first.
     pub fn agent_announced(&self) -> bool {
-        std::fs::read(&self.console).is_ok_and(|c| {
-            c.windows(AGENT_READY_LINE.len())
-                .any(|w| w == AGENT_READY_LINE.as_bytes())
-        })
+        self.console.as_ref().is_some_and(ConsoleRelay::announced)
+    }
+
+    /// Becomes readable once [`VmHandle::agent_announced`] is true, for a
+    /// caller's poll loop.
+    pub fn agent_ready_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.console.as_ref().map(ConsoleRelay::ready_fd)
     }
 
     /// Where the agent answers.
@@ -294,6 +304,10 @@ impl VmHandle {
     pub fn shutdown(&mut self) {
         if let Some(mut e) = self.engine.take() {
             e.stop(Duration::from_secs(2));
+        }
+        // The engine is gone: log what it wrote last, end the relay.
+        if let Some(mut c) = self.console.take() {
+            c.stop();
         }
         for mut d in self.daemons.drain(..) {
             d.stop(Duration::from_millis(500));

@@ -73,7 +73,12 @@ fn boots_the_guest_kernel_to_its_banner() {
     cfg.cmdline = Some("loglevel=7 earlyprintk=ttyS0".into());
     let console = cfg.console_log_path();
     let started = Instant::now();
-    let mut engine = BuiltinEngine::start(&cfg, Devices::ConsoleOnly).unwrap();
+    let mut engine = BuiltinEngine::start(
+        &cfg,
+        Devices::ConsoleOnly,
+        std::fs::File::create(cfg.console_log_path()).unwrap(),
+    )
+    .unwrap();
     let mut seen = None;
     while started.elapsed() < Duration::from_secs(60) {
         let log = std::fs::read_to_string(&console).unwrap_or_default();

@@ -387,3 +387,67 @@ fn plain_readiness_fails_without_an_agent() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_nothing_left(&tmp.path().join("state"));
 }
+
+/// A guest flooding its serial console (1.5 MB through the qemu engine)
+/// cannot grow `console.log` past `console.max_bytes`: the log keeps its
+/// tail, the rate limit drops the rest and says so in a marker line, and
+/// the agent's ready line, printed right after the flood and most likely
+/// dropped from the log, still makes the monitor ready (readiness comes
+/// from the console relay, not from reading the log back).
+#[test]
+fn a_console_flood_is_bounded_and_readiness_still_comes() {
+    let script = "echo IDLING\n\
+        yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 1500000\n\
+        echo husk-agent listening\n\
+        sleep 2\n\
+        echo AFTER-FLOOD\n\
+        exec sleep 1000";
+    let Some(kernel) = kernel() else {
+        skip("no guest kernel");
+        return;
+    };
+    let cfg_dir = scratch("floodcfg");
+    let cfg = cfg_dir.path().join("vm.json");
+    let max_bytes = 65536u64;
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "kernel": kernel,
+            "state_dir": cfg_dir.path().join("unused"),
+            "console": { "max_bytes": max_bytes, "rate_bytes_per_s": 4096, "burst_bytes": 16384 },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let extra = ["--config", cfg.to_str().unwrap()];
+    let Some((line, took, _, mut child, tmp)) = plain_with_ready("flood", script, &extra) else {
+        return;
+    };
+    eprintln!("plain monitor ready after {took:?} (console flood)");
+    assert_eq!(line.trim(), r#"{"ok":true}"#);
+    let log_path = tmp.path().join("state/console.log");
+    let log = wait_for_text(&log_path, "AFTER-FLOOD", Duration::from_secs(120));
+    let size = std::fs::metadata(&log_path).unwrap().len();
+    eprintln!("console.log after the flood: {size} bytes");
+    assert!(size <= max_bytes, "console.log is {size} bytes");
+    assert!(
+        log.contains("bytes of console output dropped]"),
+        "no drop marker in:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    assert!(
+        log.contains("0123456789abcdefghijklmnopqrstuvwxyz"),
+        "no flood in:\n{}",
+        &log[..log.len().min(3000)]
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(20)).code(),
+        Some(143)
+    );
+    assert_nothing_left(&tmp.path().join("state"));
+}

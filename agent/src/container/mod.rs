@@ -35,7 +35,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use self::cgroups::CgroupRoot;
 use self::stdio::AgentStdio;
-use self::sync::{recv_msg, send_msg, ChildMsg, ParentMsg};
+use self::sync::{send_msg, ChildMsg, ParentMsg, SyncError};
 
 /// A failed step of building or starting a container (in the child).
 #[derive(Debug, thiserror::Error)]
@@ -245,9 +245,16 @@ pub fn create(
     }
 }
 
-/// Lets a created container's init exec. Fails with the child's error
-/// (ExecFailed with the errno for a missing program).
-pub fn start(c: &mut Container) -> Result<(), ProtocolError> {
+/// How long a created container's init may take from `Start` to its
+/// exec (or its error) before the start fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Tells a created container's init to exec; returns its sync socket,
+/// which becomes readable with the outcome (an error message, or EOF once
+/// the exec closed it). The server does not wait for it: it polls the
+/// socket (for up to [`START_TIMEOUT`]) and calls [`start_finish`], so a
+/// slow init holds up no other container.
+pub fn start_begin(c: &mut Container) -> Result<OwnedFd, ProtocolError> {
     if c.status != ContainerStatus::Created {
         return Err(err(
             ErrorCode::FailedPrecondition,
@@ -259,7 +266,17 @@ pub fn start(c: &mut Container) -> Result<(), ProtocolError> {
         .take()
         .ok_or_else(|| err(ErrorCode::Internal, "init sync socket lost"))?;
     send_msg(&sync, &ParentMsg::Start).map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
-    match recv_msg::<ChildMsg>(&sync, Duration::from_secs(60)) {
+    Ok(sync)
+}
+
+/// Records the outcome of a start [`start_begin`] began: what its sync
+/// socket said (`Ok(None)`: EOF, it exec'd; an error message from the
+/// child, e.g. ExecFailed with the errno for a missing program).
+pub fn start_finish(
+    c: &mut Container,
+    reply: Result<Option<ChildMsg>, SyncError>,
+) -> Result<(), ProtocolError> {
+    match reply {
         Ok(None) => {
             c.status = ContainerStatus::Running;
             Ok(())

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::pump::{Pump, PumpKey};
-use super::{queue, Exit, Server};
+use super::{queue, Exit, PendingRemove, PendingStart, Server, REMOVE_TIMEOUT};
 use crate::container::{self, cgroups, Container};
 
 fn not_found(what: &str) -> ProtocolError {
@@ -57,6 +57,50 @@ impl Server {
                     }
                 }
             }
+            Request::StartContainer(r) => {
+                // Answered from the poll loop once init has exec'd
+                // (`on_start_sync`): a slow init holds up only this
+                // connection, never the others or the stdio pumps.
+                let begun = self
+                    .container(&r.container_id)
+                    .and_then(container::start_begin);
+                match begun {
+                    Err(e) => Err(e),
+                    Ok(sync) => {
+                        self.defer_start(conn, req_id, r.container_id, sync);
+                        return None;
+                    }
+                }
+            }
+            Request::RemoveContainer(r) => {
+                // Its processes are killed now; the answer goes out from
+                // the poll loop once they are reaped (`progress_removes`),
+                // without holding up other connections.
+                let id = r.container_id;
+                match self.container(&id) {
+                    Err(e) => Err(e),
+                    Ok(c) => {
+                        c.drop_sync();
+                        if !self.kill_remaining(&id) {
+                            self.finish_remove(&id);
+                            Ok(Response::Empty)
+                        } else {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                c.parked = true;
+                            }
+                            self.removes.insert(
+                                conn,
+                                PendingRemove {
+                                    req_id,
+                                    container_id: id,
+                                    deadline: Instant::now() + REMOVE_TIMEOUT,
+                                },
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
             Request::Shutdown => {
                 self.exit = Some(Exit::Shutdown);
                 Ok(Response::Empty)
@@ -93,11 +137,6 @@ impl Server {
             }
             Request::ConfigureNetwork(req) => {
                 crate::network::configure(&req)?;
-                Ok(Response::Empty)
-            }
-            Request::StartContainer(r) => {
-                let c = self.container(&r.container_id)?;
-                container::start(c)?;
                 Ok(Response::Empty)
             }
             Request::ExecProcess(r) => {
@@ -216,54 +255,170 @@ impl Server {
                     c.cgroup.as_deref().map(cgroups::stats).unwrap_or_default(),
                 ))
             }
-            Request::RemoveContainer(r) => {
-                self.container(&r.container_id)?;
-                self.remove_container(&r.container_id);
-                Ok(Response::Empty)
+            Request::WaitProcess(_)
+            | Request::StartContainer(_)
+            | Request::RemoveContainer(_)
+            | Request::Shutdown => {
+                unreachable!("handled in dispatch")
             }
-            Request::WaitProcess(_) | Request::Shutdown => unreachable!("handled in dispatch"),
         }
     }
 
-    /// Kills what is left of a container, waits for it, removes its cgroup
-    /// and forgets it. Its mounts live in its own mount namespace and go
-    /// with its last process.
+    /// Parks connection `conn` until the start its request `req_id` began
+    /// is over.
+    fn defer_start(&mut self, conn: u64, req_id: u64, container_id: String, sync: OwnedFd) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.parked = true;
+        }
+        self.starts.insert(
+            conn,
+            PendingStart {
+                req_id,
+                container_id,
+                sync,
+                deadline: Instant::now() + container::START_TIMEOUT,
+            },
+        );
+    }
+
+    /// The sync socket of a pending start is readable: init's error, or
+    /// EOF once it exec'd.
+    pub(super) fn on_start_sync(&mut self, conn: u64) {
+        let Some(s) = self.starts.get(&conn) else {
+            return;
+        };
+        // Readable now, so this does not wait.
+        let reply = container::sync::recv_msg(&s.sync, Duration::from_millis(1));
+        if matches!(reply, Err(container::sync::SyncError::Timeout)) {
+            return;
+        }
+        self.finish_start(conn, reply);
+    }
+
+    /// Fails the starts whose init said nothing within the timeout.
+    pub(super) fn expire_starts(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u64> = self
+            .starts
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for conn in late {
+            self.finish_start(conn, Err(container::sync::SyncError::Timeout));
+        }
+    }
+
+    fn finish_start(
+        &mut self,
+        conn: u64,
+        reply: Result<Option<container::sync::ChildMsg>, container::sync::SyncError>,
+    ) {
+        let Some(s) = self.starts.remove(&conn) else {
+            return;
+        };
+        let result = match self.containers.get_mut(&s.container_id) {
+            Some(c) => container::start_finish(c, reply).map(|()| Response::Empty),
+            None => Err(not_found(&format!(
+                "container {:?} was removed",
+                s.container_id
+            ))),
+        };
+        match &result {
+            Ok(_) => tracing::info!(container = %s.container_id, "started"),
+            Err(e) => tracing::info!(container = %s.container_id, error = %e, "start failed"),
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.parked = false;
+            queue(c, s.req_id, result);
+        }
+        // Frames that arrived meanwhile.
+        self.process_frames(conn);
+        self.flush(conn);
+    }
+
+    /// Kills what is left of a container and waits for it (the exit path:
+    /// nothing else is served any more), then forgets it.
     pub(super) fn remove_container(&mut self, id: &str) {
         let Some(c) = self.containers.get_mut(id) else {
             return;
         };
         c.drop_sync();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let Some(c) = self.containers.get(id) else {
-                return;
-            };
-            let mut pids = c.pids();
-            pids.extend(
-                std::iter::once(&c.init)
-                    .chain(c.execs.values())
-                    .filter(|p| p.exit_status.is_none())
-                    .map(|p| p.pid),
-            );
-            let live: Vec<i32> = pids.into_iter().filter(|p| is_alive(*p)).collect();
-            if live.is_empty() || Instant::now() > deadline {
-                if !live.is_empty() {
-                    tracing::warn!(container = %id, ?live, "processes survived SIGKILL");
-                }
-                break;
-            }
-            for p in live {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        while self.kill_remaining(id) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
-            self.reap();
         }
+        self.finish_remove(id);
+    }
+
+    /// Reaps, then SIGKILLs every live process of container `id`; true
+    /// when some were still alive.
+    fn kill_remaining(&mut self, id: &str) -> bool {
+        self.reap();
+        let Some(c) = self.containers.get(id) else {
+            return false;
+        };
+        let mut pids = c.pids();
+        pids.extend(
+            std::iter::once(&c.init)
+                .chain(c.execs.values())
+                .filter(|p| p.exit_status.is_none())
+                .map(|p| p.pid),
+        );
+        let live: Vec<i32> = pids.into_iter().filter(|p| is_alive(*p)).collect();
+        for p in &live {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        !live.is_empty()
+    }
+
+    /// Answers the removals whose processes are gone (checked whenever
+    /// the loop wakes: a SIGCHLD, say) or whose time is up.
+    pub(super) fn progress_removes(&mut self) {
+        let now = Instant::now();
+        let conns: Vec<u64> = self.removes.keys().copied().collect();
+        for conn in conns {
+            let (id, late) = match self.removes.get(&conn) {
+                Some(r) => (r.container_id.clone(), r.deadline <= now),
+                None => continue,
+            };
+            if self.kill_remaining(&id) && !late {
+                continue;
+            }
+            if late {
+                tracing::warn!(container = %id, "processes survived SIGKILL");
+            }
+            let r = self.removes.remove(&conn).expect("listed above");
+            self.finish_remove(&id);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.parked = false;
+                queue(c, r.req_id, Ok(Response::Empty));
+            }
+            self.process_frames(conn);
+            self.flush(conn);
+        }
+    }
+
+    /// Forgets container `id` once its processes are gone: removes its
+    /// cgroup, fails a start or waits still pending on it. Its mounts live
+    /// in its own mount namespace and went with its last process.
+    fn finish_remove(&mut self, id: &str) {
         self.reap();
         let Some(c) = self.containers.remove(id) else {
             return;
         };
         self.pids.retain(|_, (cid, _)| cid != id);
         self.pumps.retain(|_, p| p.key.container_id != id);
+        // A start still pending fails: its container is gone.
+        let starting: Vec<u64> = self
+            .starts
+            .iter()
+            .filter(|(_, s)| s.container_id == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in starting {
+            self.finish_start(k, Ok(None));
+        }
         if let (Some(dir), Some(root)) = (&c.cgroup, &self.cfg.cgroup_root) {
             if let Err(e) = root.remove(dir) {
                 tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");

@@ -12,6 +12,7 @@ pub mod pump;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
 
 use husk_protocol::frame::MAX_FRAME_LEN;
 use husk_protocol::{
@@ -73,6 +74,9 @@ struct Conn {
     hello_done: bool,
     /// (request id, container, exec) of a parked WaitProcess.
     waiting: Option<(u64, String, Option<String>)>,
+    /// A StartContainer or RemoveContainer in progress ([`PendingStart`],
+    /// [`PendingRemove`] in the server): later frames wait for its answer.
+    parked: bool,
     /// Close once `outbuf` is flushed.
     closing: bool,
 }
@@ -91,6 +95,30 @@ impl Conn {
     }
 }
 
+/// A StartContainer whose init has been told to exec: answered when its
+/// sync socket says how that went (readable in the poll loop), or after
+/// [`crate::container::START_TIMEOUT`]. Nothing blocks meanwhile.
+#[derive(Debug)]
+struct PendingStart {
+    req_id: u64,
+    container_id: String,
+    sync: OwnedFd,
+    deadline: Instant,
+}
+
+/// How long a RemoveContainer waits for the killed processes to be
+/// reaped before it forgets them anyway.
+pub(crate) const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A RemoveContainer whose processes were killed: answered once they are
+/// reaped, or after [`REMOVE_TIMEOUT`].
+#[derive(Debug)]
+struct PendingRemove {
+    req_id: u64,
+    container_id: String,
+    deadline: Instant,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Listener,
@@ -98,6 +126,7 @@ enum Token {
     ConnFd(u64),
     PumpSrc(u64),
     PumpDst(u64),
+    StartSync(u64),
 }
 
 /// The server's state.
@@ -110,6 +139,10 @@ pub struct Server {
     pumps: HashMap<u64, Pump>,
     next_id: u64,
     containers: HashMap<String, Container>,
+    /// Starts in progress, by the connection that asked.
+    starts: HashMap<u64, PendingStart>,
+    /// Removals in progress, by the connection that asked.
+    removes: HashMap<u64, PendingRemove>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
     exit: Option<Exit>,
@@ -137,6 +170,8 @@ impl Server {
             pumps: HashMap::new(),
             next_id: 1,
             containers: HashMap::new(),
+            starts: HashMap::new(),
+            removes: HashMap::new(),
             pids: HashMap::new(),
             exit: None,
         })
@@ -183,7 +218,22 @@ impl Server {
                     add(p.dst.as_raw_fd(), libc::POLLOUT, Token::PumpDst(*id));
                 }
             }
-            crate::sys::poll(&mut pfds, -1).map_err(ServerError::Poll)?;
+            for (id, s) in &self.starts {
+                add(s.sync.as_raw_fd(), libc::POLLIN, Token::StartSync(*id));
+            }
+            let timeout = self
+                .starts
+                .values()
+                .map(|s| s.deadline)
+                .chain(self.removes.values().map(|r| r.deadline))
+                .min()
+                .map_or(-1, |d| {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Rounded up: never wake before the deadline.
+                    (left.as_millis() + 1).min(i32::MAX as u128) as i32
+                });
+            crate::sys::poll(&mut pfds, timeout).map_err(ServerError::Poll)?;
+            self.expire_starts();
             for (pfd, tok) in pfds.iter().zip(tokens) {
                 if pfd.revents == 0 {
                     continue;
@@ -193,8 +243,10 @@ impl Server {
                     Token::Signals => self.on_signals(),
                     Token::ConnFd(id) => self.on_conn(id, pfd.revents),
                     Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
+                    Token::StartSync(id) => self.on_start_sync(id),
                 }
             }
+            self.progress_removes();
         }
     }
 
@@ -223,6 +275,7 @@ impl Server {
                             outbuf: Vec::new(),
                             hello_done: false,
                             waiting: None,
+                            parked: false,
                             closing: false,
                         },
                     );
@@ -352,7 +405,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.waiting.is_some() || c.closing {
+            if c.waiting.is_some() || c.parked || c.closing {
                 return;
             }
             let body = match next_frame(&mut c.inbuf) {

@@ -105,17 +105,36 @@ fn agent_status(st: &ContainerState, deadline: Duration) -> Status {
 
 /// The live status; a stop the agent reports is recorded, so that the
 /// status cannot fall back to `running` while the VM shuts down and its
-/// agent no longer answers.
+/// agent no longer answers. Recorded under the container's lock, on the
+/// state as it is then, and only if no other command holds the lock (it
+/// is changing or removing the state: `state` and `list` never wait, and
+/// never write back a stale copy).
 fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
     let status = agent_status(st, rt.deadlines.status);
     if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
-        let mut recorded = st.clone();
-        recorded.status = Status::Stopped;
-        if let Err(e) = rt.root.save(&recorded) {
-            tracing::warn!(id = %st.id, error = %e, "recording the stop");
-        }
+        record_stop(rt, &st.id);
     }
     status
+}
+
+fn record_stop(rt: &Runtime, id: &str) {
+    let Ok(Some(_lock)) = rt.root.try_lock(id) else {
+        tracing::debug!(
+            id,
+            "another command holds the state: the stop is not recorded"
+        );
+        return;
+    };
+    let Ok(mut now) = rt.root.load(id) else {
+        return;
+    };
+    if now.status == Status::Stopped {
+        return;
+    }
+    now.status = Status::Stopped;
+    if let Err(e) = rt.root.save(&now) {
+        tracing::warn!(id, error = %e, "recording the stop");
+    }
 }
 
 /// `state`.
@@ -152,6 +171,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<OciState>, OpError> {
 
 /// `start`.
 pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let _lock = rt.root.lock(id)?;
     let mut st = rt.root.load(id)?;
     let status = live_status(rt, &st);
     if status != Status::Created {
@@ -232,6 +252,8 @@ pub fn ps_table(procs: &[ProcessInfo]) -> String {
 
 /// `delete`.
 pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
+    // Held until the directory is gone (an open directory can be removed).
+    let _lock = rt.root.lock(id)?;
     let st = match rt.root.load(id) {
         Ok(st) => st,
         Err(crate::state::StateError::NotFound(_)) if force => {
@@ -360,6 +382,7 @@ fn set_paused(rt: &Runtime, st: &ContainerState, paused: bool) -> Result<(), OpE
 
 /// `pause`: stops the VM's vCPUs.
 pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let _lock = rt.root.lock(id)?;
     let mut st = rt.root.load(id)?;
     let status = live_status(rt, &st);
     if status != Status::Running && status != Status::Created {
@@ -377,6 +400,7 @@ pub fn pause(rt: &Runtime, id: &str) -> Result<(), OpError> {
 
 /// `resume`.
 pub fn resume(rt: &Runtime, id: &str) -> Result<(), OpError> {
+    let _lock = rt.root.lock(id)?;
     let mut st = rt.root.load(id)?;
     let status = live_status(rt, &st);
     if status != Status::Paused {

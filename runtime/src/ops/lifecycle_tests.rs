@@ -20,6 +20,8 @@ enum Agent {
     /// Answers `State` with running and `ListProcesses` with these
     /// processes.
     Lists(&'static [(i32, Option<&'static str>)]),
+    /// Answers `State` with stopped (the container exited).
+    Stopped,
 }
 
 fn serve(mut s: UnixStream, agent: Agent) {
@@ -58,6 +60,12 @@ fn serve(mut s: UnixStream, agent: Agent) {
                     .collect(),
             },
             (Agent::Lists(_), _) => Response::Empty,
+            (Agent::Stopped, Request::State(c)) => Response::State(husk_protocol::ContainerState {
+                container_id: c.container_id,
+                status: ContainerStatus::Stopped,
+                pid: 1,
+                exit_status: Some(0),
+            }),
             _ => {
                 thread::sleep(Duration::from_secs(3600));
                 return;
@@ -236,4 +244,34 @@ fn ps_prints_guest_strings_escaped() {
         table,
         "PID\tEXEC\n7\tx\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\\x7f\n"
     );
+}
+
+/// `state` and `list` record a stop the agent reports only under the
+/// container's lock, and never while another command holds it (that
+/// command is changing or removing state.json: a stale copy written back,
+/// or a file recreated in a directory being removed, would undo it).
+#[test]
+fn state_and_list_record_a_stop_only_under_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = running(tmp.path(), "c1", Some(Agent::Stopped));
+    let recorded = || rt.root.load("c1").unwrap().status;
+    let held = rt.root.lock("c1").unwrap();
+    assert!(
+        rt.root.try_lock("c1").unwrap().is_none(),
+        "the lock excludes"
+    );
+    assert_eq!(state(&rt, "c1").unwrap().status, Status::Stopped);
+    assert_eq!(list(&rt).unwrap()[0].status, Status::Stopped);
+    assert_eq!(
+        recorded(),
+        Status::Running,
+        "state.json was written while another command held the lock"
+    );
+    drop(held);
+    assert_eq!(state(&rt, "c1").unwrap().status, Status::Stopped);
+    assert_eq!(recorded(), Status::Stopped);
+    // A removed container is not brought back by a late recording.
+    rt.root.remove("c1").unwrap();
+    record_stop(&rt, "c1");
+    assert!(!tmp.path().join("c1").exists());
 }

@@ -403,9 +403,15 @@ pub struct BuiltinEngine {
 }
 
 impl BuiltinEngine {
-    /// Builds the VM for `cfg` (guest RAM, COM1 to the console log, the
-    /// i8042, the virtio devices, the kernel) and starts it.
-    pub fn start(cfg: &VmConfig, devices: Devices) -> Result<Self, BuiltinError> {
+    /// Builds the VM for `cfg` (guest RAM, COM1 writing to `console`, the
+    /// i8042, the virtio devices, the kernel) and starts it. `console` is
+    /// the console relay's pipe (`crate::console`) in the monitor, or any
+    /// file.
+    pub fn start(
+        cfg: &VmConfig,
+        devices: Devices,
+        console: std::fs::File,
+    ) -> Result<Self, BuiltinError> {
         let vcpus = u8::try_from(cfg.vcpus)
             .ok()
             .filter(|&n| n > 0)
@@ -439,12 +445,7 @@ impl BuiltinEngine {
         )?;
         super::mptable::write(&mem, vcpus).map_err(BuiltinError::MpTable)?;
         let mut m = Machine::new(mem, vcpus)?;
-        let console = cfg.console_log_path();
-        let file = std::fs::File::create(&console).map_err(io_err(format!(
-            "cannot create console log {}",
-            console.display()
-        )))?;
-        m.add_serial(Box::new(file))?;
+        m.add_serial(Box::new(console))?;
         for d in devices {
             m.add_mmio_device(d)?;
         }

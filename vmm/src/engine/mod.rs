@@ -4,7 +4,7 @@
 
 pub mod qemu;
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,15 +36,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
-    /// The console log could not be prepared.
-    #[error("cannot create console log {path}")]
-    Console {
-        /// The log.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The console log or its relay could not be set up.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// Which engine actually runs the guest.
@@ -182,14 +176,20 @@ pub trait EngineInstance: std::fmt::Debug + Send {
 }
 
 /// Starts the chosen engine for `cfg`, whose daemons already serve their
-/// sockets.
-pub fn start(kind: EngineKind, cfg: &VmConfig) -> Result<Box<dyn EngineInstance>, EngineError> {
+/// sockets, with the guest's serial console written to `console` (the
+/// console relay's pipe, `crate::console`).
+pub fn start(
+    kind: EngineKind,
+    cfg: &VmConfig,
+    console: OwnedFd,
+) -> Result<Box<dyn EngineInstance>, EngineError> {
     match kind {
         EngineKind::Builtin => Ok(Box::new(crate::builtin::engine::BuiltinEngine::start(
             cfg,
             crate::builtin::engine::Devices::FromConfig,
+            console.into(),
         )?)),
-        EngineKind::Qemu => Ok(Box::new(qemu::QemuEngine::start(cfg)?)),
+        EngineKind::Qemu => Ok(Box::new(qemu::QemuEngine::start(cfg, console)?)),
     }
 }
 

@@ -1,21 +1,23 @@
 //! The qemu engine: `qemu-system-x86_64 -M microvm` as a child (`-accel kvm`
 //! where KVM can run a guest, TCG elsewhere),
 //! guest RAM in a shared memfd for the vhost-user daemons, the serial
-//! console in a file, no QEMU monitor, virtio-net only on tap fds the
-//! caller handed in (`net`).
+//! console into the monitor's console relay (`crate::console`: a pipe
+//! whose write end qemu inherits, as `-add-fd` and a `file` chardev on
+//! `/dev/fdset/N`, so the monitor bounds the log), no QEMU monitor,
+//! virtio-net only on tap fds the caller handed in (`net`).
 //!
 //! QEMU confines itself (QEMU 7.2 options): `-sandbox` (its seccomp
 //! filter) and, when started as root, `-runas` [`QEMU_UID`]:[`QEMU_GID`]
 //! and `-chroot` into an empty directory, both applied after the machine
 //! was built and before the guest runs: the kernel and initramfs are read,
-//! the console file, the vhost-user sockets and the tap fds are open, and
+//! the console pipe, the vhost-user sockets and the tap fds are open, and
 //! guest RAM is a memfd by then. `elevateprivileges=deny` is left out:
 //! QEMU 7.2 installs its filter before `-runas` switches uid, and the
 //! filter kills it at that `setgid` (measured: SIGSYS, syscall 106). With
 //! uid 65534, no capabilities and no_new_privs, set*id cannot raise it.
 
 use std::ffi::OsString;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -107,10 +109,15 @@ pub fn chroot_dir(cfg: &VmConfig) -> std::path::PathBuf {
     cfg.state_dir.join("qemu-root")
 }
 
-/// The full qemu argument list for `cfg` on `accel`; with `drop_root` (the
-/// monitor runs as root) qemu switches to [`QEMU_UID`] and chroots into
-/// [`chroot_dir`] before the guest starts (after it has opened /dev/kvm).
-pub fn qemu_args(cfg: &VmConfig, accel: Accel, drop_root: bool) -> Vec<OsString> {
+/// The fd set qemu's console pipe is added to (`-add-fd`).
+const CONSOLE_FDSET: u32 = 1;
+
+/// The full qemu argument list for `cfg` on `accel`, writing the serial
+/// console to inherited fd `console_fd` (a pipe's write end); with
+/// `drop_root` (the monitor runs as root) qemu switches to [`QEMU_UID`] and
+/// chroots into [`chroot_dir`] before the guest starts (after it has opened
+/// /dev/kvm).
+pub fn qemu_args(cfg: &VmConfig, accel: Accel, console_fd: i32, drop_root: bool) -> Vec<OsString> {
     let mem = cfg.memory_mib;
     let (accel, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
@@ -140,8 +147,14 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, drop_root: bool) -> Vec<OsString>
         "none".into(),
         "-sandbox".into(),
         QEMU_SANDBOX.into(),
+        // The file chardev opens /dev/fdset/N by dup'ing the added fd;
+        // append=on: QEMU 7.2 refuses O_TRUNC there (EINVAL).
+        "-add-fd".into(),
+        format!("fd={console_fd},set={CONSOLE_FDSET}"),
+        "-chardev".into(),
+        format!("file,id=console,path=/dev/fdset/{CONSOLE_FDSET},append=on"),
         "-serial".into(),
-        format!("file:{}", opt_path(&cfg.console_log_path())),
+        "chardev:console".into(),
         "-chardev".into(),
         format!(
             "socket,id=vsock,path={}",
@@ -201,14 +214,11 @@ pub struct QemuEngine {
 }
 
 impl QemuEngine {
-    /// Starts qemu for `cfg`.
-    pub fn start(cfg: &VmConfig) -> Result<Self, EngineError> {
+    /// Starts qemu for `cfg`, its serial console writing to `console` (a
+    /// close-on-exec pipe write end; only qemu inherits it, and the
+    /// monitor's copy is closed once qemu runs).
+    pub fn start(cfg: &VmConfig, console: OwnedFd) -> Result<Self, EngineError> {
         let program = crate::binaries::locate("qemu-system-x86_64", cfg.binaries.qemu.as_deref())?;
-        let console = cfg.console_log_path();
-        std::fs::File::create(&console).map_err(|source| EngineError::Console {
-            path: console.clone(),
-            source,
-        })?;
         let drop_root = nix::unistd::Uid::effective().is_root();
         if drop_root {
             make_empty_dir(&chroot_dir(cfg))?;
@@ -216,21 +226,26 @@ impl QemuEngine {
             tracing::debug!("not root: qemu runs as this uid, without -runas/-chroot");
         }
         let mut cmd = Command::new(program);
-        cmd.args(qemu_args(cfg, HostFacts::probe().qemu_accel(), drop_root));
-        let tap_fds: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
-        if !tap_fds.is_empty() {
-            // SAFETY: between fork and exec the closure only calls the
-            // async-signal-safe fcntl on fd numbers, allocating nothing.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for fd in &tap_fds {
-                        if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+        cmd.args(qemu_args(
+            cfg,
+            HostFacts::probe().qemu_accel(),
+            console.as_raw_fd(),
+            drop_root,
+        ));
+        // qemu inherits the tap fds and the console pipe, nothing else.
+        let mut inherited: Vec<i32> = cfg.net.iter().map(|n| n.tap_fd).collect();
+        inherited.push(console.as_raw_fd());
+        // SAFETY: between fork and exec the closure only calls the
+        // async-signal-safe fcntl on fd numbers, allocating nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &inherited {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         if drop_root {
             let keep: Vec<u32> = QEMU_CAPABILITIES
@@ -245,6 +260,7 @@ impl QemuEngine {
         }
         tracing::debug!(?cmd, "starting qemu");
         let child = Supervised::spawn("qemu", cmd, &cfg.state_dir.join("qemu.log"))?;
+        drop(console);
         child.record_in(&cfg.state_dir);
         Ok(QemuEngine {
             child,
@@ -351,9 +367,9 @@ mod tests {
             mac: "02:42:0a:fe:01:02".into(),
             mtu: 1400,
         });
-        let kvm = qemu_args(&cfg, Accel::Kvm, true);
+        let kvm = qemu_args(&cfg, Accel::Kvm, 9, true);
         assert_eq!(kvm[..4], ["-accel", "kvm", "-cpu", "host"]);
-        let a: Vec<String> = qemu_args(&cfg, Accel::Tcg, true)
+        let a: Vec<String> = qemu_args(&cfg, Accel::Tcg, 9, true)
             .iter()
             .map(|s| s.to_str().unwrap().to_owned())
             .collect();
@@ -364,7 +380,7 @@ mod tests {
             "-no-reboot -nodefaults",
             "-monitor none -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny",
             "-runas 65534:65534 -chroot /run/s,1/qemu-root -kernel",
-            "-serial file:/run/s,,1/console.log",
+            "-add-fd fd=9,set=1 -chardev file,id=console,path=/dev/fdset/1,append=on -serial chardev:console",
             "-chardev socket,id=vsock,path=/run/s,,1/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock",
             "-chardev socket,id=fs0,path=/run/s,,1/vhost-fs-rootfs.sock -device vhost-user-fs-device,chardev=fs0,tag=rootfs",
             "-netdev tap,id=net0,fd=4 -device virtio-net-device,netdev=net0,mac=02:42:0a:fe:01:02,host_mtu=1400",
@@ -386,7 +402,7 @@ mod tests {
             "console=ttyS0 panic=-1 quiet no_timer_check"
         );
         cfg.net.clear();
-        let none: Vec<String> = qemu_args(&cfg, Accel::Tcg, false)
+        let none: Vec<String> = qemu_args(&cfg, Accel::Tcg, 9, false)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();

@@ -166,16 +166,15 @@ fn thread_spawn() -> Vec<Allowed> {
 }
 
 /// The main thread after setup: its poll loop (signalfd, pidfds, the
-/// engine's exit eventfd), the console log, stopping and reaping children,
+/// engine's exit eventfd, the console relay's ready eventfd), stopping and reaping children,
 /// removing sockets; in container mode the agent connections and the
 /// threads it starts.
 fn main_thread(ctx: &Context) -> Vec<Allowed> {
     let mut v = vec![
         sys!(SYS_poll),
         sys!(SYS_ppoll),
-        // Read-only opens: the console log (agent readiness), the state
-        // directory (leftover vsock sockets), a log tail. Everything the
-        // monitor writes is open already.
+        // Read-only opens: the state directory (leftover vsock sockets),
+        // a log tail. Everything the monitor writes is open already.
         sys!(
             SYS_openat,
             Cond::BitsClear {
@@ -314,6 +313,28 @@ fn pump(ctx: &Context) -> Vec<Allowed> {
     ]
 }
 
+/// The console relay (started by the main thread before it confines
+/// itself): poll on the console pipe and its stop eventfd, the pipe made
+/// non-blocking to drain it, positioned reads and writes and truncation
+/// of the log it holds open, the ready eventfd.
+fn console(ctx: &Context) -> Vec<Allowed> {
+    vec![
+        sys!(SYS_poll),
+        sys!(SYS_ppoll),
+        sys!(
+            SYS_fcntl,
+            Cond::OneOf {
+                index: 1,
+                values: vec![libc::F_GETFD as u64, libc::F_SETFL as u64],
+            }
+        ),
+        sys!(SYS_pread64),
+        sys!(SYS_pwrite64),
+        sys!(SYS_ftruncate),
+        tgkill_own(ctx, &[libc::SIGABRT as u64]),
+    ]
+}
+
 /// The full allowlist of `kind`.
 pub fn allowlist(kind: ThreadKind, ctx: &Context) -> Vec<Allowed> {
     let mut v = common();
@@ -322,6 +343,7 @@ pub fn allowlist(kind: ThreadKind, ctx: &Context) -> Vec<Allowed> {
         ThreadKind::Vcpu => vcpu(ctx),
         ThreadKind::NetWorker => net_worker(ctx),
         ThreadKind::Pump => pump(ctx),
+        ThreadKind::Console => console(ctx),
     });
     v
 }

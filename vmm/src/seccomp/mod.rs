@@ -75,15 +75,18 @@ pub enum ThreadKind {
     /// A container-mode stdio pump or the `WaitProcess` waiter
     /// (`container.rs`).
     Pump,
+    /// The console relay (`console.rs`): the console pipe into the log.
+    Console,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::NetWorker,
         ThreadKind::Pump,
+        ThreadKind::Console,
     ];
 
     /// The kind's name in logs and in `HUSK_VMM_TEST_FORBIDDEN_SYSCALL`.
@@ -93,6 +96,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::NetWorker => "net",
             ThreadKind::Pump => "pump",
+            ThreadKind::Console => "console",
         }
     }
 }

@@ -79,6 +79,13 @@ fn lists_hold_what_each_thread_needs() {
     for want in ["read", "write", "shutdown", "setsockopt"] {
         assert!(pump.contains(&want), "pump lacks {want}");
     }
+    let console = names(ThreadKind::Console);
+    for want in ["read", "poll", "pread64", "pwrite64", "ftruncate", "fcntl"] {
+        assert!(console.contains(&want), "console lacks {want}");
+    }
+    for bad in ["socket", "sendto", "connect", "ioctl", "kill", "rename"] {
+        assert!(!console.contains(&bad), "console allows {bad}");
+    }
 }
 
 #[test]
@@ -113,14 +120,19 @@ fn no_list_allows_what_escapes() {
         }
     }
     // Only the main thread opens files, and only to read.
-    for kind in [ThreadKind::Vcpu, ThreadKind::NetWorker, ThreadKind::Pump] {
+    for kind in [
+        ThreadKind::Vcpu,
+        ThreadKind::NetWorker,
+        ThreadKind::Pump,
+        ThreadKind::Console,
+    ] {
         let n = names(kind);
         for bad in ["openat", "open", "socket", "connect", "kill", "unlink"] {
             assert!(!n.contains(&bad), "{kind:?} allows {bad}");
         }
     }
     // Threads that start no threads cannot clone.
-    for kind in [ThreadKind::NetWorker, ThreadKind::Pump] {
+    for kind in [ThreadKind::NetWorker, ThreadKind::Pump, ThreadKind::Console] {
         assert!(!names(kind).contains(&"clone"), "{kind:?}");
     }
 }
