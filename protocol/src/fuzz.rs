@@ -92,13 +92,7 @@ fn hostile_json() -> impl Strategy<Value = Value> {
         prop_oneof![Just(i64::from(MAX_GUEST_PID) + 1), Just(-1), Just(0)].prop_map(Value::from),
         hostile_str().prop_map(Value::from),
     ];
-    leaf.prop_recursive(3, 12, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map(hostile_str(), inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzzing::json_tree(leaf, hostile_str)
 }
 
 /// Almost a response frame: each part right or hostile.

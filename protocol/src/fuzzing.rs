@@ -3,6 +3,7 @@
 //! and hostile byte streams of length-prefixed frames.
 
 use proptest::prelude::*;
+use serde_json::Value;
 
 use crate::frame::MAX_FRAME_LEN;
 
@@ -67,5 +68,21 @@ pub fn stream(
             }
         }
         out
+    })
+}
+
+/// JSON up to three levels deep: `leaf` values, arrays, and objects whose
+/// keys come from the strategy `key` makes.
+pub fn json_tree<L, K>(leaf: L, key: fn() -> K) -> impl Strategy<Value = Value>
+where
+    L: Strategy<Value = Value> + 'static,
+    K: Strategy<Value = String> + 'static,
+{
+    leaf.prop_recursive(3, 12, 4, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(key(), inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
     })
 }

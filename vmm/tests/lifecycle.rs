@@ -353,16 +353,7 @@ fn plain_readiness_waits_for_the_agent() {
     eprintln!("plain monitor ready after {took:?}");
     assert_eq!(line.trim(), r#"{"ok":true}"#);
     assert!(console.contains("husk-agent listening"), "{console}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(
-        wait_child(&mut child, Duration::from_secs(20)).code(),
-        Some(143)
-    );
-    assert_nothing_left(&tmp.path().join("state"));
+    stop_plain_and_check(&mut child, tmp.path());
 }
 
 #[test]
@@ -440,14 +431,17 @@ fn a_console_flood_is_bounded_and_readiness_still_comes() {
         "no flood in:\n{}",
         &log[..log.len().min(3000)]
     );
+    stop_plain_and_check(&mut child, tmp.path());
+}
+
+/// SIGTERMs a plain monitor, which must exit 143 and leave nothing in
+/// `tmp`'s state directory.
+fn stop_plain_and_check(child: &mut std::process::Child, tmp: &std::path::Path) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert_eq!(
-        wait_child(&mut child, Duration::from_secs(20)).code(),
-        Some(143)
-    );
-    assert_nothing_left(&tmp.path().join("state"));
+    assert_eq!(wait_child(child, Duration::from_secs(20)).code(), Some(143));
+    assert_nothing_left(&tmp.join("state"));
 }

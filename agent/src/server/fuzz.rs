@@ -57,13 +57,7 @@ fn hostile_json() -> impl Strategy<Value = Value> {
         Just(json!(-1.5)),
         hostile_str().prop_map(Value::from),
     ];
-    leaf.prop_recursive(3, 12, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-            prop::collection::btree_map(hostile_str(), inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzzing::json_tree(leaf, hostile_str)
 }
 
 fn version() -> impl Strategy<Value = Value> {
