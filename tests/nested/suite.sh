@@ -5,7 +5,8 @@
 # Ends with "nested: N passed, N failed, N skipped"; exits non-zero when a
 # test failed or the tier could not run.
 #
-# Env: HUSK_NESTED_TIMEOUT (seconds for the whole L1, default 2400).
+# Env: HUSK_NESTED_TIMEOUT (seconds for the whole L1, default 1800),
+# HUSK_NESTED_PROGRAM_TIMEOUT (seconds per test program, default 900).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,7 +25,7 @@ mapfile -t bins < <(cargo test --release --no-run --message-format=json "${tests
 [ ${#bins[@]} -eq 6 ] || die "expected 6 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
 
 out=$(mktemp /tmp/husk-nested.XXXXXX.log)
-"$here/run.sh" --cpus 2 --timeout "${HUSK_NESTED_TIMEOUT:-2400}" -- \
+"$here/run.sh" --cpus 2 --timeout "${HUSK_NESTED_TIMEOUT:-1800}" -- \
   "$here/in-l1.sh" "${bins[@]}" -- shim-ctr 2>&1 | tee "$out" \
   | grep --line-buffered -E '^(test |SKIP|     Running |ok   |FAIL |skip |shell: |l1: |run.sh: |thread .* panicked|failures:)'
 rc=${PIPESTATUS[0]}
