@@ -140,7 +140,7 @@ pub struct HuskShim {
     id: String,
     namespace: String,
     exit: Arc<ExitSignal>,
-    stopping: Arc<std::sync::Mutex<Option<vm::PodVm>>>,
+    stopping: Arc<std::sync::Mutex<Option<Arc<vm::PodVm>>>>,
 }
 
 impl std::fmt::Debug for HuskShim {
@@ -206,7 +206,7 @@ impl containerd_shim::Shim for HuskShim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(mut vm) = vm {
+        if let Some(vm) = vm {
             let t = std::time::Instant::now();
             vm.shutdown();
             tracing::info!(ms = t.elapsed().as_millis() as u64, "VM stopped");

@@ -1,7 +1,7 @@
 //! The ttrpc task service: containerd's task API on the VM's agent.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::{
     ContainerRef, CreateContainer, ExecProcess, Request, ResizeTty, Response, SignalProcess,
 };
+use oci_spec::runtime::Spec;
 
 use super::io::{attach, Pumps, StdioPaths};
 use super::options::RuntimeOptions;
@@ -97,8 +98,33 @@ struct Container {
 
 #[derive(Debug, Default)]
 struct Inner {
-    vm: Option<PodVm>,
+    /// The pod's VM, cloned by the calls that use it without this lock.
+    vm: Option<Arc<PodVm>>,
     containers: HashMap<String, Container>,
+    /// The ids whose `Create` is under way. Booking the id is all a create
+    /// does under this lock: the VM boot and the agent's `CreateContainer`
+    /// run under [`TaskService::create_lock`] only, so that the pod's other
+    /// containers answer meanwhile.
+    creating: HashSet<String>,
+    /// `Shutdown` let the shim go: no VM may be booted any more (it would
+    /// outlive the shim).
+    closed: bool,
+}
+
+/// Boots the pod's VM in a directory, from the first container's spec,
+/// with a monitor binary and the shim's settings: [`PodVm::boot`], a fake
+/// in the tests.
+type BootFn = dyn Fn(&Path, &Spec, &Path, &dyn Fn(&str) -> Option<String>) -> Result<PodVm, ShimError>
+    + Send
+    + Sync;
+
+fn boot_pod_vm(
+    dir: &Path,
+    spec: &Spec,
+    vmm: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PodVm, ShimError> {
+    PodVm::boot(dir, spec, vmm, env)
 }
 
 /// The task service of one shim.
@@ -106,10 +132,20 @@ pub struct TaskService {
     namespace: String,
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
-    stopping: Arc<Mutex<Option<PodVm>>>,
+    stopping: Arc<Mutex<Option<Arc<PodVm>>>>,
     root: PathBuf,
     vmm_binary: PathBuf,
-    inner: Arc<Mutex<Inner>>,
+    /// The shim's state, held only to read or update it: never across a VM
+    /// boot or the agent's `CreateContainer`.
+    inner: Mutex<Inner>,
+    /// Signalled whenever an id leaves [`Inner::creating`].
+    created: Condvar,
+    /// One create at a time: the first boots the pod's VM, the next ones
+    /// find it; a failed first create stops its VM before the next one
+    /// runs. Held across the boot (up to its timeout + 30 s) and the
+    /// agent's `CreateContainer`.
+    create_lock: Mutex<()>,
+    boot: Box<BootFn>,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -137,7 +173,7 @@ impl TaskService {
         namespace: String,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
-        stopping: Arc<Mutex<Option<PodVm>>>,
+        stopping: Arc<Mutex<Option<Arc<PodVm>>>>,
         root: PathBuf,
     ) -> Self {
         let vmm_binary = crate::ops::Runtime::new(root.clone()).vmm_binary;
@@ -148,12 +184,26 @@ impl TaskService {
             stopping,
             root,
             vmm_binary,
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Mutex::new(Inner::default()),
+            created: Condvar::new(),
+            create_lock: Mutex::new(()),
+            boot: Box::new(boot_pod_vm),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state lock once `id` is not being created: a call about a task
+    /// waits for that task's own `Create` to end (and then sees the task,
+    /// or that there is none), never for another one's.
+    fn settled(&self, id: &str) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        while inner.creating.contains(id) {
+            inner = self.created.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        inner
     }
 
     fn publish(&self, topic: &str, ev: Box<dyn MessageDyn>) {
@@ -163,10 +213,60 @@ impl TaskService {
     fn do_create(&self, req: &CreateTaskRequest) -> Result<u32, ShimError> {
         let id = req.id.clone();
         crate::state::validate_id(&id).map_err(|e| ShimError::Invalid(e.to_string()))?;
-        let mut inner = self.lock();
-        if inner.containers.contains_key(&id) {
-            return Err(ShimError::AlreadyExists(format!("task {id}")));
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Err(ShimError::Invalid(format!(
+                    "task {id}: the shim is shutting down"
+                )));
+            }
+            if inner.containers.contains_key(&id) || !inner.creating.insert(id.clone()) {
+                return Err(ShimError::AlreadyExists(format!("task {id}")));
+            }
         }
+        let serial = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.create_booked(req);
+        let mut inner = self.lock();
+        let r = match r {
+            Ok((pid, container)) => {
+                inner.containers.insert(id.clone(), container);
+                inner.creating.remove(&id);
+                drop(inner);
+                Ok(pid)
+            }
+            Err(e) => {
+                // A pod whose first container failed keeps no VM, unless
+                // another create waits to use it. The id stays booked until
+                // the VM is gone: `Shutdown` waits for it, and the next
+                // create (after the create lock) boots a VM of its own.
+                let vm = if inner.containers.is_empty() && inner.creating.len() == 1 {
+                    inner.vm.take()
+                } else {
+                    None
+                };
+                drop(inner);
+                if let Some(vm) = vm {
+                    tracing::info!(id, "the pod's first container failed: stopping the VM");
+                    vm.shutdown();
+                }
+                self.lock().creating.remove(&id);
+                Err(e)
+            }
+        };
+        self.created.notify_all();
+        drop(serial);
+        let pid = r?;
+        let mut ev = TaskCreate::new();
+        ev.container_id = id;
+        ev.bundle = req.bundle.clone();
+        ev.pid = pid;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev));
+        Ok(pid)
+    }
+
+    /// The create of a booked id, under the create lock: the rootfs
+    /// mounts, then [`TaskService::create_in_vm`]; undone on failure.
+    fn create_booked(&self, req: &CreateTaskRequest) -> Result<(u32, Container), ShimError> {
         let bundle_dir = PathBuf::from(&req.bundle);
         let rootfs = bundle_dir.join("rootfs");
         let mut mounted = false;
@@ -180,65 +280,61 @@ impl TaskService {
             .map_err(|e| ShimError::Invalid(format!("cannot mount the rootfs: {e}")))?;
             mounted = true;
         }
-        let undo_rootfs = |mounted: bool| {
-            if mounted {
-                let _ = crate::bundle::unmount_all(std::slice::from_ref(&rootfs));
-            }
-        };
-        let r = self.create_in_vm(&mut inner, req, &bundle_dir);
-        match r {
-            Ok((pid, share_mounts, proc_)) => {
-                inner.containers.insert(
-                    id.clone(),
-                    Container {
-                        bundle: bundle_dir,
-                        share_mounts,
-                        rootfs_mounted: mounted,
-                        procs: HashMap::from([(String::new(), proc_)]),
-                    },
-                );
-                drop(inner);
-                let mut ev = TaskCreate::new();
-                ev.container_id = id;
-                ev.bundle = req.bundle.clone();
-                ev.pid = pid;
-                self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev));
-                Ok(pid)
-            }
+        match self.create_in_vm(req, &bundle_dir) {
+            Ok((pid, share_mounts, proc_)) => Ok((
+                pid,
+                Container {
+                    bundle: bundle_dir,
+                    share_mounts,
+                    rootfs_mounted: mounted,
+                    procs: HashMap::from([(String::new(), proc_)]),
+                },
+            )),
             Err(e) => {
-                undo_rootfs(mounted);
-                if inner.containers.is_empty() {
-                    if let Some(mut vm) = inner.vm.take() {
-                        vm.shutdown();
-                    }
+                if mounted {
+                    let _ = crate::bundle::unmount_all(std::slice::from_ref(&rootfs));
                 }
                 Err(e)
             }
         }
     }
 
+    /// The pod's VM, booted by its first container. Only a create boots
+    /// it or stops it, under the create lock, and `Shutdown` waits for the
+    /// creates under way: no one else sets or takes it meanwhile.
+    fn pod_vm(
+        &self,
+        req: &CreateTaskRequest,
+        bundle_dir: &Path,
+        bundle: &Bundle,
+    ) -> Result<Arc<PodVm>, ShimError> {
+        let vm = self.lock().vm.clone();
+        if let Some(vm) = vm {
+            return Ok(vm);
+        }
+        let dir = vm_dir(&self.root, &self.namespace, &grouping(bundle_dir, &req.id));
+        let opts = RuntimeOptions::from_any(
+            req.options
+                .as_ref()
+                .map(|a| a.value.as_slice())
+                .unwrap_or_default(),
+        )?;
+        let vmm = opts
+            .env("HUSK_VMM")
+            .map_or_else(|| self.vmm_binary.clone(), PathBuf::from);
+        let vm = Arc::new((self.boot)(&dir, &bundle.spec, &vmm, &|k| opts.env(k))?);
+        self.lock().vm = Some(vm.clone());
+        Ok(vm)
+    }
+
     fn create_in_vm(
         &self,
-        inner: &mut Inner,
         req: &CreateTaskRequest,
-        bundle_dir: &std::path::Path,
+        bundle_dir: &Path,
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
         let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
-        if inner.vm.is_none() {
-            let dir = vm_dir(&self.root, &self.namespace, &grouping(bundle_dir, id));
-            let opts = RuntimeOptions::from_any(
-                req.options
-                    .as_ref()
-                    .map(|a| a.value.as_slice())
-                    .unwrap_or_default(),
-            )?;
-            let vmm = opts
-                .env("HUSK_VMM")
-                .map_or_else(|| self.vmm_binary.clone(), PathBuf::from);
-            inner.vm = Some(PodVm::boot(&dir, &bundle.spec, &vmm, |k| opts.env(k))?);
-        }
-        let vm = inner.vm.as_ref().expect("booted above");
+        let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
         // every later one answers to the same operator rules.
         vm.size
@@ -302,7 +398,7 @@ impl TaskService {
     }
 
     fn do_start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
-        let mut inner = self.lock();
+        let mut inner = self.settled(id);
         let vm = inner
             .vm
             .as_ref()
@@ -389,7 +485,7 @@ impl TaskService {
     }
 
     fn do_delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, ShimError> {
-        let mut inner = self.lock();
+        let mut inner = self.settled(id);
         let c = inner
             .containers
             .get_mut(id)
@@ -441,15 +537,12 @@ impl TaskService {
         Ok(r)
     }
 
+    /// One call to the agent, on a connection of its own, without the
+    /// state lock.
     fn agent_call(&self, req: Request) -> Result<Response, ShimError> {
-        let inner = self.lock();
-        let vm = inner
-            .vm
-            .as_ref()
-            .ok_or_else(|| ShimError::NotFound("no VM".into()))?;
-        let mut a = vm.agent()?;
-        drop(inner);
-        Ok(a.call(req)?)
+        let vm = self.lock().vm.clone();
+        let vm = vm.ok_or_else(|| ShimError::NotFound("no VM".into()))?;
+        Ok(vm.agent()?.call(req)?)
     }
 
     fn proc_info<T>(
@@ -458,7 +551,7 @@ impl TaskService {
         exec_id: &str,
         f: impl FnOnce(&Container, &Proc) -> T,
     ) -> Result<T, ShimError> {
-        let inner = self.lock();
+        let inner = self.settled(id);
         let c = inner
             .containers
             .get(id)
@@ -504,7 +597,7 @@ impl Task for TaskService {
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
             .map_err(|e| ShimError::Invalid(format!("bad exec process spec: {e}")))?;
-        let mut inner = self.lock();
+        let mut inner = self.settled(&req.id);
         let c = inner
             .containers
             .get_mut(&req.id)
@@ -648,9 +741,18 @@ impl Task for TaskService {
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         let mut inner = self.lock();
-        if !inner.containers.is_empty() {
-            return Ok(Empty::new());
+        loop {
+            if !inner.containers.is_empty() {
+                return Ok(Empty::new());
+            }
+            // A create under way may leave a container (the shim stays)
+            // or fail and stop the VM it booted: its outcome decides.
+            if inner.creating.is_empty() {
+                break;
+            }
+            inner = self.created.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
+        inner.closed = true;
         // Stopping the VM takes longer than containerd waits for this
         // call: the shim's main thread does it after the exit signal.
         if let Some(vm) = inner.vm.take() {
@@ -661,3 +763,7 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

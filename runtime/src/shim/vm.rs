@@ -308,8 +308,10 @@ impl PodVm {
     }
 
     /// Stops the VM (the agent powers it off; signals if it does not) and
-    /// removes the state directory.
-    pub fn shutdown(&mut self) {
+    /// removes the state directory. Called once, by whoever took the VM
+    /// out of the shim's state; a call still holding a clone of it then
+    /// gets the agent's connection errors.
+    pub fn shutdown(&self) {
         if self.monitor_pid > 0 && alive(self.monitor_pid) {
             match self
                 .agent()
@@ -323,15 +325,15 @@ impl PodVm {
         self.teardown();
     }
 
-    fn teardown(&mut self) {
+    fn teardown(&self) {
         if self.monitor_pid > 0 {
             stop_pid(self.monitor_pid, Duration::from_secs(5));
         }
         // What the monitor started and may have outlived it (qemu after
         // -runas has no parent-death signal).
         husk_vmm::journal::signal_recorded(&self.dir, Signal::SIGKILL);
-        if let Some(n) = self.network.take() {
-            crate::network::teardown(&n);
+        if let Some(n) = &self.network {
+            crate::network::teardown(n);
         }
         unmount_under(&self.dir);
         remove_unmounted(&self.dir);
