@@ -16,6 +16,7 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::context::Context;
+use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
@@ -81,9 +82,16 @@ impl ProcStatus {
 struct Proc {
     pid: u32,
     stdio: StdioPaths,
-    /// An exec's process, until it is started.
+    /// An exec's process, kept until the agent started it: a failed start
+    /// can be tried again. `None` for the init process.
     pending: Option<oci_spec::runtime::Process>,
+    /// A `Start` of it is under way, without the state lock: another
+    /// `Start` or a `Delete` of it is refused meanwhile, and it stays
+    /// [`Life::Created`] until the agent started it.
+    starting: bool,
     status: Arc<ProcStatus>,
+    /// Held by the `Start` of an exec across the agent's `ExecProcess` and
+    /// the attach: a `CloseIO` of it waits for its stdin.
     pumps: Arc<Mutex<Pumps>>,
 }
 
@@ -91,7 +99,9 @@ struct Proc {
 struct Container {
     bundle: PathBuf,
     share_mounts: Vec<PathBuf>,
-    rootfs_mounted: bool,
+    /// How many of the request's rootfs mounts are stacked on the bundle's
+    /// `rootfs`.
+    rootfs_mounts: usize,
     /// "" is the init process, else exec ids.
     procs: HashMap<String, Proc>,
 }
@@ -106,6 +116,10 @@ struct Inner {
     /// run under [`TaskService::create_lock`] only, so that the pod's other
     /// containers answer meanwhile.
     creating: HashSet<String>,
+    /// The ids whose `Delete` is under way: the task is out of
+    /// [`Inner::containers`], its agent's `RemoveContainer` and its share's
+    /// teardown run without this lock. The id stays reserved meanwhile.
+    deleting: HashSet<String>,
     /// `Shutdown` let the shim go: no VM may be booted any more (it would
     /// outlive the shim).
     closed: bool,
@@ -117,6 +131,30 @@ struct Inner {
 type BootFn = dyn Fn(&Path, &Spec, &Path, &dyn Fn(&str) -> Option<String>) -> Result<PodVm, ShimError>
     + Send
     + Sync;
+
+/// Mounts one of a create's rootfs mounts on the bundle's `rootfs`:
+/// [`mount_rootfs`], a fake in the tests.
+type MountFn = dyn Fn(&Mount, &Path) -> Result<(), ShimError> + Send + Sync;
+
+fn mount_rootfs(m: &Mount, rootfs: &Path) -> Result<(), ShimError> {
+    containerd_shim::mount::mount_rootfs(
+        Some(m.type_.as_str()).filter(|t| !t.is_empty()),
+        Some(m.source.as_str()).filter(|s| !s.is_empty()),
+        &m.options,
+        rootfs,
+    )
+    .map_err(|e| ShimError::Invalid(format!("cannot mount the rootfs: {e}")))
+}
+
+/// Unmounts the `n` mounts stacked on `rootfs`, the last made first.
+fn unmount_rootfs(rootfs: &Path, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if let Err(e) = crate::bundle::unmount_all(&vec![rootfs.to_owned(); n]) {
+        tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot unmount the rootfs");
+    }
+}
 
 fn boot_pod_vm(
     dir: &Path,
@@ -136,16 +174,18 @@ pub struct TaskService {
     root: PathBuf,
     vmm_binary: PathBuf,
     /// The shim's state, held only to read or update it: never across a VM
-    /// boot or the agent's `CreateContainer`.
+    /// boot, a call to the agent or a share's teardown.
     inner: Mutex<Inner>,
-    /// Signalled whenever an id leaves [`Inner::creating`].
-    created: Condvar,
+    /// Signalled whenever an id leaves [`Inner::creating`] or
+    /// [`Inner::deleting`].
+    settle: Condvar,
     /// One create at a time: the first boots the pod's VM, the next ones
     /// find it; a failed first create stops its VM before the next one
     /// runs. Held across the boot (up to its timeout + 30 s) and the
     /// agent's `CreateContainer`.
     create_lock: Mutex<()>,
     boot: Box<BootFn>,
+    mount: Box<MountFn>,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -185,9 +225,10 @@ impl TaskService {
             root,
             vmm_binary,
             inner: Mutex::new(Inner::default()),
-            created: Condvar::new(),
+            settle: Condvar::new(),
             create_lock: Mutex::new(()),
             boot: Box::new(boot_pod_vm),
+            mount: Box::new(mount_rootfs),
         }
     }
 
@@ -195,13 +236,14 @@ impl TaskService {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The state lock once `id` is not being created: a call about a task
-    /// waits for that task's own `Create` to end (and then sees the task,
-    /// or that there is none), never for another one's.
+    /// The state lock once `id` is not being created or deleted: a call
+    /// about a task waits for that task's own `Create` or `Delete` to end
+    /// (and then sees the task, or that there is none), never for another
+    /// one's.
     fn settled(&self, id: &str) -> MutexGuard<'_, Inner> {
         let mut inner = self.lock();
-        while inner.creating.contains(id) {
-            inner = self.created.wait(inner).unwrap_or_else(|e| e.into_inner());
+        while inner.creating.contains(id) || inner.deleting.contains(id) {
+            inner = self.settle.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner
     }
@@ -220,7 +262,11 @@ impl TaskService {
                     "task {id}: the shim is shutting down"
                 )));
             }
-            if inner.containers.contains_key(&id) || !inner.creating.insert(id.clone()) {
+            // An id being deleted stays reserved until its teardown ended.
+            if inner.containers.contains_key(&id)
+                || inner.deleting.contains(&id)
+                || !inner.creating.insert(id.clone())
+            {
                 return Err(ShimError::AlreadyExists(format!("task {id}")));
             }
         }
@@ -236,10 +282,15 @@ impl TaskService {
             }
             Err(e) => {
                 // A pod whose first container failed keeps no VM, unless
-                // another create waits to use it. The id stays booked until
-                // the VM is gone: `Shutdown` waits for it, and the next
-                // create (after the create lock) boots a VM of its own.
-                let vm = if inner.containers.is_empty() && inner.creating.len() == 1 {
+                // another create waits to use it (or a delete still tears
+                // down in it: `Shutdown` stops it after). The id stays
+                // booked until the VM is gone: `Shutdown` waits for it, and
+                // the next create (after the create lock) boots a VM of its
+                // own.
+                let vm = if inner.containers.is_empty()
+                    && inner.creating.len() == 1
+                    && inner.deleting.is_empty()
+                {
                     inner.vm.take()
                 } else {
                     None
@@ -253,7 +304,7 @@ impl TaskService {
                 Err(e)
             }
         };
-        self.created.notify_all();
+        self.settle.notify_all();
         drop(serial);
         let pid = r?;
         let mut ev = TaskCreate::new();
@@ -265,20 +316,18 @@ impl TaskService {
     }
 
     /// The create of a booked id, under the create lock: the rootfs
-    /// mounts, then [`TaskService::create_in_vm`]; undone on failure.
+    /// mounts (stacked on the bundle's `rootfs`, in order), then
+    /// [`TaskService::create_in_vm`]; undone on failure.
     fn create_booked(&self, req: &CreateTaskRequest) -> Result<(u32, Container), ShimError> {
         let bundle_dir = PathBuf::from(&req.bundle);
         let rootfs = bundle_dir.join("rootfs");
-        let mut mounted = false;
+        let mut mounted = 0;
         for m in &req.rootfs {
-            containerd_shim::mount::mount_rootfs(
-                Some(m.type_.as_str()).filter(|t| !t.is_empty()),
-                Some(m.source.as_str()).filter(|s| !s.is_empty()),
-                &m.options,
-                &rootfs,
-            )
-            .map_err(|e| ShimError::Invalid(format!("cannot mount the rootfs: {e}")))?;
-            mounted = true;
+            if let Err(e) = (self.mount)(m, &rootfs) {
+                unmount_rootfs(&rootfs, mounted);
+                return Err(e);
+            }
+            mounted += 1;
         }
         match self.create_in_vm(req, &bundle_dir) {
             Ok((pid, share_mounts, proc_)) => Ok((
@@ -286,14 +335,12 @@ impl TaskService {
                 Container {
                     bundle: bundle_dir,
                     share_mounts,
-                    rootfs_mounted: mounted,
+                    rootfs_mounts: mounted,
                     procs: HashMap::from([(String::new(), proc_)]),
                 },
             )),
             Err(e) => {
-                if mounted {
-                    let _ = crate::bundle::unmount_all(std::slice::from_ref(&rootfs));
-                }
+                unmount_rootfs(&rootfs, mounted);
                 Err(e)
             }
         }
@@ -388,6 +435,7 @@ impl TaskService {
                 pid,
                 stdio,
                 pending: None,
+                starting: false,
                 status: Arc::new(ProcStatus {
                     life: Mutex::new(Life::Created),
                     cv: Condvar::new(),
@@ -397,44 +445,50 @@ impl TaskService {
         ))
     }
 
+    /// `Start`: the process is marked starting under the state lock; the
+    /// agent starts it (and an exec's stdio is attached) without the lock;
+    /// the outcome is recorded under it again. Calls about other tasks and
+    /// processes never wait for the agent here.
     fn do_start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
-        let mut inner = self.settled(id);
-        let vm = inner
-            .vm
-            .as_ref()
-            .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?;
-        let mut agent = vm.agent()?;
-        let addr = vm.addr.clone();
-        let p = inner
-            .containers
-            .get_mut(id)
-            .and_then(|c| c.procs.get_mut(&key(exec_id)))
-            .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id}")))?;
-        if !matches!(p.status.get(), Life::Created) {
-            return Err(ShimError::Invalid(format!(
-                "process {id}/{exec_id} was already started"
-            )));
-        }
-        match p.pending.take() {
-            None => agent.start(id)?,
-            Some(process) => {
-                let r = agent.call(Request::ExecProcess(Box::new(ExecProcess {
-                    container_id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                    process,
-                    stdio: p.stdio.spec(),
-                })))?;
-                if let Response::Process { pid } = r {
-                    p.pid = pid as u32;
-                }
-                let pumps = attach(&addr, id, Some(exec_id), &p.stdio)?;
-                *p.pumps.lock().unwrap_or_else(|e| e.into_inner()) = pumps;
+        let (vm, pending, stdio, pumps) = {
+            let mut inner = self.settled(id);
+            let vm = inner
+                .vm
+                .clone()
+                .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?;
+            let p = proc_mut(&mut inner, id, exec_id)?;
+            if p.starting {
+                return Err(ShimError::Invalid(format!(
+                    "process {id}/{exec_id} is being started"
+                )));
             }
-        }
+            if !matches!(p.status.get(), Life::Created) {
+                return Err(ShimError::Invalid(format!(
+                    "process {id}/{exec_id} was already started"
+                )));
+            }
+            p.starting = true;
+            (vm, p.pending.clone(), p.stdio.clone(), p.pumps.clone())
+        };
+        let started = start_in_vm(&vm, id, exec_id, pending, &stdio, &pumps);
+        let mut inner = self.lock();
+        // Still there: `Delete` refuses a process being started.
+        let p = proc_mut(&mut inner, id, exec_id)?;
+        p.starting = false;
+        let (pid, error) = match started {
+            Ok(pid) => (pid.unwrap_or(p.pid), None),
+            // The exec's process is kept: a later `Start` tries again.
+            Err(StartError::NotStarted(e)) => return Err(e),
+            Err(StartError::Unattached { pid, error }) => (pid, Some(error)),
+        };
+        p.pid = pid;
+        p.pending = None;
         p.status.set(Life::Running);
-        let pid = p.pid;
-        self.spawn_waiter(addr, id, exec_id, p);
+        self.spawn_waiter(vm.addr.clone(), id, exec_id, p);
         drop(inner);
+        if let Some(e) = error {
+            return Err(e);
+        }
         let mut ev = TaskStart::new();
         ev.container_id = id.to_owned();
         ev.pid = pid;
@@ -484,6 +538,10 @@ impl TaskService {
         });
     }
 
+    /// `Delete`: an exec is forgotten under the state lock. A task leaves
+    /// the state under it, its id reserved in [`Inner::deleting`] while
+    /// the agent's `RemoveContainer` and the share's teardown run without
+    /// it: calls about that id wait for them, a `Create` of it is refused.
     fn do_delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, ShimError> {
         let mut inner = self.settled(id);
         let c = inner
@@ -494,6 +552,20 @@ impl TaskService {
             .procs
             .get(&key(exec_id))
             .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id}")))?;
+        // A start under way records its outcome in its process: that
+        // process, and its task, stay until then.
+        if p.starting {
+            return Err(ShimError::Invalid(format!(
+                "process {id}/{exec_id} is being started"
+            )));
+        }
+        if exec_id.is_empty() {
+            if let Some(e) = c.procs.iter().find(|(_, p)| p.starting).map(|(e, _)| e) {
+                return Err(ShimError::Invalid(format!(
+                    "process {id}/{e} is being started"
+                )));
+            }
+        }
         let (code, at) = match p.status.get() {
             Life::Running => {
                 return Err(ShimError::Invalid(format!(
@@ -512,7 +584,10 @@ impl TaskService {
             return Ok(r);
         }
         let c = inner.containers.remove(id).expect("looked up above");
-        if let Some(vm) = &inner.vm {
+        inner.deleting.insert(id.to_owned());
+        let vm = inner.vm.clone();
+        drop(inner);
+        if let Some(vm) = vm {
             let removed = vm.agent().and_then(|mut a| {
                 Ok(a.call(Request::RemoveContainer(ContainerRef {
                     container_id: id.to_owned(),
@@ -523,10 +598,9 @@ impl TaskService {
             }
             vm.unshare_bundle(id, &c.share_mounts);
         }
-        if c.rootfs_mounted {
-            let _ = crate::bundle::unmount_all(&[c.bundle.join("rootfs")]);
-        }
-        drop(inner);
+        unmount_rootfs(&c.bundle.join("rootfs"), c.rootfs_mounts);
+        self.lock().deleting.remove(id);
+        self.settle.notify_all();
         let mut ev = TaskDelete::new();
         ev.container_id = id.to_owned();
         ev.pid = r.pid;
@@ -561,6 +635,85 @@ impl TaskService {
             .get(exec_id)
             .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id}")))?;
         Ok(f(c, p))
+    }
+}
+
+/// The process `exec_id` ("" for the init) of task `id`.
+fn proc_mut<'a>(inner: &'a mut Inner, id: &str, exec_id: &str) -> Result<&'a mut Proc, ShimError> {
+    inner
+        .containers
+        .get_mut(id)
+        .and_then(|c| c.procs.get_mut(&key(exec_id)))
+        .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id}")))
+}
+
+/// How the agent's side of a `Start` failed.
+enum StartError {
+    /// Nothing was started: the process can be started again.
+    NotStarted(ShimError),
+    /// The exec runs (as `pid`) but its stdio could not be attached: it was
+    /// killed, and is waited for as a started process.
+    Unattached { pid: u32, error: ShimError },
+}
+
+/// The agent's side of a `Start`, without the state lock: the init's
+/// `StartContainer`, or an exec's `ExecProcess` (from its `pending`
+/// process) and the attach of its stdio, under its `pumps` lock. The exec's
+/// pid, if one was started.
+fn start_in_vm(
+    vm: &PodVm,
+    id: &str,
+    exec_id: &str,
+    pending: Option<oci_spec::runtime::Process>,
+    stdio: &StdioPaths,
+    pumps: &Mutex<Pumps>,
+) -> Result<Option<u32>, StartError> {
+    let not_started = |e: ShimError| StartError::NotStarted(e);
+    let mut agent = vm.agent().map_err(not_started)?;
+    if exec_id.is_empty() {
+        agent.start(id).map_err(|e| not_started(e.into()))?;
+        return Ok(None);
+    }
+    let process = pending.ok_or_else(|| {
+        not_started(ShimError::Invalid(format!(
+            "exec {id}/{exec_id} has no process"
+        )))
+    })?;
+    // A `CloseIO` of this exec waits for its stdin to be attached.
+    let mut pumps = pumps.lock().unwrap_or_else(|e| e.into_inner());
+    let r = agent
+        .call(Request::ExecProcess(Box::new(ExecProcess {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            process,
+            stdio: stdio.spec(),
+        })))
+        .map_err(|e| not_started(e.into()))?;
+    let Response::Process { pid } = r else {
+        return Err(not_started(ShimError::Invalid(format!(
+            "agent answered {r:?}"
+        ))));
+    };
+    let pid = pid as u32;
+    match attach(&vm.addr, id, Some(exec_id), stdio) {
+        Ok(p) => {
+            *pumps = p;
+            Ok(Some(pid))
+        }
+        Err(error) => {
+            // Not left to run without its stdio, nor started again: the
+            // agent knows the exec id now.
+            let killed = agent.call(Request::SignalProcess(SignalProcess {
+                container_id: id.to_owned(),
+                exec_id: Some(exec_id.to_owned()),
+                signal: nix::sys::signal::Signal::SIGKILL as i32,
+                all: false,
+            }));
+            if let Err(e) = killed {
+                tracing::warn!(id, exec_id, error = %crate::error_chain(&e), "cannot kill the unattached exec");
+            }
+            Err(StartError::Unattached { pid, error })
+        }
     }
 }
 
@@ -616,6 +769,7 @@ impl Task for TaskService {
                     terminal: req.terminal,
                 },
                 pending: Some(process),
+                starting: false,
                 status: Arc::new(ProcStatus {
                     life: Mutex::new(Life::Created),
                     cv: Condvar::new(),
@@ -746,11 +900,12 @@ impl Task for TaskService {
                 return Ok(Empty::new());
             }
             // A create under way may leave a container (the shim stays)
-            // or fail and stop the VM it booted: its outcome decides.
-            if inner.creating.is_empty() {
+            // or fail and stop the VM it booted: its outcome decides. A
+            // delete under way still uses the VM.
+            if inner.creating.is_empty() && inner.deleting.is_empty() {
                 break;
             }
-            inner = self.created.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner = self.settle.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner.closed = true;
         // Stopping the VM takes longer than containerd waits for this

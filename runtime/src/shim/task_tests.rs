@@ -1,7 +1,9 @@
 //! The task service's locking, called through ttrpc as containerd calls it,
 //! with the pod VM's boot faked and its agent a fake on a Unix socket: a
-//! create that waits (for the VM to boot, or for the agent) holds up no
-//! call about the pod's other tasks, and leaves no VM behind.
+//! create, start or delete that waits (for the VM to boot, or for the
+//! agent) holds up no call about the pod's other tasks, and leaves no VM
+//! behind; a failed start can be tried again; a failed create leaves no
+//! rootfs mounted.
 
 use std::fs;
 use std::os::unix::net::UnixListener;
@@ -13,7 +15,7 @@ use containerd_shim::protos::shim_sync::{create_events, create_task, Events, Tas
 use containerd_shim::protos::ttrpc::{self, context, Client, Code, Server};
 use husk_protocol::client::AgentAddr;
 use husk_protocol::frame::{read_frame, write_frame};
-use husk_protocol::{Hello, RequestFrame, ResponseFrame};
+use husk_protocol::{ErrorCode, Hello, ProcessRef, ProtocolError, RequestFrame, ResponseFrame};
 
 use super::*;
 
@@ -45,11 +47,20 @@ impl Events for Recorder {
     }
 }
 
-/// A fake agent at `path`: acknowledges each connection's hello, then
-/// answers each request with `answer` (on that connection's own thread).
+/// A fake agent at `path` that answers each request with `answer`.
 fn fake_agent(
     path: &Path,
     answer: impl Fn(Request) -> Response + Send + Sync + 'static,
+) -> AgentAddr {
+    fake_agent_with_errors(path, move |r| Ok(answer(r)))
+}
+
+/// A fake agent at `path`: acknowledges each control connection's hello
+/// (and refuses stdio streams: it has none), then answers each request
+/// with `answer` (on that connection's own thread).
+fn fake_agent_with_errors(
+    path: &Path,
+    answer: impl Fn(Request) -> Result<Response, ProtocolError> + Send + Sync + 'static,
 ) -> AgentAddr {
     let listener = UnixListener::bind(path).unwrap();
     let answer = Arc::new(answer);
@@ -58,13 +69,22 @@ fn fake_agent(
             let Ok(mut s) = s else { return };
             let answer = answer.clone();
             thread::spawn(move || {
-                if read_frame::<_, Hello>(&mut s).is_err() {
+                let ack = match read_frame::<_, Hello>(&mut s) {
+                    Ok(Hello::Control { .. }) => Ok(Response::Empty),
+                    Ok(Hello::Stream { .. }) => Err(ProtocolError::new(
+                        ErrorCode::Internal,
+                        "the fake agent has no stdio streams",
+                    )),
+                    Err(_) => return,
+                };
+                let control = ack.is_ok();
+                let _ = write_frame(&mut s, &ResponseFrame::new(0, ack));
+                if !control {
                     return;
                 }
-                let _ = write_frame(&mut s, &ResponseFrame::new(0, Ok(Response::Empty)));
                 while let Ok(f) = read_frame::<_, RequestFrame>(&mut s) {
                     let r = answer(f.request);
-                    if write_frame(&mut s, &ResponseFrame::new(f.id, Ok(r))).is_err() {
+                    if write_frame(&mut s, &ResponseFrame::new(f.id, r)).is_err() {
                         return;
                     }
                 }
@@ -103,6 +123,11 @@ struct Shim {
 
 impl Shim {
     fn new(dir: tempfile::TempDir, boot: Box<BootFn>) -> Shim {
+        Shim::with_mount(dir, boot, Box::new(mount_rootfs))
+    }
+
+    /// A shim whose rootfs mounts are made by `mount`.
+    fn with_mount(dir: tempfile::TempDir, boot: Box<BootFn>, mount: Box<MountFn>) -> Shim {
         let events = Arc::new(Recorder::default());
         let events_sock = dir.path().join("events.sock");
         let mut events_server = Server::new()
@@ -121,6 +146,7 @@ impl Shim {
             dir.path().join("root"),
         );
         svc.boot = boot;
+        svc.mount = mount;
         let address = format!("unix://{}", dir.path().join("task.sock").display());
         let mut server = Server::new()
             .bind(&address)
@@ -165,9 +191,58 @@ impl Shim {
     }
 
     fn state(&self, id: &str) -> ttrpc::Result<StateResponse> {
+        self.state_of(id, "")
+    }
+
+    fn state_of(&self, id: &str, exec_id: &str) -> ttrpc::Result<StateResponse> {
         let mut r = StateRequest::new();
         r.id = id.into();
+        r.exec_id = exec_id.into();
         self.task().state(ctx(), &r)
+    }
+
+    /// Asks for the state of `id` on a thread of its own.
+    fn state_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<StateResponse>> {
+        let task = self.task();
+        let mut r = StateRequest::new();
+        r.id = id.into();
+        thread::spawn(move || task.state(ctx(), &r))
+    }
+
+    fn start(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
+        let mut r = StartRequest::new();
+        r.id = id.into();
+        r.exec_id = exec_id.into();
+        Ok(self.task().start(ctx(), &r)?.pid)
+    }
+
+    /// Starts `id` on a thread of its own.
+    fn start_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<u32>> {
+        let task = self.task();
+        let mut r = StartRequest::new();
+        r.id = id.into();
+        thread::spawn(move || Ok(task.start(ctx(), &r)?.pid))
+    }
+
+    /// Adds exec `exec_id` (`sh`) to `id`, its output to `stdout`.
+    fn exec(&self, id: &str, exec_id: &str, stdout: &str) -> ttrpc::Result<Empty> {
+        let process = serde_json::json!({"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+        let mut spec = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        spec.value = process.to_string().into_bytes();
+        let mut r = ExecProcessRequest::new();
+        r.id = id.into();
+        r.exec_id = exec_id.into();
+        r.stdout = stdout.into();
+        r.spec = MessageField::some(spec);
+        self.task().exec(ctx(), &r)
+    }
+
+    /// The exit status of process `exec_id` of `id`, once it exited.
+    fn wait(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
+        let mut r = WaitRequest::new();
+        r.id = id.into();
+        r.exec_id = exec_id.into();
+        Ok(self.task().wait(ctx(), &r)?.exit_status)
     }
 
     fn pids(&self, id: &str) -> ttrpc::Result<Vec<u32>> {
@@ -185,9 +260,22 @@ impl Shim {
     }
 
     fn delete(&self, id: &str) -> ttrpc::Result<DeleteResponse> {
+        self.delete_of(id, "")
+    }
+
+    fn delete_of(&self, id: &str, exec_id: &str) -> ttrpc::Result<DeleteResponse> {
         let mut r = DeleteRequest::new();
         r.id = id.into();
+        r.exec_id = exec_id.into();
         self.task().delete(ctx(), &r)
+    }
+
+    /// Deletes `id` on a thread of its own.
+    fn delete_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<DeleteResponse>> {
+        let task = self.task();
+        let mut r = DeleteRequest::new();
+        r.id = id.into();
+        thread::spawn(move || task.delete(ctx(), &r))
     }
 
     fn shutdown_in_background(&self) -> thread::JoinHandle<ttrpc::Result<Empty>> {
@@ -372,4 +460,398 @@ fn a_create_booting_the_vm_holds_up_only_its_own_task() {
         Code::INVALID_ARGUMENT
     );
     assert!(shim.topics().is_empty());
+}
+
+/// A call held in a fake until the test lets it go.
+struct Hold {
+    entered: Mutex<mpsc::Sender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Hold {
+    /// Tells the test the call arrived, then waits until it lets it go.
+    fn hold(&self) {
+        self.entered.lock().unwrap().send(()).unwrap();
+        let _ = self.release.lock().unwrap().recv();
+    }
+}
+
+/// The test's side of a [`Hold`].
+struct Held {
+    entered: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+impl Held {
+    /// Waits (at most [`GUARD`]) until the held call arrived.
+    fn entered(&self, what: &str) {
+        if self.entered.recv_timeout(GUARD).is_err() {
+            panic!("{what} never reached the fake agent");
+        }
+    }
+
+    fn release(&self) {
+        self.release.send(()).unwrap();
+    }
+}
+
+fn hold() -> (Hold, Held) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    (
+        Hold {
+            entered: Mutex::new(entered_tx),
+            release: Mutex::new(release_rx),
+        },
+        Held { entered, release },
+    )
+}
+
+/// a's pid 10, b's 20.
+fn pid_of(id: &str) -> i32 {
+    if id == "b" {
+        20
+    } else {
+        10
+    }
+}
+
+fn a_lists_pid_10() -> Response {
+    Response::Processes {
+        processes: vec![husk_protocol::ProcessInfo {
+            pid: 10,
+            exec_id: None,
+        }],
+    }
+}
+
+/// The VM left to the shim's main thread once it exits: nothing is left
+/// mounted in it, and it is stopped.
+fn stop_the_vm(shim: &Shim) {
+    shim.shutdown_in_background()
+        .join()
+        .unwrap()
+        .expect("shutdown");
+    assert!(shim.exits());
+    let vm = shim
+        .stopping
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the VM is left to the shim's main thread");
+    assert_eq!(crate::mounts::mounts_under(&vm.dir), Vec::<PathBuf>::new());
+    vm.shutdown();
+    assert!(!vm.dir.exists(), "{} is left", vm.dir.display());
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: a container's share is a bind mount: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (start_hold, start) = hold();
+    let (exit_hold, exit) = hold();
+    let agent = fake_agent(&dir.path().join("agent.sock"), move |req| match req {
+        Request::CreateContainer(c) => Response::Process {
+            pid: pid_of(&c.container_id),
+        },
+        Request::StartContainer(c) if c.container_id == "b" => {
+            // Held until the test has made its other calls.
+            start_hold.hold();
+            Response::Empty
+        }
+        Request::WaitProcess(p) if p.container_id == "b" => {
+            exit_hold.hold();
+            Response::Exited { exit_status: 0 }
+        }
+        Request::ListProcesses(_) => a_lists_pid_10(),
+        Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
+        other => panic!("the fake agent got {other:?}"),
+    });
+    let shim = Shim::new(dir, fake_vm(agent));
+    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.task().create(ctx(), &shim.create_req("b")).unwrap();
+
+    let started = shim.start_in_background("b");
+    start.entered("b's StartContainer");
+    // b's start now waits in the agent: the calls about a answer, and b
+    // is created until the agent started it.
+    let st = shim.state("a").expect("state of a while b starts");
+    assert_eq!(status_and_pid(&st), (Status::CREATED, 10));
+    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
+    shim.kill("a").expect("kill a");
+    let st = shim.state("b").expect("state of b while it starts");
+    assert_eq!(status_and_pid(&st), (Status::CREATED, 20));
+    // Neither started twice nor deleted under its start.
+    assert_eq!(code(shim.start("b", "")), Code::INVALID_ARGUMENT);
+    assert_eq!(code(shim.delete("b")), Code::INVALID_ARGUMENT);
+    shim.delete("a").expect("delete a while b starts");
+    assert!(
+        !started.is_finished(),
+        "b's start ended before the agent answered"
+    );
+
+    start.release();
+    assert_eq!(started.join().unwrap().expect("start b"), 20);
+    exit.entered("b's WaitProcess");
+    let st = shim.state("b").expect("state of b");
+    assert_eq!(status_and_pid(&st), (Status::RUNNING, 20));
+    assert_eq!(code(shim.start("b", "")), Code::INVALID_ARGUMENT);
+    exit.release();
+    assert_eq!(shim.wait("b", "").expect("wait b"), 0);
+    shim.delete("b").expect("delete b");
+    stop_the_vm(&shim);
+    assert_eq!(
+        sorted(shim.topics()),
+        sorted(
+            [
+                topics::TASK_CREATE_EVENT_TOPIC,
+                topics::TASK_CREATE_EVENT_TOPIC,
+                topics::TASK_DELETE_EVENT_TOPIC,
+                topics::TASK_START_EVENT_TOPIC,
+                topics::TASK_EXIT_EVENT_TOPIC,
+                topics::TASK_DELETE_EVENT_TOPIC,
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
+}
+
+#[test]
+fn calls_about_other_tasks_answer_while_a_delete_waits_for_the_agent() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: a container's share is a bind mount: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (remove_hold, remove) = hold();
+    let removals_of_b = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let removals = removals_of_b.clone();
+    let agent = fake_agent(&dir.path().join("agent.sock"), move |req| match req {
+        Request::CreateContainer(c) => Response::Process {
+            pid: pid_of(&c.container_id),
+        },
+        Request::RemoveContainer(c) if c.container_id == "b" => {
+            removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Held until the test has made its other calls.
+            remove_hold.hold();
+            Response::Empty
+        }
+        Request::ListProcesses(_) => a_lists_pid_10(),
+        Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
+        other => panic!("the fake agent got {other:?}"),
+    });
+    let shim = Shim::new(dir, fake_vm(agent));
+    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.task().create(ctx(), &shim.create_req("b")).unwrap();
+
+    let deleted = shim.delete_in_background("b");
+    remove.entered("b's RemoveContainer");
+    // b's delete now waits in the agent: the calls about a answer.
+    let st = shim.state("a").expect("state of a while b is deleted");
+    assert_eq!(status_and_pid(&st), (Status::CREATED, 10));
+    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
+    shim.kill("a").expect("kill a");
+    // b's id stays reserved until its share is torn down: no new b, and
+    // the calls about b (a second delete too) wait for the delete.
+    assert_eq!(
+        code(shim.task().create(ctx(), &shim.create_req("b"))),
+        Code::ALREADY_EXISTS
+    );
+    let state_of_b = shim.state_in_background("b");
+    let deleted_again = shim.delete_in_background("b");
+    shim.delete("a").expect("delete a while b is deleted");
+    // The last task's delete still uses the VM: a shutdown waits for it.
+    let shutdown = shim.shutdown_in_background();
+    assert!(
+        !deleted.is_finished(),
+        "b's delete ended before the agent answered"
+    );
+    assert!(!state_of_b.is_finished(), "b's state answered mid-delete");
+    assert!(!deleted_again.is_finished(), "b deleted twice at once");
+    assert!(!shutdown.is_finished(), "shutdown under a delete");
+
+    remove.release();
+    assert_eq!(deleted.join().unwrap().expect("delete b").pid, 20);
+    assert_eq!(code(state_of_b.join().unwrap()), Code::NOT_FOUND);
+    assert_eq!(code(deleted_again.join().unwrap()), Code::NOT_FOUND);
+    shutdown.join().unwrap().expect("shutdown");
+    assert_eq!(
+        removals_of_b.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "b removed once"
+    );
+    stop_the_vm(&shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+}
+
+#[test]
+fn a_failed_exec_start_is_tried_again_as_an_exec() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: a container's share is a bind mount: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The agent's requests, but the waiters' (made when they like).
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = calls.clone();
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), move |req| {
+        let name = match &req {
+            Request::ExecProcess(e) => format!("ExecProcess {}", e.exec_id),
+            Request::SignalProcess(s) => format!("SignalProcess {:?} {}", s.exec_id, s.signal),
+            Request::WaitProcess(_) => String::new(),
+            other => other.name().into(),
+        };
+        if !name.is_empty() {
+            seen.lock().unwrap().push(name);
+        }
+        match req {
+            Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
+            Request::ExecProcess(e)
+                if e.exec_id == "e1"
+                    && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    "the fake exec failed",
+                ))
+            }
+            Request::ExecProcess(e) => Ok(Response::Process {
+                pid: if e.exec_id == "e1" { 30 } else { 31 },
+            }),
+            Request::WaitProcess(ProcessRef { exec_id, .. }) => Ok(Response::Exited {
+                exit_status: if exec_id.as_deref() == Some("e2") {
+                    137
+                } else {
+                    0
+                },
+            }),
+            Request::StartContainer(_)
+            | Request::SignalProcess(_)
+            | Request::RemoveContainer(_) => Ok(Response::Empty),
+            other => panic!("the fake agent got {other:?}"),
+        }
+    });
+    let shim = Shim::new(dir, fake_vm(agent));
+    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+
+    // The agent fails e1's ExecProcess: e1 stays created, with its process,
+    // and its next start is an ExecProcess again.
+    shim.exec("a", "e1", "").expect("exec e1");
+    assert_eq!(code(shim.start("a", "e1")), Code::UNKNOWN);
+    let st = shim.state_of("a", "e1").expect("state of e1");
+    assert_eq!(status_and_pid(&st), (Status::CREATED, 0));
+    assert_eq!(shim.start("a", "e1").expect("start e1 again"), 30);
+    assert_eq!(shim.wait("a", "e1").expect("wait e1"), 0);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["CreateContainer", "ExecProcess e1", "ExecProcess e1"]
+    );
+
+    // e2 is started but its stdio cannot be attached: it is killed, and
+    // waited for, never started again.
+    shim.exec("a", "e2", "out-fifo").expect("exec e2");
+    assert_eq!(code(shim.start("a", "e2")), Code::UNKNOWN);
+    assert_eq!(shim.wait("a", "e2").expect("wait e2"), 137);
+    let st = shim.state_of("a", "e2").expect("state of e2");
+    assert_eq!(status_and_pid(&st), (Status::STOPPED, 31));
+    assert_eq!(code(shim.start("a", "e2")), Code::INVALID_ARGUMENT);
+    assert_eq!(
+        calls.lock().unwrap()[3..],
+        ["ExecProcess e2", "SignalProcess Some(\"e2\") 9"]
+    );
+
+    assert_eq!(shim.delete_of("a", "e1").expect("delete e1").pid, 30);
+    let e2 = shim.delete_of("a", "e2").expect("delete e2");
+    assert_eq!((e2.pid, e2.exit_status), (31, 137));
+    shim.delete("a").expect("delete a");
+    stop_the_vm(&shim);
+    assert!(!calls.lock().unwrap().iter().any(|c| c == "StartContainer"));
+}
+
+/// How many mounts are stacked on `point`.
+fn mounts_on(point: &Path) -> usize {
+    let point = point.to_str().unwrap();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(point))
+        .count()
+}
+
+#[test]
+fn a_create_leaves_no_rootfs_mount_behind() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: the rootfs mounts are tmpfs mounts: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = fake_agent(&dir.path().join("agent.sock"), |req| match req {
+        Request::CreateContainer(_) => Response::Process { pid: 20 },
+        Request::RemoveContainer(_) => Response::Empty,
+        other => panic!("the fake agent got {other:?}"),
+    });
+    // A tmpfs for "tmpfs", a failure for anything else.
+    let mount: Box<MountFn> = Box::new(|m: &Mount, rootfs: &Path| {
+        if m.type_ != "tmpfs" {
+            return Err(ShimError::Invalid("the fake mount failed".into()));
+        }
+        nix::mount::mount(
+            Some("tmpfs"),
+            rootfs,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| ShimError::io("mount a tmpfs")(e.into()))
+    });
+    let shim = Shim::with_mount(dir, fake_vm(agent), mount);
+    let with_rootfs = |id: &str, types: &[&str]| {
+        let mut req = shim.create_req(id);
+        req.rootfs = types
+            .iter()
+            .map(|t| {
+                let mut m = Mount::new();
+                m.type_ = (*t).into();
+                m.source = "none".into();
+                m
+            })
+            .collect();
+        let rootfs = Path::new(&req.bundle).join("rootfs");
+        (req, rootfs)
+    };
+
+    // The second mount fails: the first is undone.
+    let (req, rootfs) = with_rootfs("a", &["tmpfs", "fail"]);
+    let e = shim
+        .task()
+        .create(ctx(), &req)
+        .expect_err("a's mount fails");
+    assert!(e.to_string().contains("the fake mount failed"), "{e}");
+    assert_eq!(mounts_on(&rootfs), 0, "a's first rootfs mount is left");
+
+    // Both are undone by the delete.
+    let (req, rootfs) = with_rootfs("b", &["tmpfs", "tmpfs"]);
+    assert_eq!(shim.task().create(ctx(), &req).expect("create b").pid, 20);
+    assert_eq!(mounts_on(&rootfs), 2);
+    shim.delete("b").expect("delete b");
+    assert_eq!(mounts_on(&rootfs), 0, "b's rootfs mounts are left");
+    stop_the_vm(&shim);
 }
