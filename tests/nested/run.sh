@@ -22,7 +22,10 @@
 #
 # Debugging: with HUSK_NESTED_SHELL=PATH, a root shell of the L1 listens on
 # the unix socket PATH (its second serial port) while the command runs, e.g.
-# `socat -,raw,echo=0 UNIX-CONNECT:PATH`.
+# `socat -,raw,echo=0 UNIX-CONNECT:PATH`. With HUSK_NESTED_MONITOR=PATH,
+# QEMU's human monitor of the L1 listens on PATH (`info registers -a`
+# shows where each L1 vCPU is, in the L1 or in a nested guest).
+# HUSK_NESTED_LOGLEVEL sets the L1 kernel's console log level (default 3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -157,13 +160,25 @@ if [ -n "${HUSK_NESTED_SHELL:-}" ]; then
   debug_shell=(-chardev "socket,id=dbg,path=$HUSK_NESTED_SHELL,server=on,wait=off" -serial chardev:dbg)
   touch "$job/share/debug-shell"
 fi
+if [ -n "${HUSK_NESTED_MONITOR:-}" ]; then
+  debug_shell+=(-monitor "unix:$HUSK_NESTED_MONITOR,server=on,wait=off")
+fi
 log "booting the L1 (kernel $kver, $cpus vCPU, $mem MiB, AMD SVM under TCG)"
+# One TCG thread for all the L1's vCPUs (`thread=single`), not one each:
+# with one thread per vCPU, QEMU 7.2 sometimes keeps executing a stale
+# translation of kernel text that another vCPU has just patched. Seen here:
+# the L1's KVM flips a static key in `__schedule` (preempt notifiers) when
+# the first nested VM is created or the last destroyed; `text_poke_bp`
+# writes an int3, then the final instruction; afterwards both L1 vCPUs kept
+# taking int3 at `__schedule+0x2ab`, where memory held a nop, and the int3
+# handler, finding no int3 there, rewound and retried forever with
+# interrupts off: the whole L1 wedged (about one `husk run` in twenty).
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-  -accel tcg -M q35 -cpu EPYC-v3,+svm,+npt -smp "$cpus" -m "$mem" \
+  -accel tcg,thread=single -M q35 -cpu EPYC-v3,+svm,+npt -smp "$cpus" -m "$mem" \
   -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
   -kernel "$vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 husk_stage2=$here/l1-init.sh" \
+  -append "console=ttyS0 quiet loglevel=${HUSK_NESTED_LOGLEVEL:-3} panic=-1 husk_stage2=$here/l1-init.sh" \
   -chardev socket,id=root,path="$job/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot \
   -chardev socket,id=job,path="$job/job.sock" -device vhost-user-fs-pci,chardev=job,tag=job \
   -nic none -nographic -no-reboot -serial mon:stdio "${debug_shell[@]}" </dev/null \
