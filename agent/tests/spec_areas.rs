@@ -510,6 +510,45 @@ fn mount_destinations_follow_symlinks_inside_the_rootfs() {
     agent.shutdown();
 }
 
+/// A rootfs whose /proc is a symlink is refused at create, as runc does
+/// ("must be mounted on ordinary directory"), instead of procfs being
+/// mounted wherever the image's link points; nothing is left behind.
+#[test]
+fn proc_on_a_symlink_is_refused() {
+    if !can_run("proc_symlink") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["true"]);
+    let rootfs = dir.join("rootfs");
+    let _ = std::fs::remove_dir(rootfs.join("proc"));
+    std::fs::create_dir_all(rootfs.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", rootfs.join("proc")).unwrap();
+    let mut c = agent.client();
+    let e = create(&mut c, "c", spec, husk_protocol::StdioSpec::default()).unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(husk_protocol::ErrorCode::InvalidArgument),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("filesystem \"proc\" must be mounted on ordinary directory")
+            && msg.contains("/proc in the rootfs is a symlink"),
+        "{msg}"
+    );
+    assert!(
+        std::fs::read_dir(rootfs.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "procfs was mounted through the link"
+    );
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
 #[test]
 fn rootfs_propagation() {
     for (prop, want) in [
