@@ -338,6 +338,63 @@ fn exec_applies_its_own_process_spec() {
     agent.shutdown();
 }
 
+/// An exec whose process has no `capabilities` gets the container's, as
+/// with `runc exec --process` (it used to fail: `capset ... Operation not
+/// permitted`, the bounding set emptied and oci-spec's defaults asked for).
+#[test]
+fn exec_without_capabilities_gets_the_containers() {
+    if !can_run("exec_caps_absent") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let spec = patch(spec, |v| {
+        v["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": ["CAP_CHOWN"],
+            "permitted": ["CAP_CHOWN"],
+        });
+    });
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let p = patch(spec, |v| {
+        let p = &mut v["process"];
+        p.as_object_mut().unwrap().remove("capabilities");
+        p["args"] = serde_json::json!(["grep", "-E", "^Cap(Bnd|Eff|Prm|Inh)", "/proc/self/status"]);
+    })
+    .process()
+    .clone()
+    .unwrap();
+    assert!(p.capabilities().is_none());
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    exec(&mut c, "c", "e", p, stdio).unwrap();
+    let (o, e) = collect(
+        agent.stream("c", Some("e"), StreamKind::Stdout),
+        agent.stream("c", Some("e"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let chown = 1u64 << 0;
+    let kill = 1u64 << 5;
+    assert_eq!(
+        text(&o),
+        format!(
+            "CapInh:\t{:016x}\nCapPrm:\t{chown:016x}\nCapEff:\t{chown:016x}\nCapBnd:\t{:016x}\n",
+            0,
+            chown | kill
+        )
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
 /// The agent is one thread: a start whose init is slow to exec must not
 /// hold up the other containers. Container a's init is stopped (SIGSTOP)
 /// before its StartContainer is sent, so it cannot act on it; meanwhile

@@ -154,9 +154,10 @@ pub fn validate(req: &CreateContainer) -> Result<PathBuf, ProtocolError> {
             ),
         ));
     }
-    if req.spec.process().is_none() {
+    let Some(process) = req.spec.process() else {
         return Err(err(ErrorCode::InvalidArgument, "spec has no process"));
-    }
+    };
+    capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
     let has_ns = |t: LinuxNamespaceType| {
         req.spec
             .linux()
@@ -298,13 +299,15 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
             format!("container {} is {:?}, not running", c.id, c.status),
         ));
     }
+    let process = capabilities::for_exec(&req.process, &c.spec);
+    capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
     let mode = child::Mode::Exec {
         init_pid: c.init.pid,
     };
     let (pid, stdio, _sync) = spawn(
         mode,
         &c.spec,
-        &req.process,
+        &process,
         c.cgroup.as_deref(),
         req.stdio,
         false,
