@@ -158,6 +158,8 @@ pub fn validate(req: &CreateContainer) -> Result<PathBuf, ProtocolError> {
         return Err(err(ErrorCode::InvalidArgument, "spec has no process"));
     };
     capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
+    process::dedup_env(process.env().as_deref().unwrap_or_default())
+        .map_err(|e| err(e.code(), e.to_message()))?;
     let has_ns = |t: LinuxNamespaceType| {
         req.spec
             .linux()
@@ -301,17 +303,29 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
     }
     let process = capabilities::for_exec(&req.process, &c.spec);
     capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
+    process::dedup_env(process.env().as_deref().unwrap_or_default())
+        .map_err(|e| err(e.code(), e.to_message()))?;
+    let cgroup = match (&req.cgroup, &c.cgroup) {
+        (None, base) => base.clone(),
+        (Some(sub), Some(base)) => Some(
+            cgroups::sub_cgroup(base, sub)
+                .map_err(|e| err(ErrorCode::InvalidArgument, chain(&e)))?,
+        ),
+        (Some(sub), None) => {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "container {} has no cgroup (the guest has no cgroup2 hierarchy): \
+                     cannot run the exec in sub-cgroup {sub:?}",
+                    c.id
+                ),
+            ))
+        }
+    };
     let mode = child::Mode::Exec {
         init_pid: c.init.pid,
     };
-    let (pid, stdio, _sync) = spawn(
-        mode,
-        &c.spec,
-        &process,
-        c.cgroup.as_deref(),
-        req.stdio,
-        false,
-    )?;
+    let (pid, stdio, _sync) = spawn(mode, &c.spec, &process, cgroup.as_deref(), req.stdio, false)?;
     Ok(ProcessState {
         pid,
         exit_status: None,

@@ -327,6 +327,7 @@ impl TaskService {
                     exec_id: exec_id.to_owned(),
                     process,
                     stdio: p.stdio.spec(),
+                    cgroup: None,
                 })))?;
                 if let Response::Process { pid } = r {
                     p.pid = pid as u32;
