@@ -24,6 +24,21 @@ fn cgroup_of(pid: i32) -> String {
         .unwrap()
 }
 
+fn list_processes(
+    c: &mut husk_protocol::client::AgentClient,
+    id: &str,
+) -> Vec<husk_protocol::ProcessInfo> {
+    match c
+        .call(Request::ListProcesses(ContainerRef {
+            container_id: id.to_owned(),
+        }))
+        .unwrap()
+    {
+        Response::Processes { processes } => processes,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn container_and_exec_live_in_their_cgroup() {
     if !can_run("cgroups") {
@@ -48,16 +63,17 @@ fn container_and_exec_live_in_their_cgroup() {
     p.set_args(Some(vec!["sleep".into(), "1000".into()]));
     let epid = exec(&mut c, &id, "e", p, StdioSpec::default()).unwrap();
     assert_eq!(cgroup_of(epid), format!("/husk/{id}"));
-    let procs = match c
-        .call(Request::ListProcesses(ContainerRef {
-            container_id: id.clone(),
-        }))
-        .unwrap()
-    {
-        Response::Processes { processes } => processes,
-        other => panic!("{other:?}"),
+    // init (sh exec's its last command), its background sleep, the exec;
+    // sh forks the background sleep in its own time (a loaded host may
+    // list before it has).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let procs = loop {
+        let procs = list_processes(&mut c, &id);
+        if procs.len() >= 3 || std::time::Instant::now() >= deadline {
+            break procs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    // init (sh exec's its last command), its background sleep, the exec.
     assert_eq!(procs.len(), 3, "{procs:?}");
     assert!(procs.iter().any(|p| p.pid == init && p.exec_id.is_none()));
     assert!(procs
@@ -78,6 +94,95 @@ fn container_and_exec_live_in_their_cgroup() {
         "cgroup removed"
     );
     assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// `exec --cgroup SUB`: the exec runs in that existing sub-cgroup of the
+/// container's cgroup, counts as the container's (ListProcesses), and the
+/// container's removal takes the sub-cgroup with it. A path leaving the
+/// container's cgroup or naming none is refused, as runc does.
+#[test]
+fn exec_joins_a_sub_cgroup() {
+    if !can_run("exec_sub_cgroup") {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("SKIP: exec_sub_cgroup: no cgroup2 hierarchy on this host");
+        return;
+    };
+    let agent = Agent::start_with(&["--cgroup-root", root]);
+    let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    let id = format!("cgsub{}", std::process::id());
+    create(&mut c, &id, spec.clone(), StdioSpec::default()).unwrap();
+    c.start(&id).unwrap();
+    let cg = Path::new(root).join("husk").join(&id);
+    std::fs::create_dir(cg.join("sub")).unwrap();
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec!["sleep".into(), "1000".into()]));
+    let stdio = StdioSpec::default();
+    let epid = exec_in(&mut c, &id, "e", p.clone(), stdio, Some("sub")).unwrap();
+    assert_eq!(cgroup_of(epid), format!("/husk/{id}/sub"));
+    // `/` is the container's own cgroup.
+    let top = exec_in(&mut c, &id, "top", p.clone(), stdio, Some("/")).unwrap();
+    assert_eq!(cgroup_of(top), format!("/husk/{id}"));
+    for (sub, want) in [
+        (
+            "..",
+            "bad sub cgroup path: .. (leaves the container's cgroup)",
+        ),
+        ("sub/../../x", "bad sub cgroup path: sub/../../x"),
+        ("nope", "sub cgroup nope: "),
+    ] {
+        let e = exec_in(&mut c, &id, "x", p.clone(), stdio, Some(sub)).unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(husk_protocol::ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains(want), "{sub}: {e}");
+    }
+    let procs = list_processes(&mut c, &id);
+    assert!(
+        procs
+            .iter()
+            .any(|p| p.pid == epid && p.exec_id.as_deref() == Some("e")),
+        "the exec in the sub-cgroup is the container's: {procs:?}"
+    );
+    remove(&mut c, &id);
+    assert!(!cg.exists(), "cgroup and sub-cgroup removed");
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// Without a cgroup for the container, `exec --cgroup` cannot be honoured
+/// and is refused, not ignored.
+#[test]
+fn exec_sub_cgroup_without_a_cgroup_is_refused() {
+    if !can_run("exec_sub_cgroup_none") {
+        return;
+    }
+    let agent = Agent::start_with(&["--cgroup-root", "/nonexistent-cgroup-root"]);
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(vec!["true".into()]));
+    let e = exec_in(&mut c, "c", "e", p, StdioSpec::default(), Some("sub")).unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(husk_protocol::ErrorCode::FailedPrecondition),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("container c has no cgroup (the guest has no cgroup2 hierarchy): cannot run the exec in sub-cgroup \"sub\""),
+        "{e}"
+    );
+    remove(&mut c, "c");
     assert_no_children(&agent);
     agent.shutdown();
 }

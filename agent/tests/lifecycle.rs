@@ -338,6 +338,115 @@ fn exec_applies_its_own_process_spec() {
     agent.shutdown();
 }
 
+/// A later `NAME=` overrides an earlier one, as runc's prepareEnv has it
+/// (`exec --env K=V` after the spec's `K`): the program sees one `K`, the
+/// last; execve used to get both, and getenv(3) finds the first.
+#[test]
+fn a_later_env_entry_overrides_an_earlier_one() {
+    if !can_run("env_override") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let p = patch(spec, |v| {
+        let p = &mut v["process"];
+        p["args"] = serde_json::json!(["env"]);
+        p["env"] = serde_json::json!(["K=spec", "PATH=/usr/bin:/bin", "HOME=/", "K=flag"]);
+    })
+    .process()
+    .clone()
+    .unwrap();
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    exec(&mut c, "c", "e", p.clone(), stdio).unwrap();
+    let (o, e) = collect(
+        agent.stream("c", Some("e"), StreamKind::Stdout),
+        agent.stream("c", Some("e"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let mut lines: Vec<String> = text(&o).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, ["HOME=/", "K=flag", "PATH=/usr/bin:/bin"]);
+    // Like runc, an entry that is not NAME=VALUE is refused, up front.
+    let mut p = p;
+    p.set_env(Some(vec!["A=1".into(), "JUSTNAME".into()]));
+    let e = exec(&mut c, "c", "bad", p, StdioSpec::default()).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(
+        e.to_string()
+            .contains("process.env[1] \"JUSTNAME\" is not NAME=VALUE"),
+        "{e}"
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// An exec whose process has no `capabilities` gets the container's, as
+/// with `runc exec --process` (it used to fail: `capset ... Operation not
+/// permitted`, the bounding set emptied and oci-spec's defaults asked for).
+#[test]
+fn exec_without_capabilities_gets_the_containers() {
+    if !can_run("exec_caps_absent") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let spec = patch(spec, |v| {
+        v["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": ["CAP_CHOWN"],
+            "permitted": ["CAP_CHOWN"],
+        });
+    });
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    let p = patch(spec, |v| {
+        let p = &mut v["process"];
+        p.as_object_mut().unwrap().remove("capabilities");
+        p["args"] = serde_json::json!(["grep", "-E", "^Cap(Bnd|Eff|Prm|Inh)", "/proc/self/status"]);
+    })
+    .process()
+    .clone()
+    .unwrap();
+    assert!(p.capabilities().is_none());
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    exec(&mut c, "c", "e", p, stdio).unwrap();
+    let (o, e) = collect(
+        agent.stream("c", Some("e"), StreamKind::Stdout),
+        agent.stream("c", Some("e"), StreamKind::Stderr),
+        None,
+        None,
+    );
+    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let chown = 1u64 << 0;
+    let kill = 1u64 << 5;
+    assert_eq!(
+        text(&o),
+        format!(
+            "CapInh:\t{:016x}\nCapPrm:\t{chown:016x}\nCapEff:\t{chown:016x}\nCapBnd:\t{:016x}\n",
+            0,
+            chown | kill
+        )
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
 /// The agent is one thread: a start whose init is slow to exec must not
 /// hold up the other containers. Container a's init is stopped (SIGSTOP)
 /// before its StartContainer is sent, so it cannot act on it; meanwhile

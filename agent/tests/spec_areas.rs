@@ -112,6 +112,67 @@ fn inheritable_and_ambient_capabilities() {
     assert_eq!(field(&out, "Uid").split_whitespace().next(), Some("1000"));
 }
 
+/// runc fails (EPERM from capset) when the inheritable set has a
+/// capability the bounding set lacks, an unset bounding set being empty;
+/// husk refuses such a spec at create, naming the fields, before anything
+/// is built.
+#[test]
+fn inheritable_outside_an_unset_bounding_set_is_refused_at_create() {
+    if !can_run("caps_unset_bounding") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["true"]);
+    let spec = patch(spec, |v| {
+        v["process"]["capabilities"] = json!({
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"],
+            "inheritable": ["CAP_KILL"],
+        });
+    });
+    let mut c = agent.client();
+    let e = create(&mut c, "c", spec, husk_protocol::StdioSpec::default()).unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(husk_protocol::ErrorCode::InvalidArgument),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(
+            "process.capabilities.inheritable has CAP_KILL, which \
+             process.capabilities.bounding (it is unset, so empty) lacks"
+        ),
+        "{e}"
+    );
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// Without a `capabilities` object runc leaves the capabilities alone: the
+/// process keeps those of its runtime (here the agent's), where husk used
+/// to empty the bounding set and then fail to set oci-spec's defaults.
+#[test]
+fn no_capabilities_object_keeps_the_agents_capabilities() {
+    if !can_run("caps_absent") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["cat", "/proc/self/status"]);
+    let spec = patch(spec, |v| {
+        v["process"].as_object_mut().unwrap().remove("capabilities");
+        v["process"]["noNewPrivileges"] = json!(false);
+    });
+    let (status, out, err) = agent.run("c", spec, None);
+    assert_eq!(status, 0, "{}", text(&err));
+    let out = text(&out);
+    let mine = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    for key in ["CapBnd", "CapPrm", "CapEff", "CapInh"] {
+        assert_eq!(field(&out, key), field(&mine, key), "{key}: {out}");
+    }
+    agent.shutdown();
+}
+
 #[test]
 fn seccomp_profile_is_enforced() {
     let Some(out) = sh(
@@ -507,6 +568,45 @@ fn mount_destinations_follow_symlinks_inside_the_rootfs() {
         "created outside the rootfs"
     );
     assert_no_mounts(&dir);
+    agent.shutdown();
+}
+
+/// A rootfs whose /proc is a symlink is refused at create, as runc does
+/// ("must be mounted on ordinary directory"), instead of procfs being
+/// mounted wherever the image's link points; nothing is left behind.
+#[test]
+fn proc_on_a_symlink_is_refused() {
+    if !can_run("proc_symlink") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, dir) = agent.bundle("b", &[], &["true"]);
+    let rootfs = dir.join("rootfs");
+    let _ = std::fs::remove_dir(rootfs.join("proc"));
+    std::fs::create_dir_all(rootfs.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", rootfs.join("proc")).unwrap();
+    let mut c = agent.client();
+    let e = create(&mut c, "c", spec, husk_protocol::StdioSpec::default()).unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(husk_protocol::ErrorCode::InvalidArgument),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("filesystem \"proc\" must be mounted on ordinary directory")
+            && msg.contains("/proc in the rootfs is a symlink"),
+        "{msg}"
+    );
+    assert!(
+        std::fs::read_dir(rootfs.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "procfs was mounted through the link"
+    );
+    assert_no_mounts(&dir);
+    assert_no_children(&agent);
     agent.shutdown();
 }
 

@@ -226,9 +226,16 @@ pub struct ExecProcess {
     /// The new process's id, unique within the container.
     pub exec_id: String,
     /// The process to run (args, env, cwd, user, caps, rlimits, terminal...).
+    /// Without `capabilities` it gets the container's (runc's rule).
     pub process: Process,
     /// The stdio streams the host will attach.
     pub stdio: StdioSpec,
+    /// A sub-cgroup of the container's cgroup to run the process in
+    /// (`runc exec --cgroup`): a path relative to it, which must exist and
+    /// may not leave it (`/` is the container's cgroup itself). `None`:
+    /// the container's cgroup. Refused when the container has no cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// Arguments of [`Request::SignalProcess`].
@@ -480,6 +487,30 @@ mod tests {
         let inner =
             r#"{"version":1,"id":1,"request":{"type":"State","args":{"container_id":"a","b":2}}}"#;
         assert!(serde_json::from_str::<RequestFrame>(inner).is_err());
+    }
+
+    /// `cgroup` (exec --cgroup) is left out when unset, so a request
+    /// without it reads as before; when set it round-trips.
+    #[test]
+    fn exec_process_cgroup_is_optional() {
+        let process: Process = serde_json::from_value(serde_json::json!({
+            "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        }))
+        .unwrap();
+        let mut r = ExecProcess {
+            container_id: "c".into(),
+            exec_id: "e".into(),
+            process,
+            stdio: StdioSpec::default(),
+            cgroup: None,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("cgroup").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<ExecProcess>(v).unwrap(), r);
+        r.cgroup = Some("sub".into());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["cgroup"], "sub");
+        assert_eq!(serde_json::from_value::<ExecProcess>(v).unwrap(), r);
     }
 
     #[test]

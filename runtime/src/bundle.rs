@@ -545,6 +545,29 @@ mod tests {
         ));
     }
 
+    /// An unknown capability name is refused naming its field and the
+    /// value (oci-spec alone says `serde failed`), in a config.json and in
+    /// an exec's process.json alike.
+    #[test]
+    fn unknown_capability_names_the_field_and_the_value() {
+        let mut c = minimal();
+        c["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL", "CAP_FOO"]});
+        let e = bundle_with(c).1.unwrap_err().to_string();
+        assert!(
+            e.contains("config.json: process.capabilities.bounding[1]: "),
+            "{e}"
+        );
+        assert!(e.contains("CAP_FOO"), "{e}");
+        assert!(!e.contains("serde failed"), "{e}");
+        let e = parse_json::<oci_spec::runtime::Process>(
+            br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                 "capabilities": {"effective": ["cap_bar"]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("capabilities.effective[0]: "), "{e}");
+        assert!(e.contains("cap_bar"), "{e}");
+    }
+
     #[test]
     fn share_rewrites_paths_and_unmounts() {
         if !nix::unistd::geteuid().is_root() {

@@ -194,7 +194,7 @@ pub struct ExecArgs {
     /// Return once started.
     #[arg(short, long)]
     pub detach: bool,
-    /// Extra environment, KEY=VALUE (repeatable).
+    /// Extra environment, KEY=VALUE (repeatable); overrides the spec's KEY.
     #[arg(short, long)]
     pub env: Vec<String>,
     /// Working directory in the container.
@@ -209,7 +209,9 @@ pub struct ExecArgs {
     /// Set no_new_privileges.
     #[arg(long)]
     pub no_new_privs: bool,
-    /// Add a capability (repeatable).
+    /// Add a capability to the bounding, effective and permitted sets
+    /// (and ambient, when the spec has an inheritable set), as runc does
+    /// (repeatable).
     #[arg(short, long)]
     pub cap: Vec<String>,
     /// Write the exec's host-side pid here.
@@ -221,6 +223,16 @@ pub struct ExecArgs {
     /// Accepted for runc compatibility.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
+    /// Exec into a paused container too: the exec goes ahead once the
+    /// container is resumed (without it, a paused container is refused).
+    #[arg(long)]
+    pub ignore_paused: bool,
+    /// Run the process in this existing sub-cgroup of the container's
+    /// cgroup in the guest: `PATH`. runc's cgroup v1 form
+    /// `CONTROLLER[,CONTROLLER]:PATH` is refused (the guest has cgroup v2
+    /// only).
+    #[arg(long, value_name = "[CONTROLLER:]PATH")]
+    pub cgroup: Vec<String>,
     /// The container id.
     pub id: String,
     /// The command and its arguments (unless --process).

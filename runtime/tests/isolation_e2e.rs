@@ -45,6 +45,7 @@ fn exec_everything_frames(container_id: &str) -> Vec<u8> {
                     stdout: false,
                     stderr: false,
                 },
+                cgroup: None,
             })),
         },
     )

@@ -98,6 +98,36 @@ impl CgroupRoot {
     }
 }
 
+/// The sub-cgroup `sub` of a container's cgroup `base`, for an exec
+/// (`runc exec --cgroup`). Like runc, `sub` is cleaned lexically and may
+/// not leave `base` ("bad sub cgroup path"); `/` or an empty path is
+/// `base` itself. It must already exist: runc does not create it either.
+pub fn sub_cgroup(base: &Path, sub: &str) -> Result<PathBuf, CgroupError> {
+    use std::path::Component;
+    let mut rel = PathBuf::new();
+    for c in Path::new(sub).components() {
+        match c {
+            Component::Normal(n) => rel.push(n),
+            Component::ParentDir => {
+                if !rel.pop() {
+                    return Err(CgroupError::Invalid(format!(
+                        "bad sub cgroup path: {sub} (leaves the container's cgroup)"
+                    )));
+                }
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let dir = base.join(rel);
+    if !dir.join("cgroup.procs").is_file() {
+        return Err(CgroupError::Invalid(format!(
+            "sub cgroup {sub}: {} does not exist or is not a cgroup",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
 /// Writes `+ctrl` for each controller of `dir` into its subtree_control
 /// (best effort: a controller may be busy or missing).
 pub fn enable_controllers(dir: &Path) {
@@ -218,15 +248,48 @@ pub fn stats(dir: &Path) -> CgroupStats {
     }
 }
 
-/// The pids in the cgroup `dir`.
-pub fn procs(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+/// `dir` and every cgroup below it, parents before their children
+/// (iteratively: the depth is up to whoever made the sub-cgroups).
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
-/// Removes the cgroup `dir` (it must be empty of processes).
+/// The pids in the cgroup `dir` and its sub-cgroups (an exec's
+/// `--cgroup`, or ones the container made).
+pub fn procs(dir: &Path) -> Vec<i32> {
+    tree(dir)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Removes the cgroup `dir`, its sub-cgroups first (they must be empty of
+/// processes).
 pub fn remove(dir: &Path) -> Result<(), CgroupError> {
+    for d in tree(dir).iter().rev() {
+        remove_one(d)?;
+    }
+    Ok(())
+}
+
+fn remove_one(dir: &Path) -> Result<(), CgroupError> {
     for _ in 0..50 {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
@@ -251,6 +314,47 @@ pub fn remove(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn procs_include_the_sub_cgroups() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path();
+        for (d, pids) in [("", "1\n2\n"), ("a", "3\n"), ("a/b", "4\n"), ("c", "")] {
+            fs::create_dir_all(base.join(d)).unwrap();
+            fs::write(base.join(d).join("cgroup.procs"), pids).unwrap();
+        }
+        let mut got = procs(base);
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn sub_cgroups_stay_inside_and_must_exist() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("husk/c");
+        for d in ["", "a", "a/b"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+            fs::write(base.join(d).join("cgroup.procs"), "").unwrap();
+        }
+        fs::create_dir_all(base.join("plain")).unwrap();
+        assert_eq!(sub_cgroup(&base, "a").unwrap(), base.join("a"));
+        assert_eq!(sub_cgroup(&base, "/a/b").unwrap(), base.join("a/b"));
+        assert_eq!(sub_cgroup(&base, "a/b/../.").unwrap(), base.join("a"));
+        assert_eq!(sub_cgroup(&base, "/").unwrap(), base);
+        assert_eq!(sub_cgroup(&base, "").unwrap(), base);
+        for bad in ["..", "a/../..", "/../c", "../../husk/c"] {
+            let e = sub_cgroup(&base, bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("bad sub cgroup path: {bad} (leaves the container's cgroup)")
+            );
+        }
+        for missing in ["nope", "plain"] {
+            let e = sub_cgroup(&base, missing).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("sub cgroup {missing}: ")), "{e}");
+            assert!(e.ends_with("does not exist or is not a cgroup"), "{e}");
+        }
+    }
 
     #[test]
     fn weights() {

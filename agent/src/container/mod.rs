@@ -154,9 +154,12 @@ pub fn validate(req: &CreateContainer) -> Result<PathBuf, ProtocolError> {
             ),
         ));
     }
-    if req.spec.process().is_none() {
+    let Some(process) = req.spec.process() else {
         return Err(err(ErrorCode::InvalidArgument, "spec has no process"));
-    }
+    };
+    capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
+    process::dedup_env(process.env().as_deref().unwrap_or_default())
+        .map_err(|e| err(e.code(), e.to_message()))?;
     let has_ns = |t: LinuxNamespaceType| {
         req.spec
             .linux()
@@ -298,17 +301,31 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
             format!("container {} is {:?}, not running", c.id, c.status),
         ));
     }
+    let process = capabilities::for_exec(&req.process, &c.spec);
+    capabilities::check(process.capabilities()).map_err(|e| err(e.code(), e.to_message()))?;
+    process::dedup_env(process.env().as_deref().unwrap_or_default())
+        .map_err(|e| err(e.code(), e.to_message()))?;
+    let cgroup = match (&req.cgroup, &c.cgroup) {
+        (None, base) => base.clone(),
+        (Some(sub), Some(base)) => Some(
+            cgroups::sub_cgroup(base, sub)
+                .map_err(|e| err(ErrorCode::InvalidArgument, chain(&e)))?,
+        ),
+        (Some(sub), None) => {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "container {} has no cgroup (the guest has no cgroup2 hierarchy): \
+                     cannot run the exec in sub-cgroup {sub:?}",
+                    c.id
+                ),
+            ))
+        }
+    };
     let mode = child::Mode::Exec {
         init_pid: c.init.pid,
     };
-    let (pid, stdio, _sync) = spawn(
-        mode,
-        &c.spec,
-        &req.process,
-        c.cgroup.as_deref(),
-        req.stdio,
-        false,
-    )?;
+    let (pid, stdio, _sync) = spawn(mode, &c.spec, &process, cgroup.as_deref(), req.stdio, false)?;
     Ok(ProcessState {
         pid,
         exit_status: None,

@@ -165,6 +165,53 @@ pub fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf, SetupError> 
     Ok(root.join(resolved))
 }
 
+/// The mount point of a `proc` or `sysfs` mount. Like runc, the
+/// destination itself must be an ordinary directory when it exists: a
+/// symlink there (or a file) is refused instead of followed, since mounting
+/// procfs or sysfs through an image's symlink is a known container-escape
+/// class (runc: "must be mounted on ordinary directory"). The parent is
+/// resolved inside the rootfs as for any mount; only the last component
+/// is looked at without following it, after `.` and `..` are taken
+/// lexically (runc cleans the destination the same way).
+pub fn proc_sys_target(root: &Path, dest: &Path, fstype: &str) -> Result<PathBuf, SetupError> {
+    let mut clean = PathBuf::new();
+    for c in dest.components() {
+        match c {
+            Component::Normal(n) => clean.push(n),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let (Some(parent), Some(name)) = (clean.parent(), clean.file_name()) else {
+        // The destination is `/` itself: the rootfs, a directory.
+        return Ok(root.to_path_buf());
+    };
+    let target = resolve_in_root(root, parent)?.join(name);
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => Ok(target),
+        Ok(m) => {
+            let what = if m.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                "not a directory"
+            };
+            Err(SetupError::Invalid(format!(
+                "mount destination {}: filesystem {fstype:?} must be mounted on ordinary \
+                 directory, and {} in the rootfs is {what}",
+                dest.display(),
+                Path::new("/").join(&clean).display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(target),
+        Err(e) => Err(sys(format!(
+            "inspect mount destination {}",
+            target.display()
+        ))(e)),
+    }
+}
+
 /// Creates the mount point: a file when binding a file, else a directory.
 pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), SetupError> {
     if target.exists() {
@@ -217,8 +264,12 @@ impl Mounter for Kernel {
 /// Mounts one spec entry under `rootfs`.
 pub fn mount_entry(mnt: &mut dyn Mounter, rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-    let target = resolve_in_root(rootfs, m.destination())?;
     let mut typ = m.typ().clone().unwrap_or_default();
+    let target = if matches!(typ.as_str(), "proc" | "sysfs") {
+        proc_sys_target(rootfs, m.destination(), &typ)?
+    } else {
+        resolve_in_root(rootfs, m.destination())?
+    };
     let source = m.source().clone();
     if typ == "bind" {
         typ.clear();
@@ -442,6 +493,86 @@ mod tests {
             r.join("a")
         );
         assert!(resolve_in_root(r, Path::new("/loop/x")).is_err());
+    }
+
+    /// runc refuses a proc or sysfs mount whose destination is a symlink
+    /// or a file ("must be mounted on ordinary directory"); following it
+    /// is a container-escape class. No mount call may be made.
+    #[test]
+    fn proc_and_sysfs_refuse_a_destination_that_is_not_a_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::create_dir_all(r.join("var")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("proc")).unwrap();
+        std::os::unix::fs::symlink("etc", r.join("sys")).unwrap();
+        fs::write(r.join("var/file"), b"").unwrap();
+        for (json, dest, what) in [
+            (
+                r#"{"destination":"/proc","type":"proc","source":"proc"}"#,
+                "/proc",
+                "a symlink",
+            ),
+            (
+                r#"{"destination":"/sys","type":"sysfs","source":"sysfs","options":["ro"]}"#,
+                "/sys",
+                "a symlink",
+            ),
+            // `.` and `..` are taken lexically, as runc cleans the path.
+            (
+                r#"{"destination":"/etc/../proc/.","type":"proc","source":"proc"}"#,
+                "/proc",
+                "a symlink",
+            ),
+            (
+                r#"{"destination":"/var/file","type":"proc","source":"proc"}"#,
+                "/var/file",
+                "not a directory",
+            ),
+        ] {
+            let mut rec = Recorder::default();
+            let e = mount_entry(&mut rec, r, &spec_mount(json)).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, SetupError::Invalid(_)), "{msg}");
+            assert!(
+                msg.contains("must be mounted on ordinary directory"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&format!("{dest} in the rootfs is {what}")),
+                "{msg}"
+            );
+            assert!(rec.0.is_empty(), "{json}: mounted anyway: {:?}", rec.0);
+        }
+        assert!(r.join("proc").is_symlink() && r.join("sys").is_symlink());
+        // A tmpfs may still go through a symlink (resolved in the root).
+        let mut rec = Recorder::default();
+        let tmp = spec_mount(r#"{"destination":"/proc","type":"tmpfs","source":"tmpfs"}"#);
+        mount_entry(&mut rec, r, &tmp).unwrap();
+        assert_eq!(rec.0[0].1, r.join("etc"));
+    }
+
+    #[test]
+    fn proc_and_sysfs_mount_on_a_directory_or_a_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("proc")).unwrap();
+        fs::create_dir_all(r.join("run")).unwrap();
+        std::os::unix::fs::symlink("/run", r.join("var")).unwrap();
+        let mut rec = Recorder::default();
+        for json in [
+            r#"{"destination":"/proc","type":"proc","source":"proc"}"#,
+            r#"{"destination":"/sys","type":"sysfs","source":"sysfs"}"#,
+            // The parent resolves inside the root, like any destination.
+            r#"{"destination":"/var/proc","type":"proc","source":"proc"}"#,
+        ] {
+            mount_entry(&mut rec, r, &spec_mount(json)).unwrap();
+        }
+        let targets: Vec<_> = rec.0.iter().map(|c| c.1.clone()).collect();
+        assert_eq!(targets, [r.join("proc"), r.join("sys"), r.join("run/proc")]);
+        assert_eq!(rec.0[0].2.as_deref(), Some("proc"));
+        assert_eq!(rec.0[1].2.as_deref(), Some("sysfs"));
+        assert!(r.join("sys").is_dir() && r.join("run/proc").is_dir());
     }
 
     #[test]

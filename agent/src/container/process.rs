@@ -104,6 +104,33 @@ pub fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
         .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The environment as runc's `prepareEnv` leaves it: each variable once,
+/// with its last value, where it last occurs. A later entry overrides an
+/// earlier one (`exec --env K=V` after the spec's `K`), where execve would
+/// pass both and getenv(3) would find the first. Like runc, an entry
+/// without `=` or with an empty name is refused.
+pub fn dedup_env(env: &[String]) -> Result<Vec<String>, SetupError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(env.len());
+    for (i, kv) in env.iter().enumerate().rev() {
+        let Some((key, _)) = kv.split_once('=') else {
+            return Err(SetupError::Invalid(format!(
+                "process.env[{i}] {kv:?} is not NAME=VALUE (no '=')"
+            )));
+        };
+        if key.is_empty() {
+            return Err(SetupError::Invalid(format!(
+                "process.env[{i}] {kv:?} has an empty name"
+            )));
+        }
+        if seen.insert(key) {
+            out.push(kv.clone());
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// Resolves args[0] through the container's PATH, like execvp.
 pub fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf, SetupError> {
     if arg0.is_empty() {
@@ -147,7 +174,7 @@ pub struct ExecPlan {
 /// Resolves the program and builds argv/envp.
 pub fn prepare_exec(p: &Process) -> Result<ExecPlan, SetupError> {
     let args = p.args().clone().unwrap_or_default();
-    let mut env = p.env().clone().unwrap_or_default();
+    let mut env = dedup_env(p.env().as_deref().unwrap_or_default())?;
     if env_get(&env, "HOME").is_none() {
         env.push("HOME=/".into());
     }
@@ -176,4 +203,53 @@ pub fn exec(plan: &ExecPlan) -> SetupError {
         plan.shown,
         std::io::Error::from(e)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// runc's prepareEnv: the last value of a name wins, at the place of
+    /// its last occurrence; the rest keep their order.
+    #[test]
+    fn a_later_variable_overrides_an_earlier_one() {
+        let env = strings(&["PATH=/bin", "K=spec", "TERM=xterm", "K=exec", "A=1", "A="]);
+        assert_eq!(
+            dedup_env(&env).unwrap(),
+            strings(&["PATH=/bin", "TERM=xterm", "K=exec", "A="])
+        );
+        assert_eq!(env_get(&dedup_env(&env).unwrap(), "K"), Some("exec"));
+        // `=` in a value is part of the value.
+        assert_eq!(
+            dedup_env(&strings(&["X=a=b", "Y=1"])).unwrap(),
+            strings(&["X=a=b", "Y=1"])
+        );
+    }
+
+    #[test]
+    fn entries_that_are_not_name_value_are_refused() {
+        let e = dedup_env(&strings(&["A=1", "JUSTNAME"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "process.env[1] \"JUSTNAME\" is not NAME=VALUE (no '=')"
+        );
+        let e = dedup_env(&strings(&["=v", "B=2"])).unwrap_err();
+        assert_eq!(e.to_string(), "process.env[0] \"=v\" has an empty name");
+    }
+
+    #[test]
+    fn the_exec_plan_carries_the_deduplicated_env() {
+        let p: Process = serde_json::from_value(serde_json::json!({
+            "args": ["/bin/sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "env": ["K=spec", "HOME=/root", "K=flag"],
+        }))
+        .unwrap();
+        let plan = prepare_exec(&p).unwrap();
+        let env: Vec<&str> = plan.envp.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(env, ["HOME=/root", "K=flag"]);
+    }
 }

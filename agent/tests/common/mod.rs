@@ -186,11 +186,24 @@ pub fn exec(
     process: Process,
     stdio: StdioSpec,
 ) -> Result<i32, husk_protocol::client::ClientError> {
+    exec_in(c, id, exec_id, process, stdio, None)
+}
+
+/// [`exec`] into a sub-cgroup of the container's cgroup (`exec --cgroup`).
+pub fn exec_in(
+    c: &mut AgentClient,
+    id: &str,
+    exec_id: &str,
+    process: Process,
+    stdio: StdioSpec,
+    cgroup: Option<&str>,
+) -> Result<i32, husk_protocol::client::ClientError> {
     let req = ExecProcess {
         container_id: id.into(),
         exec_id: exec_id.into(),
         process,
         stdio,
+        cgroup: cgroup.map(str::to_owned),
     };
     match c.call(Request::ExecProcess(Box::new(req)))? {
         Response::Process { pid } => Ok(pid),

@@ -163,6 +163,7 @@ fn run(rt: &Runtime, a: husk_runtime::cli::RunArgs) -> anyhow::Result<i32> {
 }
 
 fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
+    let cgroup = ops::sub_cgroup(&a.cgroup)?;
     let process = match &a.process {
         Some(p) => {
             let text =
@@ -180,36 +181,7 @@ fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
                 std::fs::read(&path).with_context(|| format!("reading the config of {}", a.id))?;
             let spec = husk_runtime::bundle::parse_spec(&json)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let mut p = spec.process().clone().unwrap_or_default();
-            p.set_args(Some(a.args.clone()));
-            p.set_terminal(Some(a.tty));
-            let mut env = p.env().clone().unwrap_or_default();
-            env.extend(a.env.iter().cloned());
-            p.set_env(Some(env));
-            if let Some(cwd) = &a.cwd {
-                p.set_cwd(cwd.clone());
-            }
-            if let Some(u) = &a.user {
-                let mut user = p.user().clone();
-                let (uid, gid) = u
-                    .split_once(':')
-                    .map_or((u.as_str(), None), |(x, y)| (x, Some(y)));
-                user.set_uid(uid.parse().context("--user uid")?);
-                user.set_gid(
-                    gid.map(str::parse)
-                        .transpose()
-                        .context("--user gid")?
-                        .unwrap_or(0),
-                );
-                if !a.additional_gids.is_empty() {
-                    user.set_additional_gids(Some(a.additional_gids.clone()));
-                }
-                p.set_user(user);
-            }
-            if a.no_new_privs {
-                p.set_no_new_privileges(Some(true));
-            }
-            p
+            ops::process_from_flags(spec.process().clone().unwrap_or_default(), &a)?
         }
     };
     let opts = ExecOptions {
@@ -217,6 +189,8 @@ fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
         detach: a.detach,
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
+        ignore_paused: a.ignore_paused,
+        cgroup,
     };
     Ok(ops::exec(rt, &a.id, &opts)?)
 }

@@ -11,11 +11,12 @@ use husk_protocol::client::AgentClient;
 use husk_protocol::{ExecProcess, Request, ResizeTty, StdioSpec, StreamKind};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Capability, Process};
 
 use super::stdio::{pump, raw_pty, send_console, std_fd};
 use super::{OpError, Runtime, AGENT_TIMEOUT};
-use crate::state::{write_atomic, Status};
+use crate::cli::ExecArgs;
+use crate::state::{write_atomic, ContainerState, Status};
 
 /// What `exec` takes.
 #[derive(Debug, Clone)]
@@ -28,6 +29,183 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     /// Where the pty master goes.
     pub console_socket: Option<PathBuf>,
+    /// `--ignore-paused`: exec into a paused container once it is resumed,
+    /// instead of refusing.
+    pub ignore_paused: bool,
+    /// `--cgroup`: the sub-cgroup of the container's cgroup (in the guest)
+    /// to run in; see [`sub_cgroup`].
+    pub cgroup: Option<String>,
+}
+
+/// How often an `--ignore-paused` exec looks whether the container was
+/// resumed.
+const PAUSED_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The process `exec` runs without `--process`: the container's
+/// `process`, with the flags applied as runc's `getProcess` does.
+pub fn process_from_flags(mut p: Process, a: &ExecArgs) -> Result<Process, OpError> {
+    p.set_args(Some(a.args.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_env(Some(merge_env(
+        p.env().as_deref().unwrap_or_default(),
+        &a.env,
+    )?));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(u) = &a.user {
+        let mut user = p.user().clone();
+        let (uid, gid) = u
+            .split_once(':')
+            .map_or((u.as_str(), None), |(x, y)| (x, Some(y)));
+        let id = |s: &str, what: &str| {
+            s.parse::<u32>()
+                .map_err(|e| OpError::Invalid(format!("--user {u:?}: bad {what} {s:?}: {e}")))
+        };
+        user.set_uid(id(uid, "uid")?);
+        user.set_gid(gid.map(|g| id(g, "gid")).transpose()?.unwrap_or(0));
+        if !a.additional_gids.is_empty() {
+            user.set_additional_gids(Some(a.additional_gids.clone()));
+        }
+        p.set_user(user);
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    add_caps(&mut p, &a.cap)?;
+    Ok(p)
+}
+
+/// The spec's environment with `--env` values applied: a `NAME=VALUE`
+/// replaces every `NAME` of the spec (runc appends and its `prepareEnv`
+/// keeps the last value, which is the same environment; appending alone
+/// would leave the spec's first, which is what getenv(3) finds).
+pub fn merge_env(base: &[String], extra: &[String]) -> Result<Vec<String>, OpError> {
+    let mut names = Vec::with_capacity(extra.len());
+    for e in extra {
+        match e.split_once('=') {
+            Some((name, _)) if !name.is_empty() => names.push(name),
+            _ => {
+                return Err(OpError::Invalid(format!(
+                    "--env {e:?}: expected NAME=VALUE"
+                )))
+            }
+        }
+    }
+    let name_of = |kv: &str| kv.split_once('=').map_or(kv, |(n, _)| n).to_owned();
+    let mut out: Vec<String> = base
+        .iter()
+        .filter(|kv| !names.contains(&name_of(kv).as_str()))
+        .cloned()
+        .collect();
+    // A name given twice on the command line: its last value.
+    for (i, e) in extra.iter().enumerate() {
+        if !names[i + 1..].contains(&names[i]) {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// `--cap`: like runc, each capability joins the bounding, effective and
+/// permitted sets, and the ambient set when the process has an
+/// inheritable set (an ambient capability needs an inheritable one). A
+/// process without a `capabilities` object keeps every capability it has
+/// (see the agent's capabilities module), so there is nothing to add.
+fn add_caps(p: &mut Process, names: &[String]) -> Result<(), OpError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let Some(mut c) = p.capabilities().clone() else {
+        return Ok(());
+    };
+    for name in names {
+        let cap: Capability = serde_json::from_value(serde_json::Value::String(name.clone()))
+            .map_err(|_| OpError::Invalid(format!("--cap {name:?}: unknown capability")))?;
+        let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(cap);
+            Some(set)
+        };
+        c.set_bounding(add(c.bounding()));
+        c.set_effective(add(c.effective()));
+        c.set_permitted(add(c.permitted()));
+        if c.inheritable().is_some() {
+            c.set_ambient(add(c.ambient()));
+        }
+    }
+    p.set_capabilities(Some(c));
+    Ok(())
+}
+
+/// `--cgroup` values as runc parses them, for a guest with cgroup v2 only:
+/// one `PATH` (relative to the container's cgroup; `/` is that cgroup
+/// itself). runc's `CONTROLLER[,CONTROLLER]:PATH` form places the process
+/// per cgroup v1 controller, which a cgroup v2 guest cannot honour, so it
+/// is refused rather than ignored.
+pub fn sub_cgroup(args: &[String]) -> Result<Option<String>, OpError> {
+    let mut path = None;
+    for a in args {
+        if let Some((ctrls, _)) = a.split_once(':') {
+            if ctrls.split(',').any(str::is_empty) {
+                return Err(OpError::Invalid(format!(
+                    "invalid --cgroup argument: {a} (empty <controller> prefix)"
+                )));
+            }
+            return Err(OpError::Invalid(format!(
+                "--cgroup {a}: per-controller sub-cgroups are cgroup v1, and the guest has \
+                 cgroup v2 only; give one sub-cgroup path, without a controller"
+            )));
+        }
+        if args.len() != 1 {
+            return Err(OpError::Invalid(format!(
+                "invalid --cgroup argument: {a} (missing <controller>: prefix; cgroup v2 \
+                 takes one path)"
+            )));
+        }
+        path = Some(a.clone());
+    }
+    Ok(path)
+}
+
+/// The container's state once an exec may go ahead. A stopped container
+/// is refused. A paused one is refused with runc's message unless
+/// `ignore_paused`; then the exec waits for the resume, as runc's
+/// completes only once the container runs again (its vCPUs are parked:
+/// the agent cannot answer before).
+fn execable_state(rt: &Runtime, id: &str, ignore_paused: bool) -> Result<ContainerState, OpError> {
+    let mut waiting = false;
+    loop {
+        let st = rt.root.load(id)?;
+        if !st.monitor_alive() {
+            return Err(OpError::BadState {
+                id: id.into(),
+                status: Status::Stopped,
+                what: "cannot exec in it",
+            });
+        }
+        if st.status != Status::Paused {
+            if waiting {
+                tracing::info!(container = id, "resumed; the exec goes ahead");
+            }
+            return Ok(st);
+        }
+        if !ignore_paused {
+            return Err(OpError::BadState {
+                id: id.into(),
+                status: Status::Paused,
+                what: "cannot exec in a paused container (use --ignore-paused to override)",
+            });
+        }
+        if !waiting {
+            tracing::info!(
+                container = id,
+                "paused; the exec waits for it to be resumed"
+            );
+            waiting = true;
+        }
+        std::thread::sleep(PAUSED_POLL);
+    }
 }
 
 fn new_exec_id() -> String {
@@ -42,25 +220,13 @@ fn new_exec_id() -> String {
 /// Runs `opts.process` in container `id`. Returns its exit status, or 0
 /// when detached.
 pub fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, OpError> {
-    let st = rt.root.load(id)?;
-    if !st.monitor_alive() || st.status == Status::Paused {
-        let status = if st.monitor_alive() {
-            st.status
-        } else {
-            Status::Stopped
-        };
-        return Err(OpError::BadState {
-            id: id.into(),
-            status,
-            what: "cannot exec in it",
-        });
-    }
     let tty = opts.process.terminal().unwrap_or(false);
     if tty && opts.detach && opts.console_socket.is_none() {
         return Err(OpError::Invalid(
             "exec --tty --detach needs --console-socket".into(),
         ));
     }
+    let st = execable_state(rt, id, opts.ignore_paused)?;
     let exec_id = new_exec_id();
     let mut agent = rt.agent(&st)?;
     let req = ExecProcess {
@@ -72,6 +238,7 @@ pub fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, OpError> 
             stdout: !tty,
             stderr: !tty,
         },
+        cgroup: opts.cgroup.clone(),
     };
     agent
         .call(Request::ExecProcess(Box::new(req)))
@@ -223,5 +390,208 @@ fn resize(addr: &husk_protocol::client::AgentAddr, id: &str, exec_id: &str, term
             rows,
             cols,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::time::{Duration, Instant};
+
+    fn exec_args(argv: &[&str]) -> ExecArgs {
+        let mut full = vec!["husk", "exec"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Exec(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn spec_process(caps: serde_json::Value) -> Process {
+        let mut v = serde_json::json!({
+            "args": ["sleep", "1000"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "env": ["PATH=/bin", "K=spec", "TERM=xterm", "K=spec2"],
+        });
+        if !caps.is_null() {
+            v["capabilities"] = caps;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// `exec --env K=V` overrides the spec's `K` (it used to be appended
+    /// after it, so a program's getenv found the spec's first).
+    #[test]
+    fn exec_env_overrides_the_specs() {
+        let a = exec_args(&["-e", "K=flag", "--env", "NEW=1", "-e", "NEW=2", "c", "sh"]);
+        let p = process_from_flags(spec_process(serde_json::Value::Null), &a).unwrap();
+        assert_eq!(
+            p.env().as_deref().unwrap(),
+            ["PATH=/bin", "TERM=xterm", "K=flag", "NEW=2"]
+        );
+        assert_eq!(p.args().as_deref().unwrap(), ["sh"]);
+        assert_eq!(merge_env(&["A=1".into()], &[]).unwrap(), ["A=1".to_owned()]);
+        for bad in ["NOVALUE", "=x"] {
+            let e = merge_env(&[], &[bad.into()]).unwrap_err().to_string();
+            assert_eq!(e, format!("--env {bad:?}: expected NAME=VALUE"));
+        }
+    }
+
+    /// `--cap` used to be parsed and dropped; runc adds it to the bounding,
+    /// effective and permitted sets, and to ambient when there is an
+    /// inheritable set.
+    #[test]
+    fn exec_cap_joins_the_sets_like_runc() {
+        let a = exec_args(&["--cap", "CAP_NET_RAW", "-c", "chown", "c", "sh"]);
+        let p = process_from_flags(
+            spec_process(serde_json::json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]})),
+            &a,
+        )
+        .unwrap();
+        let c = p.capabilities().clone().unwrap();
+        let want: oci_spec::runtime::Capabilities =
+            [Capability::Kill, Capability::NetRaw, Capability::Chown].into();
+        assert_eq!(c.bounding().as_ref(), Some(&want));
+        assert_eq!(c.effective().as_ref(), Some(&want));
+        assert_eq!(
+            c.permitted().as_ref(),
+            Some(&[Capability::NetRaw, Capability::Chown].into())
+        );
+        assert_eq!(c.inheritable(), &None);
+        assert_eq!(c.ambient(), &None, "no inheritable set: no ambient");
+        let p = process_from_flags(
+            spec_process(serde_json::json!({"inheritable": []})),
+            &exec_args(&["--cap", "NET_RAW", "c", "sh"]),
+        )
+        .unwrap();
+        assert_eq!(
+            p.capabilities().as_ref().unwrap().ambient().as_ref(),
+            Some(&[Capability::NetRaw].into())
+        );
+        // No capabilities object: every capability is kept already.
+        let p = process_from_flags(
+            spec_process(serde_json::Value::Null),
+            &exec_args(&["--cap", "CAP_NET_RAW", "c", "sh"]),
+        )
+        .unwrap();
+        assert_eq!(p.capabilities(), &None);
+        let e = process_from_flags(
+            spec_process(serde_json::json!({})),
+            &exec_args(&["--cap", "CAP_FOO", "c", "sh"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "--cap \"CAP_FOO\": unknown capability");
+    }
+
+    #[test]
+    fn exec_cgroup_takes_one_v2_path_and_refuses_v1_controllers() {
+        let none: Vec<String> = vec![];
+        assert_eq!(sub_cgroup(&none).unwrap(), None);
+        let a = exec_args(&["--cgroup", "sub/x", "c", "sh"]);
+        assert_eq!(sub_cgroup(&a.cgroup).unwrap().as_deref(), Some("sub/x"));
+        for (args, want) in [
+            (
+                vec!["memory:sub"],
+                "--cgroup memory:sub: per-controller sub-cgroups are cgroup v1",
+            ),
+            (
+                vec!["cpu,cpuacct:sub"],
+                "--cgroup cpu,cpuacct:sub: per-controller",
+            ),
+            (
+                vec![":sub"],
+                "invalid --cgroup argument: :sub (empty <controller> prefix)",
+            ),
+            (
+                vec!["a", "b"],
+                "invalid --cgroup argument: a (missing <controller>: prefix",
+            ),
+        ] {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            let e = sub_cgroup(&args).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{args:?}: {e}");
+        }
+    }
+
+    /// A state root holding container `id` with `status`, its "monitor"
+    /// this (live) test process and no agent behind its vsock path.
+    fn recorded(root: &std::path::Path, id: &str, status: Status) -> Runtime {
+        let mut rt = Runtime::new(root.to_owned());
+        // Nothing listens: fail the connect fast.
+        rt.deadlines.connect = Duration::from_millis(200);
+        let dir = rt.root.claim(id).unwrap();
+        let me = std::process::id() as i32;
+        rt.root
+            .save(&ContainerState {
+                oci_version: "1.0.2".into(),
+                id: id.into(),
+                status,
+                pid: me,
+                pid_start_time: crate::state::process_start_time(me).unwrap(),
+                bundle: "/nonexistent-bundle".into(),
+                rootfs: "/nonexistent-bundle/rootfs".into(),
+                created: "2026-01-01T00:00:00Z".into(),
+                annotations: Default::default(),
+                guest_pid: 1,
+                engine_pid: None,
+                vsock_uds: dir.join("vsock.sock"),
+                agent_port: husk_protocol::DEFAULT_AGENT_PORT,
+                mounts: vec![],
+                network: None,
+            })
+            .unwrap();
+        rt
+    }
+
+    fn opts(ignore_paused: bool) -> ExecOptions {
+        ExecOptions {
+            process: spec_process(serde_json::Value::Null),
+            detach: false,
+            pid_file: None,
+            console_socket: None,
+            ignore_paused,
+            cgroup: None,
+        }
+    }
+
+    /// runc refuses an exec into a paused container unless
+    /// `--ignore-paused`, with this message; the refusal comes before the
+    /// agent (whose vCPUs are parked) is asked anything.
+    #[test]
+    fn exec_into_a_paused_container_needs_ignore_paused() {
+        let t = tempfile::tempdir().unwrap();
+        let rt = recorded(t.path(), "p", Status::Paused);
+        let e = exec(&rt, "p", &opts(false)).unwrap_err();
+        assert!(matches!(e, OpError::BadState { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "container p is paused: cannot exec in a paused container (use --ignore-paused to override)"
+        );
+    }
+
+    /// With `--ignore-paused` the exec waits until the container is resumed
+    /// and then goes to the agent (absent here, so that is the error).
+    #[test]
+    fn exec_with_ignore_paused_goes_ahead_once_resumed() {
+        let t = tempfile::tempdir().unwrap();
+        let rt = recorded(t.path(), "p", Status::Paused);
+        let resumer = rt.clone();
+        let started = Instant::now();
+        let resume_after = Duration::from_millis(300);
+        std::thread::spawn(move || {
+            std::thread::sleep(resume_after);
+            let mut st = resumer.root.load("p").unwrap();
+            st.status = Status::Running;
+            resumer.root.save(&st).unwrap();
+        });
+        let e = exec(&rt, "p", &opts(true)).unwrap_err();
+        assert!(started.elapsed() >= resume_after, "went ahead while paused");
+        assert!(matches!(e, OpError::Agent { .. }), "{e:?}");
+        // A running container is not held up at all.
+        let rt = recorded(t.path(), "r", Status::Running);
+        let st = execable_state(&rt, "r", true).unwrap();
+        assert_eq!(st.status, Status::Running);
     }
 }

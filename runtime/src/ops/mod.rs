@@ -14,7 +14,7 @@ use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::ErrorCode;
 
 pub use create::{check as check_create, create, now_rfc3339, CreateOptions};
-pub use exec::{exec, exec_attach, ExecOptions};
+pub use exec::{exec, exec_attach, merge_env, process_from_flags, sub_cgroup, ExecOptions};
 pub use info::{default_spec, features};
 pub use lifecycle::{
     delete, kill, list, pause, ps, ps_table, resume, start, state, wait_monitor, OciState,

@@ -687,6 +687,7 @@ fn start_in_vm(
             exec_id: exec_id.to_owned(),
             process,
             stdio: stdio.spec(),
+            cgroup: None,
         })))
         .map_err(|e| not_started(e.into()))?;
     let Response::Process { pid } = r else {
@@ -748,7 +749,8 @@ impl Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        let process: oci_spec::runtime::Process = serde_json::from_slice(&req.spec.value)
+        // parse_json: an error names the field (`capabilities.bounding[0]`).
+        let process: oci_spec::runtime::Process = crate::bundle::parse_json(&req.spec.value)
             .map_err(|e| ShimError::Invalid(format!("bad exec process spec: {e}")))?;
         let mut inner = self.settled(&req.id);
         let c = inner
