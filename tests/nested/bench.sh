@@ -10,4 +10,4 @@ here=$(cd "$(dirname "$0")" && pwd)
 N=3
 if [ "${1:-}" = -n ]; then N=$2; shift 2; fi
 cd "$here/../.."
-exec "$here/run.sh" --cpus 2 --timeout 3600 -- "$here/bench-in-l1.sh" "$N"
+exec "$here/run.sh" --cpus 1 --timeout 3600 -- "$here/bench-in-l1.sh" "$N"

@@ -25,7 +25,7 @@ mapfile -t bins < <(cargo test --release --no-run --message-format=json "${tests
 [ ${#bins[@]} -eq 6 ] || die "expected 6 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
 
 out=$(mktemp /tmp/husk-nested.XXXXXX.log)
-"$here/run.sh" --cpus 2 --timeout "${HUSK_NESTED_TIMEOUT:-1800}" -- \
+"$here/run.sh" --cpus 1 --timeout "${HUSK_NESTED_TIMEOUT:-1800}" -- \
   "$here/in-l1.sh" "${bins[@]}" -- shim-ctr 2>&1 | tee "$out" \
   | grep --line-buffered -E '^(test |SKIP|     Running |ok   |FAIL |skip |shell: |l1: |run.sh: |thread .* panicked|failures:)'
 rc=${PIPESTATUS[0]}
