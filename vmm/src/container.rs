@@ -81,6 +81,8 @@ pub trait Guest {
     }
     /// Parks or runs the vCPUs (`husk pause` / `resume`).
     fn set_paused(&mut self, _paused: bool) {}
+    /// Records that the container's init exited or the VM ended.
+    fn record_stopped(&mut self) {}
 }
 
 impl Guest for VmHandle {
@@ -104,6 +106,9 @@ impl Guest for VmHandle {
     }
     fn set_paused(&mut self, paused: bool) {
         VmHandle::set_paused(self, paused)
+    }
+    fn record_stopped(&mut self) {
+        VmHandle::record_stopped(self)
     }
 }
 
@@ -560,6 +565,8 @@ fn supervise(
         let _ = poll(&mut fds, PollTimeout::NONE);
         let _ = (&setup.waiter_wake).read(&mut wake_buf);
     };
+    // Said before the drain and the VM's stop, which take seconds.
+    vm.record_stopped();
     let status = match result {
         Ok(s) => {
             tracing::info!(status = s, "container init exited");

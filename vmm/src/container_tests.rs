@@ -101,6 +101,8 @@ struct FakeGuest {
     stopped: UnixStream,
     exited: bool,
     shut_down: bool,
+    /// What the supervisor asked of the guest, in order.
+    events: Vec<&'static str>,
 }
 
 impl Guest for FakeGuest {
@@ -123,6 +125,7 @@ impl Guest for FakeGuest {
         let mut b = [0u8; 1];
         let _ = (&self.stopped).read(&mut b);
         self.exited = true;
+        self.events.push("wait");
         Some(VmExit::GuestStopped)
     }
     fn exit_fds(&self) -> Vec<BorrowedFd<'_>> {
@@ -130,6 +133,10 @@ impl Guest for FakeGuest {
     }
     fn shutdown(&mut self) {
         self.shut_down = true;
+        self.events.push("shutdown");
+    }
+    fn record_stopped(&mut self) {
+        self.events.push("stopped");
     }
 }
 
@@ -158,6 +165,7 @@ fn fake(dir: &std::path::Path) -> (FakeGuest, Arc<State>) {
             stopped: b,
             exited: false,
             shut_down: false,
+            events: vec![],
         },
         st,
     )
@@ -234,6 +242,9 @@ fn runs_a_container_end_to_end_against_a_fake_agent() {
     );
     assert_eq!(status, 7);
     assert!(guest.shut_down && guest.exited);
+    // The stop is recorded (for `husk state`) before the seconds-long
+    // wait for the guest to stop.
+    assert_eq!(guest.events, ["stopped", "wait", "shutdown"]);
     let mut line = String::new();
     io.ready_r.read_to_string(&mut line).unwrap();
     assert_eq!(line, "{\"ok\":true,\"pid\":42}\n");
@@ -359,6 +370,7 @@ fn agent_errors_and_dead_guests_are_reported() {
         stopped: UnixStream::pair().unwrap().0,
         exited: true,
         shut_down: false,
+        events: vec![],
     };
     let status = supervise_container(
         &mut guest,

@@ -149,42 +149,85 @@ mod tests {
     }
 }
 
-/// The file in the state directory saying whether the guest's vCPUs run
-/// (`running`) or are parked (`paused`, after `husk pause`): written by the
-/// monitor once the change took effect, read by the runtime.
+/// The file in the state directory saying what the guest is doing:
+/// `running`, `paused` (its vCPUs parked, after `husk pause`) or `stopped`
+/// (the container's init exited, or the VM ended: written the moment the
+/// monitor learns it, before it drains the output and stops the VM, so
+/// `husk state` says `stopped` at once). Written by the monitor, read by
+/// the runtime.
 pub const VM_STATE_FILE: &str = "vm-state";
+
+/// What the monitor's [`VM_STATE_FILE`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// The vCPUs run.
+    Running,
+    /// The vCPUs are parked.
+    Paused,
+    /// The container's init exited or the VM ended; never changes again.
+    Stopped,
+}
+
+impl VmState {
+    /// The file's text: all of the same length, so one write at offset 0
+    /// replaces the last.
+    fn text(self) -> &'static [u8; 8] {
+        match self {
+            VmState::Running => b"running\n",
+            VmState::Paused => b"paused \n",
+            VmState::Stopped => b"stopped\n",
+        }
+    }
+}
 
 /// The monitor's [`VM_STATE_FILE`], opened before it confines itself.
 #[derive(Debug)]
-pub struct VmStateFile(std::fs::File);
+pub struct VmStateFile {
+    file: std::fs::File,
+    last: VmState,
+}
 
 impl VmStateFile {
     /// Creates `STATE_DIR/vm-state` saying `running`.
     pub fn create(state_dir: &Path) -> std::io::Result<Self> {
-        let mut f = VmStateFile(std::fs::File::create(state_dir.join(VM_STATE_FILE))?);
-        f.set(false)?;
+        let file = std::fs::File::create(state_dir.join(VM_STATE_FILE))?;
+        let mut f = VmStateFile {
+            file,
+            last: VmState::Running,
+        };
+        f.write(VmState::Running)?;
         Ok(f)
     }
 
-    /// Records paused or running (same length, so one write at offset 0
-    /// replaces it; lseek + write, which the confined monitor may use).
-    pub fn set(&mut self, paused: bool) -> std::io::Result<()> {
+    /// Records `state`, unless `stopped` was recorded already: a stopped
+    /// guest is not paused or resumed again.
+    pub fn set(&mut self, state: VmState) -> std::io::Result<()> {
+        if self.last == VmState::Stopped || self.last == state {
+            return Ok(());
+        }
+        self.write(state)?;
+        self.last = state;
+        Ok(())
+    }
+
+    /// lseek + write, which the confined monitor may use.
+    fn write(&mut self, state: VmState) -> std::io::Result<()> {
         use std::io::Seek;
-        let text: &[u8; 8] = if paused { b"paused \n" } else { b"running\n" };
-        self.0.rewind()?;
-        self.0.write_all(text)
+        self.file.rewind()?;
+        self.file.write_all(state.text())
     }
 }
 
-/// Whether the monitor of `state_dir` says its guest is paused (`None`
-/// when it says nothing: no such file, an older monitor).
-pub fn vm_paused(state_dir: &Path) -> Option<bool> {
+/// What the monitor of `state_dir` says its guest does (`None` when it
+/// says nothing: no such file, an older monitor).
+pub fn vm_state(state_dir: &Path) -> Option<VmState> {
     match std::fs::read_to_string(state_dir.join(VM_STATE_FILE))
         .ok()?
         .trim()
     {
-        "paused" => Some(true),
-        "running" => Some(false),
+        "paused" => Some(VmState::Paused),
+        "running" => Some(VmState::Running),
+        "stopped" => Some(VmState::Stopped),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleRelay;
 use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError};
 use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
+use crate::journal::VmState;
 use crate::process::{describe, Supervised};
 
 /// The VM could not be started or failed.
@@ -289,13 +290,28 @@ impl VmHandle {
                     "vCPUs {}",
                     if paused { "parked" } else { "running" }
                 );
-                if let Some(f) = self.vm_state.as_mut() {
-                    if let Err(e) = f.set(paused) {
-                        tracing::warn!("cannot record the vm state: {e}");
-                    }
-                }
+                self.record(if paused {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                });
             }
             Err(e) => tracing::error!(paused, "cannot change the vCPUs' state: {e}"),
+        }
+    }
+
+    /// Records in `vm-state` that the container's init exited (or the VM
+    /// ended): `husk state` says `stopped` from now on, while the monitor
+    /// still drains the output and stops the VM.
+    pub fn record_stopped(&mut self) {
+        self.record(VmState::Stopped);
+    }
+
+    fn record(&mut self, state: VmState) {
+        if let Some(f) = self.vm_state.as_mut() {
+            if let Err(e) = f.set(state) {
+                tracing::warn!("cannot record the vm state: {e}");
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use super::{OpError, Runtime};
 use crate::bundle::{unmount_all, Bundle};
 use crate::hooks::run_hooks;
 use crate::state::{ContainerState, Status};
+use husk_vmm::journal::VmState;
 
 /// The OCI state (`husk state`).
 #[derive(Debug, Serialize)]
@@ -64,10 +65,11 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
 }
 
 /// The live status: the recorded one, corrected by whether the monitor
-/// still runs and by what the agent says within `deadline` (connect and
-/// answer together); an agent that is silent, dying or gone leaves the
-/// recorded status.
-fn agent_status(st: &ContainerState, deadline: Duration) -> Status {
+/// still runs, by its `vm-state` file (`stopped` the moment the
+/// container's init exited, while the VM still shuts down) and by what the
+/// agent says within `deadline` (connect and answer together); an agent
+/// that is silent, dying or gone leaves the recorded status.
+fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status {
     if !st.monitor_alive() {
         return if st.status == Status::Creating {
             Status::Creating
@@ -75,8 +77,19 @@ fn agent_status(st: &ContainerState, deadline: Duration) -> Status {
             Status::Stopped
         };
     }
-    if matches!(st.status, Status::Paused | Status::Creating) {
+    if st.status == Status::Creating {
         return st.status;
+    }
+    let vm_state = rt
+        .root
+        .dir(&st.id)
+        .ok()
+        .and_then(|d| husk_vmm::journal::vm_state(&d));
+    match vm_state {
+        Some(VmState::Stopped) => return Status::Stopped,
+        Some(VmState::Paused) => return Status::Paused,
+        _ if st.status == Status::Paused => return st.status,
+        _ => {}
     }
     let until = Instant::now() + deadline;
     let asked = husk_protocol::client::AgentClient::connect(&Runtime::agent_addr(st), deadline)
@@ -110,7 +123,7 @@ fn agent_status(st: &ContainerState, deadline: Duration) -> Status {
 /// is changing or removing the state: `state` and `list` never wait, and
 /// never write back a stale copy).
 fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
-    let status = agent_status(st, rt.deadlines.status);
+    let status = agent_status(rt, st, rt.deadlines.status);
     if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
         record_stop(rt, &st.id);
     }
@@ -368,7 +381,22 @@ fn set_paused(rt: &Runtime, st: &ContainerState, paused: bool) -> Result<(), OpE
         )));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while husk_vmm::journal::vm_paused(&dir) != Some(paused) {
+    let want = if paused {
+        VmState::Paused
+    } else {
+        VmState::Running
+    };
+    loop {
+        match husk_vmm::journal::vm_state(&dir) {
+            Some(s) if s == want => break,
+            Some(VmState::Stopped) => {
+                return Err(OpError::Invalid(format!(
+                    "container {id}: it stopped before its VM could {}",
+                    if paused { "park" } else { "resume" }
+                )))
+            }
+            _ => {}
+        }
         if std::time::Instant::now() >= deadline || !st.monitor_alive() {
             return Err(OpError::Invalid(format!(
                 "container {id}: the monitor did not {} the VM's vCPUs within 10 s",

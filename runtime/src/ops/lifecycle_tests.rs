@@ -275,3 +275,33 @@ fn state_and_list_record_a_stop_only_under_the_lock() {
     record_stop(&rt, "c1");
     assert!(!tmp.path().join("c1").exists());
 }
+
+/// The monitor writes `stopped` to `vm-state` the moment the container's
+/// init exits, seconds before the VM is down: `state` and `list` say
+/// `stopped` from then on, even while the dying agent no longer answers
+/// (before, they waited out the deadline and said `running`), and record
+/// it, so `delete` without `--force` is allowed.
+#[test]
+fn a_stop_the_monitor_recorded_is_stopped_at_once_while_the_agent_is_wedged() {
+    let t = tempfile::tempdir().unwrap();
+    let rt = running(t.path(), "c1", Some(Agent::MuteDaemon));
+    let dir = rt.root.dir("c1").unwrap();
+    let mut f = husk_vmm::journal::VmStateFile::create(&dir).unwrap();
+    let rt2 = rt.clone();
+    assert_eq!(
+        within(STATUS_DEADLINE * 2, move || state(&rt2, "c1").unwrap()).status,
+        Status::Running,
+        "running while vm-state says running"
+    );
+    f.set(VmState::Stopped).unwrap();
+    // A late pause request cannot undo it.
+    f.set(VmState::Paused).unwrap();
+    assert_eq!(husk_vmm::journal::vm_state(&dir), Some(VmState::Stopped));
+    let rt2 = rt.clone();
+    let st = within(STATUS_DEADLINE * 2, move || state(&rt2, "c1").unwrap());
+    assert_eq!(st.status, Status::Stopped);
+    assert_eq!(rt.root.load("c1").unwrap().status, Status::Stopped);
+    let rt2 = rt.clone();
+    let all = within(STATUS_DEADLINE * 2, move || list(&rt2).unwrap());
+    assert_eq!(all[0].status, Status::Stopped);
+}
