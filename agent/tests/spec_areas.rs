@@ -634,3 +634,65 @@ fn rootfs_propagation() {
         }
     }
 }
+
+/// A time namespace with `linux.timeOffsets`: the container's monotonic
+/// and boot clocks run a year ahead of the guest's (`/proc/uptime` is the
+/// boottime clock).
+#[test]
+fn time_namespace_with_offsets() {
+    const YEAR: u64 = 365 * 24 * 3600;
+    let Some(out) = sh("time_namespace", &[], "cut -d. -f1 /proc/uptime", |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({
+            "boottime": {"secs": YEAR, "nanosecs": 0},
+            "monotonic": {"secs": YEAR}
+        });
+    }) else {
+        return;
+    };
+    let uptime: u64 = out.trim().parse().unwrap();
+    assert!(uptime >= YEAR, "uptime {uptime} s in the container");
+}
+
+/// Offsets without a time namespace of the container's own, or for a
+/// clock a time namespace cannot shift, are refused at create, naming the
+/// field.
+#[test]
+fn time_offsets_need_a_time_namespace_and_a_shiftable_clock() {
+    if !can_run("time_offsets_refused") {
+        return;
+    }
+    let agent = Agent::start();
+    for (i, (ns, clock, want)) in [
+        (false, "monotonic", "creates no time namespace"),
+        (true, "realtime", "linux.timeOffsets.realtime"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (spec, dir) = agent.bundle(&format!("b{i}"), &[], &["true"]);
+        let spec = patch(spec, |c| {
+            if ns {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "time"}));
+            }
+            c["linux"]["timeOffsets"] = json!({clock: {"secs": 10}});
+        });
+        let mut c = agent.client();
+        let e = create(&mut c, "c", spec, husk_protocol::StdioSpec::default()).unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(husk_protocol::ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains(want), "{e}");
+        assert_no_mounts(&dir);
+        assert_no_children(&agent);
+    }
+    agent.shutdown();
+}

@@ -20,8 +20,12 @@ pub struct NsPlan {
     /// The other namespaces to create.
     pub new_flags: CloneFlags,
     /// A fork is needed afterwards so that the process lands in the pid
-    /// namespace that was created or joined.
+    /// (or time) namespace that was created or joined: both take effect
+    /// for the children of the process that unshares them.
     pub fork_for_pid: bool,
+    /// `/proc/self/timens_offsets` for a new time namespace, written
+    /// between its unshare and the fork (`linux.timeOffsets`).
+    pub time_offsets: Option<String>,
 }
 
 impl Default for NsPlan {
@@ -31,6 +35,7 @@ impl Default for NsPlan {
             new_user: false,
             new_flags: CloneFlags::empty(),
             fork_for_pid: false,
+            time_offsets: None,
         }
     }
 }
@@ -45,12 +50,39 @@ pub fn ns_flag(t: LinuxNamespaceType) -> Result<(CloneFlags, &'static str), Setu
         LinuxNamespaceType::User => (CloneFlags::CLONE_NEWUSER, "user"),
         LinuxNamespaceType::Pid => (CloneFlags::CLONE_NEWPID, "pid"),
         LinuxNamespaceType::Network => (CloneFlags::CLONE_NEWNET, "net"),
-        LinuxNamespaceType::Time => {
-            return Err(SetupError::Invalid(
-                "time namespaces are not supported".into(),
-            ))
-        }
+        LinuxNamespaceType::Time => (time_flag(), "time"),
     })
+}
+
+/// CLONE_NEWTIME, which nix's `CloneFlags` does not name.
+fn time_flag() -> CloneFlags {
+    CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)
+}
+
+/// The text of `/proc/self/timens_offsets` for `linux.timeOffsets`: the
+/// clocks a time namespace can shift are `monotonic` and `boottime`.
+fn time_offsets_text(linux: &Linux) -> Result<Option<String>, SetupError> {
+    let Some(offsets) = linux.time_offsets().as_ref().filter(|o| !o.is_empty()) else {
+        return Ok(None);
+    };
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::new();
+    for (clock, off) in clocks {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(SetupError::Invalid(format!(
+                "linux.timeOffsets.{clock}: a time namespace shifts only the monotonic and boottime clocks"
+            )));
+        }
+        let nanos = off.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(SetupError::Invalid(format!(
+                "linux.timeOffsets.{clock}.nanosecs: {nanos} is not below one second"
+            )));
+        }
+        text.push_str(&format!("{clock} {} {nanos}\n", off.secs().unwrap_or(0)));
+    }
+    Ok(Some(text))
 }
 
 /// The plan for a container's init, from `linux.namespaces`. Opens the
@@ -68,14 +100,14 @@ pub fn plan_create(linux: &Linux) -> Result<NsPlan, SetupError> {
                     f.into(),
                     format!("{name} namespace {}", path.display()),
                 ));
-                if flag == CloneFlags::CLONE_NEWPID {
+                if flag == CloneFlags::CLONE_NEWPID || flag == time_flag() {
                     plan.fork_for_pid = true;
                 }
             }
             _ if flag == CloneFlags::CLONE_NEWUSER => plan.new_user = true,
             _ => {
                 plan.new_flags |= flag;
-                if flag == CloneFlags::CLONE_NEWPID {
+                if flag == CloneFlags::CLONE_NEWPID || flag == time_flag() {
                     plan.fork_for_pid = true;
                 }
             }
@@ -83,6 +115,15 @@ pub fn plan_create(linux: &Linux) -> Result<NsPlan, SetupError> {
     }
     plan.join
         .sort_by_key(|(f, _, _)| *f != CloneFlags::CLONE_NEWUSER);
+    // As runc: offsets need a time namespace of the container's own.
+    plan.time_offsets = time_offsets_text(linux)?;
+    if plan.time_offsets.is_some() && !plan.new_flags.contains(time_flag()) {
+        return Err(SetupError::Invalid(
+            "linux.timeOffsets is set, but linux.namespaces creates no time namespace \
+             (a joined one keeps its own offsets)"
+                .into(),
+        ));
+    }
     Ok(plan)
 }
 
@@ -90,7 +131,7 @@ pub fn plan_create(linux: &Linux) -> Result<NsPlan, SetupError> {
 /// from the agent's own.
 pub fn plan_exec(init_pid: i32) -> Result<NsPlan, SetupError> {
     let mut plan = NsPlan::default();
-    for name in ["user", "mnt", "uts", "ipc", "net", "pid", "cgroup"] {
+    for name in ["user", "mnt", "uts", "ipc", "net", "pid", "cgroup", "time"] {
         let theirs = format!("/proc/{init_pid}/ns/{name}");
         let ours = format!("/proc/self/ns/{name}");
         let (Ok(t), Ok(o)) = (fs::metadata(&theirs), fs::metadata(&ours)) else {
@@ -106,11 +147,12 @@ pub fn plan_exec(init_pid: i32) -> Result<NsPlan, SetupError> {
             "ipc" => CloneFlags::CLONE_NEWIPC,
             "net" => CloneFlags::CLONE_NEWNET,
             "pid" => CloneFlags::CLONE_NEWPID,
+            "time" => time_flag(),
             _ => CloneFlags::CLONE_NEWCGROUP,
         };
         let f = File::open(&theirs).map_err(sys(format!("open {theirs}")))?;
         plan.join.push((flag, f.into(), theirs));
-        if flag == CloneFlags::CLONE_NEWPID {
+        if flag == CloneFlags::CLONE_NEWPID || flag == time_flag() {
             plan.fork_for_pid = true;
         }
     }
@@ -136,6 +178,13 @@ pub fn enter(
     }
     if !plan.new_flags.is_empty() {
         unshare(plan.new_flags).map_err(sys(format!("create namespaces {:?}", plan.new_flags)))?;
+        if let Some(text) = &plan.time_offsets {
+            // Before any process enters it: the fork after this.
+            fs::write("/proc/self/timens_offsets", text).map_err(sys(format!(
+                "set the time namespace's offsets ({})",
+                text.trim()
+            )))?;
+        }
         if plan.new_flags.contains(CloneFlags::CLONE_NEWNET) {
             // As with runc: a new network namespace has a working loopback.
             crate::network::loopback_up().map_err(|e| SetupError::Sys {

@@ -27,7 +27,7 @@ pub fn features() -> Value {
             "strictatime", "suid", "sync", "unbindable"
         ],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
             "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
             "seccomp": {
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn features_lists_namespaces_and_caps() {
         let f = super::features();
-        assert!(f["linux"]["namespaces"].as_array().unwrap().len() == 7);
+        assert!(f["linux"]["namespaces"].as_array().unwrap().len() == 8);
         assert!(f["linux"]["capabilities"]
             .as_array()
             .unwrap()
