@@ -173,12 +173,16 @@ log "booting the L1 (kernel $kver, $cpus vCPU, $mem MiB, AMD SVM under TCG)"
 # taking int3 at `__schedule+0x2ab`, where memory held a nop, and the int3
 # handler, finding no int3 there, rewound and retried forever with
 # interrupts off: the whole L1 wedged (about one `husk run` in twenty).
+# And a periodic tick in the L1 (`highres=off nohz=off`): with one-shot
+# timers, an L1 vCPU once slept in HLT for 152 s with the test runnable,
+# its timer interrupt gone, until a byte on its serial port woke it; a
+# periodic LAPIC timer re-arms itself, so one lost interrupt costs a tick.
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg,thread=single -M q35 -cpu EPYC-v3,+svm,+npt -smp "$cpus" -m "$mem" \
   -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
   -kernel "$vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 quiet loglevel=${HUSK_NESTED_LOGLEVEL:-3} panic=-1 husk_stage2=$here/l1-init.sh" \
+  -append "console=ttyS0 quiet loglevel=${HUSK_NESTED_LOGLEVEL:-3} panic=-1 highres=off nohz=off husk_stage2=$here/l1-init.sh" \
   -chardev socket,id=root,path="$job/root.sock" -device vhost-user-fs-pci,chardev=root,tag=hostroot \
   -chardev socket,id=job,path="$job/job.sock" -device vhost-user-fs-pci,chardev=job,tag=job \
   -nic none -nographic -no-reboot -serial mon:stdio "${debug_shell[@]}" </dev/null \
