@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as root on a Debian 12 machine: builds and installs
-# what the tests need (scripts/setup.sh --no-run, cached), then the Rust
+# what the tests need (scripts/setup.sh --no-run, cached), checks fmt and
+# clippy, then the Rust
 # tests of every crate (unit, host-root, KVM and end-to-end tiers; a test
 # whose host lacks something prints why it skips), then the shell tests,
 # then the nested tier (the builtin engine end to end in an AMD-V L1).
@@ -17,6 +18,13 @@ jobs=${HUSK_JOBS:-$(nproc)}
 apt_need containerd podman python3 python3-venv containernetworking-plugins iproute2 util-linux
 
 cd "$root"
+# What the repository declares, enforced: formatting, and clippy with
+# warnings as errors (the workspace's lints, undocumented unsafe among them).
+log "cargo fmt --check; cargo clippy -D warnings"
+cargo fmt --all -- --check || die "cargo fmt: run 'cargo fmt' and commit"
+cargo clippy -q -j"$jobs" --workspace --all-targets -- -D warnings \
+  || die "cargo clippy found warnings"
+
 log "cargo test (workspace)"
 # Release, to reuse what setup.sh built. One test thread: the end-to-end
 # tests each boot a VM, and two cores cannot run several TCG guests at once
