@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as root on a Debian 12 machine: builds and installs
 # what the tests need (scripts/setup.sh --no-run, cached), checks fmt and
-# clippy, then the Rust
-# tests of every crate (unit, host-root, KVM and end-to-end tiers; a test
-# whose host lacks something prints why it skips), then the shell tests,
-# then the nested tier (the builtin engine end to end in an AMD-V L1).
+# clippy, then runs the Rust tests of every crate (unit, host-root, KVM and
+# end-to-end tiers; a test whose host lacks something prints why it skips),
+# the shell tests and the nested tier (the builtin engine end to end in an
+# AMD-V L1).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
