@@ -288,8 +288,31 @@ fn mounts_tmpfs_and_readonly_bind() {
             "{dest}: {out}"
         );
     }
-    // pivot_root: the old root is gone.
-    assert!(!out.contains(&srcp.replace("/tmp/", "/old")), "{out}");
+    // pivot_root: the old root is gone. Every mount the container sees
+    // is its root or below one of the destinations it asked for (the
+    // host's own mounts, /run or /boot say, would show otherwise), and
+    // only one is the root.
+    let asked = ["/proc", "/sys", "/dev", "/data", "/mnt/host"];
+    let points: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.contains(" - ")
+                && l.split(' ')
+                    .next()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    assert!(!points.is_empty(), "{out}");
+    assert_eq!(points.iter().filter(|p| **p == "/").count(), 1, "{out}");
+    for p in points.iter().filter(|p| **p != "/") {
+        assert!(
+            asked
+                .iter()
+                .any(|a| p == a || p.starts_with(&format!("{a}/"))),
+            "{p} is a mount the container did not ask for: {out}"
+        );
+    }
 }
 
 #[test]

@@ -210,6 +210,10 @@ mod tests {
 
     #[test]
     fn syscall_table_is_sorted_and_known() {
+        // syscall_number binary-searches: a name out of order is not found.
+        for w in SYSCALLS.windows(2) {
+            assert!(w[0].0 < w[1].0, "{} before {}", w[0].0, w[1].0);
+        }
         assert_eq!(syscall_number("read"), Some(0));
         assert_eq!(syscall_number("mkdir"), Some(83));
         assert_eq!(syscall_number("nope"), None);
