@@ -66,7 +66,8 @@ lifecycle() {
   done
   # crun refuses this host's hybrid v1/v2 cgroups unless told not to manage
   # them, and then still fails setrlimit(RLIMIT_MEMLOCK) without
-  # CAP_SYS_RESOURCE (ENVIRONMENT.md); the bench says so and goes on.
+  # CAP_SYS_RESOURCE (which this kind of sandboxed CI host may lack); the
+  # bench says so and goes on.
   local -A flags=([runc]="" [crun]="--cgroup-manager=disabled")
   for rt in runc crun; do
     local -n arr=$([ $rt = runc ] && echo r || echo c)

@@ -3,8 +3,8 @@
 //! Skips with a reason without `/dev/kvm` or a kernel.
 //!
 //! On PVM-backed KVM (no vmx/svm) the guest later stops on an instruction
-//! KVM's emulator lacks; the banner is what this host can prove (see
-//! shared/ENVIRONMENT.md). With hardware KVM it runs on until stopped.
+//! KVM's emulator lacks; the banner is what this host can prove (the
+//! nested tier, tests/nested/, runs the builtin engine to userspace). With hardware KVM it runs on until stopped.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;

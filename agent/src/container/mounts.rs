@@ -231,7 +231,7 @@ pub fn create_mount_point(target: &Path, source_is_file: bool) -> Result<(), Set
 }
 
 /// mount(2), behind a trait so a test can record which calls a spec
-/// produces without root (STYLE.md point 10).
+/// produces without root.
 pub trait Mounter {
     /// One mount(2) call.
     fn mount(
