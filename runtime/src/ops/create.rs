@@ -77,13 +77,18 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
 /// What `create` checks before it claims the id or touches the host: the
 /// bundle and its config.json ([`Bundle::load`]: every parse error names
 /// the field), the options, the operator's policy and the VM's size (read
-/// through `env`), the engine. No side effects: the config fuzz harness
+/// through `env`), the engine; logs the fields it accepts and does not
+/// apply ([`crate::unsupported`]). No other side effects: the config fuzz harness
 /// (`runtime/tests/fuzz_config.rs`) drives exactly this.
 pub fn check(
     opts: &CreateOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
     let bundle = Bundle::load(&opts.bundle)?;
+    crate::unsupported::warn_ignored(
+        &crate::unsupported::ignored(&bundle.spec),
+        &bundle.dir.display().to_string(),
+    );
     let terminal = bundle
         .spec
         .process()

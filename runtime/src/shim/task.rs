@@ -381,6 +381,7 @@ impl TaskService {
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
         let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        crate::unsupported::warn_ignored(&crate::unsupported::ignored(&bundle.spec), id);
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
         // every later one answers to the same operator rules.
@@ -752,6 +753,10 @@ impl Task for TaskService {
         // parse_json: an error names the field (`capabilities.bounding[0]`).
         let process: oci_spec::runtime::Process = crate::bundle::parse_json(&req.spec.value)
             .map_err(|e| ShimError::Invalid(format!("bad exec process spec: {e}")))?;
+        crate::unsupported::warn_ignored(
+            &crate::unsupported::ignored_in_process(&process, ""),
+            &req.id,
+        );
         let mut inner = self.settled(&req.id);
         let c = inner
             .containers
