@@ -122,3 +122,58 @@ fn seccomp_user_notification_is_refused_at_create() {
         "{e}"
     );
 }
+
+/// The host's CPU numbers: its highest online CPU + 1.
+fn host_cpus() -> u32 {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let last = online.trim().rsplit([',', '-']).next().unwrap();
+    last.parse::<u32>().unwrap() + 1
+}
+
+/// The guest's `linux.resources.cpu.cpus` and `.mems` after the checks.
+fn guest_cpuset(b: &husk_runtime::bundle::Bundle) -> (Option<String>, Option<String>) {
+    let cpu = b
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .and_then(|r| r.cpu().clone())
+        .unwrap_or_default();
+    (cpu.cpus().clone(), cpu.mems().clone())
+}
+
+/// A cpuset naming the host's highest CPU gets a VM with that vCPU (it
+/// used to get one vCPU, and the guest refused `cpuset.cpus` with
+/// `Numerical result out of range`); with fewer vCPUs allowed, the
+/// container gets the vCPUs the VM has; a CPU the host lacks is refused,
+/// naming the field.
+#[test]
+fn cpuset_sizes_the_vm_to_cover_it() {
+    let n = host_cpus();
+    let top = n - 1;
+    let mut c = base();
+    c["linux"]["resources"] = json!({"cpu": {"cpus": top.to_string(), "mems": "0"}});
+    let (b, size) = check(&c, &[("HUSK_MAX_VCPUS", "32")]).unwrap();
+    assert_eq!(size.vcpus, n.min(32));
+    let want = if n <= 32 { top.to_string() } else { "0".into() };
+    assert_eq!(guest_cpuset(&b), (Some(want), Some("0".into())));
+    if n >= 2 {
+        // The operator allows one vCPU: the container runs on it.
+        let (b, size) = check(&c, &[("HUSK_MAX_VCPUS", "1")]).unwrap();
+        assert_eq!(size.vcpus, 1);
+        assert_eq!(guest_cpuset(&b).0.as_deref(), Some("0"));
+    }
+    c["linux"]["resources"]["cpu"]["cpus"] = json!(format!("0,{n}"));
+    let e = check(&c, &[]).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("linux.resources.cpu.cpus \"0,{n}\": names CPU {n}, and the host has CPUs 0-{top}")
+    );
+    // A node the host lacks is refused too (the guest's one node is 0).
+    c["linux"]["resources"]["cpu"] = json!({"mems": "0-64"});
+    let e = check(&c, &[]).unwrap_err().to_string();
+    assert!(
+        e.starts_with("linux.resources.cpu.mems \"0-64\": names NUMA node"),
+        "{e}"
+    );
+}

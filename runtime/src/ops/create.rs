@@ -84,7 +84,7 @@ pub fn check(
     opts: &CreateOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
-    let bundle = Bundle::load(&opts.bundle)?;
+    let mut bundle = Bundle::load(&opts.bundle)?;
     crate::unsupported::warn_ignored(
         &crate::unsupported::ignored(&bundle.spec),
         &bundle.dir.display().to_string(),
@@ -106,6 +106,8 @@ pub fn check(
         ));
     }
     let size = size_vm(&bundle.spec, env)?;
+    // The guest's copy of the spec names only vCPUs the VM has.
+    crate::sizing::fit_cpuset(&mut bundle.spec, &size)?;
     // The engine name (an annotation, when enabled) parses.
     size.vm_config(&bundle.dir).map_err(OpError::Invalid)?;
     Ok((bundle, size))

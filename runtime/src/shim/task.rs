@@ -380,7 +380,7 @@ impl TaskService {
         bundle_dir: &Path,
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
-        let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        let mut bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
         crate::unsupported::warn_ignored(&crate::unsupported::ignored(&bundle.spec), id);
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
@@ -389,6 +389,9 @@ impl TaskService {
             .policy
             .check(&bundle.spec)
             .map_err(crate::ops::OpError::from)?;
+        // Its cpuset names vCPUs the pod's VM has (which its first
+        // container sized).
+        crate::sizing::fit_cpuset(&mut bundle.spec, &vm.size).map_err(crate::ops::OpError::from)?;
         let (spec, mounts) = vm.share_bundle(&bundle, id)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
