@@ -17,6 +17,8 @@
 //!   and podman set SELinux labels on SELinux hosts. Kata Containers
 //!   leaves them out of its guest the same way. The container is confined
 //!   by its VM instead.
+//! - Not run, with a warning ([`host_hooks`]): the host-side hooks under
+//!   the containerd shim, which does not run them yet.
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Process, Spec};
 
@@ -107,6 +109,39 @@ pub fn ignored_in_process(p: &Process, prefix: &str) -> Vec<Ignored> {
     .collect()
 }
 
+/// The hooks the shim does not run: those that run on the host
+/// (prestart, createRuntime, poststart, poststop; the `husk` CLI runs
+/// them). createContainer and startContainer run in the guest either way.
+pub fn host_hooks(spec: &Spec) -> Vec<Ignored> {
+    let Some(h) = spec.hooks() else {
+        return Vec::new();
+    };
+    #[allow(deprecated)]
+    let lists = [
+        ("prestart", h.prestart()),
+        ("createRuntime", h.create_runtime()),
+        ("poststart", h.poststart()),
+        ("poststop", h.poststop()),
+    ];
+    lists
+        .into_iter()
+        .filter_map(|(stage, list)| {
+            let paths: Vec<String> = list
+                .iter()
+                .flatten()
+                .map(|h| h.path().display().to_string())
+                .collect();
+            (!paths.is_empty()).then(|| Ignored {
+                field: format!("hooks.{stage}"),
+                value: paths.join(", "),
+                why: "not run: containerd-shim-husk-v2 runs no host-side hooks yet \
+                      (the husk CLI does; createContainer and startContainer hooks run \
+                      in the guest)",
+            })
+        })
+        .collect()
+}
+
 /// Logs each of `fields` as a warning; `container` says whose they are
 /// (an id, or a bundle before the container has one).
 pub fn warn_ignored(fields: &[Ignored], container: &str) {
@@ -184,6 +219,23 @@ mod tests {
                     "linux.mountLabel",
                     "system_u:object_r:container_file_t:s0:c1,c2"
                 ),
+            ]
+        );
+        assert!(host_hooks(&s).is_empty());
+        let hooked = spec(serde_json::json!({"ociVersion": "1.0.2", "hooks": {
+            "prestart": [{"path": "/usr/bin/a"}, {"path": "/usr/bin/b"}],
+            "createContainer": [{"path": "/c"}],
+            "poststop": [{"path": "/usr/bin/d"}]}}));
+        let found = host_hooks(&hooked);
+        let fields: Vec<(&str, &str)> = found
+            .iter()
+            .map(|i| (i.field.as_str(), i.value.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("hooks.prestart", "/usr/bin/a, /usr/bin/b"),
+                ("hooks.poststop", "/usr/bin/d")
             ]
         );
         let none = spec(serde_json::json!({"ociVersion": "1.0.2",

@@ -63,6 +63,7 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
         agent_port: husk_protocol::DEFAULT_AGENT_PORT,
         mounts: Vec::new(),
         network: None,
+        hooks: Some(bundle.spec.hooks().clone().unwrap_or_default()),
     };
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),
@@ -222,7 +223,9 @@ fn build(
         write_atomic(p, pid.to_string().as_bytes())?;
     }
     let hooks = bundle.spec.hooks().clone().unwrap_or_default();
-    let state_json = oci_state_json(st, Status::Created);
+    // The container is being created until these hooks are done (runc
+    // gives them "creating" too).
+    let state_json = oci_state_json(st, Status::Creating);
     #[allow(deprecated)]
     run_hooks(
         "prestart",

@@ -552,6 +552,7 @@ mod tests {
                 agent_port: husk_protocol::DEFAULT_AGENT_PORT,
                 mounts: vec![],
                 network: None,
+                hooks: None,
             })
             .unwrap();
         rt

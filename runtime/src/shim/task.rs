@@ -382,6 +382,7 @@ impl TaskService {
         let id = &req.id;
         let mut bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
         crate::unsupported::warn_ignored(&crate::unsupported::ignored(&bundle.spec), id);
+        crate::unsupported::warn_ignored(&crate::unsupported::host_hooks(&bundle.spec), id);
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
         // every later one answers to the same operator rules.
