@@ -719,3 +719,89 @@ fn time_offsets_need_a_time_namespace_and_a_shiftable_clock() {
     }
     agent.shutdown();
 }
+
+/// createContainer and startContainer hooks run in the container, with
+/// its state on stdin: createContainer after the mounts (it writes into
+/// the container's /dev/shm tmpfs), startContainer after it and before the
+/// process; each path resolves in the container's rootfs (the hook exists
+/// only there). A failing one fails the create or the start, naming it and
+/// carrying its output. (`husk features` lists both; the agent used to
+/// ignore them.)
+#[test]
+fn create_and_start_container_hooks_run_in_the_container() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_run("in_container_hooks") {
+        return;
+    }
+    let agent = Agent::start();
+    let script = "cat /dev/shm/log; cat /dev/shm/creating.json; echo; cat /dev/shm/created.json";
+    let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", script]);
+    let hook = dir.join("rootfs/oci-hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho \"$1 X=$X\" >> /dev/shm/log\ncat > \"/dev/shm/$2.json\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = |stage: &str, status: &str, x: &str| {
+        json!([{"path": "/oci-hook.sh", "args": ["oci-hook.sh", stage, status],
+                "env": [format!("X={x}")]}])
+    };
+    let spec = patch(spec, |v| {
+        v["hooks"] = json!({"createContainer": h("createContainer", "creating", "1"),
+                            "startContainer": h("startContainer", "created", "2")});
+        v["annotations"] = json!({"io.example": "yes"});
+    });
+    let (status, out, err) = agent.run("hk", spec, None);
+    assert_eq!(status, 0, "stdout: {} stderr: {}", text(&out), text(&err));
+    let out = text(&out);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("createContainer X=1"), "{out}");
+    assert_eq!(lines.next(), Some("startContainer X=2"), "{out}");
+    for (line, status) in lines.zip(["creating", "created"]) {
+        let state: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(state["id"], "hk", "{line}");
+        assert_eq!(state["status"], status, "{line}");
+        // The init's pid in the container's pid namespace, as runc's.
+        assert_eq!(state["pid"], 1, "{line}");
+        assert_eq!(state["bundle"], dir.to_str().unwrap(), "{line}");
+        assert_eq!(state["annotations"]["io.example"], "yes", "{line}");
+    }
+
+    let mut c = agent.client();
+    let (spec, dir2) = agent.bundle("b2", &[], &["true"]);
+    let spec = patch(spec, |v| {
+        v["hooks"] = json!({"createContainer": [{"path": "/bin/sh",
+            "args": ["sh", "-c", "echo no-go >&2; exit 4"]}]});
+    });
+    let e = create(&mut c, "hk2", spec, husk_protocol::StdioSpec::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("createContainer hook /bin/sh: failed: exit status: 4: no-go"),
+        "{e}"
+    );
+    assert_no_mounts(&dir2);
+
+    let (spec, dir3) = agent.bundle("b3", &[], &["sh", "-c", "echo ran > /ran"]);
+    let spec = patch(spec, |v| {
+        v["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    });
+    create(&mut c, "hk3", spec, husk_protocol::StdioSpec::default()).unwrap();
+    let e = c.start("hk3").unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(husk_protocol::ErrorCode::FailedPrecondition),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("startContainer hook /bin/false: failed: exit status: 1"),
+        "{e}"
+    );
+    remove(&mut c, "hk3");
+    assert!(!dir3.join("rootfs/ran").exists(), "the process ran");
+    assert_no_mounts(&dir);
+    assert_no_mounts(&dir3);
+    assert_no_children(&agent);
+    agent.shutdown();
+}

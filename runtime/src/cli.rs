@@ -161,7 +161,8 @@ pub struct CreateArgs {
     /// Accepted for runc compatibility.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Pass this many extra fds (3..3+N) to the container process.
+    /// Pass this many extra fds (3..3+N) to the container process:
+    /// refused unless 0 (fds cannot cross into a VM).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// The container id.
@@ -220,7 +221,8 @@ pub struct ExecArgs {
     /// A Unix socket to receive the pty master.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
-    /// Accepted for runc compatibility.
+    /// Pass this many extra fds to the process: refused unless 0 (fds
+    /// cannot cross into a VM).
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// Exec into a paused container too: the exec goes ahead once the

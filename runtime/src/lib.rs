@@ -12,6 +12,7 @@
 //! | [`state`] | `ROOT/ID/state.json`, atomic writes, id claims, monitor liveness |
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
 //! | [`hooks`] | host-side OCI hooks |
+//! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
 //! | [`child`] | running helper programs (`ip`, `tc`) in the CLI and under the shim's reaper |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
@@ -32,5 +33,6 @@ pub mod shim;
 pub mod signal;
 pub mod sizing;
 pub mod state;
+pub mod unsupported;
 
 pub use husk_protocol::error_chain;

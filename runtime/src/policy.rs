@@ -51,7 +51,43 @@ pub const ENGINE: &str = "husk.engine";
 /// monitor's own limit (one definition, in `husk_vmm::config`).
 pub const VCPU_LIMIT: u32 = husk_vmm::config::MAX_VCPUS;
 
-/// The operator's rules for one runtime or shim.
+/// What husk reads about the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// RAM, MiB (`MemTotal`).
+    pub memory_mib: u32,
+    /// The CPUs this process may run on: the default most vCPUs.
+    pub usable_cpus: u32,
+    /// The CPU numbers the host has: its highest online CPU + 1. A cpuset
+    /// (`linux.resources.cpu.cpus`) may name CPUs below it.
+    pub cpus: u32,
+    /// The NUMA node numbers the host has: its highest online node + 1 (1
+    /// on a host without NUMA). `linux.resources.cpu.mems` may name nodes
+    /// below it.
+    pub numa_nodes: u32,
+}
+
+impl Host {
+    /// Reads the host's RAM, CPUs and NUMA nodes from /proc and /sys.
+    pub fn read() -> Host {
+        let usable_cpus = host_cpus();
+        let highest = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|l| crate::sizing::IdList::parse(&l, u32::MAX).ok().flatten())
+                .map(|l| l.highest().saturating_add(1))
+        };
+        Host {
+            memory_mib: host_memory_mib(),
+            usable_cpus,
+            cpus: highest("/sys/devices/system/cpu/online").unwrap_or(usable_cpus),
+            numa_nodes: highest("/sys/devices/system/node/online").unwrap_or(1),
+        }
+    }
+}
+
+/// The operator's rules for one runtime or shim, and the host's CPUs and
+/// NUMA nodes they were read with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPolicy {
     /// Enabled annotation names; `husk.*` enables all.
@@ -60,6 +96,10 @@ pub struct HostPolicy {
     pub max_memory_mib: u32,
     /// The most vCPUs.
     pub max_vcpus: u32,
+    /// The host's CPU numbers ([`Host::cpus`]).
+    pub host_cpus: u32,
+    /// The host's NUMA node numbers ([`Host::numa_nodes`]).
+    pub host_numa_nodes: u32,
 }
 
 impl HostPolicy {
@@ -67,6 +107,14 @@ impl HostPolicy {
     /// shim's options file over it); the maximums default to the host's
     /// RAM and CPUs.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, SizingError> {
+        Self::from_env_on(env, &Host::read())
+    }
+
+    /// [`HostPolicy::from_env`] on a host described by `host`.
+    pub fn from_env_on(
+        env: &impl Fn(&str) -> Option<String>,
+        host: &Host,
+    ) -> Result<Self, SizingError> {
         let enabled = match env("HUSK_ENABLE_ANNOTATIONS") {
             Some(list) => {
                 let names: Vec<String> = list
@@ -107,11 +155,13 @@ impl HostPolicy {
             // may overcommit), never beyond what the monitor accepts.
             max_memory_mib: number(
                 "HUSK_MAX_MEMORY_MIB",
-                host_memory_mib(),
+                host.memory_mib,
                 crate::sizing::MIN_MEMORY_MIB,
             )?
             .min(husk_vmm::config::MAX_MEMORY_MIB),
-            max_vcpus: number("HUSK_MAX_VCPUS", host_cpus(), 1)?.min(VCPU_LIMIT),
+            max_vcpus: number("HUSK_MAX_VCPUS", host.usable_cpus, 1)?.min(VCPU_LIMIT),
+            host_cpus: host.cpus.max(1),
+            host_numa_nodes: host.numa_nodes.max(1),
         })
     }
 

@@ -7,6 +7,16 @@
 //! [`MEMORY_OVERHEAD_MIB`]; CPU quota/period rounded up to whole vCPUs), then
 //! `husk.*` annotations, which win. What the spec may set at all, and the
 //! largest VM, is the operator's [`HostPolicy`].
+//!
+//! A cpuset (`linux.resources.cpu.cpus`) names CPUs; in the guest they are
+//! vCPUs, so the VM gets at least the highest named CPU + 1 vCPUs (within
+//! the operator's maximum) and the container is pinned to the same
+//! numbers there. A cpuset naming a CPU the host does not have is refused.
+//! Where the VM has fewer vCPUs than that (the operator's maximum, a
+//! `husk.vcpus` annotation, a pod's VM sized by its first container), the
+//! container gets as many vCPUs as its cpuset has CPUs, from vCPU 0
+//! ([`fit_cpuset`]). The guest has one NUMA node, 0: `cpu.mems` naming
+//! nodes the host has becomes `0`, one it does not have is refused.
 
 use std::path::PathBuf;
 
@@ -53,6 +63,16 @@ pub enum SizingError {
     /// The spec sets something the operator did not enable.
     #[error("{0} is not enabled by the operator (HUSK_ENABLE_ANNOTATIONS, or enable_annotations in the shim's options)")]
     NotEnabled(String),
+    /// A field of the spec is unusable.
+    #[error("{field} {value:?}: {reason}")]
+    Field {
+        /// The field (`linux.resources.cpu.cpus`).
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl SizingError {
@@ -112,11 +132,207 @@ impl VmSize {
     }
 }
 
+/// The cpuset field.
+pub const CPUSET_CPUS: &str = "linux.resources.cpu.cpus";
+/// The memory-node field.
+pub const CPUSET_MEMS: &str = "linux.resources.cpu.mems";
+
+/// A Linux list of CPU or node numbers (`0-3,8,10-11`, the kernel's
+/// `a-b:used/group` strides too), as sorted, merged ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdList(Vec<(u32, u32)>);
+
+/// Why an [`IdList`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdListError {
+    /// It is not a list.
+    Syntax(String),
+    /// It names a number at or above the limit.
+    Beyond(u32),
+}
+
+impl IdList {
+    /// Parses `list`; `None` when it is empty (unset, as runc takes it).
+    /// Every number must be below `limit`.
+    pub fn parse(list: &str, limit: u32) -> Result<Option<IdList>, IdListError> {
+        let list = list.trim();
+        if list.is_empty() {
+            return Ok(None);
+        }
+        let num = |s: &str| -> Result<u32, IdListError> {
+            let n: u32 = s
+                .trim()
+                .parse()
+                .map_err(|_| IdListError::Syntax(format!("{s:?} is not a number")))?;
+            if n >= limit {
+                return Err(IdListError::Beyond(n));
+            }
+            Ok(n)
+        };
+        let mut ranges = Vec::new();
+        for part in list.split(',') {
+            let (range, stride) = match part.split_once(':') {
+                Some((r, st)) => (r, Some(st)),
+                None => (part, None),
+            };
+            let (lo, hi) = match range.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => {
+                    let n = num(range)?;
+                    (n, n)
+                }
+            };
+            if lo > hi {
+                return Err(IdListError::Syntax(format!(
+                    "{part:?} is a range that ends before it starts"
+                )));
+            }
+            match stride {
+                None => ranges.push((lo, hi)),
+                Some(st) => {
+                    let bad = || {
+                        IdListError::Syntax(format!(
+                            "{part:?}: a stride is RANGE:USED/GROUP, 0 < USED <= GROUP"
+                        ))
+                    };
+                    let (used, group) = st.split_once('/').ok_or_else(bad)?;
+                    let used: u32 = used.trim().parse().map_err(|_| bad())?;
+                    let group: u32 = group.trim().parse().map_err(|_| bad())?;
+                    if used == 0 || used > group {
+                        return Err(bad());
+                    }
+                    // At most `limit` groups: `hi` is below it.
+                    let mut start = lo;
+                    while start <= hi {
+                        ranges.push((start, start.saturating_add(used - 1).min(hi)));
+                        start = match start.checked_add(group) {
+                            Some(n) => n,
+                            None => break,
+                        };
+                    }
+                }
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Ok(Some(IdList(merged)))
+    }
+
+    /// The highest number in the list.
+    pub fn highest(&self) -> u32 {
+        self.0.last().map_or(0, |r| r.1)
+    }
+
+    /// How many numbers the list has.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(lo, hi)| u64::from(hi - lo) + 1).sum()
+    }
+}
+
+/// The spec's cpuset and memory nodes, checked against the host.
+fn cpuset(
+    spec: &Spec,
+    policy: &HostPolicy,
+) -> Result<(Option<IdList>, Option<IdList>), SizingError> {
+    let Some(cpu) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().as_ref())
+    else {
+        return Ok((None, None));
+    };
+    let parse = |field: &'static str, v: &Option<String>, limit: u32, what: &str| {
+        v.as_deref()
+            .map(|v| {
+                IdList::parse(v, limit).map_err(|e| SizingError::Field {
+                    field,
+                    value: v.to_owned(),
+                    reason: match e {
+                        IdListError::Syntax(why) => {
+                            format!("{why} (expected a list such as 0-3,6)")
+                        }
+                        IdListError::Beyond(n) => format!(
+                            "names {what} {n}, and the host has {what}s 0-{}",
+                            limit.saturating_sub(1)
+                        ),
+                    },
+                })
+            })
+            .transpose()
+            .map(Option::flatten)
+    };
+    Ok((
+        parse(CPUSET_CPUS, cpu.cpus(), policy.host_cpus, "CPU")?,
+        parse(CPUSET_MEMS, cpu.mems(), policy.host_numa_nodes, "NUMA node")?,
+    ))
+}
+
+/// Fits the spec's cpuset to a VM of `size` (the guest's copy of the
+/// spec; see the module docs): a cpuset the VM covers stays as it is, one
+/// it does not becomes as many vCPUs as it has CPUs, from vCPU 0 (logged);
+/// memory nodes become the guest's node 0. Refuses CPUs or nodes the host
+/// does not have, naming the field.
+pub fn fit_cpuset(spec: &mut Spec, size: &VmSize) -> Result<(), SizingError> {
+    let (cpus, mems) = cpuset(spec, &size.policy)?;
+    if cpus.is_none() && mems.is_none() {
+        return Ok(());
+    }
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let mut cpu = res.cpu().clone().unwrap_or_default();
+    if let Some(list) = cpus.filter(|l| l.highest() >= size.vcpus) {
+        let n = list.count().min(u64::from(size.vcpus));
+        let guest = if n <= 1 {
+            "0".to_owned()
+        } else {
+            format!("0-{}", n - 1)
+        };
+        tracing::warn!(
+            cpus = cpu.cpus().as_deref().unwrap_or_default(),
+            vcpus = size.vcpus,
+            guest = %guest,
+            "{CPUSET_CPUS} names CPUs beyond the VM's vCPUs: the container gets vCPUs {guest}"
+        );
+        cpu.set_cpus(Some(guest));
+    }
+    if let Some(list) = mems {
+        if list != IdList(vec![(0, 0)]) {
+            tracing::warn!(
+                mems = cpu.mems().as_deref().unwrap_or_default(),
+                "{CPUSET_MEMS}: the guest has one NUMA node; the container gets node 0"
+            );
+        }
+        cpu.set_mems(Some("0".into()));
+    }
+    res.set_cpu(Some(cpu));
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 /// Sizes the VM for `spec`, reading the operator's defaults and rules
 /// through `env`; refuses what the operator did not enable.
 pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSize, SizingError> {
     let policy = HostPolicy::from_env(&env)?;
+    size_vm_under(spec, policy, env)
+}
+
+/// [`size_vm`] under `policy` (read by the caller, for a host it
+/// describes).
+pub fn size_vm_under(
+    spec: &Spec,
+    policy: HostPolicy,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<VmSize, SizingError> {
     policy.check(spec)?;
+    let (cpus, _) = cpuset(spec, &policy)?;
     let mut size = VmSize {
         memory_mib: DEFAULT_MEMORY_MIB.min(policy.max_memory_mib),
         vcpus: 1,
@@ -151,6 +367,13 @@ pub fn size_vm(spec: &Spec, env: impl Fn(&str) -> Option<String>) -> Result<VmSi
                     size.vcpus = size.clamp_vcpus(u32::try_from(v).unwrap_or(u32::MAX));
                 }
             }
+        }
+    }
+    if let Some(list) = &cpus {
+        // The vCPUs the cpuset names exist in the guest.
+        let need = list.highest().saturating_add(1);
+        if need > size.vcpus {
+            size.vcpus = size.clamp_vcpus(need);
         }
     }
     for (k, v) in spec.annotations().iter().flatten() {
@@ -286,6 +509,118 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("husk.vcpus"));
+    }
+
+    #[test]
+    fn id_lists_parse_as_the_kernel_reads_them() {
+        let l = |s: &str| IdList::parse(s, 64);
+        assert_eq!(l(" \n"), Ok(None), "empty is unset");
+        let x = l("5,0-2,3,10-11\n").unwrap().unwrap();
+        assert_eq!(x, IdList(vec![(0, 3), (5, 5), (10, 11)]));
+        assert_eq!((x.highest(), x.count()), (11, 7));
+        let strided = l("0-9:2/4").unwrap().unwrap();
+        assert_eq!(strided, IdList(vec![(0, 1), (4, 5), (8, 9)]));
+        assert_eq!(l("64"), Err(IdListError::Beyond(64)));
+        assert_eq!(l("0-4294967295:1/1"), Err(IdListError::Beyond(u32::MAX)));
+        for bad in [
+            "a", "1-", "3-1", "0-3:0/2", "0-3:3/2", "0-3:1", ",", "1,,2", "-1",
+        ] {
+            assert!(
+                matches!(l(bad), Err(IdListError::Syntax(_))),
+                "{bad:?}: {:?}",
+                l(bad)
+            );
+        }
+    }
+
+    /// A host with 8 CPUs and 2 NUMA nodes, and `env` for the operator.
+    fn sized(
+        v: serde_json::Value,
+        env: &[(&str, &str)],
+    ) -> Result<(VmSize, Option<String>, Option<String>), SizingError> {
+        let host = policy::Host {
+            memory_mib: 8192,
+            usable_cpus: 8,
+            cpus: 8,
+            numa_nodes: 2,
+        };
+        let env = |k: &str| {
+            env.iter()
+                .find(|(e, _)| *e == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let mut s = spec(v);
+        let size = size_vm_under(&s, HostPolicy::from_env_on(&env, &host)?, env)?;
+        fit_cpuset(&mut s, &size)?;
+        let cpu = s
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .and_then(|r| r.cpu().clone())
+            .unwrap_or_default();
+        Ok((size, cpu.cpus().clone(), cpu.mems().clone()))
+    }
+
+    fn with_cpu(cpu: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {"cpu": cpu}}})
+    }
+
+    /// The VM covers the cpuset (the cpuset used to name CPUs the VM did
+    /// not have: `cpuset.cpus: Numerical result out of range` in the
+    /// guest); where it cannot, the container gets as many vCPUs as its
+    /// cpuset has CPUs; CPUs or nodes the host lacks are refused.
+    #[test]
+    fn cpuset_sizes_the_vm_and_fits_the_guest() {
+        let (s, cpus, _) = sized(with_cpu(serde_json::json!({"cpus": "2-3"})), &[]).unwrap();
+        assert_eq!((s.vcpus, cpus.as_deref()), (4, Some("2-3")));
+        let quota = serde_json::json!({"cpus": "1", "quota": 350000, "period": 100000});
+        let (s, cpus, _) = sized(with_cpu(quota), &[]).unwrap();
+        assert_eq!(
+            (s.vcpus, cpus.as_deref()),
+            (4, Some("1")),
+            "the quota asks more"
+        );
+        // The operator allows 2 vCPUs: the container gets 2 of them.
+        let (s, cpus, _) = sized(
+            with_cpu(serde_json::json!({"cpus": "4-7"})),
+            &[("HUSK_MAX_VCPUS", "2")],
+        )
+        .unwrap();
+        assert_eq!((s.vcpus, cpus.as_deref()), (2, Some("0-1")));
+        // husk.vcpus wins over the cpuset; a single CPU maps to vCPU 0.
+        let mut v = with_cpu(serde_json::json!({"cpus": "6"}));
+        v["annotations"] = serde_json::json!({"husk.vcpus": "1"});
+        let (s, cpus, _) = sized(v, &[]).unwrap();
+        assert_eq!((s.vcpus, cpus.as_deref()), (1, Some("0")));
+        // CPUs beyond the host are refused, naming the field.
+        let e = sized(with_cpu(serde_json::json!({"cpus": "0-8"})), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "linux.resources.cpu.cpus \"0-8\": names CPU 8, and the host has CPUs 0-7"
+        );
+        let e = sized(with_cpu(serde_json::json!({"cpus": "0-x"})), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("linux.resources.cpu.cpus \"0-x\": "), "{e}");
+        // The guest has node 0 only; nodes the host has map to it.
+        let (_, cpus, mems) = sized(with_cpu(serde_json::json!({"mems": "1"})), &[]).unwrap();
+        assert_eq!((cpus, mems.as_deref()), (None, Some("0")));
+        let e = sized(with_cpu(serde_json::json!({"mems": "0-2"})), &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "linux.resources.cpu.mems \"0-2\": names NUMA node 2, and the host has NUMA nodes 0-1"
+        );
+        // Empty is unset, as with runc.
+        let (s, cpus, mems) =
+            sized(with_cpu(serde_json::json!({"cpus": "", "mems": ""})), &[]).unwrap();
+        assert_eq!(
+            (s.vcpus, cpus.as_deref(), mems.as_deref()),
+            (1, Some(""), Some(""))
+        );
     }
 
     /// A pod author cannot ask for a VM larger than the operator allows,

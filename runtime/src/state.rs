@@ -110,6 +110,12 @@ pub struct ContainerState {
     /// namespace; undone on delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetState>,
+    /// The spec's hooks as they were at create (an empty set when it had
+    /// none): poststart and poststop run these, as runc runs the ones it
+    /// recorded, whatever became of the bundle since. `None` in a state an
+    /// older husk wrote: the bundle's are read then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// The state directory root (`--root`).
@@ -352,6 +358,7 @@ mod tests {
             agent_port: 1024,
             mounts: vec![],
             network: None,
+            hooks: None,
         }
     }
 

@@ -431,9 +431,18 @@ fn hooks_and_bind_mounts() {
         ],
     );
     let h = |name: &str| serde_json::json!([{"path": hook, "args": ["hook.sh", name]}]);
+    // In the guest, in the container: each path resolves in its rootfs,
+    // and /data is mounted when createContainer runs.
+    let in_guest = |file: &str| serde_json::json!([{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > /data/{file}")]}]);
     env.edit_config(&b, |c| {
+        // A failing poststart hook is logged; the start stands and the
+        // next hook runs.
+        let mut poststart = serde_json::json!([{"path": "/bin/false"}]);
+        poststart.as_array_mut().unwrap().extend(h("poststart").as_array().unwrap().clone());
         c["hooks"] = serde_json::json!({"prestart": h("prestart"), "createRuntime": h("createRuntime"),
-            "poststart": h("poststart"), "poststop": h("poststop")});
+            "createContainer": in_guest("createContainer.json"),
+            "startContainer": in_guest("startContainer.json"),
+            "poststart": poststart, "poststop": h("poststop")});
         c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
             {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
     });
@@ -456,6 +465,25 @@ fn hooks_and_bind_mounts() {
         log.lines().next().unwrap().contains("\"id\":\"h1\""),
         "{log}"
     );
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .contains("\"status\":\"creating\""),
+        "{log}"
+    );
+    for (file, status) in [
+        ("createContainer.json", "creating"),
+        ("startContainer.json", "created"),
+    ] {
+        let state: serde_json::Value =
+            serde_json::from_slice(&fs::read(data.join(file)).unwrap()).unwrap();
+        assert_eq!(
+            (state["id"].as_str(), state["status"].as_str()),
+            (Some("h1"), Some(status)),
+            "{file}: {state}"
+        );
+    }
     env.assert_clean();
 
     // A failing prestart hook fails create and leaves nothing.

@@ -11,7 +11,7 @@ use oci_spec::runtime::{Process, Spec};
 
 use super::stdio::ChildStdio;
 use super::sync::{recv_msg, send_msg, ChildMsg, ParentMsg};
-use super::{capabilities, namespaces, process, rootfs, seccomp, sys, SetupError};
+use super::{capabilities, hooks, namespaces, process, rootfs, seccomp, sys, SetupError};
 
 /// Building a container's init, or joining a running one for an exec.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub enum Mode<'a> {
 pub struct ChildArgs<'a> {
     /// Create or exec.
     pub mode: Mode<'a>,
+    /// The container's id.
+    pub id: &'a str,
     /// The container's spec.
     pub spec: &'a Spec,
     /// The process to run (the spec's, or the exec's).
@@ -138,7 +140,20 @@ fn child_main(
         if let Some(d) = args.spec.domainname() {
             set_domainname(d)?;
         }
-        rootfs::setup(args.spec, root)?;
+        // createContainer hooks: after the mounts, before pivot_root.
+        let created = args
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+            .unwrap_or_default();
+        rootfs::setup(args.spec, root, || {
+            if created.is_empty() {
+                return Ok(());
+            }
+            let state = hooks::state_json(args.spec, args.id, "creating", bundle_of(root));
+            hooks::run("createContainer", &created, &state, Some(root))
+        })?;
         rootfs::apply_sysctl(args.spec)?;
         rootfs::mask_paths(args.spec)?;
         rootfs::readonly_paths(args.spec)?;
@@ -170,6 +185,20 @@ fn child_main(
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(sys("prctl PR_SET_NO_NEW_PRIVS"))?;
         seccomp::install(&programs)?;
+    }
+    if let Mode::Create { rootfs: root } = args.mode {
+        // startContainer hooks: in the container, as its process, just
+        // before the exec (runc's order).
+        let starting = args
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().clone())
+            .unwrap_or_default();
+        if !starting.is_empty() {
+            let state = hooks::state_json(args.spec, args.id, "created", bundle_of(root));
+            hooks::run("startContainer", &starting, &state, None)?;
+        }
     }
     Err(process::exec(&exec))
 }
@@ -216,6 +245,12 @@ fn console_on(pts: &str) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(sys(format!("bind {pts} on /dev/console")))
+}
+
+/// The bundle in the state in-container hooks get: the guest directory
+/// holding the rootfs.
+fn bundle_of(rootfs: &Path) -> &Path {
+    rootfs.parent().unwrap_or(rootfs)
 }
 
 fn set_domainname(name: &str) -> Result<(), SetupError> {

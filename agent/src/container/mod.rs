@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod child;
 pub mod devices;
+pub mod hooks;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -55,6 +56,9 @@ pub enum SetupError {
     /// The exec itself failed.
     #[error("{0}")]
     Exec(String),
+    /// An in-container OCI hook failed or timed out.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl SetupError {
@@ -64,6 +68,7 @@ impl SetupError {
             SetupError::Sys { .. } => ErrorCode::Internal,
             SetupError::Invalid(_) => ErrorCode::InvalidArgument,
             SetupError::Exec(_) => ErrorCode::ExecFailed,
+            SetupError::Hook(_) => ErrorCode::FailedPrecondition,
         }
     }
 
@@ -224,7 +229,8 @@ pub fn create(
     };
     let process = spec.process().clone().unwrap_or_default();
     let mode = child::Mode::Create { rootfs: &rootfs };
-    match spawn(mode, spec, &process, cgroup.as_deref(), req.stdio, true) {
+    let id = &req.container_id;
+    match spawn(mode, id, spec, &process, cgroup.as_deref(), req.stdio, true) {
         Ok((pid, stdio, sync)) => Ok(Container {
             id: req.container_id.clone(),
             spec: spec.clone(),
@@ -325,7 +331,15 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
     let mode = child::Mode::Exec {
         init_pid: c.init.pid,
     };
-    let (pid, stdio, _sync) = spawn(mode, &c.spec, &process, cgroup.as_deref(), req.stdio, false)?;
+    let (pid, stdio, _sync) = spawn(
+        mode,
+        &c.id,
+        &c.spec,
+        &process,
+        cgroup.as_deref(),
+        req.stdio,
+        false,
+    )?;
     Ok(ProcessState {
         pid,
         exit_status: None,
@@ -337,6 +351,7 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
 /// Forks the child and follows it until it is built (`Ready`) or exec'd.
 fn spawn(
     mode: child::Mode<'_>,
+    id: &str,
     spec: &Spec,
     process: &Process,
     cgroup: Option<&Path>,
@@ -359,6 +374,7 @@ fn spawn(
             drop(ours);
             child::run(child::ChildArgs {
                 mode,
+                id,
                 spec,
                 process,
                 cgroup,

@@ -11,8 +11,14 @@ use oci_spec::runtime::Spec;
 use super::mounts::{mount_entry, propagation_flags, remount_bind, Kernel};
 use super::{devices, sys, SetupError};
 
-/// Builds the rootfs and pivots into it. Runs in a fresh mount namespace.
-pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), SetupError> {
+/// Builds the rootfs and pivots into it, calling `before_pivot` once the
+/// mounts and devices are in place (the createContainer hooks). Runs in a
+/// fresh mount namespace.
+pub fn setup(
+    spec: &Spec,
+    rootfs: &Path,
+    before_pivot: impl FnOnce() -> Result<(), SetupError>,
+) -> Result<(), SetupError> {
     let linux = spec.linux().clone().unwrap_or_default();
     let prop = match linux.rootfs_propagation().as_deref() {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
@@ -60,6 +66,7 @@ pub fn setup(spec: &Spec, rootfs: &Path) -> Result<(), SetupError> {
         devices::create(rootfs, &devices::from_spec(&d)?)?;
     }
 
+    before_pivot()?;
     chdir(rootfs).map_err(sys(format!("chdir {}", rootfs.display())))?;
     pivot_root(".", ".").map_err(sys(format!("pivot_root to {}", rootfs.display())))?;
     // The old root is now stacked on ".": detach it without touching the

@@ -25,7 +25,13 @@ pub fn syscall_number(name: &str) -> Option<i64> {
         .map(|i| SYSCALLS[i].1)
 }
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SetupError> {
+/// The seccompiler action of `a`; `field` names where it is in the spec,
+/// for the error.
+fn action(
+    a: LinuxSeccompAction,
+    errno: Option<u32>,
+    field: &dyn Fn() -> String,
+) -> Result<SeccompAction, SetupError> {
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
         LinuxSeccompAction::ScmpActErrno => {
@@ -39,9 +45,11 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, Se
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
         LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
         LinuxSeccompAction::ScmpActNotify => {
-            return Err(SetupError::Invalid(
-                "seccomp action SCMP_ACT_NOTIFY is not supported".into(),
-            ))
+            return Err(SetupError::Invalid(format!(
+                "{}: seccomp action SCMP_ACT_NOTIFY is not supported (no listener can \
+                 receive the guest kernel's notifications)",
+                field()
+            )))
         }
     })
 }
@@ -49,11 +57,23 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, Se
 /// Compiles `profile`; returns the programs to install (in order) and the
 /// syscall names that this kernel does not know (skipped, like runc).
 pub fn compile(profile: &LinuxSeccomp) -> Result<(Vec<BpfProgram>, Vec<String>), SetupError> {
-    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let default = action(
+        profile.default_action(),
+        profile.default_errno_ret(),
+        &|| "linux.seccomp.defaultAction".into(),
+    )?;
     let mut groups: Vec<(SeccompAction, BTreeMap<i64, Vec<SeccompRule>>)> = Vec::new();
     let mut unknown = Vec::new();
-    for sc in profile.syscalls().clone().unwrap_or_default() {
-        let act = action(sc.action(), sc.errno_ret())?;
+    for (i, sc) in profile
+        .syscalls()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let act = action(sc.action(), sc.errno_ret(), &|| {
+            format!("linux.seccomp.syscalls[{i}].action")
+        })?;
         if act == default {
             continue;
         }
@@ -231,6 +251,27 @@ mod tests {
         let (progs, unknown) = compile(&p).unwrap();
         assert_eq!(progs.len(), 2);
         assert_eq!(unknown, vec!["bogus_call".to_string()]);
+    }
+
+    /// The host refuses seccomp user notification before a VM boots; an
+    /// agent asked directly still refuses it, naming the field.
+    #[test]
+    fn notify_is_refused_naming_the_field() {
+        let p: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO"},
+                {"names":["mount"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        )
+        .unwrap();
+        let e = compile(&p).unwrap_err().to_message();
+        assert!(
+            e.starts_with("linux.seccomp.syscalls[1].action: seccomp action SCMP_ACT_NOTIFY"),
+            "{e}"
+        );
+        let p: LinuxSeccomp =
+            serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).unwrap();
+        let e = compile(&p).unwrap_err().to_message();
+        assert!(e.starts_with("linux.seccomp.defaultAction: "), "{e}");
     }
 
     fn spec_with(annotations: serde_json::Value) -> oci_spec::runtime::Spec {

@@ -191,6 +191,7 @@ fn exec(rt: &Runtime, a: ExecArgs) -> anyhow::Result<i32> {
         console_socket: a.console_socket.clone(),
         ignore_paused: a.ignore_paused,
         cgroup,
+        preserve_fds: a.preserve_fds,
     };
     Ok(ops::exec(rt, &a.id, &opts)?)
 }

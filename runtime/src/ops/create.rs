@@ -63,6 +63,7 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
         agent_port: husk_protocol::DEFAULT_AGENT_PORT,
         mounts: Vec::new(),
         network: None,
+        hooks: Some(bundle.spec.hooks().clone().unwrap_or_default()),
     };
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),
@@ -77,13 +78,18 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
 /// What `create` checks before it claims the id or touches the host: the
 /// bundle and its config.json ([`Bundle::load`]: every parse error names
 /// the field), the options, the operator's policy and the VM's size (read
-/// through `env`), the engine. No side effects: the config fuzz harness
+/// through `env`), the engine; logs the fields it accepts and does not
+/// apply ([`crate::unsupported`]). No other side effects: the config fuzz harness
 /// (`runtime/tests/fuzz_config.rs`) drives exactly this.
 pub fn check(
     opts: &CreateOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
-    let bundle = Bundle::load(&opts.bundle)?;
+    let mut bundle = Bundle::load(&opts.bundle)?;
+    crate::unsupported::warn_ignored(
+        &crate::unsupported::ignored(&bundle.spec),
+        &bundle.dir.display().to_string(),
+    );
     let terminal = bundle
         .spec
         .process()
@@ -101,6 +107,8 @@ pub fn check(
         ));
     }
     let size = size_vm(&bundle.spec, env)?;
+    // The guest's copy of the spec names only vCPUs the VM has.
+    crate::sizing::fit_cpuset(&mut bundle.spec, &size)?;
     // The engine name (an annotation, when enabled) parses.
     size.vm_config(&bundle.dir).map_err(OpError::Invalid)?;
     Ok((bundle, size))
@@ -215,7 +223,9 @@ fn build(
         write_atomic(p, pid.to_string().as_bytes())?;
     }
     let hooks = bundle.spec.hooks().clone().unwrap_or_default();
-    let state_json = oci_state_json(st, Status::Created);
+    // The container is being created until these hooks are done (runc
+    // gives them "creating" too).
+    let state_json = oci_state_json(st, Status::Creating);
     #[allow(deprecated)]
     run_hooks(
         "prestart",

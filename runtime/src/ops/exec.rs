@@ -35,6 +35,8 @@ pub struct ExecOptions {
     /// `--cgroup`: the sub-cgroup of the container's cgroup (in the guest)
     /// to run in; see [`sub_cgroup`].
     pub cgroup: Option<String>,
+    /// `--preserve-fds`: refused when not 0 (fds cannot cross into a VM).
+    pub preserve_fds: u32,
 }
 
 /// How often an `--ignore-paused` exec looks whether the container was
@@ -220,6 +222,16 @@ fn new_exec_id() -> String {
 /// Runs `opts.process` in container `id`. Returns its exit status, or 0
 /// when detached.
 pub fn exec(rt: &Runtime, id: &str, opts: &ExecOptions) -> Result<i32, OpError> {
+    if opts.preserve_fds > 0 {
+        return Err(OpError::Invalid(format!(
+            "--preserve-fds {}: passing extra fds into a VM is not supported",
+            opts.preserve_fds
+        )));
+    }
+    crate::unsupported::warn_ignored(
+        &crate::unsupported::ignored_in_process(&opts.process, ""),
+        id,
+    );
     let tty = opts.process.terminal().unwrap_or(false);
     if tty && opts.detach && opts.console_socket.is_none() {
         return Err(OpError::Invalid(
@@ -540,6 +552,7 @@ mod tests {
                 agent_port: husk_protocol::DEFAULT_AGENT_PORT,
                 mounts: vec![],
                 network: None,
+                hooks: None,
             })
             .unwrap();
         rt
@@ -553,7 +566,31 @@ mod tests {
             console_socket: None,
             ignore_paused,
             cgroup: None,
+            preserve_fds: 0,
         }
+    }
+
+    /// `exec --preserve-fds N` is refused before anything is asked (runc
+    /// passes fds 3..3+N; they cannot cross into a VM), as `create` refuses
+    /// it; it was accepted and dropped before.
+    #[test]
+    fn exec_refuses_preserve_fds() {
+        let t = tempfile::tempdir().unwrap();
+        let rt = recorded(t.path(), "r", Status::Running);
+        let e = exec(
+            &rt,
+            "r",
+            &ExecOptions {
+                preserve_fds: 2,
+                ..opts(false)
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, OpError::Invalid(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "--preserve-fds 2: passing extra fds into a VM is not supported"
+        );
     }
 
     /// runc refuses an exec into a paused container unless

@@ -63,6 +63,39 @@ mod tests {
         );
     }
 
+    /// Every seccomp action `husk features` lists passes the create
+    /// checks, and the one they refuse (user notification) is not listed;
+    /// all six hook lists run (the host's four, and createContainer and
+    /// startContainer in the guest).
+    #[test]
+    fn features_lists_only_what_create_accepts() {
+        let f = super::features();
+        let actions = f["linux"]["seccomp"]["actions"].as_array().unwrap();
+        assert!(!actions.iter().any(|a| a == "SCMP_ACT_NOTIFY"));
+        for a in actions {
+            let sc: oci_spec::runtime::LinuxSeccomp =
+                serde_json::from_value(serde_json::json!({"defaultAction": a})).unwrap();
+            crate::unsupported::check_seccomp(&sc).unwrap();
+        }
+        let notify: oci_spec::runtime::LinuxSeccomp =
+            serde_json::from_value(serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"}))
+                .unwrap();
+        assert!(crate::unsupported::check_seccomp(&notify).is_err());
+        assert_eq!(
+            f["hooks"],
+            serde_json::json!([
+                "prestart",
+                "createRuntime",
+                "createContainer",
+                "startContainer",
+                "poststart",
+                "poststop"
+            ])
+        );
+        assert_eq!(f["linux"]["apparmor"]["enabled"], false);
+        assert_eq!(f["linux"]["selinux"]["enabled"], false);
+    }
+
     #[test]
     fn features_lists_namespaces_and_caps() {
         let f = super::features();

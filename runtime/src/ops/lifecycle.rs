@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{OpError, Runtime};
 use crate::bundle::{unmount_all, Bundle};
-use crate::hooks::run_hooks;
+use crate::hooks::run_hooks_warn;
 use crate::state::{ContainerState, Status};
 use husk_vmm::journal::VmState;
 
@@ -201,12 +201,31 @@ pub fn start(rt: &Runtime, id: &str) -> Result<(), OpError> {
     })?;
     st.status = Status::Running;
     rt.root.save(&st)?;
-    if let Ok(b) = Bundle::load(&st.bundle) {
-        if let Some(h) = b.spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
-            run_hooks("poststart", &h, &oci_state_json(&st, Status::Running))?;
-        }
+    // A failing poststart hook is logged; the start stands (runtime spec).
+    if let Some(h) = recorded_hooks(&st, "poststart").and_then(|h| h.poststart().clone()) {
+        run_hooks_warn("poststart", &h, &oci_state_json(&st, Status::Running), id);
     }
     Ok(())
+}
+
+/// The hooks recorded at create; for a state an older husk wrote, the
+/// bundle's, or `None` (logged) when its config.json cannot be read any
+/// more, so `stage`'s hooks cannot run.
+fn recorded_hooks(st: &ContainerState, stage: &str) -> Option<oci_spec::runtime::Hooks> {
+    if let Some(h) = &st.hooks {
+        return Some(h.clone());
+    }
+    match Bundle::load(&st.bundle) {
+        Ok(b) => b.spec.hooks().clone(),
+        Err(e) => {
+            tracing::warn!(
+                id = %st.id,
+                error = %crate::error_chain(&e),
+                "cannot read the bundle: its {stage} hooks do not run"
+            );
+            None
+        }
+    }
 }
 
 /// Asks the agent of a container that has processes (created, running or
@@ -284,12 +303,9 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
         });
     }
     teardown(rt, &st);
-    if let Ok(b) = Bundle::load(&st.bundle) {
-        if let Some(h) = b.spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
-            if let Err(e) = run_hooks("poststop", &h, &oci_state_json(&st, Status::Stopped)) {
-                tracing::warn!(id, error = %e, "poststop hook failed");
-            }
-        }
+    // Each failing poststop hook is logged; the others still run.
+    if let Some(h) = recorded_hooks(&st, "poststop").and_then(|h| h.poststop().clone()) {
+        run_hooks_warn("poststop", &h, &oci_state_json(&st, Status::Stopped), id);
     }
     Ok(())
 }

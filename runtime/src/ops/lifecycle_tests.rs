@@ -22,6 +22,8 @@ enum Agent {
     Lists(&'static [(i32, Option<&'static str>)]),
     /// Answers `State` with stopped (the container exited).
     Stopped,
+    /// Answers `State` with created and `StartContainer` with success.
+    Created,
 }
 
 fn serve(mut s: UnixStream, agent: Agent) {
@@ -60,6 +62,13 @@ fn serve(mut s: UnixStream, agent: Agent) {
                     .collect(),
             },
             (Agent::Lists(_), _) => Response::Empty,
+            (Agent::Created, Request::State(c)) => Response::State(husk_protocol::ContainerState {
+                container_id: c.container_id,
+                status: ContainerStatus::Created,
+                pid: 1,
+                exit_status: None,
+            }),
+            (Agent::Created, Request::StartContainer(_)) => Response::Empty,
             (Agent::Stopped, Request::State(c)) => Response::State(husk_protocol::ContainerState {
                 container_id: c.container_id,
                 status: ContainerStatus::Stopped,
@@ -98,6 +107,7 @@ fn running(rt_root: &std::path::Path, id: &str, agent: Option<Agent>) -> Runtime
         agent_port: husk_protocol::DEFAULT_AGENT_PORT,
         mounts: vec![],
         network: None,
+        hooks: None,
     };
     if let Some(agent) = agent {
         let listener = UnixListener::bind(&st.vsock_uds).unwrap();
@@ -304,4 +314,59 @@ fn a_stop_the_monitor_recorded_is_stopped_at_once_while_the_agent_is_wedged() {
     let rt2 = rt.clone();
     let all = within(STATUS_DEADLINE * 2, move || list(&rt2).unwrap());
     assert_eq!(all[0].status, Status::Stopped);
+}
+
+/// Hooks that write their stage into `log` (the first of each list after
+/// a failing one).
+fn failing_then_logging(log: &std::path::Path) -> oci_spec::runtime::Hooks {
+    let then = |stage: &str| {
+        serde_json::json!([
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo broken >&2; exit 1"]},
+            {"path": "/bin/sh", "args": ["sh", "-c", format!("cat >> {0}; echo \" {stage}\" >> {0}", log.display())]}
+        ])
+    };
+    serde_json::from_value(serde_json::json!({
+        "poststart": then("poststart"),
+        "poststop": then("poststop"),
+    }))
+    .unwrap()
+}
+
+/// runtime spec: a failing poststart hook is logged and the start stands
+/// (it used to fail `start`, leaving a running container behind the
+/// error), and the hooks after it still run.
+#[test]
+fn a_failing_poststart_hook_warns_and_start_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("hooks.log");
+    let rt = running(t.path(), "c", Some(Agent::Created));
+    let mut st = rt.root.load("c").unwrap();
+    st.status = Status::Created;
+    st.hooks = Some(failing_then_logging(&log));
+    rt.root.save(&st).unwrap();
+    start(&rt, "c").expect("a failing poststart hook does not fail start");
+    assert_eq!(rt.root.load("c").unwrap().status, Status::Running);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.ends_with(" poststart\n"), "{logged}");
+    assert!(logged.contains("\"status\":\"running\""), "{logged}");
+}
+
+/// runtime spec: a failing poststop hook is logged and the hooks after it
+/// still run (the first failure used to end the list).
+#[test]
+fn a_failing_poststop_hook_does_not_stop_the_others() {
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("hooks.log");
+    let rt = running(t.path(), "c", None);
+    let mut st = rt.root.load("c").unwrap();
+    // A monitor that is gone: nothing to stop.
+    st.pid_start_time += 1;
+    st.status = Status::Stopped;
+    st.hooks = Some(failing_then_logging(&log));
+    rt.root.save(&st).unwrap();
+    delete(&rt, "c", false).unwrap();
+    assert!(!t.path().join("c").exists());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.ends_with(" poststop\n"), "{logged}");
+    assert!(logged.contains("\"status\":\"stopped\""), "{logged}");
 }

@@ -380,7 +380,9 @@ impl TaskService {
         bundle_dir: &Path,
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
-        let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        let mut bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        crate::unsupported::warn_ignored(&crate::unsupported::ignored(&bundle.spec), id);
+        crate::unsupported::warn_ignored(&crate::unsupported::host_hooks(&bundle.spec), id);
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
         // every later one answers to the same operator rules.
@@ -388,6 +390,9 @@ impl TaskService {
             .policy
             .check(&bundle.spec)
             .map_err(crate::ops::OpError::from)?;
+        // Its cpuset names vCPUs the pod's VM has (which its first
+        // container sized).
+        crate::sizing::fit_cpuset(&mut bundle.spec, &vm.size).map_err(crate::ops::OpError::from)?;
         let (spec, mounts) = vm.share_bundle(&bundle, id)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -752,6 +757,10 @@ impl Task for TaskService {
         // parse_json: an error names the field (`capabilities.bounding[0]`).
         let process: oci_spec::runtime::Process = crate::bundle::parse_json(&req.spec.value)
             .map_err(|e| ShimError::Invalid(format!("bad exec process spec: {e}")))?;
+        crate::unsupported::warn_ignored(
+            &crate::unsupported::ignored_in_process(&process, ""),
+            &req.id,
+        );
         let mut inner = self.settled(&req.id);
         let c = inner
             .containers
