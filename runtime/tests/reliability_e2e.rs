@@ -61,6 +61,7 @@ fn killed_create_then_delete_keeps_the_bundle_and_volumes() {
             out.status.success() || err.contains("does not exist"),
             "delete after create killed at {delay_ms} ms: {err}"
         );
+        eprintln!("create killed at {delay_ms} ms; delete: {}", err.trim());
         // (The guest may have made the /data mount point, as runc would.)
         let after = entries(&rootfs);
         assert!(

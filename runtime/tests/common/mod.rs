@@ -162,9 +162,19 @@ impl Env {
             .flatten()
             .map(|e| e.file_name())
             .collect();
+        // What is left says how it came to be left: name each file.
+        let inside: Vec<_> = left
+            .iter()
+            .map(|d| {
+                let files: Vec<_> = fs::read_dir(root.join(d))
+                    .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                    .unwrap_or_default();
+                format!("{d:?}: {files:?}")
+            })
+            .collect();
         assert!(
             left.is_empty(),
-            "state left in {}: {left:?}",
+            "state left in {}: {inside:?}",
             root.display()
         );
         let needle = self.dir.path().to_str().unwrap().to_owned();
