@@ -222,6 +222,20 @@ pub fn create(
             None
         }
     };
+    let user_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    let missing = devices::left_out(linux.devices().as_deref().unwrap_or_default(), user_ns);
+    if !missing.is_empty() {
+        tracing::warn!(
+            id = %req.container_id,
+            ?missing,
+            "linux.devices: left out (a user namespace cannot mknod, and the guest has no such \
+             device to bind)"
+        );
+    }
     let process = spec.process().clone().unwrap_or_default();
     let mode = child::Mode::Create { rootfs: &rootfs };
     match spawn(mode, spec, &process, cgroup.as_deref(), req.stdio, true) {
