@@ -543,3 +543,54 @@ fn a_stalled_start_holds_up_no_other_container() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+/// A kill of a process that has exited is NotFound (containerd ignores
+/// NotFound on kill, not FailedPrecondition: StopPodSandbox failed and
+/// the pod's VM stayed up). A kill of the whole container (`all`) after
+/// its init exited is no error.
+#[test]
+fn a_kill_of_an_exited_process_is_not_found() {
+    if !can_run("kill_exited") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["true"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    for exec_id in [None, Some("e1")] {
+        if let Some(e) = exec_id {
+            // An exec of a stopped container cannot be made: test the
+            // exec's case in a container whose init still runs.
+            let (spec, _) = agent.bundle("b2", &[], &["sleep", "1000"]);
+            create(&mut c, "c2", spec.clone(), StdioSpec::default()).unwrap();
+            c.start("c2").unwrap();
+            let p = with_args(spec, &["true"]).process().clone().unwrap();
+            exec(&mut c, "c2", e, p, StdioSpec::default()).unwrap();
+            assert_eq!(c.wait("c2", Some(e)).unwrap(), 0);
+        }
+        let id = if exec_id.is_some() { "c2" } else { "c" };
+        let err = c
+            .call(Request::SignalProcess(SignalProcess {
+                container_id: id.into(),
+                exec_id: exec_id.map(Into::into),
+                signal: 15,
+                all: false,
+            }))
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::NotFound),
+            "{id}/{exec_id:?}: {err}"
+        );
+        assert!(err.to_string().contains("has exited"), "{err}");
+    }
+    signal(&mut c, "c", None, 9, true);
+    signal(&mut c, "c2", None, 9, false);
+    assert_eq!(c.wait("c2", None).unwrap(), 137);
+    remove(&mut c, "c");
+    remove(&mut c, "c2");
+    assert_no_children(&agent);
+    agent.shutdown();
+}

@@ -855,3 +855,50 @@ fn a_create_leaves_no_rootfs_mount_behind() {
     assert_eq!(mounts_on(&rootfs), 0, "b's rootfs mounts are left");
     stop_the_vm(&shim);
 }
+
+/// A kill that reaches the agent after the process exited there (the
+/// shim still waits for its output to drain, so it still says running)
+/// is NotFound: containerd ignores NotFound on kill, and StopPodSandbox
+/// goes on.
+#[test]
+fn a_kill_of_a_process_that_just_exited_is_not_found() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: a container's share is a bind mount: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (exit_hold, exit) = hold();
+    let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), move |req| match req {
+        Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
+        Request::StartContainer(_) | Request::RemoveContainer(_) => Ok(Response::Empty),
+        Request::WaitProcess(_) => {
+            exit_hold.hold();
+            Ok(Response::Exited { exit_status: 0 })
+        }
+        // What the agent answers once the init was reaped.
+        Request::SignalProcess(s) if !s.all => Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            "the init of container \"a\" has exited",
+        )),
+        Request::SignalProcess(_) => Ok(Response::Empty),
+        other => panic!("the fake agent got {other:?}"),
+    });
+    let shim = Shim::new(dir, fake_vm(agent));
+    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.start("a", "").unwrap();
+    exit.entered("a's WaitProcess");
+    let st = shim.state("a").expect("state of a");
+    assert_eq!(status_and_pid(&st), (Status::RUNNING, 10));
+    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
+    let mut all = KillRequest::new();
+    all.id = "a".into();
+    all.signal = 9;
+    all.all = true;
+    shim.task().kill(ctx(), &all).expect("kill --all");
+    exit.release();
+    assert_eq!(shim.wait("a", "").expect("wait a"), 0);
+    // Stopped in the shim too: NotFound without asking the agent.
+    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
+    shim.delete("a").expect("delete a");
+    stop_the_vm(&shim);
+}
