@@ -594,3 +594,75 @@ fn a_kill_of_an_exited_process_is_not_found() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+/// When a container's init exits, the container's other processes are
+/// killed (runc's shim kills the rest when the container has no PID
+/// namespace of its own; the kernel does it when it has one): a
+/// background child that keeps stdout open must not keep the output open
+/// after the exit (the shim waited out its drain timeout, 5 s, on every
+/// stop). Here the container shares the agent's PID namespace, as a
+/// container in a pod with a shared PID namespace shares the pause
+/// container's.
+#[test]
+fn an_exited_init_takes_the_rest_of_its_container_with_it() {
+    if !can_run("init_exit_kills_the_rest") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle(
+        "b",
+        &[],
+        &["sh", "-c", "sleep 1000 & echo $! >/bg.pid; echo started"],
+    );
+    let spec = patch(spec, |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let rootfs = spec.root().as_ref().unwrap().path().clone();
+    let mut c = agent.client();
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    create(&mut c, "c", spec, stdio).unwrap();
+    let mut out = agent.stream("c", None, StreamKind::Stdout);
+    let err = agent.stream("c", None, StreamKind::Stderr);
+    c.start("c").unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    let exited = std::time::Instant::now();
+    // The output ends (EOF) soon after the exit: the background sleep,
+    // which holds stdout, is gone.
+    out.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = Vec::new();
+    let r = std::io::Read::read_to_end(&mut out, &mut got);
+    assert!(
+        r.is_ok(),
+        "stdout still open {:?} after init exited: {r:?} (got {:?})",
+        exited.elapsed(),
+        text(&got)
+    );
+    assert_eq!(text(&got), "started\n");
+    drop(err);
+    let bg: i32 = std::fs::read_to_string(rootfs.join("bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = (0..100).any(|_| {
+        let dead = std::fs::read_to_string(format!("/proc/{bg}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true);
+        if !dead {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dead
+    });
+    assert!(
+        gone,
+        "the background sleep {bg} survived its container's init"
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
