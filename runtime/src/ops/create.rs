@@ -84,6 +84,12 @@ pub fn check(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
     let bundle = Bundle::load(&opts.bundle)?;
+    crate::bundle::check_namespaces(&bundle.spec).map_err(|reason| {
+        crate::bundle::BundleError::Invalid {
+            path: bundle.dir.join("config.json"),
+            reason,
+        }
+    })?;
     let terminal = bundle
         .spec
         .process()

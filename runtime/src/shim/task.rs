@@ -381,6 +381,10 @@ impl TaskService {
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
         let bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        // Before a VM is booted for it: a pod asking for the host's
+        // network, IPC or PID namespace (hostNetwork...) is refused.
+        crate::bundle::check_namespaces(&bundle.spec)
+            .map_err(|e| ShimError::Invalid(format!("task {id}: {e}")))?;
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;
         // The pod's first container was checked when its VM was sized;
         // every later one answers to the same operator rules.

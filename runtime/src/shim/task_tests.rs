@@ -176,6 +176,8 @@ impl Shim {
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                     {"type": "uts"}, {"type": "mount"}]},
         });
         fs::write(bundle.join("config.json"), config.to_string()).unwrap();
         let mut r = CreateTaskRequest::new();
@@ -854,6 +856,57 @@ fn a_create_leaves_no_rootfs_mount_behind() {
     shim.delete("b").expect("delete b");
     assert_eq!(mounts_on(&rootfs), 0, "b's rootfs mounts are left");
     stop_the_vm(&shim);
+}
+
+/// A pod that asks for the host's network, IPC or PID namespace
+/// (hostNetwork, hostIPC, hostPID: the sandbox's spec has no entry of that
+/// type) ran with the VM's instead, silently. It is refused at create,
+/// naming the field, before any VM is booted.
+#[test]
+fn a_pod_asking_for_a_host_namespace_is_refused_before_its_vm_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let boots = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = boots.clone();
+    let boot: Box<BootFn> = Box::new(
+        move |_: &Path, _: &Spec, _: &Path, _: &dyn Fn(&str) -> Option<String>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(ShimError::Invalid("no VM may be booted".into()))
+        },
+    );
+    let shim = Shim::new(dir, boot);
+    for (missing, k8s) in [
+        ("network", "hostNetwork"),
+        ("ipc", "hostIPC"),
+        ("pid", "hostPID"),
+    ] {
+        let req = shim.create_req(&format!("pod-{missing}"));
+        let config = Path::new(&req.bundle).join("config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != missing);
+        fs::write(&config, v.to_string()).unwrap();
+        let e = shim.task().create(ctx(), &req).expect_err(missing);
+        let ttrpc::Error::RpcStatus(st) = &e else {
+            panic!("{missing}: {e:?}");
+        };
+        assert_eq!(st.code(), Code::INVALID_ARGUMENT, "{missing}: {e:?}");
+        let msg = &st.message;
+        assert!(
+            msg.contains(&format!("linux.namespaces has no {missing} namespace")),
+            "{msg}"
+        );
+        assert!(msg.contains(k8s), "{msg}");
+    }
+    assert_eq!(boots.load(std::sync::atomic::Ordering::SeqCst), 0);
+    shim.shutdown_in_background()
+        .join()
+        .unwrap()
+        .expect("shutdown");
+    assert!(shim.exits());
+    assert!(shim.stopping.lock().unwrap().is_none(), "no VM was made");
+    assert!(shim.topics().is_empty());
 }
 
 /// A kill that reaches the agent after the process exited there (the

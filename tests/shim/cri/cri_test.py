@@ -2,9 +2,11 @@
 """A CRI client test through containerd's socket (runtime.v1 gRPC).
 
 usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
-Runs a pod with runtime handler `husk`, two containers in it, ExecSync, reads
-the container logs, then stops and removes the pod. Prints `ok: ...` lines;
-exits non-zero on the first failure. GENDIR holds the generated api_pb2*.py.
+A pod asking for the host's network (hostNetwork) is refused. Then runs a
+pod with runtime handler `husk` on containerd's CNI network, two containers
+in it, ExecSync, reads the container logs, then stops and removes the pod.
+Prints `ok: ...` lines; exits non-zero on the first failure. GENDIR holds
+the generated api_pb2*.py.
 """
 import os
 import sys
@@ -26,17 +28,34 @@ def expect(what, got, want):
 v = rt.Version(pb.VersionRequest(), timeout=10)
 ok(f"CRI {v.runtime_api_version} from {v.runtime_name} {v.runtime_version}")
 
+# A VM cannot share the host's network namespace: a hostNetwork pod is
+# refused at its sandbox's create (it ran with the VM's network, silently).
+import grpc  # noqa: E402
+
+host_cfg = pb.PodSandboxConfig(
+    metadata=pb.PodSandboxMetadata(name="husk-hostnet", uid="uid-husk-hostnet", namespace="default", attempt=0),
+    log_directory=logdir,
+    linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE)
+        )
+    ),
+)
+try:
+    rt.RunPodSandbox(pb.RunPodSandboxRequest(config=host_cfg, runtime_handler="husk"), timeout=T)
+    fail("a hostNetwork pod was run")
+except grpc.RpcError as e:
+    if "linux.namespaces has no network namespace" not in (e.details() or ""):
+        fail(f"a hostNetwork pod failed for another reason: {e.details()!r}")
+ok("a hostNetwork pod is refused (linux.namespaces has no network namespace)")
+left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
+expect("the refused pod is not left", len(left), 0)
+
 pod_cfg = pb.PodSandboxConfig(
     metadata=pb.PodSandboxMetadata(name="husk-pod", uid="uid-husk-pod", namespace="default", attempt=0),
     log_directory=logdir,
     labels={"app": "husk-test"},
     annotations={"husk.memory_mib": "320"},
-    linux=pb.LinuxPodSandboxConfig(
-        # No CNI on this host: the pod uses the VM's own network namespace.
-        security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(network=pb.NODE)
-        )
-    ),
 )
 pod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
 ok(f"RunPodSandbox {pod[:12]}")
