@@ -110,6 +110,29 @@ pub fn setup() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Makes the guest's mounts shared, as systemd makes a host's, so that a
+/// container's propagation (`linux.rootfsPropagation`, a volume's `rslave`
+/// or `rshared`) means what it means with runc on such a host: `rslave`
+/// receives the guest's mounts, an `rshared` volume shares its mounts with
+/// the guest. A container still gets `rslave` by default: nothing it
+/// mounts reaches the guest unless it asks. After [`setup`], once logging
+/// is up (a failure is logged, not fatal).
+pub fn share_mounts() {
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        tracing::warn!(
+            error = %e,
+            "cannot make the guest's mounts shared: a container's mount propagation stays \
+             within the container"
+        );
+    }
+}
+
 /// Mounts the virtio-fs share `tag` at its mount point unless it is there.
 pub fn mount_share(tag: &str) -> Result<(), InitError> {
     let target = husk_protocol::share_mount_point(tag);

@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    if pid1 {
+        husk_agent::init::share_mounts();
+    }
     let result = run(pid1);
     if pid1 {
         if let Err(e) = &result {

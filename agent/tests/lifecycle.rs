@@ -543,3 +543,126 @@ fn a_stalled_start_holds_up_no_other_container() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+/// A kill of a process that has exited is NotFound (containerd ignores
+/// NotFound on kill, not FailedPrecondition: StopPodSandbox failed and
+/// the pod's VM stayed up). A kill of the whole container (`all`) after
+/// its init exited is no error.
+#[test]
+fn a_kill_of_an_exited_process_is_not_found() {
+    if !can_run("kill_exited") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle("b", &[], &["true"]);
+    let mut c = agent.client();
+    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
+    c.start("c").unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    for exec_id in [None, Some("e1")] {
+        if let Some(e) = exec_id {
+            // An exec of a stopped container cannot be made: test the
+            // exec's case in a container whose init still runs.
+            let (spec, _) = agent.bundle("b2", &[], &["sleep", "1000"]);
+            create(&mut c, "c2", spec.clone(), StdioSpec::default()).unwrap();
+            c.start("c2").unwrap();
+            let p = with_args(spec, &["true"]).process().clone().unwrap();
+            exec(&mut c, "c2", e, p, StdioSpec::default()).unwrap();
+            assert_eq!(c.wait("c2", Some(e)).unwrap(), 0);
+        }
+        let id = if exec_id.is_some() { "c2" } else { "c" };
+        let err = c
+            .call(Request::SignalProcess(SignalProcess {
+                container_id: id.into(),
+                exec_id: exec_id.map(Into::into),
+                signal: 15,
+                all: false,
+            }))
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::NotFound),
+            "{id}/{exec_id:?}: {err}"
+        );
+        assert!(err.to_string().contains("has exited"), "{err}");
+    }
+    signal(&mut c, "c", None, 9, true);
+    signal(&mut c, "c2", None, 9, false);
+    assert_eq!(c.wait("c2", None).unwrap(), 137);
+    remove(&mut c, "c");
+    remove(&mut c, "c2");
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// When a container's init exits, the container's other processes are
+/// killed (runc's shim kills the rest when the container has no PID
+/// namespace of its own; the kernel does it when it has one): a
+/// background child that keeps stdout open must not keep the output open
+/// after the exit (the shim waited out its drain timeout, 5 s, on every
+/// stop). Here the container shares the agent's PID namespace, as a
+/// container in a pod with a shared PID namespace shares the pause
+/// container's.
+#[test]
+fn an_exited_init_takes_the_rest_of_its_container_with_it() {
+    if !can_run("init_exit_kills_the_rest") {
+        return;
+    }
+    let agent = Agent::start();
+    let (spec, _) = agent.bundle(
+        "b",
+        &[],
+        &["sh", "-c", "sleep 1000 & echo $! >/bg.pid; echo started"],
+    );
+    let spec = patch(spec, |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    let rootfs = spec.root().as_ref().unwrap().path().clone();
+    let mut c = agent.client();
+    let stdio = StdioSpec {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
+    create(&mut c, "c", spec, stdio).unwrap();
+    let mut out = agent.stream("c", None, StreamKind::Stdout);
+    let err = agent.stream("c", None, StreamKind::Stderr);
+    c.start("c").unwrap();
+    assert_eq!(c.wait("c", None).unwrap(), 0);
+    let exited = std::time::Instant::now();
+    // The output ends (EOF) soon after the exit: the background sleep,
+    // which holds stdout, is gone.
+    out.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = Vec::new();
+    let r = std::io::Read::read_to_end(&mut out, &mut got);
+    assert!(
+        r.is_ok(),
+        "stdout still open {:?} after init exited: {r:?} (got {:?})",
+        exited.elapsed(),
+        text(&got)
+    );
+    assert_eq!(text(&got), "started\n");
+    drop(err);
+    let bg: i32 = std::fs::read_to_string(rootfs.join("bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = (0..100).any(|_| {
+        let dead = std::fs::read_to_string(format!("/proc/{bg}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true);
+        if !dead {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dead
+    });
+    assert!(
+        gone,
+        "the background sleep {bg} survived its container's init"
+    );
+    remove(&mut c, "c");
+    assert_no_children(&agent);
+    agent.shutdown();
+}

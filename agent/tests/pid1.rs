@@ -68,6 +68,16 @@ fn pid1_mounts_runs_a_container_and_reboots_on_shutdown() {
             "{target} not mounted: {mountinfo}"
         );
     }
+    // The guest's root is a shared mount, as systemd makes a host's: a
+    // container's `rslave` / `rshared` propagation means what it means
+    // with runc on such a host (mounts reach the container / the guest).
+    // (Checked once the agent is gone: a failed assertion here would
+    // leave it running.)
+    let guest_root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap()
+        .to_owned();
     // /proc is a fresh one for the agent's pid namespace.
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let proc_id = mountinfo
@@ -128,4 +138,8 @@ fn pid1_mounts_runs_a_container_and_reboots_on_shutdown() {
         "{st:?}"
     );
     assert_no_mounts(&bundle);
+    assert!(
+        guest_root.split(" - ").next().unwrap().contains(" shared:"),
+        "the guest's / is not shared: {guest_root}"
+    );
 }

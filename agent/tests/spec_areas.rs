@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use husk_protocol::{StdioSpec, StreamKind};
 use serde_json::json;
 
 /// Runs `sh -c SCRIPT` in a fresh bundle after `edit`; asserts exit 0 and
@@ -802,6 +803,206 @@ fn create_and_start_container_hooks_run_in_the_container() {
     assert!(!dir3.join("rootfs/ran").exists(), "the process ran");
     assert_no_mounts(&dir);
     assert_no_mounts(&dir3);
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
+/// A privileged pod's container as containerd's CRI makes it: every host
+/// device listed (`/dev/ptmx` among them, devices in subdirectories, and
+/// devices the guest has no driver for: mknod makes them regardless), all
+/// capabilities, no seccomp profile, no masked or read-only paths, sysfs
+/// and the cgroup filesystem writable. It starts (it failed with
+/// `mknod .../dev/pts/ptmx: File exists`: the ptmx link was made before
+/// the spec's devices, and `/dev/ptmx` was created through it), and
+/// `/dev/ptmx` is the link to the container's devpts, as with runc.
+#[test]
+fn a_privileged_spec_with_every_host_device_starts() {
+    // Every capability this host lets a process have (containerd lists its
+    // own set; in the guest the agent has them all).
+    let have = caps::read(None, caps::CapSet::Bounding).unwrap();
+    let all_caps: Vec<String> = have.iter().map(|c| c.to_string()).collect();
+    let script = "readlink /dev/ptmx; \
+                  for d in null console tty kmsg dri/card0 husk-test/nodriver; do \
+                    test -c /dev/$d && echo chr $d; done; \
+                  test -b /dev/husk-blk && echo blk husk-blk; \
+                  grep -E '^(CapEff|Seccomp):' /proc/self/status; \
+                  awk '$5 == \"/sys\" || $5 == \"/sys/fs/cgroup\" { print $5, substr($6, 1, 2) }' /proc/self/mountinfo";
+    let Some(out) = sh("privileged", &[], script, |v| {
+        let dev = |path: &str, typ: &str, major: u32, minor: u32| {
+            json!({"path": path, "type": typ, "major": major, "minor": minor,
+                   "fileMode": 0o666, "uid": 0, "gid": 0})
+        };
+        v["linux"]["devices"] = json!([
+            dev("/dev/null", "c", 1, 3),
+            dev("/dev/ptmx", "c", 5, 2),
+            dev("/dev/console", "c", 5, 1),
+            dev("/dev/tty", "c", 5, 0),
+            dev("/dev/kmsg", "c", 1, 11),
+            dev("/dev/dri/card0", "c", 226, 0),
+            // No such driver anywhere: the node is made all the same.
+            dev("/dev/husk-test/nodriver", "c", 511, 77),
+            dev("/dev/husk-blk", "b", 259, 999),
+        ]);
+        v["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]});
+        v["linux"]["maskedPaths"] = json!([]);
+        v["linux"]["readonlyPaths"] = json!([]);
+        let caps = json!(all_caps);
+        v["process"]["capabilities"] = json!({"bounding": caps, "effective": caps,
+                                              "permitted": caps});
+        v["process"]["noNewPrivileges"] = json!(false);
+        for m in v["mounts"].as_array_mut().unwrap() {
+            if m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup" {
+                let opts = m["options"].as_array_mut().unwrap();
+                opts.retain(|o| o != "ro");
+                opts.push(json!("rw"));
+            }
+        }
+    }) else {
+        return;
+    };
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("pts/ptmx"), "{out}");
+    for want in [
+        "chr null",
+        "chr console",
+        "chr tty",
+        "chr kmsg",
+        "chr dri/card0",
+        "chr husk-test/nodriver",
+        "blk husk-blk",
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want}: {out}");
+    }
+    let all: u64 = have.iter().map(|c| 1u64 << c.index()).sum();
+    assert!(
+        out.contains(&format!("CapEff:\t{all:016x}")),
+        "{all:016x}: {out}"
+    );
+    assert!(out.contains("/sys rw"), "{out}");
+    assert!(out.contains("/sys/fs/cgroup rw"), "{out}");
+}
+
+/// `linux.rootfsPropagation` and the mounts' propagation options have
+/// runc's meaning between the container and the agent's (the guest's)
+/// mount namespace, for a volume whose source is a shared mount there
+/// (the guest makes its root shared, as systemd does on a host):
+/// - `rshared` (Kubernetes' Bidirectional): a mount the container makes
+///   in the volume reaches the agent's side (it did not: the container's
+///   mounts were always made slaves first);
+/// - `rslave` (HostToContainer): a mount made on the agent's side after
+///   the container started shows in the container;
+/// - `rprivate`: neither way.
+#[test]
+fn rootfs_propagation_between_the_agent_and_the_container() {
+    if !can_run("propagation") {
+        return;
+    }
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let agent = Agent::start();
+    let vol = agent.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    mount(
+        Some("tmpfs"),
+        &vol,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    // Unmounted however the test ends.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(vol.clone());
+    mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    let mut c = agent.client();
+    // Waits (up to 3 s) for FILE in the volume: "seen" or "unseen".
+    let look = |f: &str| {
+        format!(
+            "i=0; while [ ! -e /vol/{f} ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; \
+             [ -e /vol/{f} ] && echo seen || echo unseen"
+        )
+    };
+    for (i, (prop, script, inward)) in [
+        (
+            "rshared",
+            "mkdir -p /vol/out && mount -t tmpfs none /vol/out && touch /vol/out/made".to_owned(),
+            None,
+        ),
+        ("rslave", look("in1/made"), Some("in1")),
+        ("rprivate", look("in2/made"), Some("in2")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (spec, _) = agent.bundle(&format!("b{i}"), &[], &["sh", "-c", &script]);
+        let source = vol.to_str().unwrap().to_owned();
+        let spec = patch(spec, |v| {
+            v["linux"]["rootfsPropagation"] = json!(prop);
+            v["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/vol", "type": "bind", "source": source,
+                "options": ["rbind", prop]}));
+            let caps = json!(["CAP_SYS_ADMIN"]);
+            v["process"]["capabilities"] =
+                json!({"bounding": caps, "effective": caps, "permitted": caps});
+        });
+        let id = format!("c{i}");
+        let stdio = StdioSpec {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        };
+        create(&mut c, &id, spec, stdio).unwrap();
+        let out = agent.stream(&id, None, StreamKind::Stdout);
+        let err = agent.stream(&id, None, StreamKind::Stderr);
+        c.start(&id).unwrap();
+        if let Some(dir) = inward {
+            let d = vol.join(dir);
+            std::fs::create_dir(&d).unwrap();
+            mount(
+                Some("tmpfs"),
+                &d,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=1m"),
+            )
+            .unwrap();
+            std::fs::write(d.join("made"), b"").unwrap();
+        }
+        let (o, e) = collect(out, err, None, None);
+        assert_eq!(c.wait(&id, None).unwrap(), 0, "{prop}: {}", text(&e));
+        remove(&mut c, &id);
+        let o = text(&o);
+        match (prop, inward) {
+            ("rshared", _) => assert!(
+                vol.join("out/made").exists(),
+                "rshared: the container's mount did not reach the agent's side"
+            ),
+            ("rslave", _) => assert_eq!(
+                o, "seen\n",
+                "rslave: the agent's mount did not reach the container"
+            ),
+            _ => assert_eq!(
+                o, "unseen\n",
+                "rprivate: the agent's mount reached the container"
+            ),
+        }
+        if let Some(dir) = inward {
+            umount2(&vol.join(dir), MntFlags::MNT_DETACH).unwrap();
+        }
+    }
+    let _ = umount2(&vol.join("out"), MntFlags::MNT_DETACH);
+    drop(_unmount);
     assert_no_children(&agent);
     agent.shutdown();
 }

@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::{Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::mountpoints::{self, MountPointError};
 use crate::mounts::{self, MountAttrs};
@@ -138,6 +138,39 @@ impl Bundle {
         let rootfs = fs::canonicalize(&rootfs).unwrap_or(rootfs);
         Ok(Bundle { dir, spec, rootfs })
     }
+}
+
+/// The namespaces a container must ask for: without an entry of one of
+/// these types in `linux.namespaces`, runc shares the host's (Kubernetes'
+/// `hostNetwork`, `hostIPC` and `hostPID` make such specs). A container in
+/// a VM cannot share the host's namespaces, and giving it the VM's instead
+/// would silently be something else, so such a spec is refused.
+pub const REQUIRED_NAMESPACES: [(LinuxNamespaceType, &str, &str); 3] = [
+    (LinuxNamespaceType::Network, "network", "hostNetwork"),
+    (LinuxNamespaceType::Ipc, "ipc", "hostIPC"),
+    (LinuxNamespaceType::Pid, "pid", "hostPID"),
+];
+
+/// Refuses a spec that would share one of the host's network, IPC or PID
+/// namespaces ([`REQUIRED_NAMESPACES`]): the error names the field, the
+/// namespace, why, and the fix.
+pub fn check_namespaces(spec: &Spec) -> Result<(), String> {
+    let ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for (typ, name, k8s) in REQUIRED_NAMESPACES {
+        if !ns.iter().any(|n| n.typ() == typ) {
+            return Err(format!(
+                "linux.namespaces has no {name} namespace: the container would share the \
+                 host's {name} namespace, which a container in a VM cannot (it would get the \
+                 VM's instead); add {{\"type\": \"{name}\"}} (a Kubernetes pod with {k8s} \
+                 cannot run with husk)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a config.json. An error names the field it is about and where
@@ -507,6 +540,56 @@ mod tests {
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "mounts": [{"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}]
         })
+    }
+
+    /// runc shares the host's network, IPC or PID namespace when the spec
+    /// has no entry for it (Kubernetes' hostNetwork, hostIPC, hostPID); a
+    /// VM cannot, so the spec is refused naming the field and the fix.
+    #[test]
+    fn a_spec_sharing_a_host_namespace_is_refused() {
+        let spec = |types: &[&str]| -> Spec {
+            let ns: Vec<_> = types
+                .iter()
+                .map(|t| serde_json::json!({"type": t}))
+                .collect();
+            let mut c = minimal();
+            c["linux"] = serde_json::json!({"namespaces": ns});
+            serde_json::from_value(c).unwrap()
+        };
+        check_namespaces(&spec(&["pid", "network", "ipc", "uts", "mount"])).unwrap();
+        // A namespace joined by path is the container's own choice.
+        let mut joined = serde_json::to_value(spec(&["pid", "ipc", "mount"])).unwrap();
+        joined["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network", "path": "/var/run/netns/cni-1"}));
+        check_namespaces(&serde_json::from_value(joined).unwrap()).unwrap();
+        for (types, missing, k8s) in [
+            (
+                &["pid", "ipc", "uts", "mount"][..],
+                "network",
+                "hostNetwork",
+            ),
+            (&["pid", "network", "uts", "mount"][..], "ipc", "hostIPC"),
+            (&["network", "ipc", "uts", "mount"][..], "pid", "hostPID"),
+        ] {
+            let e = check_namespaces(&spec(types)).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "linux.namespaces has no {missing} namespace: the container would share the \
+                     host's {missing} namespace, which a container in a VM cannot"
+                )),
+                "{e}"
+            );
+            assert!(
+                e.contains(&format!("add {{\"type\": \"{missing}\"}}")),
+                "{e}"
+            );
+            assert!(e.contains(k8s), "{e}");
+        }
+        // No linux section at all: no network namespace either.
+        let e = check_namespaces(&serde_json::from_value(minimal()).unwrap()).unwrap_err();
+        assert!(e.contains("no network namespace"), "{e}");
     }
 
     #[test]

@@ -344,3 +344,36 @@ fn config_errors_name_the_field() {
         assert!(reason.contains(" line "), "{reason}");
     }
 }
+
+/// A config.json without a network, IPC or PID namespace entry (runc then
+/// shares the host's) is refused by `create` before anything is made,
+/// naming the field and the fix: a VM cannot share the host's namespaces.
+#[test]
+fn a_config_sharing_a_host_namespace_is_refused_at_create() {
+    let b = Bundle::new();
+    for missing in ["network", "ipc", "pid"] {
+        let mut v = base();
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != missing);
+        let e = b
+            .check(&serde_json::to_vec(&v).unwrap(), false)
+            .expect_err(missing);
+        let OpError::Bundle(BundleError::Invalid { reason, path }) = e else {
+            panic!("{missing}: not an invalid-spec error: {e:?}");
+        };
+        assert!(path.ends_with("config.json"), "{}", path.display());
+        assert!(
+            reason.starts_with(&format!(
+                "linux.namespaces has no {missing} namespace: the container would share the \
+                 host's {missing} namespace, which a container in a VM cannot"
+            )),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&format!("add {{\"type\": \"{missing}\"}}")),
+            "{reason}"
+        );
+    }
+}

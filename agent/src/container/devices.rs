@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Component, Path};
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -79,13 +79,45 @@ pub fn from_spec(d: &LinuxDevice) -> Result<DeviceNode, SetupError> {
     })
 }
 
-/// Creates `dev` under `rootfs`: mknod, or (where mknod is not allowed, in a
-/// user namespace) a bind mount of the agent's own node.
-pub fn create(rootfs: &Path, dev: &DeviceNode) -> Result<(), SetupError> {
-    let target = resolve_in_root(rootfs, Path::new(&dev.path))?;
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(sys(format!("create {}", parent.display())))?;
+/// Whether a device path is `/dev/ptmx` (cleaned lexically, as runc's
+/// `CleanPath`): with the standard /dev links it is the link to the
+/// container's devpts, never a node.
+pub fn is_ptmx(path: &str) -> bool {
+    let mut clean = std::path::PathBuf::from("/");
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => clean.push(n),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
     }
+    clean == Path::new("/dev/ptmx")
+}
+
+/// Creates `dev` under `rootfs`: mknod (whether or not the guest has a
+/// driver for its numbers: a privileged container lists the host's devices,
+/// and one the guest lacks is a node that does not open, as with runc on a
+/// host without the driver), or, where mknod is not allowed (in a user
+/// namespace), a bind mount of the guest's own node; a device the guest
+/// does not have is then left out with a warning instead of failing the
+/// container. The directory is resolved inside the rootfs; the last
+/// component is replaced, never followed: a link there (an image's, or
+/// one of the /dev links) is not a way to a node elsewhere. A node that
+/// cannot be replaced (a mount point, a directory) is kept, as runc keeps
+/// an existing node (EEXIST).
+pub fn create(rootfs: &Path, dev: &DeviceNode) -> Result<(), SetupError> {
+    let path = Path::new(&dev.path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(SetupError::Invalid(format!(
+            "linux.devices: path {:?} names no file",
+            dev.path
+        )));
+    };
+    let parent = resolve_in_root(rootfs, dir)?;
+    let target = parent.join(name);
+    fs::create_dir_all(&parent).map_err(sys(format!("create {}", parent.display())))?;
     let _ = fs::remove_file(&target);
     let mode = Mode::from_bits_truncate(dev.mode);
     match mknod(&target, dev.kind, mode, makedev(dev.major, dev.minor)) {
@@ -99,6 +131,11 @@ pub fn create(rootfs: &Path, dev: &DeviceNode) -> Result<(), SetupError> {
             )
             .map_err(sys(format!("chown {}", target.display())))?;
         }
+        // (No logging here: this runs in the container's child, whose
+        // stderr is the container's. The agent warns about the devices a
+        // user namespace leaves out before it forks: [`left_out`].)
+        Err(nix::errno::Errno::EEXIST) => {}
+        Err(nix::errno::Errno::EPERM) if !Path::new(&dev.path).exists() => {}
         Err(nix::errno::Errno::EPERM) => {
             create_mount_point(&target, true)?;
             mount(
@@ -117,6 +154,21 @@ pub fn create(rootfs: &Path, dev: &DeviceNode) -> Result<(), SetupError> {
         Err(e) => return Err(sys(format!("mknod {}", target.display()))(e)),
     }
     Ok(())
+}
+
+/// The spec's devices a container in a user namespace goes without: mknod
+/// is not allowed there, and the guest has no node of that path to bind
+/// (a host device the guest lacks). [`create`] leaves them out; the agent
+/// logs them.
+pub fn left_out(devices: &[LinuxDevice], user_ns: bool) -> Vec<String> {
+    if !user_ns {
+        return Vec::new();
+    }
+    devices
+        .iter()
+        .map(|d| d.path().to_string_lossy().into_owned())
+        .filter(|p| !is_ptmx(p) && !Path::new(p).exists())
+        .collect()
 }
 
 /// /dev/fd, stdin, stdout, stderr, core and ptmx.
@@ -144,4 +196,60 @@ pub fn create_symlinks(rootfs: &Path) -> Result<(), SetupError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptmx_is_recognized_however_spelled() {
+        for p in [
+            "/dev/ptmx",
+            "/dev//ptmx",
+            "/dev/./ptmx",
+            "/dev/pts/../ptmx",
+            "dev/ptmx",
+        ] {
+            assert!(is_ptmx(p), "{p}");
+        }
+        for p in ["/dev/pts/ptmx", "/dev/ptmx0", "/ptmx"] {
+            assert!(!is_ptmx(p), "{p}");
+        }
+    }
+
+    /// mknod at a path whose last component is a link replaces the link
+    /// (never creates the node where it points); an existing node that
+    /// cannot be replaced (a directory here) is kept, as runc keeps one
+    /// (EEXIST).
+    #[test]
+    fn a_node_replaces_a_link_and_keeps_what_cannot_be_replaced() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: mknod needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("dev/pts")).unwrap();
+        fs::create_dir_all(r.join("dev/net")).unwrap();
+        fs::write(r.join("dev/pts/ptmx"), b"devpts' node").unwrap();
+        symlink("pts/ptmx", r.join("dev/ptmx")).unwrap();
+        let node = |path: &str| DeviceNode {
+            path: path.into(),
+            kind: SFlag::S_IFCHR,
+            major: 5,
+            minor: 2,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        };
+        create(r, &node("/dev/ptmx")).unwrap();
+        let m = fs::symlink_metadata(r.join("dev/ptmx")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &m.file_type()
+        ));
+        assert_eq!(fs::read(r.join("dev/pts/ptmx")).unwrap(), b"devpts' node");
+        create(r, &node("/dev/net")).unwrap();
+        assert!(r.join("dev/net").is_dir());
+    }
 }

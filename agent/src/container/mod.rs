@@ -227,6 +227,20 @@ pub fn create(
             None
         }
     };
+    let user_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    let missing = devices::left_out(linux.devices().as_deref().unwrap_or_default(), user_ns);
+    if !missing.is_empty() {
+        tracing::warn!(
+            id = %req.container_id,
+            ?missing,
+            "linux.devices: left out (a user namespace cannot mknod, and the guest has no such \
+             device to bind)"
+        );
+    }
     let process = spec.process().clone().unwrap_or_default();
     let mode = child::Mode::Create { rootfs: &rootfs };
     let id = &req.container_id;
@@ -480,7 +494,8 @@ impl Container {
     }
 
     /// Every live pid of the container: its cgroup's members, else the
-    /// tracked processes and their descendants.
+    /// tracked processes, the members of their sessions (each made its
+    /// own with setsid) and their descendants.
     pub fn pids(&self) -> Vec<i32> {
         if let Some(cg) = &self.cgroup {
             return cgroups::procs(cg);
@@ -490,7 +505,50 @@ impl Container {
             .filter(|p| p.exit_status.is_none())
             .map(|p| p.pid)
             .collect();
-        descendants(&roots)
+        members(&roots, &roots)
+    }
+
+    /// SIGKILLs what is left of the container once its init has exited
+    /// (just reaped): runc's shim kills the rest of a container without a
+    /// PID namespace of its own when its init exits (the kernel does it
+    /// for one that has its own), so that nothing keeps the container's
+    /// stdio open or runs on unseen. Through `cgroup.kill` where the
+    /// kernel has it (it also catches processes forking meanwhile), else
+    /// one signal per process of [`Container::pids`] and of the init's
+    /// session (its orphans). Returns how many were signalled (`None`:
+    /// the whole cgroup).
+    pub fn kill_rest(&self) -> Option<usize> {
+        if let Some(cg) = &self.cgroup {
+            match fs::write(cg.join("cgroup.kill"), "1") {
+                Ok(()) => return None,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    container = %self.id,
+                    error = %e,
+                    "cgroup.kill failed: killing the container's processes one by one"
+                ),
+            }
+        }
+        let mut pids = self.pids();
+        if self.cgroup.is_none() {
+            // The init is reaped: its orphans are found by its session,
+            // which stays theirs (its id is not reused while they live).
+            let roots: Vec<i32> = self
+                .execs
+                .values()
+                .filter(|p| p.exit_status.is_none())
+                .map(|p| p.pid)
+                .collect();
+            let mut sessions = roots.clone();
+            sessions.push(self.init.pid);
+            pids.extend(members(&roots, &sessions));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        Some(pids.len())
     }
 
     /// Drops the init's sync socket (an unstarted init then exits).
@@ -501,7 +559,14 @@ impl Container {
 
 /// `roots` and all their descendants, from /proc.
 pub fn descendants(roots: &[i32]) -> Vec<i32> {
+    members(roots, &[])
+}
+
+/// `roots`, the processes of the sessions `sessions` (ids in the agent's
+/// PID namespace), and all their descendants, from /proc.
+pub fn members(roots: &[i32], sessions: &[i32]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut todo: Vec<i32> = roots.to_vec();
     if let Ok(rd) = fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -513,13 +578,18 @@ pub fn descendants(roots: &[i32]) -> Vec<i32> {
             let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
                 continue;
             };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            // state, ppid, pgrp, session.
+            let f: Vec<&str> = rest.split_whitespace().take(4).collect();
+            if let Some(ppid) = f.get(1).and_then(|s| s.parse().ok()) {
                 children.entry(ppid).or_default().push(pid);
+            }
+            let session = f.get(3).and_then(|s| s.parse::<i32>().ok());
+            if session.is_some_and(|s| sessions.contains(&s)) {
+                todo.push(pid);
             }
         }
     }
     let mut out = Vec::new();
-    let mut todo: Vec<i32> = roots.to_vec();
     while let Some(p) = todo.pop() {
         if out.contains(&p) || !Path::new(&format!("/proc/{p}")).exists() {
             continue;

@@ -175,10 +175,14 @@ impl Server {
                     .process(r.exec_id.as_deref())
                     .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
                 if p.exit_status.is_some() {
-                    return Err(ProtocolError::new(
-                        ErrorCode::FailedPrecondition,
-                        "the process has exited",
-                    ));
+                    // NotFound, as runc answers for a gone process and as
+                    // containerd expects (it ignores NotFound on kill; a
+                    // FailedPrecondition failed StopPodSandbox).
+                    let what = match r.exec_id.as_deref() {
+                        Some(e) => format!("exec {e:?} of container {:?}", r.container_id),
+                        None => format!("the init of container {:?}", r.container_id),
+                    };
+                    return Err(not_found(&format!("{what} has exited")));
                 }
                 kill(Pid::from_raw(p.pid), sig).map_err(|e| io_err("kill", e))?;
                 Ok(Response::Empty)

@@ -329,6 +329,16 @@ impl Server {
             }
             if exec.is_none() {
                 c.status = husk_protocol::ContainerStatus::Stopped;
+                // Before the exit is reported: the rest of the container
+                // goes with its init, and with it the last writers of its
+                // stdio, so the host's output streams end now.
+                match c.kill_rest() {
+                    None => tracing::debug!(container = %cid, "init exited: killed its cgroup"),
+                    Some(0) => {}
+                    Some(n) => {
+                        tracing::info!(container = %cid, killed = n, "init exited: killed the container's other processes")
+                    }
+                }
             }
         }
         let waiting: Vec<u64> = self

@@ -86,6 +86,12 @@ pub fn check(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Bundle, crate::sizing::VmSize), OpError> {
     let mut bundle = Bundle::load(&opts.bundle)?;
+    crate::bundle::check_namespaces(&bundle.spec).map_err(|reason| {
+        crate::bundle::BundleError::Invalid {
+            path: bundle.dir.join("config.json"),
+            reason,
+        }
+    })?;
     crate::unsupported::warn_ignored(
         &crate::unsupported::ignored(&bundle.spec),
         &bundle.dir.display().to_string(),

@@ -246,15 +246,46 @@ fn ask_live(rt: &Runtime, id: &str, what: &'static str, req: Request) -> Result<
     })
 }
 
-/// `kill`.
+/// What `kill` of a container that is not running says (runc's
+/// `ErrNotRunning`).
+const NOT_RUNNING: &str = "container not running";
+
+/// `kill`, as runc 1.1: a created, running or paused container's init is
+/// signalled (every process with `--all`); a stopped container is an error
+/// ("container not running") unless `--all` is given, which then signals
+/// nothing and succeeds (runc: a stopped container whose cgroup is gone).
+/// An init that exits between the state check and the signal is the same
+/// stopped container.
 pub fn kill(rt: &Runtime, id: &str, signal: i32, all: bool) -> Result<(), OpError> {
+    let st = rt.root.load(id)?;
+    let status = live_status(rt, &st);
+    let not_running = |status| OpError::BadState {
+        id: id.into(),
+        status,
+        what: NOT_RUNNING,
+    };
+    match status {
+        Status::Created | Status::Running | Status::Paused => {}
+        Status::Stopped if all => return Ok(()),
+        other => return Err(not_running(other)),
+    }
     let req = SignalProcess {
         container_id: id.into(),
         exec_id: None,
         signal,
         all,
     };
-    ask_live(rt, id, "cannot signal it", Request::SignalProcess(req)).map(|_| ())
+    match rt.agent(&st)?.call(Request::SignalProcess(req)) {
+        Ok(_) => Ok(()),
+        Err(e) if !all && e.code() == Some(husk_protocol::ErrorCode::NotFound) => {
+            tracing::debug!(id, error = %e, "the init exited meanwhile");
+            Err(not_running(Status::Stopped))
+        }
+        Err(source) => Err(OpError::Agent {
+            id: id.into(),
+            source,
+        }),
+    }
 }
 
 /// `ps`: the container's guest processes.

@@ -24,6 +24,9 @@ enum Agent {
     Stopped,
     /// Answers `State` with created and `StartContainer` with success.
     Created,
+    /// Answers `State` with running, but a signal to the init with
+    /// NotFound: the init exited in between (a signal to all is answered).
+    ExitsWhenSignalled,
 }
 
 fn serve(mut s: UnixStream, agent: Agent) {
@@ -43,7 +46,27 @@ fn serve(mut s: UnixStream, agent: Agent) {
     };
     let _ = write_frame(&mut s, &ResponseFrame::new(0, Ok(Response::Empty)));
     while let Ok(f) = read_frame::<_, RequestFrame>(&mut s) {
+        if let (Agent::ExitsWhenSignalled, Request::SignalProcess(sig)) = (agent, &f.request) {
+            let r = if sig.all {
+                Ok(Response::Empty)
+            } else {
+                Err(husk_protocol::ProtocolError::new(
+                    husk_protocol::ErrorCode::NotFound,
+                    "the init of container \"c1\" has exited",
+                ))
+            };
+            let _ = write_frame(&mut s, &ResponseFrame::new(f.id, r));
+            continue;
+        }
         let r = match (agent, f.request) {
+            (Agent::ExitsWhenSignalled, Request::State(c)) => {
+                Response::State(husk_protocol::ContainerState {
+                    container_id: c.container_id,
+                    status: ContainerStatus::Running,
+                    pid: 1,
+                    exit_status: None,
+                })
+            }
             (Agent::Lists(_), Request::State(c)) => {
                 Response::State(husk_protocol::ContainerState {
                     container_id: c.container_id,
@@ -369,4 +392,39 @@ fn a_failing_poststop_hook_does_not_stop_the_others() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.ends_with(" poststop\n"), "{logged}");
     assert!(logged.contains("\"status\":\"stopped\""), "{logged}");
+}
+
+/// `kill` as runc 1.1: a stopped container is "container not running"
+/// (exit 1), but `kill --all` of it succeeds and signals nothing; an init
+/// that exits between the state check and the signal (the agent answers
+/// NotFound) is the same stopped container, not an agent error.
+#[test]
+fn kill_of_a_stopped_container_is_not_running_unless_all() {
+    let t = tempfile::tempdir().unwrap();
+    let rt = running(t.path(), "c1", Some(Agent::Stopped));
+    let e = kill(&rt, "c1", 15, false).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            OpError::BadState {
+                status: Status::Stopped,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "container c1 is stopped: container not running"
+    );
+    kill(&rt, "c1", 9, true).expect("kill --all of a stopped container");
+
+    let t = tempfile::tempdir().unwrap();
+    let rt = running(t.path(), "c1", Some(Agent::ExitsWhenSignalled));
+    let e = kill(&rt, "c1", 15, false).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "container c1 is stopped: container not running"
+    );
+    kill(&rt, "c1", 9, true).expect("kill --all while the init exits");
 }

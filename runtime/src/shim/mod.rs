@@ -135,10 +135,52 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .to_owned()
 }
 
+/// The file of a shim's ttrpc address (`unix:///run/containerd/s/HASH`).
+pub fn socket_path(address: &str) -> PathBuf {
+    PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
+}
+
+/// Removes the shim socket file at `path`: only a socket (never another
+/// kind of file at that path), and a missing one is no error. Whether one
+/// was removed.
+pub fn remove_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::fs::remove_file(path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot remove the shim socket");
+                false
+            }
+        },
+        Ok(_) => {
+            tracing::warn!(socket = %path.display(), "not a socket: left alone");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes the socket at `path` of a shim that is gone (the `delete`
+/// action's cleanup): one that still accepts a connection belongs to a
+/// live shim (a pod's shim serves its other containers) and stays.
+pub fn remove_dead_socket(path: &Path) -> bool {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        tracing::info!(socket = %path.display(), "a shim still serves this socket: left");
+        return false;
+    }
+    remove_socket(path)
+}
+
 /// The [`containerd_shim::Shim`] of husk.
 pub struct HuskShim {
     id: String,
     namespace: String,
+    /// containerd's own address (`-address`), from which the socket of a
+    /// grouping's shim is computed.
+    containerd: String,
+    /// The socket this shim serves on (`-socket`), when serving.
+    socket: Option<PathBuf>,
     exit: Arc<ExitSignal>,
     stopping: Arc<std::sync::Mutex<Option<Arc<vm::PodVm>>>>,
 }
@@ -167,6 +209,8 @@ impl containerd_shim::Shim for HuskShim {
         HuskShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            containerd: args.address.clone(),
+            socket: (!args.socket.is_empty()).then(|| socket_path(&args.socket)),
             exit: Arc::new(ExitSignal::default()),
             stopping: Arc::default(),
         }
@@ -192,6 +236,15 @@ impl containerd_shim::Shim for HuskShim {
         let dir = vm_dir(&shim_root(), &self.namespace, &group);
         tracing::info!(id = %self.id, dir = %dir.display(), "delete: cleaning up after the shim");
         vm::cleanup_dead(&dir, &self.id);
+        // The socket a dead shim left in containerd's socket directory.
+        let socket = socket_path(&containerd_shim::socket_address(
+            &self.containerd,
+            &self.namespace,
+            &group,
+        ));
+        if remove_dead_socket(&socket) {
+            tracing::info!(socket = %socket.display(), "removed the dead shim's socket");
+        }
         let _ = crate::bundle::unmount_all(&[bundle.join("rootfs")]);
         let mut r = DeleteResponse::new();
         r.exit_status = 137;
@@ -210,6 +263,17 @@ impl containerd_shim::Shim for HuskShim {
             let t = std::time::Instant::now();
             vm.shutdown();
             tracing::info!(ms = t.elapsed().as_millis() as u64, "VM stopped");
+        }
+        // As runc's shim does on Shutdown; here once the VM is stopped
+        // (a `start` for this grouping meanwhile still finds this shim,
+        // which refuses it, instead of starting a second one on the same
+        // VM directory). containerd-shim's own removal after this reads
+        // the socket's address from the bundle, which containerd has
+        // removed by then: the socket was left in /run/containerd/s.
+        if let Some(s) = &self.socket {
+            if remove_socket(s) {
+                tracing::debug!(socket = %s.display(), "removed the shim socket");
+            }
         }
     }
 
@@ -277,6 +341,52 @@ mod tests {
             vm_dir(Path::new("/run/husk-shim"), "default", &"a".repeat(64))
         );
         assert_eq!(a.as_os_str().len(), "/run/husk-shim/".len() + 16);
+    }
+
+    /// A shim removes its socket when it exits (containerd's socket
+    /// directory kept one per pod); the `delete` cleanup removes a dead
+    /// shim's, never a live one's, and only a socket.
+    #[test]
+    fn the_shim_socket_is_removed_when_the_shim_exits_or_is_dead() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("s").join("0123abcd");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut shim = HuskShim {
+            id: "c1".into(),
+            namespace: "k8s.io".into(),
+            containerd: "/run/containerd/containerd.sock".into(),
+            socket: Some(socket_path(&format!("unix://{}", path.display()))),
+            exit: Arc::new(ExitSignal::default()),
+            stopping: Arc::default(),
+        };
+        shim.exit.signal();
+        containerd_shim::Shim::wait(&mut shim);
+        assert!(!path.exists(), "the shim's socket is left");
+        drop(listener);
+
+        // A live shim's socket stays; a dead one's goes.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(!remove_dead_socket(&path));
+        assert!(path.exists());
+        drop(live);
+        assert!(remove_dead_socket(&path));
+        assert!(!path.exists());
+        // Only a socket is removed; a missing one is no error.
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(!remove_socket(&path));
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
+        assert!(!remove_socket(&path));
+    }
+
+    #[test]
+    fn socket_paths_drop_the_scheme() {
+        assert_eq!(
+            socket_path("unix:///run/containerd/s/abc"),
+            Path::new("/run/containerd/s/abc")
+        );
+        assert_eq!(socket_path("/x/y"), Path::new("/x/y"));
     }
 
     #[test]

@@ -381,6 +381,10 @@ impl TaskService {
     ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
         let id = &req.id;
         let mut bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
+        // Before a VM is booted for it: a pod asking for the host's
+        // network, IPC or PID namespace (hostNetwork...) is refused.
+        crate::bundle::check_namespaces(&bundle.spec)
+            .map_err(|e| ShimError::Invalid(format!("task {id}: {e}")))?;
         crate::unsupported::warn_ignored(&crate::unsupported::ignored(&bundle.spec), id);
         crate::unsupported::warn_ignored(&crate::unsupported::host_hooks(&bundle.spec), id);
         let vm = self.pod_vm(req, bundle_dir, &bundle)?;

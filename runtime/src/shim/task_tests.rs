@@ -176,6 +176,8 @@ impl Shim {
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                     {"type": "uts"}, {"type": "mount"}]},
         });
         fs::write(bundle.join("config.json"), config.to_string()).unwrap();
         let mut r = CreateTaskRequest::new();
@@ -853,5 +855,103 @@ fn a_create_leaves_no_rootfs_mount_behind() {
     assert_eq!(mounts_on(&rootfs), 2);
     shim.delete("b").expect("delete b");
     assert_eq!(mounts_on(&rootfs), 0, "b's rootfs mounts are left");
+    stop_the_vm(&shim);
+}
+
+/// A pod that asks for the host's network, IPC or PID namespace
+/// (hostNetwork, hostIPC, hostPID: the sandbox's spec has no entry of that
+/// type) ran with the VM's instead, silently. It is refused at create,
+/// naming the field, before any VM is booted.
+#[test]
+fn a_pod_asking_for_a_host_namespace_is_refused_before_its_vm_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let boots = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = boots.clone();
+    let boot: Box<BootFn> = Box::new(
+        move |_: &Path, _: &Spec, _: &Path, _: &dyn Fn(&str) -> Option<String>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(ShimError::Invalid("no VM may be booted".into()))
+        },
+    );
+    let shim = Shim::new(dir, boot);
+    for (missing, k8s) in [
+        ("network", "hostNetwork"),
+        ("ipc", "hostIPC"),
+        ("pid", "hostPID"),
+    ] {
+        let req = shim.create_req(&format!("pod-{missing}"));
+        let config = Path::new(&req.bundle).join("config.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != missing);
+        fs::write(&config, v.to_string()).unwrap();
+        let e = shim.task().create(ctx(), &req).expect_err(missing);
+        let ttrpc::Error::RpcStatus(st) = &e else {
+            panic!("{missing}: {e:?}");
+        };
+        assert_eq!(st.code(), Code::INVALID_ARGUMENT, "{missing}: {e:?}");
+        let msg = &st.message;
+        assert!(
+            msg.contains(&format!("linux.namespaces has no {missing} namespace")),
+            "{msg}"
+        );
+        assert!(msg.contains(k8s), "{msg}");
+    }
+    assert_eq!(boots.load(std::sync::atomic::Ordering::SeqCst), 0);
+    shim.shutdown_in_background()
+        .join()
+        .unwrap()
+        .expect("shutdown");
+    assert!(shim.exits());
+    assert!(shim.stopping.lock().unwrap().is_none(), "no VM was made");
+    assert!(shim.topics().is_empty());
+}
+
+/// A kill that reaches the agent after the process exited there (the
+/// shim still waits for its output to drain, so it still says running)
+/// is NotFound: containerd ignores NotFound on kill, and StopPodSandbox
+/// goes on.
+#[test]
+fn a_kill_of_a_process_that_just_exited_is_not_found() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: a container's share is a bind mount: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (exit_hold, exit) = hold();
+    let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), move |req| match req {
+        Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
+        Request::StartContainer(_) | Request::RemoveContainer(_) => Ok(Response::Empty),
+        Request::WaitProcess(_) => {
+            exit_hold.hold();
+            Ok(Response::Exited { exit_status: 0 })
+        }
+        // What the agent answers once the init was reaped.
+        Request::SignalProcess(s) if !s.all => Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            "the init of container \"a\" has exited",
+        )),
+        Request::SignalProcess(_) => Ok(Response::Empty),
+        other => panic!("the fake agent got {other:?}"),
+    });
+    let shim = Shim::new(dir, fake_vm(agent));
+    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.start("a", "").unwrap();
+    exit.entered("a's WaitProcess");
+    let st = shim.state("a").expect("state of a");
+    assert_eq!(status_and_pid(&st), (Status::RUNNING, 10));
+    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
+    let mut all = KillRequest::new();
+    all.id = "a".into();
+    all.signal = 9;
+    all.all = true;
+    shim.task().kill(ctx(), &all).expect("kill --all");
+    exit.release();
+    assert_eq!(shim.wait("a", "").expect("wait a"), 0);
+    // Stopped in the shim too: NotFound without asking the agent.
+    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
+    shim.delete("a").expect("delete a");
     stop_the_vm(&shim);
 }

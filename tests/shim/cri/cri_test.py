@@ -2,9 +2,12 @@
 """A CRI client test through containerd's socket (runtime.v1 gRPC).
 
 usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
-Runs a pod with runtime handler `husk`, two containers in it, ExecSync, reads
-the container logs, then stops and removes the pod. Prints `ok: ...` lines;
-exits non-zero on the first failure. GENDIR holds the generated api_pb2*.py.
+A pod asking for the host's network (hostNetwork) is refused. Then runs a
+pod with runtime handler `husk` on containerd's CNI network, two containers
+in it, ExecSync, reads the container logs, then stops and removes the pod;
+then a privileged pod and container (host devices, /dev/ptmx, /sys rw).
+Prints `ok: ...` lines; exits non-zero on the first failure. GENDIR holds
+the generated api_pb2*.py.
 """
 import os
 import sys
@@ -26,17 +29,34 @@ def expect(what, got, want):
 v = rt.Version(pb.VersionRequest(), timeout=10)
 ok(f"CRI {v.runtime_api_version} from {v.runtime_name} {v.runtime_version}")
 
+# A VM cannot share the host's network namespace: a hostNetwork pod is
+# refused at its sandbox's create (it ran with the VM's network, silently).
+import grpc  # noqa: E402
+
+host_cfg = pb.PodSandboxConfig(
+    metadata=pb.PodSandboxMetadata(name="husk-hostnet", uid="uid-husk-hostnet", namespace="default", attempt=0),
+    log_directory=logdir,
+    linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE)
+        )
+    ),
+)
+try:
+    rt.RunPodSandbox(pb.RunPodSandboxRequest(config=host_cfg, runtime_handler="husk"), timeout=T)
+    fail("a hostNetwork pod was run")
+except grpc.RpcError as e:
+    if "linux.namespaces has no network namespace" not in (e.details() or ""):
+        fail(f"a hostNetwork pod failed for another reason: {e.details()!r}")
+ok("a hostNetwork pod is refused (linux.namespaces has no network namespace)")
+left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
+expect("the refused pod is not left", len(left), 0)
+
 pod_cfg = pb.PodSandboxConfig(
     metadata=pb.PodSandboxMetadata(name="husk-pod", uid="uid-husk-pod", namespace="default", attempt=0),
     log_directory=logdir,
     labels={"app": "husk-test"},
     annotations={"husk.memory_mib": "320"},
-    linux=pb.LinuxPodSandboxConfig(
-        # No CNI on this host: the pod uses the VM's own network namespace.
-        security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(network=pb.NODE)
-        )
-    ),
 )
 pod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
 ok(f"RunPodSandbox {pod[:12]}")
@@ -128,3 +148,39 @@ left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
 expect("no pods left", len(left), 0)
 left = rt.ListContainers(pb.ListContainersRequest(), timeout=T).containers
 expect("no containers left", len(left), 0)
+
+# A privileged pod (it did not start: containerd lists every host device in
+# a privileged container's spec, /dev/ptmx among them, and the agent made
+# /dev/ptmx through the ptmx -> pts/ptmx link). The devices are the guest
+# kernel's; the capabilities all; sysfs writable.
+priv_cfg = pb.PodSandboxConfig(
+    metadata=pb.PodSandboxMetadata(name="husk-priv", uid="uid-husk-priv", namespace="default", attempt=0),
+    log_directory=logdir,
+    linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(privileged=True)),
+)
+ppod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=priv_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
+ok(f"RunPodSandbox (privileged) {ppod[:12]}")
+pcfg = pb.ContainerConfig(
+    metadata=pb.ContainerMetadata(name="priv", attempt=0),
+    image=pb.ImageSpec(image=image),
+    command=["sleep", "100000"],
+    log_path="priv.log",
+    linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=True)),
+)
+pc = rt.CreateContainer(
+    pb.CreateContainerRequest(pod_sandbox_id=ppod, config=pcfg, sandbox_config=priv_cfg), timeout=T
+).container_id
+rt.StartContainer(pb.StartContainerRequest(container_id=pc), timeout=T)
+ok("a privileged container started")
+expect("privileged: /dev/ptmx is the link to its devpts", sync(pc, "readlink /dev/ptmx"), "pts/ptmx")
+expect("privileged: host devices are nodes", sync(pc, "test -c /dev/kmsg && test -c /dev/null && echo yes"), "yes")
+expect("privileged: /sys is writable", sync(pc, "awk '$5 == \"/sys\" { print substr($6, 1, 2) }' /proc/self/mountinfo"), "rw")
+cap_eff = sync(pc, "grep CapEff /proc/self/status").split()[-1]
+if int(cap_eff, 16) & (1 << 21) == 0:
+    fail(f"privileged: no CAP_SYS_ADMIN in CapEff {cap_eff}")
+ok(f"privileged: CapEff {cap_eff}")
+rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=ppod), timeout=T)
+rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=ppod), timeout=T)
+ok("the privileged pod stopped and removed")
+left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
+expect("no pods left", len(left), 0)
