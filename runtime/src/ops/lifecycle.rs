@@ -370,6 +370,16 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
         if let Err(e) = unmount_all(&st.mounts) {
             tracing::warn!(id = %st.id, error = %e, "unmounting the share");
         }
+        // A create killed between making a mount and recording it leaves
+        // one that is not in the state: everything mounted under the
+        // container's own directory is husk's, so detach that too.
+        let unrecorded = crate::mounts::mounts_under(&dir);
+        if !unrecorded.is_empty() {
+            tracing::debug!(id = %st.id, ?unrecorded, "detaching mounts the state does not list");
+            if let Err(e) = unmount_all(&unrecorded) {
+                tracing::warn!(id = %st.id, error = %e, "unmounting what the state does not list");
+            }
+        }
         // Removing the directory through a mount would delete the
         // container's files: leave it if anything is still mounted there.
         let left = crate::mounts::mounts_under(&dir);
