@@ -15,7 +15,10 @@ shim_preflight() {
   command -v containerd >/dev/null || shim_skip "containerd not installed (apt-get install containerd)"
   [ -f /usr/local/share/husk/vmlinux ] || shim_skip "no guest kernel: run scripts/setup.sh --no-run"
   local d
-  for d in "${HUSK_SHIM_BIN_DIR:-}" "${CARGO_TARGET_DIR:-$repo/target}/debug" /usr/local/bin; do
+  # What scripts/setup.sh installed (test.sh runs it first) before any
+  # build tree: a stale debug build must never stand in for the shim under
+  # test. HUSK_SHIM_BIN_DIR picks another.
+  for d in "${HUSK_SHIM_BIN_DIR:-}" /usr/local/bin "${CARGO_TARGET_DIR:-$repo/target}/release"; do
     if [ -n "$d" ] && [ -x "$d/containerd-shim-husk-v2" ]; then SHIM_DIR=$d; break; fi
   done
   [ -n "${SHIM_DIR:-}" ] || shim_skip "containerd-shim-husk-v2 not built (cargo build -p husk-runtime --bin containerd-shim-husk-v2)"
