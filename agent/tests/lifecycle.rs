@@ -39,10 +39,9 @@ fn signal(
 
 #[test]
 fn exit_codes_are_real() {
-    if !can_run("exit_codes") {
+    let Some(agent) = Agent::start_for("exit_codes") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     for (name, script, want) in [
         ("z", "exit 0", 0),
         ("s", "exit 7", 7),
@@ -61,16 +60,14 @@ fn exit_codes_are_real() {
         assert_eq!(status, want, "{script}: {}", text(&err));
         assert_no_mounts(&dir);
     }
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn states_signals_and_wait() {
-    if !can_run("signals") {
+    let Some(agent) = Agent::start_for("signals") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
     let pid = create(&mut c, "c", spec, StdioSpec::default()).unwrap();
@@ -108,16 +105,14 @@ fn states_signals_and_wait() {
     );
     remove(&mut c, "c");
     assert_no_mounts(&dir);
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn sigterm_is_delivered_to_a_trapping_init() {
-    if !can_run("sigterm") {
+    let Some(agent) = Agent::start_for("sigterm") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle(
         "b",
         &[],
@@ -146,41 +141,28 @@ fn sigterm_is_delivered_to_a_trapping_init() {
     signal(&mut c, "c", None, 15, false);
     assert_eq!(c.wait("c", None).unwrap(), 3);
     remove(&mut c, "c");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn exec_joins_the_container_and_lists_processes() {
-    if !can_run("exec") {
+    let Some(agent) = Agent::start_for("exec") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let spec = patch(spec, |v| v["hostname"] = serde_json::json!("inside"));
     let mut c = agent.client();
-    let init = create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c").unwrap();
+    let init = create_and_start(&mut c, "c", spec.clone());
     let mut p = spec.process().clone().unwrap();
     p.set_args(Some(["sh", "-c", "hostname; readlink /proc/self/ns/mnt; echo $$; cat /proc/self/status | grep NoNewPrivs; exit 5"].map(String::from).to_vec()));
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    exec(&mut c, "c", "e1", p.clone(), stdio).unwrap();
+    exec(&mut c, "c", "e1", p.clone(), OUT_AND_ERR).unwrap();
     assert_eq!(
-        exec(&mut c, "c", "e1", p.clone(), stdio)
+        exec(&mut c, "c", "e1", p.clone(), OUT_AND_ERR)
             .unwrap_err()
             .code(),
         Some(ErrorCode::AlreadyExists)
     );
-    let (o, e) = collect(
-        agent.stream("c", Some("e1"), StreamKind::Stdout),
-        agent.stream("c", Some("e1"), StreamKind::Stderr),
-        None,
-        None,
-    );
+    let (o, e) = agent.output("c", Some("e1"));
     assert_eq!(c.wait("c", Some("e1")).unwrap(), 5, "{}", text(&e));
     let out = text(&o);
     let lines: Vec<&str> = out.lines().collect();
@@ -218,16 +200,14 @@ fn exec_joins_the_container_and_lists_processes() {
     assert_eq!(c.wait("c", None).unwrap(), 137);
     remove(&mut c, "c");
     assert_no_mounts(&dir);
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn missing_executable_fails_start_with_errno() {
-    if !can_run("missing_exec") {
+    let Some(agent) = Agent::start_for("missing_exec") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let mut c = agent.client();
     let (spec, dir) = agent.bundle("b", &[], &["/nope"]);
     create(&mut c, "c", spec, StdioSpec::default()).unwrap();
@@ -253,8 +233,7 @@ fn missing_executable_fails_start_with_errno() {
 
     // The same for an exec into a running container.
     let (spec, _) = agent.bundle("b3", &[], &["sleep", "1000"]);
-    create(&mut c, "c3", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c3").unwrap();
+    create_and_start(&mut c, "c3", spec.clone());
     let mut p = spec.process().clone().unwrap();
     p.set_args(Some(vec!["/bin/nope".into()]));
     let e = exec(&mut c, "c3", "x", p, StdioSpec::default()).unwrap_err();
@@ -262,16 +241,14 @@ fn missing_executable_fails_start_with_errno() {
     assert!(e.to_string().contains("No such file or directory"), "{e}");
     remove(&mut c, "c3");
     assert_no_mounts(&dir);
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn remove_kills_created_and_running_containers() {
-    if !can_run("remove") {
+    let Some(agent) = Agent::start_for("remove") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let mut c = agent.client();
     let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "sleep 1000 & sleep 1000"]);
     create(&mut c, "created", spec.clone(), StdioSpec::default()).unwrap();
@@ -286,20 +263,17 @@ fn remove_kills_created_and_running_containers() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotFound));
     assert_no_mounts(&dir);
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 #[test]
 fn exec_applies_its_own_process_spec() {
-    if !can_run("exec_process_spec") {
+    let Some(agent) = Agent::start_for("exec_process_spec") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
-    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c").unwrap();
+    create_and_start(&mut c, "c", spec.clone());
     let p = patch(spec, |v| {
         let p = &mut v["process"];
         p["args"] = serde_json::json!([
@@ -316,26 +290,14 @@ fn exec_applies_its_own_process_spec() {
     .process()
     .clone()
     .unwrap();
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    exec(&mut c, "c", "e", p, stdio).unwrap();
-    let (o, e) = collect(
-        agent.stream("c", Some("e"), StreamKind::Stdout),
-        agent.stream("c", Some("e"), StreamKind::Stderr),
-        None,
-        None,
-    );
-    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let (status, o, e) = agent.exec_run(&mut c, "c", "e", p);
+    assert_eq!(status, 0, "{}", text(&e));
     assert_eq!(
         text(&o),
         "1234\nexec\n/tmp\nCapEff:\t0000000000000000\n77\n"
     );
     remove(&mut c, "c");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 /// A later `NAME=` overrides an earlier one, as runc's prepareEnv has it
@@ -343,14 +305,12 @@ fn exec_applies_its_own_process_spec() {
 /// last; execve used to get both, and getenv(3) finds the first.
 #[test]
 fn a_later_env_entry_overrides_an_earlier_one() {
-    if !can_run("env_override") {
+    let Some(agent) = Agent::start_for("env_override") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
-    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c").unwrap();
+    create_and_start(&mut c, "c", spec.clone());
     let p = patch(spec, |v| {
         let p = &mut v["process"];
         p["args"] = serde_json::json!(["env"]);
@@ -359,19 +319,8 @@ fn a_later_env_entry_overrides_an_earlier_one() {
     .process()
     .clone()
     .unwrap();
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    exec(&mut c, "c", "e", p.clone(), stdio).unwrap();
-    let (o, e) = collect(
-        agent.stream("c", Some("e"), StreamKind::Stdout),
-        agent.stream("c", Some("e"), StreamKind::Stderr),
-        None,
-        None,
-    );
-    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let (status, o, e) = agent.exec_run(&mut c, "c", "e", p.clone());
+    assert_eq!(status, 0, "{}", text(&e));
     let mut lines: Vec<String> = text(&o).lines().map(str::to_owned).collect();
     lines.sort();
     assert_eq!(lines, ["HOME=/", "K=flag", "PATH=/usr/bin:/bin"]);
@@ -386,8 +335,7 @@ fn a_later_env_entry_overrides_an_earlier_one() {
         "{e}"
     );
     remove(&mut c, "c");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 /// An exec whose process has no `capabilities` gets the container's, as
@@ -395,10 +343,9 @@ fn a_later_env_entry_overrides_an_earlier_one() {
 /// permitted`, the bounding set emptied and oci-spec's defaults asked for).
 #[test]
 fn exec_without_capabilities_gets_the_containers() {
-    if !can_run("exec_caps_absent") {
+    let Some(agent) = Agent::start_for("exec_caps_absent") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let spec = patch(spec, |v| {
         v["process"]["capabilities"] = serde_json::json!({
@@ -408,8 +355,7 @@ fn exec_without_capabilities_gets_the_containers() {
         });
     });
     let mut c = agent.client();
-    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c").unwrap();
+    create_and_start(&mut c, "c", spec.clone());
     let p = patch(spec, |v| {
         let p = &mut v["process"];
         p.as_object_mut().unwrap().remove("capabilities");
@@ -419,19 +365,8 @@ fn exec_without_capabilities_gets_the_containers() {
     .clone()
     .unwrap();
     assert!(p.capabilities().is_none());
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    exec(&mut c, "c", "e", p, stdio).unwrap();
-    let (o, e) = collect(
-        agent.stream("c", Some("e"), StreamKind::Stdout),
-        agent.stream("c", Some("e"), StreamKind::Stderr),
-        None,
-        None,
-    );
-    assert_eq!(c.wait("c", Some("e")).unwrap(), 0, "{}", text(&e));
+    let (status, o, e) = agent.exec_run(&mut c, "c", "e", p);
+    assert_eq!(status, 0, "{}", text(&e));
     let chown = 1u64 << 0;
     let kill = 1u64 << 5;
     assert_eq!(
@@ -443,8 +378,7 @@ fn exec_without_capabilities_gets_the_containers() {
         )
     );
     remove(&mut c, "c");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 /// The agent is one thread: a start whose init is slow to exec must not
@@ -455,21 +389,15 @@ fn exec_without_capabilities_gets_the_containers() {
 /// runs.
 #[test]
 fn a_stalled_start_holds_up_no_other_container() {
-    if !can_run("a_stalled_start_holds_up_no_other_container") {
-        return;
-    }
     use husk_protocol::frame::{read_frame, write_frame};
     use husk_protocol::{Hello, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
-    let agent = Agent::start();
+    let Some(agent) = Agent::start_for("a_stalled_start_holds_up_no_other_container") else {
+        return;
+    };
     let (spec_a, _) = agent.bundle("a", &[], &["echo", "A-RAN"]);
     let (spec_b, _) = agent.bundle("b", &[], &["sh", "-c", "echo B-RAN; exec sleep 1000"]);
     let mut c = agent.client();
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    let pid_a = create(&mut c, "a", spec_a, stdio).unwrap();
+    let pid_a = create(&mut c, "a", spec_a, OUT_AND_ERR).unwrap();
     let out_a = agent.stream("a", None, StreamKind::Stdout);
     let err_a = agent.stream("a", None, StreamKind::Stderr);
     let init_a = nix::unistd::Pid::from_raw(pid_a);
@@ -501,20 +429,14 @@ fn a_stalled_start_holds_up_no_other_container() {
     // b's whole life while a's start is pending.
     let mut cb = agent.client();
     let mut p = spec_b.process().clone().unwrap();
-    create(&mut cb, "b", spec_b, stdio).unwrap();
+    create(&mut cb, "b", spec_b, OUT_AND_ERR).unwrap();
     let out_b = agent.stream("b", None, StreamKind::Stdout);
     let err_b = agent.stream("b", None, StreamKind::Stderr);
     cb.start("b").unwrap();
     p.set_args(Some(vec!["echo".into(), "B-EXEC".into()]));
-    exec(&mut cb, "b", "e1", p, stdio).unwrap();
-    let (o, e) = collect(
-        agent.stream("b", Some("e1"), StreamKind::Stdout),
-        agent.stream("b", Some("e1"), StreamKind::Stderr),
-        None,
-        None,
-    );
+    let (status, o, e) = agent.exec_run(&mut cb, "b", "e1", p);
     assert_eq!(text(&o), "B-EXEC\n", "stderr: {}", text(&e));
-    assert_eq!(cb.wait("b", Some("e1")).unwrap(), 0);
+    assert_eq!(status, 0);
     assert_eq!(state(&mut cb, "a").status, ContainerStatus::Created);
     signal(&mut cb, "b", None, 9, false);
     assert_eq!(cb.wait("b", None).unwrap(), 137);
@@ -540,8 +462,7 @@ fn a_stalled_start_holds_up_no_other_container() {
     assert_eq!(text(&o), "A-RAN\n");
     assert_eq!(c.wait("a", None).unwrap(), 0);
     remove(&mut c, "a");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 /// A kill of a process that has exited is NotFound (containerd ignores
@@ -550,22 +471,19 @@ fn a_stalled_start_holds_up_no_other_container() {
 /// its init exited is no error.
 #[test]
 fn a_kill_of_an_exited_process_is_not_found() {
-    if !can_run("kill_exited") {
+    let Some(agent) = Agent::start_for("kill_exited") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle("b", &[], &["true"]);
     let mut c = agent.client();
-    create(&mut c, "c", spec.clone(), StdioSpec::default()).unwrap();
-    c.start("c").unwrap();
+    create_and_start(&mut c, "c", spec.clone());
     assert_eq!(c.wait("c", None).unwrap(), 0);
     for exec_id in [None, Some("e1")] {
         if let Some(e) = exec_id {
             // An exec of a stopped container cannot be made: test the
             // exec's case in a container whose init still runs.
             let (spec, _) = agent.bundle("b2", &[], &["sleep", "1000"]);
-            create(&mut c, "c2", spec.clone(), StdioSpec::default()).unwrap();
-            c.start("c2").unwrap();
+            create_and_start(&mut c, "c2", spec.clone());
             let p = with_args(spec, &["true"]).process().clone().unwrap();
             exec(&mut c, "c2", e, p, StdioSpec::default()).unwrap();
             assert_eq!(c.wait("c2", Some(e)).unwrap(), 0);
@@ -591,8 +509,7 @@ fn a_kill_of_an_exited_process_is_not_found() {
     assert_eq!(c.wait("c2", None).unwrap(), 137);
     remove(&mut c, "c");
     remove(&mut c, "c2");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }
 
 /// When a container's init exits, the container's other processes are
@@ -605,10 +522,9 @@ fn a_kill_of_an_exited_process_is_not_found() {
 /// container's.
 #[test]
 fn an_exited_init_takes_the_rest_of_its_container_with_it() {
-    if !can_run("init_exit_kills_the_rest") {
+    let Some(agent) = Agent::start_for("init_exit_kills_the_rest") else {
         return;
-    }
-    let agent = Agent::start();
+    };
     let (spec, _) = agent.bundle(
         "b",
         &[],
@@ -620,12 +536,7 @@ fn an_exited_init_takes_the_rest_of_its_container_with_it() {
     });
     let rootfs = spec.root().as_ref().unwrap().path().clone();
     let mut c = agent.client();
-    let stdio = StdioSpec {
-        stdin: false,
-        stdout: true,
-        stderr: true,
-    };
-    create(&mut c, "c", spec, stdio).unwrap();
+    create(&mut c, "c", spec, OUT_AND_ERR).unwrap();
     let mut out = agent.stream("c", None, StreamKind::Stdout);
     let err = agent.stream("c", None, StreamKind::Stderr);
     c.start("c").unwrap();
@@ -663,6 +574,5 @@ fn an_exited_init_takes_the_rest_of_its_container_with_it() {
         "the background sleep {bg} survived its container's init"
     );
     remove(&mut c, "c");
-    assert_no_children(&agent);
-    agent.shutdown();
+    agent.shutdown_clean();
 }

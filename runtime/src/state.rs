@@ -335,32 +335,37 @@ impl ContainerState {
     pub fn monitor_alive(&self) -> bool {
         self.pid > 0 && process_start_time(self.pid) == Some(self.pid_start_time)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(id: &str) -> ContainerState {
+    /// For tests: container `id`, created, its "monitor" this (live) test
+    /// process, no bundle on disk, its agent behind `vsock_uds` on the
+    /// default port; each test changes what it needs.
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, vsock_uds: PathBuf) -> ContainerState {
+        let me = std::process::id() as i32;
         ContainerState {
             oci_version: "1.0.2".into(),
             id: id.into(),
             status: Status::Created,
-            pid: std::process::id() as i32,
-            pid_start_time: process_start_time(std::process::id() as i32).unwrap(),
-            bundle: "/b".into(),
-            rootfs: "/b/rootfs".into(),
+            pid: me,
+            pid_start_time: process_start_time(me).unwrap(),
+            bundle: "/nonexistent-bundle".into(),
+            rootfs: "/nonexistent-bundle/rootfs".into(),
             created: "2026-01-01T00:00:00Z".into(),
             annotations: Default::default(),
             guest_pid: 1,
             engine_pid: None,
-            vsock_uds: "/x.sock".into(),
-            agent_port: 1024,
+            vsock_uds,
+            agent_port: husk_protocol::DEFAULT_AGENT_PORT,
             mounts: vec![],
             network: None,
             hooks: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// A local user who plants symlinks where husk writes (the old
     /// `<pidfile>.tmp`, or the pid file itself) cannot make husk write
@@ -406,7 +411,7 @@ mod tests {
         root.claim("a").unwrap();
         assert!(matches!(root.claim("a"), Err(StateError::AlreadyExists(_))));
         assert!(matches!(root.load("a"), Err(StateError::NotFound(_))));
-        let s = sample("a");
+        let s = ContainerState::sample("a", "/x.sock".into());
         root.save(&s).unwrap();
         assert_eq!(root.load("a").unwrap(), s);
         assert!(s.monitor_alive());
@@ -434,7 +439,7 @@ mod tests {
 
     #[test]
     fn dead_or_recycled_pid_is_not_alive() {
-        let mut s = sample("d");
+        let mut s = ContainerState::sample("d", "/x.sock".into());
         s.pid_start_time += 1;
         assert!(!s.monitor_alive());
         s.pid = 0;

@@ -73,6 +73,92 @@ shim_containerd_start_cri() {
 ${1:-}"
 }
 
+# The CRI tests' client: Python grpcio on the CRI runtime.v1 proto, in a
+# venv ($venv: $HUSK_CRI_VENV, else under /var/cache) installed from PyPI
+# when it lacks grpcio or grpcio-tools; skips the test when that fails.
+shim_cri_venv() {
+  venv=${HUSK_CRI_VENV:-/var/cache/husk-cri-venv}
+  if ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q grpcio grpcio-tools; } >/dev/null 2>&1 \
+      || shim_skip "cannot install grpcio/grpcio-tools from PyPI into $venv"
+  fi
+}
+
+# CNI for the CRI tests. A VM pod cannot use the host's network, so the pod
+# needs one of its own: containerd (and so CNI and the shims) runs in a
+# network namespace the test creates, with a bridge + host-local CNI config in
+# the test's temp dir and the plugins in /usr/lib/cni.
+#
+# shim_cni_preflight: skips the test without the CNI plugins, ip or nsenter.
+shim_cni_preflight() {
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
+    || shim_skip "CNI plugins not installed (apt-get install containernetworking-plugins)"
+  command -v ip >/dev/null && command -v nsenter >/dev/null || shim_skip "iproute2/util-linux missing"
+}
+
+# shim_cni_containerd_start TMPDIR HOSTNS NETWORK BRIDGE SUBNET: creates the
+# network namespace HOSTNS ($CNI_HOSTNS, with lo up) and the CNI network
+# NETWORK (TMPDIR/cni/10-NETWORK.conflist: bridge BRIDGE, host-local leases
+# of SUBNET in TMPDIR/ipam), then shim_containerd_start_cri with containerd in
+# HOSTNS and CNI on. Only the network namespace changes (nsenter), the mount
+# namespace stays the host's. Set the test's EXIT trap first and have it call
+# shim_cni_cleanup after containerd_stop.
+shim_cni_containerd_start() {
+  local dir=$1 network=$3 bridge=$4 subnet=$5
+  CNI_NETNS_BEFORE=$(ls /var/run/netns 2>/dev/null | sort)
+  CNI_HOSTNS=$2
+  ip netns add "$CNI_HOSTNS" && ip -n "$CNI_HOSTNS" link set lo up || fail "cannot create netns $CNI_HOSTNS"
+  mkdir -p "$dir/cni" "$dir/ipam"
+  cat > "$dir/cni/10-$network.conflist" <<CNI
+{ "cniVersion": "0.4.0", "name": "$network",
+  "plugins": [ { "type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": false,
+                 "ipam": { "type": "host-local", "dataDir": "$dir/ipam",
+                           "ranges": [[ { "subnet": "$subnet" } ]],
+                           "routes": [ { "dst": "0.0.0.0/0" } ] } } ] }
+CNI
+  CONTAINERD_WRAP="nsenter --net=/var/run/netns/$CNI_HOSTNS" shim_containerd_start_cri "[plugins.\"io.containerd.grpc.v1.cri\".cni]
+  bin_dir = \"/usr/lib/cni\"
+  conf_dir = \"$dir/cni\""
+}
+
+# shim_cri_preflight: shim_preflight, shim_cni_preflight and shim_cri_venv.
+shim_cri_preflight() {
+  shim_preflight
+  shim_cni_preflight
+  shim_cri_venv
+}
+
+# shim_cri_start TMPDIR HOSTNS NETWORK BRIDGE SUBNET: what the CRI tests
+# start with: the client's Python modules from the CRI proto generated into
+# TMPDIR (with $venv of shim_cri_venv), shim_cni_containerd_start, and the
+# busybox and pause images imported into containerd's k8s.io namespace.
+shim_cri_start() {
+  "$venv/bin/python" -m grpc_tools.protoc -I "$here/shim/cri" --python_out="$1" --grpc_python_out="$1" api.proto \
+    || fail "protoc"
+  shim_cni_containerd_start "$@" || return 1
+  shim_import_image "$1" k8s.io
+  shim_import_pause_image "$1" k8s.io
+}
+
+# shim_cni_netns_left: the network namespaces made since
+# shim_cni_containerd_start other than $CNI_HOSTNS (pod namespaces that
+# containerd did not remove).
+shim_cni_netns_left() {
+  comm -13 <(echo "$CNI_NETNS_BEFORE") <(ls /var/run/netns 2>/dev/null | sort) | grep -v "^$CNI_HOSTNS\$"
+}
+
+# shim_cni_cleanup: removes the pod namespaces containerd left (a failed
+# run) and $CNI_HOSTNS; nothing when shim_cni_containerd_start never ran.
+shim_cni_cleanup() {
+  [ -n "${CNI_HOSTNS:-}" ] || return 0
+  local n
+  for n in $(shim_cni_netns_left); do
+    case $n in cni-*) ip netns del "$n" 2>/dev/null ;; esac
+  done
+  ip netns del "$CNI_HOSTNS" 2>/dev/null
+  return 0
+}
+
 c() { ctr --address "$CTR_ADDR" "$@"; }
 
 # Lists what the shim tests may leave behind: shims, monitors, qemu, daemons

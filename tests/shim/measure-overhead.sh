@@ -10,37 +10,13 @@
 set -uo pipefail
 . "$(cd "$(dirname "$0")/.." && pwd)/shim/lib.sh"
 shim_preflight
-[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
-  || shim_skip "CNI plugins not installed (apt-get install containernetworking-plugins)"
+shim_cni_preflight
 venv=${HUSK_CRI_VENV:-/var/cache/husk-cri-venv}
 "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null || shim_skip "run tests/shell/shim-cri.sh first (venv)"
 tmp=$(mktemp -d)
-hostns=husk-measure-host.$$
-netns_before=$(ls /var/run/netns 2>/dev/null | sort)
-cleanup() {
-  touch "$tmp/go"; shim_cleanup; containerd_stop
-  for n in $(comm -13 <(echo "$netns_before") <(ls /var/run/netns 2>/dev/null | sort)); do
-    case $n in cni-*) ip netns del "$n" 2>/dev/null ;; esac
-  done
-  ip netns del "$hostns" 2>/dev/null
-  rm -rf "$tmp"
-}
+cleanup() { touch "$tmp/go"; shim_cleanup; containerd_stop; shim_cni_cleanup; rm -rf "$tmp"; }
 trap cleanup EXIT
-ip netns add "$hostns" && ip -n "$hostns" link set lo up || fail "cannot create netns $hostns"
-mkdir -p "$tmp/cni" "$tmp/ipam"
-cat > "$tmp/cni/10-husk-measure.conflist" <<CNI
-{ "cniVersion": "0.4.0", "name": "husk-measure",
-  "plugins": [ { "type": "bridge", "bridge": "hkbr2", "isGateway": true, "ipMasq": false,
-                 "ipam": { "type": "host-local", "dataDir": "$tmp/ipam",
-                           "ranges": [[ { "subnet": "10.254.9.0/24" } ]],
-                           "routes": [ { "dst": "0.0.0.0/0" } ] } } ] }
-CNI
-"$venv/bin/python" -m grpc_tools.protoc -I "$here/shim/cri" --python_out="$tmp" --grpc_python_out="$tmp" api.proto
-CONTAINERD_WRAP="nsenter --net=/var/run/netns/$hostns" shim_containerd_start_cri "[plugins.\"io.containerd.grpc.v1.cri\".cni]
-  bin_dir = \"/usr/lib/cni\"
-  conf_dir = \"$tmp/cni\"" || exit 1
-shim_import_image "$tmp" k8s.io
-shim_import_pause_image "$tmp" k8s.io
+shim_cri_start "$tmp" "husk-measure-host.$$" husk-measure hkbr2 10.254.9.0/24 || exit 1
 mkdir -p "$tmp/logs"
 CRI_PAUSE_FOR_MEASURE=$tmp/go "$venv/bin/python" "$here/shim/cri/cri_test.py" "$CTR_ADDR" "$IMAGE" "$tmp/logs" "$tmp" >"$tmp/out" 2>&1 &
 client=$!

@@ -31,9 +31,22 @@ pub struct Agent {
     pub addr: AgentAddr,
 }
 
+/// stdout and stderr attached, no stdin.
+pub const OUT_AND_ERR: StdioSpec = StdioSpec {
+    stdin: false,
+    stdout: true,
+    stderr: true,
+};
+
 impl Agent {
     pub fn start() -> Agent {
         Agent::start_with(&[])
+    }
+
+    /// An agent for `test`, or None (the test is skipped) when it may not
+    /// run ([`can_run`]).
+    pub fn start_for(test: &str) -> Option<Agent> {
+        can_run(test).then(Agent::start)
     }
 
     /// An agent with extra flags.
@@ -103,6 +116,36 @@ impl Agent {
         let status = c.wait(id, None).unwrap();
         remove(&mut c, id);
         (status, o, e)
+    }
+
+    /// Reads the stdout and stderr of process `exec` of `id` to EOF:
+    /// (stdout, stderr).
+    pub fn output(&self, id: &str, exec: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+        let out = self.stream(id, exec, StreamKind::Stdout);
+        let err = self.stream(id, exec, StreamKind::Stderr);
+        collect(out, err, None, None)
+    }
+
+    /// Execs `process` as `exec_id` in `id` with [`OUT_AND_ERR`], reads
+    /// its output and waits; returns (exit status, stdout, stderr).
+    pub fn exec_run(
+        &self,
+        c: &mut AgentClient,
+        id: &str,
+        exec_id: &str,
+        process: Process,
+    ) -> (i32, Vec<u8>, Vec<u8>) {
+        exec(c, id, exec_id, process, OUT_AND_ERR).unwrap();
+        let (o, e) = self.output(id, Some(exec_id));
+        let status = c.wait(id, Some(exec_id)).unwrap();
+        (status, o, e)
+    }
+
+    /// Checks that the agent has no child process left, then shuts it
+    /// down.
+    pub fn shutdown_clean(self) {
+        assert_no_children(&self);
+        self.shutdown();
     }
 
     pub fn shutdown(mut self) {
@@ -177,6 +220,14 @@ pub fn create(
         Response::Process { pid } => Ok(pid),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// Creates `id` from `spec` without stdio and starts it; returns its
+/// init's pid.
+pub fn create_and_start(c: &mut AgentClient, id: &str, spec: Spec) -> i32 {
+    let pid = create(c, id, spec, StdioSpec::default()).unwrap();
+    c.start(id).unwrap();
+    pid
 }
 
 pub fn exec(

@@ -534,27 +534,11 @@ mod tests {
         // Nothing listens: fail the connect fast.
         rt.deadlines.connect = Duration::from_millis(200);
         let dir = rt.root.claim(id).unwrap();
-        let me = std::process::id() as i32;
-        rt.root
-            .save(&ContainerState {
-                oci_version: "1.0.2".into(),
-                id: id.into(),
-                status,
-                pid: me,
-                pid_start_time: crate::state::process_start_time(me).unwrap(),
-                bundle: "/nonexistent-bundle".into(),
-                rootfs: "/nonexistent-bundle/rootfs".into(),
-                created: "2026-01-01T00:00:00Z".into(),
-                annotations: Default::default(),
-                guest_pid: 1,
-                engine_pid: None,
-                vsock_uds: dir.join("vsock.sock"),
-                agent_port: husk_protocol::DEFAULT_AGENT_PORT,
-                mounts: vec![],
-                network: None,
-                hooks: None,
-            })
-            .unwrap();
+        let st = ContainerState {
+            status,
+            ..ContainerState::sample(id, dir.join("vsock.sock"))
+        };
+        rt.root.save(&st).unwrap();
         rt
     }
 

@@ -113,24 +113,9 @@ fn running(rt_root: &std::path::Path, id: &str, agent: Option<Agent>) -> Runtime
     let mut rt = Runtime::new(rt_root.to_owned());
     rt.deadlines = AgentDeadlines::default();
     let dir = rt.root.claim(id).unwrap();
-    let me = std::process::id() as i32;
     let st = ContainerState {
-        oci_version: "1.0.2".into(),
-        id: id.into(),
         status: Status::Running,
-        pid: me,
-        pid_start_time: crate::state::process_start_time(me).unwrap(),
-        bundle: "/nonexistent-bundle".into(),
-        rootfs: "/nonexistent-bundle/rootfs".into(),
-        created: "2026-01-01T00:00:00Z".into(),
-        annotations: Default::default(),
-        guest_pid: 1,
-        engine_pid: None,
-        vsock_uds: dir.join("vsock.sock"),
-        agent_port: husk_protocol::DEFAULT_AGENT_PORT,
-        mounts: vec![],
-        network: None,
-        hooks: None,
+        ..ContainerState::sample(id, dir.join("vsock.sock"))
     };
     if let Some(agent) = agent {
         let listener = UnixListener::bind(&st.vsock_uds).unwrap();

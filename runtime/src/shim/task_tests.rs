@@ -28,6 +28,28 @@ fn ctx() -> Context {
     context::with_duration(GUARD)
 }
 
+/// Why most of these tests need root.
+const SHARE_IS_A_BIND_MOUNT: &str = "a container's share is a bind mount";
+
+/// Whether the test is skipped, not being root (it needs root: `why`).
+fn skip_unless_root(why: &str) -> bool {
+    let skip = !nix::unistd::geteuid().is_root();
+    if skip {
+        eprintln!("SKIP: {why}: needs root");
+    }
+    skip
+}
+
+/// A `$t` about process `$exec_id` of task `$id` (its init when empty).
+macro_rules! req {
+    ($t:ty, $id:expr, $exec_id:expr) => {{
+        let mut r = <$t>::new();
+        r.id = $id.into();
+        r.exec_id = $exec_id.into();
+        r
+    }};
+}
+
 /// The ttrpc status code of a failed call.
 fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
     match r {
@@ -126,6 +148,44 @@ impl Shim {
         Shim::with_mount(dir, boot, Box::new(mount_rootfs))
     }
 
+    /// A shim whose VM (booted by [`fake_vm`]) has a [`fake_agent`] that
+    /// answers each request with `answer`.
+    fn with_agent(answer: impl Fn(Request) -> Response + Send + Sync + 'static) -> Shim {
+        Shim::with_agent_errors(move |r| Ok(answer(r)))
+    }
+
+    /// [`Shim::with_agent`] for tasks a and b: the agent answers with
+    /// `first` when it has an answer, else creates a (pid 10) and b (pid
+    /// 20), lists pid 10, and signals and removes any.
+    fn with_agent_for_a_and_b(
+        first: impl Fn(&Request) -> Option<Response> + Send + Sync + 'static,
+    ) -> Shim {
+        Shim::with_agent(move |req| {
+            first(&req).unwrap_or_else(|| match req {
+                Request::CreateContainer(c) => Response::Process {
+                    pid: if c.container_id == "b" { 20 } else { 10 },
+                },
+                Request::ListProcesses(_) => Response::Processes {
+                    processes: vec![husk_protocol::ProcessInfo {
+                        pid: 10,
+                        exec_id: None,
+                    }],
+                },
+                Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
+                other => panic!("the fake agent got {other:?}"),
+            })
+        })
+    }
+
+    /// [`Shim::with_agent`] with a [`fake_agent_with_errors`].
+    fn with_agent_errors(
+        answer: impl Fn(Request) -> Result<Response, ProtocolError> + Send + Sync + 'static,
+    ) -> Shim {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), answer);
+        Shim::new(dir, fake_vm(agent))
+    }
+
     /// A shim whose rootfs mounts are made by `mount`.
     fn with_mount(dir: tempfile::TempDir, boot: Box<BootFn>, mount: Box<MountFn>) -> Shim {
         let events = Arc::new(Recorder::default());
@@ -186,10 +246,25 @@ impl Shim {
         r
     }
 
+    /// Runs `call` on a client of its own (connected here) on a thread of
+    /// its own.
+    fn in_background<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(TaskClient) -> ttrpc::Result<T> + Send + 'static,
+    ) -> thread::JoinHandle<ttrpc::Result<T>> {
+        let task = self.task();
+        thread::spawn(move || call(task))
+    }
+
+    /// Creates `id` from a new minimal bundle: its pid.
+    fn create(&self, id: &str) -> ttrpc::Result<u32> {
+        Ok(self.task().create(ctx(), &self.create_req(id))?.pid)
+    }
+
     /// Creates `id` on a thread of its own.
     fn create_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<u32>> {
-        let (task, req) = (self.task(), self.create_req(id));
-        thread::spawn(move || task.create(ctx(), &req).map(|r| r.pid))
+        let req = self.create_req(id);
+        self.in_background(move |task| Ok(task.create(ctx(), &req)?.pid))
     }
 
     fn state(&self, id: &str) -> ttrpc::Result<StateResponse> {
@@ -197,33 +272,32 @@ impl Shim {
     }
 
     fn state_of(&self, id: &str, exec_id: &str) -> ttrpc::Result<StateResponse> {
-        let mut r = StateRequest::new();
-        r.id = id.into();
-        r.exec_id = exec_id.into();
-        self.task().state(ctx(), &r)
+        self.task().state(ctx(), &req!(StateRequest, id, exec_id))
+    }
+
+    /// The status and pid of process `exec_id` of `id`.
+    fn status(&self, id: &str, exec_id: &str) -> ttrpc::Result<(Status, u32)> {
+        let s = self.state_of(id, exec_id)?;
+        Ok((s.status.enum_value_or_default(), s.pid))
     }
 
     /// Asks for the state of `id` on a thread of its own.
     fn state_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<StateResponse>> {
-        let task = self.task();
-        let mut r = StateRequest::new();
-        r.id = id.into();
-        thread::spawn(move || task.state(ctx(), &r))
+        let r = req!(StateRequest, id, "");
+        self.in_background(move |task| task.state(ctx(), &r))
     }
 
     fn start(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
-        let mut r = StartRequest::new();
-        r.id = id.into();
-        r.exec_id = exec_id.into();
-        Ok(self.task().start(ctx(), &r)?.pid)
+        Ok(self
+            .task()
+            .start(ctx(), &req!(StartRequest, id, exec_id))?
+            .pid)
     }
 
     /// Starts `id` on a thread of its own.
     fn start_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<u32>> {
-        let task = self.task();
-        let mut r = StartRequest::new();
-        r.id = id.into();
-        thread::spawn(move || Ok(task.start(ctx(), &r)?.pid))
+        let r = req!(StartRequest, id, "");
+        self.in_background(move |task| Ok(task.start(ctx(), &r)?.pid))
     }
 
     /// Adds exec `exec_id` (`sh`) to `id`, its output to `stdout`.
@@ -231,9 +305,7 @@ impl Shim {
         let process = serde_json::json!({"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
         let mut spec = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
         spec.value = process.to_string().into_bytes();
-        let mut r = ExecProcessRequest::new();
-        r.id = id.into();
-        r.exec_id = exec_id.into();
+        let mut r = req!(ExecProcessRequest, id, exec_id);
         r.stdout = stdout.into();
         r.spec = MessageField::some(spec);
         self.task().exec(ctx(), &r)
@@ -241,10 +313,10 @@ impl Shim {
 
     /// The exit status of process `exec_id` of `id`, once it exited.
     fn wait(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
-        let mut r = WaitRequest::new();
-        r.id = id.into();
-        r.exec_id = exec_id.into();
-        Ok(self.task().wait(ctx(), &r)?.exit_status)
+        Ok(self
+            .task()
+            .wait(ctx(), &req!(WaitRequest, id, exec_id))?
+            .exit_status)
     }
 
     fn pids(&self, id: &str) -> ttrpc::Result<Vec<u32>> {
@@ -254,10 +326,11 @@ impl Shim {
         Ok(out.processes.iter().map(|p| p.pid).collect())
     }
 
-    fn kill(&self, id: &str) -> ttrpc::Result<Empty> {
-        let mut r = KillRequest::new();
-        r.id = id.into();
+    /// SIGKILL to the init of `id`, or with `all` to all its processes.
+    fn kill(&self, id: &str, all: bool) -> ttrpc::Result<Empty> {
+        let mut r = req!(KillRequest, id, "");
         r.signal = 9;
+        r.all = all;
         self.task().kill(ctx(), &r)
     }
 
@@ -266,23 +339,27 @@ impl Shim {
     }
 
     fn delete_of(&self, id: &str, exec_id: &str) -> ttrpc::Result<DeleteResponse> {
-        let mut r = DeleteRequest::new();
-        r.id = id.into();
-        r.exec_id = exec_id.into();
-        self.task().delete(ctx(), &r)
+        self.task().delete(ctx(), &req!(DeleteRequest, id, exec_id))
     }
 
     /// Deletes `id` on a thread of its own.
     fn delete_in_background(&self, id: &str) -> thread::JoinHandle<ttrpc::Result<DeleteResponse>> {
-        let task = self.task();
-        let mut r = DeleteRequest::new();
-        r.id = id.into();
-        thread::spawn(move || task.delete(ctx(), &r))
+        let r = req!(DeleteRequest, id, "");
+        self.in_background(move |task| task.delete(ctx(), &r))
     }
 
     fn shutdown_in_background(&self) -> thread::JoinHandle<ttrpc::Result<Empty>> {
-        let task = self.task();
-        thread::spawn(move || task.shutdown(ctx(), &ShutdownRequest::new()))
+        self.in_background(|task| task.shutdown(ctx(), &ShutdownRequest::new()))
+    }
+
+    /// Shuts the shim down (its last task is gone) and checks that it
+    /// signalled its main thread to exit.
+    fn shut_down(&self) {
+        self.shutdown_in_background()
+            .join()
+            .unwrap()
+            .expect("shutdown");
+        assert!(self.exits());
     }
 
     /// Whether the shim signalled its main thread to exit (waits at most
@@ -314,156 +391,6 @@ impl Drop for Shim {
     }
 }
 
-fn status_and_pid(s: &StateResponse) -> (Status, u32) {
-    (s.status.enum_value_or_default(), s.pid)
-}
-
-#[test]
-fn calls_about_other_tasks_answer_while_a_create_waits_for_the_agent() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: a container's share is a bind mount: needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
-    let agent = fake_agent(&dir.path().join("agent.sock"), move |req| match req {
-        Request::CreateContainer(c) if c.container_id == "b" => {
-            entered_tx.lock().unwrap().send(()).unwrap();
-            // Held until the test has made its other calls.
-            let _ = release_rx.lock().unwrap().recv();
-            Response::Process { pid: 20 }
-        }
-        Request::CreateContainer(_) => Response::Process { pid: 10 },
-        Request::ListProcesses(_) => Response::Processes {
-            processes: vec![husk_protocol::ProcessInfo {
-                pid: 10,
-                exec_id: None,
-            }],
-        },
-        Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
-        other => panic!("the fake agent got {other:?}"),
-    });
-    let shim = Shim::new(dir, fake_vm(agent));
-    let a = shim.task().create(ctx(), &shim.create_req("a")).unwrap();
-    assert_eq!(a.pid, 10);
-
-    let b = shim.create_in_background("b");
-    entered
-        .recv_timeout(GUARD)
-        .expect("b's create reaches the agent");
-    // b's create now waits in the agent's CreateContainer, past the boot
-    // and the share: the calls about a answer meanwhile.
-    let st = shim.state("a").expect("state of a while b is created");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 10));
-    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
-    shim.kill("a").expect("kill a");
-    assert_eq!(
-        code(shim.task().create(ctx(), &shim.create_req("b"))),
-        Code::ALREADY_EXISTS
-    );
-    assert_eq!(code(shim.state("c")), Code::NOT_FOUND);
-    shim.delete("a").expect("delete a");
-    assert!(
-        !b.is_finished(),
-        "b's create ended before the agent answered"
-    );
-
-    // Shutdown once a is gone waits for b's create: b is created, and the
-    // shim keeps its VM.
-    let shutdown = shim.shutdown_in_background();
-    release.send(()).unwrap();
-    assert_eq!(b.join().unwrap().expect("create b"), 20);
-    shutdown.join().unwrap().expect("shutdown");
-    assert!(shim.stopping.lock().unwrap().is_none());
-    let st = shim.state("b").expect("state of b");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 20));
-
-    shim.delete("b").expect("delete b");
-    shim.shutdown_in_background()
-        .join()
-        .unwrap()
-        .expect("shutdown");
-    assert!(shim.exits());
-    let vm = shim
-        .stopping
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the VM is left to the shim's main thread");
-    vm.shutdown();
-    assert!(!vm.dir.exists(), "{} is left", vm.dir.display());
-    assert_eq!(
-        shim.topics(),
-        [
-            topics::TASK_CREATE_EVENT_TOPIC,
-            topics::TASK_DELETE_EVENT_TOPIC,
-            topics::TASK_CREATE_EVENT_TOPIC,
-            topics::TASK_DELETE_EVENT_TOPIC,
-        ]
-    );
-}
-
-#[test]
-fn a_create_booting_the_vm_holds_up_only_its_own_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
-    let boot: Box<BootFn> = Box::new(
-        move |_: &Path, _: &Spec, _: &Path, _: &dyn Fn(&str) -> Option<String>| {
-            entered_tx.lock().unwrap().send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv();
-            Err(ShimError::Invalid("the fake VM failed to start".into()))
-        },
-    );
-    let shim = Shim::new(dir, boot);
-    let a = shim.create_in_background("a");
-    entered
-        .recv_timeout(GUARD)
-        .expect("a's create boots the VM");
-
-    // While the VM boots: a second create of a is refused, calls about
-    // other tasks answer, and no agent call waits for the VM.
-    assert_eq!(
-        code(shim.task().create(ctx(), &shim.create_req("a"))),
-        Code::ALREADY_EXISTS
-    );
-    assert_eq!(code(shim.state("b")), Code::NOT_FOUND);
-    assert_eq!(code(shim.pids("a")), Code::NOT_FOUND);
-    let mut req = ConnectRequest::new();
-    req.id = "b".into();
-    let connected = shim.task().connect(ctx(), &req).expect("connect");
-    assert_eq!(connected.shim_pid, std::process::id());
-    // a's state, and a shutdown, wait for a's create to end.
-    let state = {
-        let task = shim.task();
-        thread::spawn(move || {
-            let mut r = StateRequest::new();
-            r.id = "a".into();
-            task.state(ctx(), &r)
-        })
-    };
-    let shutdown = shim.shutdown_in_background();
-    assert!(!a.is_finished(), "a's create ended before its boot did");
-
-    release.send(()).unwrap();
-    let e = a.join().unwrap().expect_err("the boot failed");
-    assert!(e.to_string().contains("the fake VM failed to start"), "{e}");
-    // Never a task a's failed create did not make.
-    assert_eq!(code(state.join().unwrap()), Code::NOT_FOUND);
-    shutdown.join().unwrap().expect("shutdown");
-    assert!(shim.exits(), "a pod left without a task lets the shim go");
-    assert!(shim.stopping.lock().unwrap().is_none(), "no VM was made");
-    // Nothing boots a VM the exiting shim would leave behind.
-    assert_eq!(
-        code(shim.task().create(ctx(), &shim.create_req("c"))),
-        Code::INVALID_ARGUMENT
-    );
-    assert!(shim.topics().is_empty());
-}
-
 /// A call held in a fake until the test lets it go.
 struct Hold {
     entered: Mutex<mpsc::Sender<()>>,
@@ -488,7 +415,7 @@ impl Held {
     /// Waits (at most [`GUARD`]) until the held call arrived.
     fn entered(&self, what: &str) {
         if self.entered.recv_timeout(GUARD).is_err() {
-            panic!("{what} never reached the fake agent");
+            panic!("{what} never reached the fake");
         }
     }
 
@@ -509,32 +436,10 @@ fn hold() -> (Hold, Held) {
     )
 }
 
-/// a's pid 10, b's 20.
-fn pid_of(id: &str) -> i32 {
-    if id == "b" {
-        20
-    } else {
-        10
-    }
-}
-
-fn a_lists_pid_10() -> Response {
-    Response::Processes {
-        processes: vec![husk_protocol::ProcessInfo {
-            pid: 10,
-            exec_id: None,
-        }],
-    }
-}
-
 /// The VM left to the shim's main thread once it exits: nothing is left
 /// mounted in it, and it is stopped.
 fn stop_the_vm(shim: &Shim) {
-    shim.shutdown_in_background()
-        .join()
-        .unwrap()
-        .expect("shutdown");
-    assert!(shim.exits());
+    shim.shut_down();
     let vm = shim
         .stopping
         .lock()
@@ -551,46 +456,137 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// While another call waits: the calls about a (created, pid 10) answer.
+fn calls_about_a_answer(shim: &Shim, meanwhile: &str) {
+    let st = shim.status("a", "");
+    let st = st.unwrap_or_else(|e| panic!("state of a while {meanwhile}: {e:?}"));
+    assert_eq!(st, (Status::CREATED, 10));
+    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
+    shim.kill("a", false).expect("kill a");
+}
+
 #[test]
-fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: a container's share is a bind mount: needs root");
+fn calls_about_other_tasks_answer_while_a_create_waits_for_the_agent() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
         return;
     }
+    let (create_hold, create) = hold();
+    let shim = Shim::with_agent_for_a_and_b(move |req| match req {
+        Request::CreateContainer(c) if c.container_id == "b" => {
+            // Held until the test has made its other calls.
+            create_hold.hold();
+            Some(Response::Process { pid: 20 })
+        }
+        _ => None,
+    });
+    assert_eq!(shim.create("a").unwrap(), 10);
+
+    let b = shim.create_in_background("b");
+    create.entered("b's CreateContainer");
+    // b's create now waits in the agent's CreateContainer, past the boot
+    // and the share: the calls about a answer meanwhile.
+    calls_about_a_answer(&shim, "b is created");
+    assert_eq!(code(shim.create("b")), Code::ALREADY_EXISTS);
+    assert_eq!(code(shim.state("c")), Code::NOT_FOUND);
+    shim.delete("a").expect("delete a");
+    assert!(
+        !b.is_finished(),
+        "b's create ended before the agent answered"
+    );
+
+    // Shutdown once a is gone waits for b's create: b is created, and the
+    // shim keeps its VM.
+    let shutdown = shim.shutdown_in_background();
+    create.release();
+    assert_eq!(b.join().unwrap().expect("create b"), 20);
+    shutdown.join().unwrap().expect("shutdown");
+    assert!(shim.stopping.lock().unwrap().is_none());
+    let st = shim.status("b", "").expect("state of b");
+    assert_eq!(st, (Status::CREATED, 20));
+
+    shim.delete("b").expect("delete b");
+    stop_the_vm(&shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+}
+
+#[test]
+fn a_create_booting_the_vm_holds_up_only_its_own_task() {
     let dir = tempfile::tempdir().unwrap();
+    let (boot_hold, boot) = hold();
+    let boot_fn: Box<BootFn> = Box::new(
+        move |_: &Path, _: &Spec, _: &Path, _: &dyn Fn(&str) -> Option<String>| {
+            boot_hold.hold();
+            Err(ShimError::Invalid("the fake VM failed to start".into()))
+        },
+    );
+    let shim = Shim::new(dir, boot_fn);
+    let a = shim.create_in_background("a");
+    boot.entered("a's create's VM boot");
+
+    // While the VM boots: a second create of a is refused, calls about
+    // other tasks answer, and no agent call waits for the VM.
+    assert_eq!(code(shim.create("a")), Code::ALREADY_EXISTS);
+    assert_eq!(code(shim.state("b")), Code::NOT_FOUND);
+    assert_eq!(code(shim.pids("a")), Code::NOT_FOUND);
+    let mut req = ConnectRequest::new();
+    req.id = "b".into();
+    let connected = shim.task().connect(ctx(), &req).expect("connect");
+    assert_eq!(connected.shim_pid, std::process::id());
+    // a's state, and a shutdown, wait for a's create to end.
+    let state = shim.state_in_background("a");
+    let shutdown = shim.shutdown_in_background();
+    assert!(!a.is_finished(), "a's create ended before its boot did");
+
+    boot.release();
+    let e = a.join().unwrap().expect_err("the boot failed");
+    assert!(e.to_string().contains("the fake VM failed to start"), "{e}");
+    // Never a task a's failed create did not make.
+    assert_eq!(code(state.join().unwrap()), Code::NOT_FOUND);
+    shutdown.join().unwrap().expect("shutdown");
+    assert!(shim.exits(), "a pod left without a task lets the shim go");
+    assert!(shim.stopping.lock().unwrap().is_none(), "no VM was made");
+    // Nothing boots a VM the exiting shim would leave behind.
+    assert_eq!(code(shim.create("c")), Code::INVALID_ARGUMENT);
+    assert!(shim.topics().is_empty());
+}
+
+#[test]
+fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
     let (start_hold, start) = hold();
     let (exit_hold, exit) = hold();
-    let agent = fake_agent(&dir.path().join("agent.sock"), move |req| match req {
-        Request::CreateContainer(c) => Response::Process {
-            pid: pid_of(&c.container_id),
-        },
+    let shim = Shim::with_agent_for_a_and_b(move |req| match req {
         Request::StartContainer(c) if c.container_id == "b" => {
             // Held until the test has made its other calls.
             start_hold.hold();
-            Response::Empty
+            Some(Response::Empty)
         }
         Request::WaitProcess(p) if p.container_id == "b" => {
             exit_hold.hold();
-            Response::Exited { exit_status: 0 }
+            Some(Response::Exited { exit_status: 0 })
         }
-        Request::ListProcesses(_) => a_lists_pid_10(),
-        Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
-        other => panic!("the fake agent got {other:?}"),
+        _ => None,
     });
-    let shim = Shim::new(dir, fake_vm(agent));
-    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
-    shim.task().create(ctx(), &shim.create_req("b")).unwrap();
+    shim.create("a").unwrap();
+    shim.create("b").unwrap();
 
     let started = shim.start_in_background("b");
     start.entered("b's StartContainer");
     // b's start now waits in the agent: the calls about a answer, and b
     // is created until the agent started it.
-    let st = shim.state("a").expect("state of a while b starts");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 10));
-    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
-    shim.kill("a").expect("kill a");
-    let st = shim.state("b").expect("state of b while it starts");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 20));
+    calls_about_a_answer(&shim, "b starts");
+    let st = shim.status("b", "").expect("state of b while it starts");
+    assert_eq!(st, (Status::CREATED, 20));
     // Neither started twice nor deleted under its start.
     assert_eq!(code(shim.start("b", "")), Code::INVALID_ARGUMENT);
     assert_eq!(code(shim.delete("b")), Code::INVALID_ARGUMENT);
@@ -603,8 +599,8 @@ fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
     start.release();
     assert_eq!(started.join().unwrap().expect("start b"), 20);
     exit.entered("b's WaitProcess");
-    let st = shim.state("b").expect("state of b");
-    assert_eq!(status_and_pid(&st), (Status::RUNNING, 20));
+    let st = shim.status("b", "").expect("state of b");
+    assert_eq!(st, (Status::RUNNING, 20));
     assert_eq!(code(shim.start("b", "")), Code::INVALID_ARGUMENT);
     exit.release();
     assert_eq!(shim.wait("b", "").expect("wait b"), 0);
@@ -629,45 +625,31 @@ fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
 
 #[test]
 fn calls_about_other_tasks_answer_while_a_delete_waits_for_the_agent() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: a container's share is a bind mount: needs root");
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let (remove_hold, remove) = hold();
     let removals_of_b = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let removals = removals_of_b.clone();
-    let agent = fake_agent(&dir.path().join("agent.sock"), move |req| match req {
-        Request::CreateContainer(c) => Response::Process {
-            pid: pid_of(&c.container_id),
-        },
+    let shim = Shim::with_agent_for_a_and_b(move |req| match req {
         Request::RemoveContainer(c) if c.container_id == "b" => {
             removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             // Held until the test has made its other calls.
             remove_hold.hold();
-            Response::Empty
+            Some(Response::Empty)
         }
-        Request::ListProcesses(_) => a_lists_pid_10(),
-        Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
-        other => panic!("the fake agent got {other:?}"),
+        _ => None,
     });
-    let shim = Shim::new(dir, fake_vm(agent));
-    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
-    shim.task().create(ctx(), &shim.create_req("b")).unwrap();
+    shim.create("a").unwrap();
+    shim.create("b").unwrap();
 
     let deleted = shim.delete_in_background("b");
     remove.entered("b's RemoveContainer");
     // b's delete now waits in the agent: the calls about a answer.
-    let st = shim.state("a").expect("state of a while b is deleted");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 10));
-    assert_eq!(shim.pids("a").expect("pids of a"), [10]);
-    shim.kill("a").expect("kill a");
+    calls_about_a_answer(&shim, "b is deleted");
     // b's id stays reserved until its share is torn down: no new b, and
     // the calls about b (a second delete too) wait for the delete.
-    assert_eq!(
-        code(shim.task().create(ctx(), &shim.create_req("b"))),
-        Code::ALREADY_EXISTS
-    );
+    assert_eq!(code(shim.create("b")), Code::ALREADY_EXISTS);
     let state_of_b = shim.state_in_background("b");
     let deleted_again = shim.delete_in_background("b");
     shim.delete("a").expect("delete a while b is deleted");
@@ -705,16 +687,14 @@ fn calls_about_other_tasks_answer_while_a_delete_waits_for_the_agent() {
 
 #[test]
 fn a_failed_exec_start_is_tried_again_as_an_exec() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: a container's share is a bind mount: needs root");
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     // The agent's requests, but the waiters' (made when they like).
     let calls = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = calls.clone();
     let failed_once = std::sync::atomic::AtomicBool::new(false);
-    let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), move |req| {
+    let shim = Shim::with_agent_errors(move |req| {
         let name = match &req {
             Request::ExecProcess(e) => format!("ExecProcess {}", e.exec_id),
             Request::SignalProcess(s) => format!("SignalProcess {:?} {}", s.exec_id, s.signal),
@@ -751,15 +731,14 @@ fn a_failed_exec_start_is_tried_again_as_an_exec() {
             other => panic!("the fake agent got {other:?}"),
         }
     });
-    let shim = Shim::new(dir, fake_vm(agent));
-    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.create("a").unwrap();
 
     // The agent fails e1's ExecProcess: e1 stays created, with its process,
     // and its next start is an ExecProcess again.
     shim.exec("a", "e1", "").expect("exec e1");
     assert_eq!(code(shim.start("a", "e1")), Code::UNKNOWN);
-    let st = shim.state_of("a", "e1").expect("state of e1");
-    assert_eq!(status_and_pid(&st), (Status::CREATED, 0));
+    let st = shim.status("a", "e1").expect("state of e1");
+    assert_eq!(st, (Status::CREATED, 0));
     assert_eq!(shim.start("a", "e1").expect("start e1 again"), 30);
     assert_eq!(shim.wait("a", "e1").expect("wait e1"), 0);
     assert_eq!(
@@ -772,8 +751,8 @@ fn a_failed_exec_start_is_tried_again_as_an_exec() {
     shim.exec("a", "e2", "out-fifo").expect("exec e2");
     assert_eq!(code(shim.start("a", "e2")), Code::UNKNOWN);
     assert_eq!(shim.wait("a", "e2").expect("wait e2"), 137);
-    let st = shim.state_of("a", "e2").expect("state of e2");
-    assert_eq!(status_and_pid(&st), (Status::STOPPED, 31));
+    let st = shim.status("a", "e2").expect("state of e2");
+    assert_eq!(st, (Status::STOPPED, 31));
     assert_eq!(code(shim.start("a", "e2")), Code::INVALID_ARGUMENT);
     assert_eq!(
         calls.lock().unwrap()[3..],
@@ -800,8 +779,7 @@ fn mounts_on(point: &Path) -> usize {
 
 #[test]
 fn a_create_leaves_no_rootfs_mount_behind() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: the rootfs mounts are tmpfs mounts: needs root");
+    if skip_unless_root("the rootfs mounts are tmpfs mounts") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -900,11 +878,7 @@ fn a_pod_asking_for_a_host_namespace_is_refused_before_its_vm_boots() {
         assert!(msg.contains(k8s), "{msg}");
     }
     assert_eq!(boots.load(std::sync::atomic::Ordering::SeqCst), 0);
-    shim.shutdown_in_background()
-        .join()
-        .unwrap()
-        .expect("shutdown");
-    assert!(shim.exits());
+    shim.shut_down();
     assert!(shim.stopping.lock().unwrap().is_none(), "no VM was made");
     assert!(shim.topics().is_empty());
 }
@@ -915,13 +889,11 @@ fn a_pod_asking_for_a_host_namespace_is_refused_before_its_vm_boots() {
 /// goes on.
 #[test]
 fn a_kill_of_a_process_that_just_exited_is_not_found() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: a container's share is a bind mount: needs root");
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let (exit_hold, exit) = hold();
-    let agent = fake_agent_with_errors(&dir.path().join("agent.sock"), move |req| match req {
+    let shim = Shim::with_agent_errors(move |req| match req {
         Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
         Request::StartContainer(_) | Request::RemoveContainer(_) => Ok(Response::Empty),
         Request::WaitProcess(_) => {
@@ -936,22 +908,17 @@ fn a_kill_of_a_process_that_just_exited_is_not_found() {
         Request::SignalProcess(_) => Ok(Response::Empty),
         other => panic!("the fake agent got {other:?}"),
     });
-    let shim = Shim::new(dir, fake_vm(agent));
-    shim.task().create(ctx(), &shim.create_req("a")).unwrap();
+    shim.create("a").unwrap();
     shim.start("a", "").unwrap();
     exit.entered("a's WaitProcess");
-    let st = shim.state("a").expect("state of a");
-    assert_eq!(status_and_pid(&st), (Status::RUNNING, 10));
-    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
-    let mut all = KillRequest::new();
-    all.id = "a".into();
-    all.signal = 9;
-    all.all = true;
-    shim.task().kill(ctx(), &all).expect("kill --all");
+    let st = shim.status("a", "").expect("state of a");
+    assert_eq!(st, (Status::RUNNING, 10));
+    assert_eq!(code(shim.kill("a", false)), Code::NOT_FOUND);
+    shim.kill("a", true).expect("kill --all");
     exit.release();
     assert_eq!(shim.wait("a", "").expect("wait a"), 0);
     // Stopped in the shim too: NotFound without asking the agent.
-    assert_eq!(code(shim.kill("a")), Code::NOT_FOUND);
+    assert_eq!(code(shim.kill("a", false)), Code::NOT_FOUND);
     shim.delete("a").expect("delete a");
     stop_the_vm(&shim);
 }
