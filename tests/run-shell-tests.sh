@@ -16,7 +16,10 @@ for t in "$@"; do
   case $rc in
     0) pass=$((pass+1)); echo "ok   $name" ;;
     77) skip=$((skip+1)); echo "skip $name: $(tail -n1 <<<"$out")" ;;
-    *) fail=$((fail+1)); echo "FAIL $name (exit $rc)"; sed 's/^/    /' <<<"$out" | tail -30 ;;
+    *) fail=$((fail+1)); echo "FAIL $name (exit $rc)"
+       # The test's own verdict lines first: a daemon's log tail follows them.
+       grep -E '^(ok|FAIL|SKIP)' <<<"$out" | tail -5 | sed 's/^/    /'
+       sed 's/^/    /' <<<"$out" | tail -30 ;;
   esac
 done
 echo "shell: $pass passed, $fail failed, $skip skipped"
