@@ -204,6 +204,17 @@ pub fn apply(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     }
     if let Some(io) = r.block_io() {
         if let Some(w) = io.weight() {
+            // `io.weight` is there only with an I/O controller that weighs
+            // (iocost, BFQ); the guest has neither, and no block device to
+            // weigh (its root is virtio-fs): a clear refusal, not a failed
+            // write of a file that is not there.
+            if !dir.join("io.weight").exists() {
+                return Err(CgroupError::Invalid(format!(
+                    "linux.resources.blockIO.weight {w}: the guest has no block devices \
+                     (its root is virtio-fs) and no I/O controller that weighs, so an I/O \
+                     weight cannot be honoured in the VM"
+                )));
+            }
             // blkio weight 10..1000 to io.weight 1..10000.
             let w = 1 + (u64::from(w).clamp(10, 1000) - 10) * 9999 / 990;
             write(dir, "io.weight", format!("default {w}"))?;
@@ -314,6 +325,23 @@ fn remove_one(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blockIO weight where the cgroup has no `io.weight` (the guest's)
+    /// is refused naming the field; where it has one, it is written.
+    #[test]
+    fn a_blkio_weight_without_io_weight_is_refused_naming_the_field() {
+        let r: LinuxResources = serde_json::from_str(r#"{"blockIO": {"weight": 500}}"#).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let e = apply(t.path(), &r).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.blockIO.weight 500"), "{e}");
+        assert!(!t.path().join("io.weight").exists());
+        fs::write(t.path().join("io.weight"), "default 100\n").unwrap();
+        apply(t.path(), &r).unwrap();
+        assert_eq!(
+            fs::read_to_string(t.path().join("io.weight")).unwrap(),
+            format!("default {}", 1 + (500 - 10) * 9999 / 990)
+        );
+    }
 
     #[test]
     fn procs_include_the_sub_cgroups() {
