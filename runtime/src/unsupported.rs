@@ -162,6 +162,14 @@ pub fn warn_ignored(fields: &[Ignored], container: &str) {
 mod tests {
     use super::*;
 
+    /// (field, value) of each finding, for comparing.
+    fn pairs(found: &[Ignored]) -> Vec<(&str, &str)> {
+        found
+            .iter()
+            .map(|i| (i.field.as_str(), i.value.as_str()))
+            .collect()
+    }
+
     fn spec(v: serde_json::Value) -> Spec {
         serde_json::from_value(v).unwrap()
     }
@@ -203,10 +211,7 @@ mod tests {
                 "selinuxLabel": "system_u:system_r:container_t:s0:c1,c2"},
             "linux": {"mountLabel": "system_u:object_r:container_file_t:s0:c1,c2"}}));
         let found = ignored(&s);
-        let fields: Vec<(&str, &str)> = found
-            .iter()
-            .map(|i| (i.field.as_str(), i.value.as_str()))
-            .collect();
+        let fields = pairs(&found);
         assert_eq!(
             fields,
             [
@@ -227,10 +232,7 @@ mod tests {
             "createContainer": [{"path": "/c"}],
             "poststop": [{"path": "/usr/bin/d"}]}}));
         let found = host_hooks(&hooked);
-        let fields: Vec<(&str, &str)> = found
-            .iter()
-            .map(|i| (i.field.as_str(), i.value.as_str()))
-            .collect();
+        let fields = pairs(&found);
         assert_eq!(
             fields,
             [
