@@ -181,3 +181,35 @@ pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
     }
     Ok(n)
 }
+
+/// `mount_setattr(AT_FDCWD, path, AT_RECURSIVE | AT_SYMLINK_NOFOLLOW)`
+/// setting `set` and clearing `clr` (`MOUNT_ATTR_*`) on the mount at `path`
+/// and every mount below it. nix has no wrapper for it.
+pub fn mount_setattr_recursive(path: &std::path::Path, set: u64, clr: u64) -> nix::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is a valid NUL-terminated path and `attr` a valid
+    // mount_attr, both outliving the call; the struct's size is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(())
+    }
+}

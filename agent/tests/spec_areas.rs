@@ -316,6 +316,65 @@ fn mounts_tmpfs_and_readonly_bind() {
     }
 }
 
+/// runc's recursive mount options: `rro` makes a bind's submounts
+/// read-only too, where a plain `ro` leaves them as they are (runc remounts
+/// only the top); `rnoexec` reaches the submount as well.
+#[test]
+fn recursive_mount_attributes_reach_submounts() {
+    if !can_run("recursive mount attributes") {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let sub = src.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    let srcp = src.path().to_str().unwrap().to_owned();
+    let out = sh(
+        "rmounts",
+        &[],
+        "for d in /plain /rec; do touch $d/top 2>/dev/null && echo $d/top=rw || echo $d/top=ro; \
+         touch $d/sub/f 2>/dev/null && echo $d/sub=rw || echo $d/sub=ro; done; \
+         grep -E ' /(plain|rec)(/sub)? ' /proc/self/mountinfo",
+        |v| {
+            let m = v["mounts"].as_array_mut().unwrap();
+            m.push(
+                json!({"destination": "/plain", "type": "bind", "source": srcp,
+                          "options": ["rbind", "ro"]}),
+            );
+            m.push(
+                json!({"destination": "/rec", "type": "bind", "source": srcp,
+                          "options": ["rbind", "rro", "rnoexec"]}),
+            );
+        },
+    );
+    let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
+    let Some(out) = out else { return };
+    for want in [
+        "/plain/top=ro",
+        "/plain/sub=rw",
+        "/rec/top=ro",
+        "/rec/sub=ro",
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want}: {out}");
+    }
+    let opts = |point: &str| -> String {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(point))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .unwrap_or_else(|| panic!("{point} is not a mount: {out}"))
+            .to_owned()
+    };
+    assert!(opts("/rec/sub").contains("noexec"), "{out}");
+    assert!(!opts("/plain/sub").contains("noexec"), "{out}");
+}
+
 #[test]
 fn readonly_root() {
     let Some(out) = sh(

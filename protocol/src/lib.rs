@@ -100,6 +100,31 @@ pub fn share_mount_point(tag: &str) -> String {
     format!("/run/husk/shares/{tag}")
 }
 
+/// runc 1.1's recursive mount options, which the agent applies with
+/// `mount_setattr(AT_RECURSIVE)` to a mount and everything below it. The
+/// runtime carries them over to the separate guest mounts it makes for a
+/// bind source's host submounts, so they reach those too.
+pub const RECURSIVE_MOUNT_OPTIONS: &[&str] = &[
+    "rro",
+    "rrw",
+    "rnosuid",
+    "rsuid",
+    "rnodev",
+    "rdev",
+    "rnoexec",
+    "rexec",
+    "rnodiratime",
+    "rdiratime",
+    "rnosymfollow",
+    "rsymfollow",
+    "rnoatime",
+    "ratime",
+    "rrelatime",
+    "rnorelatime",
+    "rstrictatime",
+    "rnostrictatime",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,6 +221,19 @@ pub fn is_readonly(m: &Mount) -> bool {
         })
 }
 
+/// Whether an OCI mount is read-only below its top too: the last of runc's
+/// `rro` and `rrw` wins.
+pub fn is_recursively_readonly(m: &Mount) -> bool {
+    m.options()
+        .iter()
+        .flatten()
+        .fold(false, |ro, o| match o.as_str() {
+            "rro" => true,
+            "rrw" => false,
+            _ => ro,
+        })
+}
+
 /// Whether the spec asks for a read-only root filesystem.
 pub fn root_readonly(spec: &Spec) -> bool {
     spec.root()
@@ -330,7 +343,7 @@ pub fn prepare_share(
         )
         .map_err(|e| err("the share directory")(e.into()))?;
         let top = mounts::open_dir(share_dir).map_err(err("the share directory"))?;
-        let spec = rewrite(bundle, top.as_fd())?;
+        let spec = rewrite(bundle, share_dir, top.as_fd())?;
         let sealed = MountAttrs {
             readonly: true,
             nosuid_nodev: true,
@@ -347,15 +360,94 @@ pub fn prepare_share(
     }
 }
 
-/// Binds `src` on `target` (a directory or file fd) with `attrs`, set on
-/// the detached copy so no moment exists where the share shows it writable.
-fn bind(src: &Path, target: BorrowedFd<'_>, attrs: MountAttrs) -> io::Result<()> {
-    let tree = mounts::clone_tree(src)?;
+/// How a bind source is copied into the share.
+#[derive(Debug, Clone, Copy)]
+struct BindMode {
+    /// Read-only (`ro`, `rro`): the copy's top mount.
+    readonly: bool,
+    /// `rbind`: the source's submounts come along.
+    recursive: bool,
+    /// `rro`: the submounts are made read-only too.
+    readonly_below: bool,
+}
+
+impl BindMode {
+    fn of(m: &Mount) -> BindMode {
+        BindMode {
+            readonly: is_readonly(m),
+            recursive: m.options().iter().flatten().any(|o| o == "rbind"),
+            readonly_below: is_recursively_readonly(m),
+        }
+    }
+
+    /// The rootfs: a recursive copy, read-only throughout when asked.
+    fn root(readonly: bool) -> BindMode {
+        BindMode {
+            readonly,
+            recursive: true,
+            readonly_below: readonly,
+        }
+    }
+}
+
+/// Binds `src` on `target` (a directory or file fd) as `mode` says, with
+/// the attributes set on the detached copy so no moment exists where the
+/// share shows it writable. Every mount of the copy is nosuid and nodev; as
+/// on runc, a plain `bind` leaves the source's submounts out and `ro` makes
+/// only the top read-only (`rro` all of them).
+fn bind(src: &Path, target: BorrowedFd<'_>, mode: BindMode) -> io::Result<()> {
+    let tree = if mode.recursive {
+        mounts::clone_tree(src)?
+    } else {
+        mounts::clone_mount(src)?
+    };
     // Cut the copy from the source's peers: mounts made later under the
     // source (by containerd, say) stay out of the share.
     mounts::make_private(tree.as_fd())?;
-    mounts::set_attrs(tree.as_fd(), attrs, true)?;
+    let attrs = |readonly| MountAttrs {
+        readonly,
+        nosuid_nodev: true,
+    };
+    mounts::set_attrs(tree.as_fd(), attrs(mode.readonly_below), true)?;
+    if mode.readonly && !mode.readonly_below {
+        mounts::set_attrs(tree.as_fd(), attrs(true), false)?;
+    }
     mounts::attach(tree.as_fd(), target)
+}
+
+/// The guest mounts that make a bind source's host submounts (now under
+/// `share_point`) separate mounts in the container, as an `rbind` makes
+/// them on runc: each is bound on its own below the spec mount `m`, read-only
+/// or noexec where the host mount is, with `m`'s recursive options
+/// (`rro`, `rnoexec`...) carried over. Without them the guest would see
+/// one virtio-fs mount, and a remount of `m` would reach the submounts.
+fn submount_entries(m: &Mount, share_point: &Path, guest_source: &Path) -> Vec<Mount> {
+    let inherited: Vec<String> = m
+        .options()
+        .iter()
+        .flatten()
+        .filter(|o| husk_protocol::RECURSIVE_MOUNT_OPTIONS.contains(&o.as_str()))
+        .cloned()
+        .collect();
+    mounts::submounts(share_point)
+        .into_iter()
+        .map(|sub| {
+            let mut options = vec!["bind".to_owned()];
+            if sub.readonly {
+                options.push("ro".into());
+            }
+            if sub.noexec {
+                options.push("noexec".into());
+            }
+            options.extend(inherited.iter().cloned());
+            let mut e = Mount::default();
+            e.set_destination(m.destination().join(&sub.rel));
+            e.set_typ(Some("bind".into()));
+            e.set_source(Some(guest_source.join(&sub.rel)));
+            e.set_options(Some(options));
+            e
+        })
+        .collect()
 }
 
 /// A new mount point `name` under `dir`: a directory, or an empty file when
@@ -372,16 +464,18 @@ fn mount_point(dir: BorrowedFd<'_>, name: &str, src: &Path) -> io::Result<OwnedF
     }
 }
 
-fn rewrite(bundle: &Bundle, top: BorrowedFd<'_>) -> Result<Spec, BundleError> {
+fn rewrite(bundle: &Bundle, share_dir: &Path, top: BorrowedFd<'_>) -> Result<Spec, BundleError> {
     let guest_share = PathBuf::from(husk_protocol::share_mount_point(SHARE_TAG));
     let mut spec = bundle.spec.clone();
-    let attrs = |readonly| MountAttrs {
-        readonly,
-        nosuid_nodev: true,
-    };
     let share_err = |what: String| move |source| BundleError::Share { what, source };
     mount_point(top, "rootfs", &bundle.rootfs)
-        .and_then(|t| bind(&bundle.rootfs, t.as_fd(), attrs(root_readonly(&spec))))
+        .and_then(|t| {
+            bind(
+                &bundle.rootfs,
+                t.as_fd(),
+                BindMode::root(root_readonly(&spec)),
+            )
+        })
         .map_err(share_err("the rootfs".into()))?;
     let mut root = spec.root().clone().expect("validated");
     root.set_path(guest_share.join("rootfs"));
@@ -403,9 +497,15 @@ fn rewrite(bundle: &Bundle, top: BorrowedFd<'_>) -> Result<Spec, BundleError> {
                 ),
             };
             mount_point(dir.as_fd(), &i.to_string(), &src)
-                .and_then(|t| bind(&src, t.as_fd(), attrs(is_readonly(&m))))
+                .and_then(|t| bind(&src, t.as_fd(), BindMode::of(&m)))
                 .map_err(share_err(what))?;
-            m.set_source(Some(guest_share.join(format!("mounts/{i}"))));
+            let guest_source = guest_share.join(format!("mounts/{i}"));
+            m.set_source(Some(guest_source.clone()));
+            let host_point = share_dir.join(format!("mounts/{i}"));
+            let below = submount_entries(&m, &host_point, &guest_source);
+            new_mounts.push(m);
+            new_mounts.extend(below);
+            continue;
         }
         new_mounts.push(m);
     }

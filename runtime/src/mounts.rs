@@ -49,8 +49,22 @@ fn unit_result(r: libc::c_long) -> io::Result<()> {
 /// `OPEN_TREE_CLONE | AT_RECURSIVE`): what `mount --rbind` would attach,
 /// not yet visible anywhere. Closing the fd before [`attach`] drops it.
 pub fn clone_tree(src: &Path) -> io::Result<OwnedFd> {
+    open_tree_clone(src, true)
+}
+
+/// A detached copy of the one mount at `src` (`OPEN_TREE_CLONE` without
+/// `AT_RECURSIVE`): what `mount --bind` would attach, the source's
+/// submounts left out.
+pub fn clone_mount(src: &Path) -> io::Result<OwnedFd> {
+    open_tree_clone(src, false)
+}
+
+fn open_tree_clone(src: &Path, recursive: bool) -> io::Result<OwnedFd> {
     let c = cstr(src.as_os_str())?;
-    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the
     // call; open_tree reads it and returns a new fd or -1.
     let r = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
@@ -286,6 +300,48 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v.dedup();
     v.reverse();
     v
+}
+
+/// A mount strictly below some directory, as [`submounts`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submount {
+    /// Its mount point, relative to that directory.
+    pub rel: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Mounted noexec.
+    pub noexec: bool,
+}
+
+/// The mounts strictly below `dir` in this mount namespace, parents before
+/// their children; of two mounts on one point, the one on top.
+pub fn submounts(dir: &Path) -> Vec<Submount> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<Submount> = Vec::new();
+    for line in info.lines() {
+        let mut fields = line.split(' ');
+        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else {
+            continue;
+        };
+        let point = unescape(point);
+        let Ok(rel) = point.strip_prefix(dir) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let has = |o: &str| opts.split(',').any(|x| x == o);
+        let m = Submount {
+            rel: rel.to_owned(),
+            readonly: has("ro"),
+            noexec: has("noexec"),
+        };
+        // mountinfo lists a mount after the one it covers.
+        found.retain(|f| f.rel != m.rel);
+        found.push(m);
+    }
+    found.sort_by(|a, b| a.rel.cmp(&b.rel));
+    found
 }
 
 /// A mountinfo path field with its octal escapes (`\040` for a space...)

@@ -115,3 +115,96 @@ fn guest_root_cannot_write_readonly_volumes_or_root_on_the_host() {
     assert!(!rootfs.join("dev/termination-log").exists());
     env.assert_clean();
 }
+
+/// A host volume with a tmpfs mounted inside it, bound three ways: as on
+/// runc, `rbind` + `ro` makes only the volume read-only (the submount is
+/// its own mount and stays writable, and what is written there lands in
+/// the host's tmpfs), `rbind` + `rro` makes both read-only and `rnoexec`
+/// reaches the submount, and a plain `bind` leaves the submount out.
+#[test]
+fn host_submounts_are_separate_guest_mounts_and_recursive_options_reach_them() {
+    skip_without_guest!();
+    let env = Env::new();
+    let vol = env.dir.path().join("vol");
+    let sub = vol.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    fs::write(sub.join("under"), b"hidden by the tmpfs\n").unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    fs::write(sub.join("in-tmpfs"), b"tmpfs\n").unwrap();
+    const SCRIPT: &str = r#"
+for d in /plain /rec; do
+  touch $d/top 2>/dev/null && echo "$d/top=rw" || echo "$d/top=ro"
+  echo guest > $d/sub/$(basename $d) 2>/dev/null && echo "$d/sub=rw" || echo "$d/sub=ro"
+done
+ls /bind/sub
+grep -E ' /(plain|rec|bind)(/sub)? ' /proc/self/mountinfo
+echo done
+"#;
+    let b = env.bundle("b", &[], &["true"]);
+    env.edit_config(&b, |c| {
+        c["process"]["args"] = serde_json::json!(["sh", "-c", SCRIPT]);
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        for (dest, opts) in [
+            ("/plain", serde_json::json!(["rbind", "ro"])),
+            ("/rec", serde_json::json!(["rbind", "rro", "rnoexec"])),
+            ("/bind", serde_json::json!(["bind"])),
+        ] {
+            mounts.push(serde_json::json!(
+                {"destination": dest, "type": "bind", "source": vol, "options": opts}));
+        }
+    });
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), "sub1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let in_tmpfs = fs::read(sub.join("plain"));
+    let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
+    eprintln!("guest said:\n{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("done"),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "/plain/top=ro",
+        "/plain/sub=rw",
+        "/rec/top=ro",
+        "/rec/sub=ro",
+    ] {
+        assert!(stdout.lines().any(|l| l == want), "{want}: {stdout}");
+    }
+    assert_eq!(
+        in_tmpfs.unwrap(),
+        b"guest\n",
+        "written into the host's tmpfs"
+    );
+    assert!(!sub.join("rec").exists() && !vol.join("top").exists());
+    // The plain bind shows the directory under the tmpfs, not the tmpfs.
+    assert!(stdout.lines().any(|l| l == "under"), "{stdout}");
+    assert!(!stdout.lines().any(|l| l == "in-tmpfs"), "{stdout}");
+    // The mount on top at `point` (mountinfo lists it last): the guest
+    // kernel may also have automounted the submount virtiofsd announces.
+    let opts = |point: &str| -> String {
+        stdout
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(4) == Some(point))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .unwrap_or_else(|| panic!("{point} is not a mount in the guest: {stdout}"))
+            .to_owned()
+    };
+    assert!(opts("/plain/sub").starts_with("rw"), "{stdout}");
+    assert!(opts("/rec/sub").contains("noexec"), "{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some("/bind/sub")),
+        "{stdout}"
+    );
+    env.assert_clean();
+}

@@ -98,7 +98,9 @@ fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_no
     }
     fs::write(&ro_file, b"host\n").unwrap();
     fs::write(ro.join("data"), b"host\n").unwrap();
-    // A mount inside a read-only volume must be read-only too.
+    // A mount inside a volume: as on runc, `ro` makes only the volume's
+    // own mount read-only, `rro` its submounts too, and a plain `bind`
+    // leaves them out.
     fs::create_dir(ro.join("sub")).unwrap();
     nix::mount::mount(
         Some("tmpfs"),
@@ -116,17 +118,22 @@ fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_no
             bind(&rw, "/rw", &["rbind", "rw"]),
             bind(&ro_file, "/etc/ro-file", &["bind", "ro"]),
             bind(&rw_last, "/rw-last", &["rbind", "ro", "rw"]),
+            bind(&ro, "/rro", &["rbind", "rro", "rnoexec"]),
+            bind(&ro, "/plain", &["bind"]),
         ]),
     );
     let share = t.path().join("share");
-    let (_spec, mounts) = prepare_share(&b, &share).unwrap();
+    let (spec, mounts) = prepare_share(&b, &share).unwrap();
     let result = std::panic::catch_unwind(|| {
         let erofs = Some(libc::EROFS);
         // What virtiofsd (root, CAP_DAC_OVERRIDE) would do for the guest.
         assert_eq!(errno_of_write(&share.join("rootfs/new")), erofs);
         assert_eq!(errno_of_write(&share.join("rootfs/etc/os-release")), erofs);
         assert_eq!(errno_of_write(&share.join("mounts/0/data")), erofs);
-        assert_eq!(errno_of_write(&share.join("mounts/0/sub/f")), erofs);
+        assert_eq!(errno_of_write(&share.join("mounts/0/sub/f")), None);
+        assert_eq!(errno_of_write(&share.join("mounts/4/sub/g")), erofs);
+        assert!(share.join("mounts/4/sub/f").is_file(), "the same tmpfs");
+        assert!(!share.join("mounts/5/sub/f").exists(), "bind: no submount");
         assert_eq!(
             fs::create_dir(share.join("mounts/0/d"))
                 .unwrap_err()
@@ -148,10 +155,13 @@ fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_no
         for (point, readonly) in [
             ("rootfs", true),
             ("mounts/0", true),
-            ("mounts/0/sub", true),
+            ("mounts/0/sub", false),
             ("mounts/1", false),
             ("mounts/2", true),
             ("mounts/3", false),
+            ("mounts/4", true),
+            ("mounts/4/sub", true),
+            ("mounts/5", false),
         ] {
             let opts = mount_options(&info, &share.join(point));
             assert!(
@@ -160,8 +170,52 @@ fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_no
             );
             assert_eq!(opts[0] == "ro", readonly, "{point}: {opts:?}");
         }
+        assert!(mount_line(&info, &share.join("mounts/5/sub")).is_none());
         assert_eq!(fs::read(ro.join("data")).unwrap(), b"host\n");
         assert_eq!(fs::read(&ro_file).unwrap(), b"host\n");
+
+        // The guest gets each submount of an `rbind` as a mount of its own,
+        // right after its parent, with the parent's recursive options.
+        let guest: Vec<(String, String, Vec<String>)> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.source().clone().unwrap_or_default().display().to_string(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let dests: Vec<&str> = guest.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(
+            dests,
+            [
+                "/ro",
+                "/ro/sub",
+                "/rw",
+                "/etc/ro-file",
+                "/rw-last",
+                "/rro",
+                "/rro/sub",
+                "/plain"
+            ],
+            "{guest:?}"
+        );
+        let share_root = husk_protocol::share_mount_point(husk_runtime::bundle::SHARE_TAG);
+        assert_eq!(
+            guest[1].1,
+            format!("{share_root}/mounts/0/sub"),
+            "{guest:?}"
+        );
+        assert_eq!(guest[1].2, ["bind"], "{guest:?}");
+        assert_eq!(
+            guest[6].1,
+            format!("{share_root}/mounts/4/sub"),
+            "{guest:?}"
+        );
+        assert_eq!(guest[6].2, ["bind", "ro", "rro", "rnoexec"], "{guest:?}");
     });
     unmount_all(&mounts.points).unwrap();
     let _ = nix::mount::umount2(&ro.join("sub"), nix::mount::MntFlags::MNT_DETACH);

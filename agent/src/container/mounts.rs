@@ -20,6 +20,11 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific data (`mode=755,size=65536k`).
     pub data: String,
+    /// Attributes set on the mount and every mount below it
+    /// (`MOUNT_ATTR_*` of runc's recursive options: `rro`, `rnosuid`...).
+    pub rec_set: u64,
+    /// Attributes cleared on the mount and every mount below it (`rrw`...).
+    pub rec_clr: u64,
 }
 
 impl MountOptions {
@@ -27,6 +32,47 @@ impl MountOptions {
     pub fn is_bind(&self) -> bool {
         self.flags.contains(MsFlags::MS_BIND)
     }
+
+    /// Whether a recursive attribute (`rro`, `rnoexec`...) was asked for.
+    pub fn has_recursive_attrs(&self) -> bool {
+        self.rec_set != 0 || self.rec_clr != 0
+    }
+}
+
+/// `nosymfollow` (Linux 5.10), which nix's `MsFlags` does not name.
+const MS_NOSYMFOLLOW: MsFlags = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
+
+/// What a recursive option (runc 1.1's `rro`, `rnosuid`...) does to the
+/// `mount_setattr(2)` attributes of a mount tree: set or clear a flag, or
+/// pick the atime mode (an enum in the kernel's ABI, so picking one also
+/// clears `MOUNT_ATTR__ATIME`).
+enum RecAttr {
+    Set(u64),
+    Clear(u64),
+    Atime(u64),
+}
+
+fn recursive_attr(opt: &str) -> Option<RecAttr> {
+    use RecAttr::*;
+    Some(match opt {
+        "rro" => Set(libc::MOUNT_ATTR_RDONLY),
+        "rrw" => Clear(libc::MOUNT_ATTR_RDONLY),
+        "rnosuid" => Set(libc::MOUNT_ATTR_NOSUID),
+        "rsuid" => Clear(libc::MOUNT_ATTR_NOSUID),
+        "rnodev" => Set(libc::MOUNT_ATTR_NODEV),
+        "rdev" => Clear(libc::MOUNT_ATTR_NODEV),
+        "rnoexec" => Set(libc::MOUNT_ATTR_NOEXEC),
+        "rexec" => Clear(libc::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => Set(libc::MOUNT_ATTR_NODIRATIME),
+        "rdiratime" => Clear(libc::MOUNT_ATTR_NODIRATIME),
+        "rnosymfollow" => Set(libc::MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => Clear(libc::MOUNT_ATTR_NOSYMFOLLOW),
+        "rnoatime" => Atime(libc::MOUNT_ATTR_NOATIME),
+        "rstrictatime" | "rnorelatime" => Atime(libc::MOUNT_ATTR_STRICTATIME),
+        // As mount(8)'s `atime` and `nostrictatime`: the kernel's default.
+        "rrelatime" | "ratime" | "rnostrictatime" => Atime(libc::MOUNT_ATTR_RELATIME),
+        _ => return None,
+    })
 }
 
 /// Splits mount options into flags, propagation and data, like runc.
@@ -36,9 +82,29 @@ pub fn parse_options(options: &[String]) -> MountOptions {
         cleared: MsFlags::empty(),
         propagation: Vec::new(),
         data: String::new(),
+        rec_set: 0,
+        rec_clr: 0,
     };
     let mut data = Vec::new();
     for opt in options {
+        if let Some(attr) = recursive_attr(opt) {
+            // The last of two opposite options wins, as for `ro`/`rw`.
+            match attr {
+                RecAttr::Set(f) => {
+                    o.rec_set |= f;
+                    o.rec_clr &= !f;
+                }
+                RecAttr::Clear(f) => {
+                    o.rec_clr |= f;
+                    o.rec_set &= !f;
+                }
+                RecAttr::Atime(mode) => {
+                    o.rec_set = (o.rec_set & !libc::MOUNT_ATTR__ATIME) | mode;
+                    o.rec_clr |= libc::MOUNT_ATTR__ATIME;
+                }
+            }
+            continue;
+        }
         let (set, clear) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, false),
             "rw" => (MsFlags::MS_RDONLY, true),
@@ -64,6 +130,10 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "nostrictatime" => (MsFlags::MS_STRICTATIME, true),
             "bind" => (MsFlags::MS_BIND, false),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, false),
+            // mount(8)'s defaults are mount(2)'s: no flag at all.
+            "defaults" => (MsFlags::empty(), false),
+            "nosymfollow" => (MS_NOSYMFOLLOW, false),
+            "symfollow" => (MS_NOSYMFOLLOW, true),
             p => {
                 if let Some(f) = propagation_flags(p) {
                     o.propagation.push(f);
@@ -242,6 +312,10 @@ pub trait Mounter {
         flags: MsFlags,
         data: Option<&str>,
     ) -> nix::Result<()>;
+
+    /// `mount_setattr(2)` with `AT_RECURSIVE` on the mount at `target`
+    /// (not following a symlink there): `set` and `clr` are `MOUNT_ATTR_*`.
+    fn setattr_recursive(&mut self, target: &Path, set: u64, clr: u64) -> nix::Result<()>;
 }
 
 /// The kernel's mount(2).
@@ -258,6 +332,10 @@ impl Mounter for Kernel {
         data: Option<&str>,
     ) -> nix::Result<()> {
         mount(source, target, fstype, flags, data)
+    }
+
+    fn setattr_recursive(&mut self, target: &Path, set: u64, clr: u64) -> nix::Result<()> {
+        crate::sys::mount_setattr_recursive(target, set, clr)
     }
 }
 
@@ -325,6 +403,15 @@ pub fn mount_entry(mnt: &mut dyn Mounter, rootfs: &Path, m: &Mount) -> Result<()
     for p in &opts.propagation {
         mnt.mount(None, &target, None, *p, None)
             .map_err(sys(format!("set propagation of {}", target.display())))?;
+    }
+    // runc 1.1 and crun apply the recursive options last, to the mount and
+    // everything below it (an `rbind`'s submounts included).
+    if opts.has_recursive_attrs() {
+        mnt.setattr_recursive(&target, opts.rec_set, opts.rec_clr)
+            .map_err(sys(format!(
+                "set the recursive attributes of mount {}",
+                m.destination().display()
+            )))?;
     }
     Ok(())
 }
@@ -404,8 +491,9 @@ mod tests {
         Option<String>,
     );
 
+    /// mount(2) calls, and mount_setattr(2) calls (target, set, clear).
     #[derive(Default)]
-    struct Recorder(Vec<Call>);
+    struct Recorder(Vec<Call>, Vec<(PathBuf, u64, u64)>);
 
     impl Mounter for Recorder {
         fn mount(
@@ -423,6 +511,11 @@ mod tests {
                 flags,
                 data.map(str::to_owned),
             ));
+            Ok(())
+        }
+
+        fn setattr_recursive(&mut self, target: &Path, set: u64, clr: u64) -> nix::Result<()> {
+            self.1.push((target.to_path_buf(), set, clr));
             Ok(())
         }
     }
@@ -451,6 +544,81 @@ mod tests {
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
         ));
         assert_eq!(rec.0[2].3, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes_last_one_winning() {
+        let o = parse_options(
+            &[
+                "rbind",
+                "rro",
+                "rnosuid",
+                "rsuid",
+                "rnoexec",
+                "rnoatime",
+                "rnosymfollow",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            o.rec_set,
+            libc::MOUNT_ATTR_RDONLY
+                | libc::MOUNT_ATTR_NOEXEC
+                | libc::MOUNT_ATTR_NOATIME
+                | libc::MOUNT_ATTR_NOSYMFOLLOW
+        );
+        assert_eq!(o.rec_clr, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR__ATIME);
+        assert_eq!(o.data, "", "recursive options are not filesystem data");
+        // The atime modes are one enum: the last one picks it.
+        let o = parse_options(&["rnoatime", "rstrictatime"].map(String::from));
+        assert_eq!(o.rec_set, libc::MOUNT_ATTR_STRICTATIME);
+        assert_eq!(o.rec_clr, libc::MOUNT_ATTR__ATIME);
+        let o = parse_options(&["rnodev", "rrw", "rnodiratime", "rrelatime"].map(String::from));
+        assert_eq!(
+            o.rec_set,
+            libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NODIRATIME
+        );
+        assert_eq!(o.rec_clr, libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR__ATIME);
+        // Plain options have no recursive part; nosymfollow is a flag.
+        let o = parse_options(&["ro", "nosymfollow", "noatime", "defaults"].map(String::from));
+        assert!(!o.has_recursive_attrs());
+        assert_eq!(o.data, "", "defaults is no filesystem data");
+        assert!(o.flags.contains(MsFlags::MS_RDONLY | MS_NOSYMFOLLOW));
+    }
+
+    #[test]
+    fn every_recursive_option_the_protocol_names_is_understood() {
+        for opt in husk_protocol::RECURSIVE_MOUNT_OPTIONS {
+            assert!(recursive_attr(opt).is_some(), "{opt}");
+        }
+        for opt in ["ro", "rbind", "rprivate", "rslave", "relatime", "rw"] {
+            assert!(recursive_attr(opt).is_none(), "{opt}");
+        }
+    }
+
+    #[test]
+    fn recursive_attributes_are_set_after_the_mount_and_its_remount() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let m = spec_mount(&format!(
+            r#"{{"destination":"/v","type":"bind","source":"{}","options":["rbind","ro","rnoexec","rprivate"]}}"#,
+            src.path().display()
+        ));
+        let mut rec = Recorder::default();
+        mount_entry(&mut rec, root.path(), &m).unwrap();
+        assert_eq!(rec.0.len(), 3, "bind, ro remount, propagation: {:?}", rec.0);
+        assert_eq!(
+            rec.1,
+            [(root.path().join("v"), libc::MOUNT_ATTR_NOEXEC, 0)],
+            "one recursive mount_setattr on the destination"
+        );
+        let plain = spec_mount(&format!(
+            r#"{{"destination":"/w","type":"bind","source":"{}","options":["rbind","ro"]}}"#,
+            src.path().display()
+        ));
+        let mut rec = Recorder::default();
+        mount_entry(&mut rec, root.path(), &plain).unwrap();
+        assert!(rec.1.is_empty(), "no recursive option, no mount_setattr");
     }
 
     #[test]

@@ -15,17 +15,52 @@ pub fn features() -> Value {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let mut mount_options: Vec<&str> = [
+        "async",
+        "atime",
+        "bind",
+        "defaults",
+        "dev",
+        "diratime",
+        "dirsync",
+        "exec",
+        "mand",
+        "noatime",
+        "nodev",
+        "nodiratime",
+        "noexec",
+        "nomand",
+        "norelatime",
+        "nostrictatime",
+        "nosuid",
+        "nosymfollow",
+        "private",
+        "rbind",
+        "relatime",
+        "remount",
+        "ro",
+        "rprivate",
+        "rshared",
+        "rslave",
+        "runbindable",
+        "rw",
+        "shared",
+        "slave",
+        "strictatime",
+        "suid",
+        "symfollow",
+        "sync",
+        "unbindable",
+    ]
+    .into_iter()
+    .chain(husk_protocol::RECURSIVE_MOUNT_OPTIONS.iter().copied())
+    .collect();
+    mount_options.sort_unstable();
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": [
-            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
-            "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
-            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
-            "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
-            "strictatime", "suid", "sync", "unbindable"
-        ],
+        "mountOptions": mount_options,
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
@@ -92,6 +127,17 @@ mod tests {
                 "poststop"
             ])
         );
+        let opts = f["mountOptions"].as_array().unwrap();
+        for o in [
+            "rro",
+            "rnoexec",
+            "rnosymfollow",
+            "rstrictatime",
+            "nosymfollow",
+            "bind",
+        ] {
+            assert!(opts.iter().any(|x| x == o), "{o} not in {opts:?}");
+        }
         assert_eq!(f["linux"]["apparmor"]["enabled"], false);
         assert_eq!(f["linux"]["selinux"]["enabled"], false);
     }
