@@ -213,3 +213,22 @@ pub fn mount_setattr_recursive(path: &std::path::Path, set: u64, clr: u64) -> ni
         Ok(())
     }
 }
+
+/// `set_mempolicy(mode, nodemask, maxnode)` with `mask` as the node mask
+/// (empty: no mask). nix has no wrapper for it.
+pub fn set_mempolicy(mode: i32, mask: &[u64]) -> io::Result<()> {
+    let (ptr, maxnode) = if mask.is_empty() {
+        (std::ptr::null(), 0u64)
+    } else {
+        // The kernel reads `maxnode - 1` bits.
+        (mask.as_ptr(), mask.len() as u64 * 64 + 1)
+    };
+    // SAFETY: `ptr` is null with maxnode 0, or points at `mask.len()` u64s
+    // that cover the `maxnode - 1` bits the kernel reads; it only reads them.
+    let r = unsafe { libc::syscall(libc::SYS_set_mempolicy, mode, ptr, maxnode) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

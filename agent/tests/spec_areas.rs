@@ -375,6 +375,44 @@ fn recursive_mount_attributes_reach_submounts() {
     assert!(!opts("/plain/sub").contains("noexec"), "{out}");
 }
 
+/// `linux.memoryPolicy` is set before the exec (runc 1.3's set_mempolicy):
+/// the container's mappings show it in /proc/self/numa_maps; a policy the
+/// kernel refuses fails the create naming the field.
+#[test]
+fn memory_policy_is_the_processes_numa_policy() {
+    if !can_run("memory policy") {
+        return;
+    }
+    if !std::path::Path::new("/proc/self/numa_maps").exists() {
+        eprintln!("SKIP: memory policy: this host kernel has no NUMA (no /proc/self/numa_maps)");
+        return;
+    }
+    let Some(out) = sh("mempolicy", &[], "cat /proc/self/numa_maps", |v| {
+        v["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND", "nodes": "0"});
+    }) else {
+        return;
+    };
+    assert!(out.lines().any(|l| l.contains(" bind:0 ")), "{out}");
+
+    let agent = Agent::start();
+    let (spec, _dir) = agent.bundle("b2", &[], &["true"]);
+    let spec = patch(spec, |v| {
+        // MPOL_DEFAULT takes no nodes: the kernel says EINVAL.
+        v["linux"]["memoryPolicy"] = json!({"mode": "MPOL_DEFAULT", "nodes": "0"});
+    });
+    let mut c = agent.client();
+    let err = create(&mut c, "c2", spec, husk_protocol::StdioSpec::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux.memoryPolicy (MPOL_DEFAULT, nodes \"0\")")
+            && err.contains("Invalid argument"),
+        "{err}"
+    );
+    assert_no_children(&agent);
+    agent.shutdown();
+}
+
 #[test]
 fn readonly_root() {
     let Some(out) = sh(

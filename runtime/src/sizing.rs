@@ -235,6 +235,27 @@ impl IdList {
     }
 }
 
+/// `value` of `field`, a list of CPU or node numbers (`what`), checked
+/// against the host's `limit` of them.
+fn host_ids(
+    field: &'static str,
+    value: &str,
+    limit: u32,
+    what: &str,
+) -> Result<Option<IdList>, SizingError> {
+    IdList::parse(value, limit).map_err(|e| SizingError::Field {
+        field,
+        value: value.to_owned(),
+        reason: match e {
+            IdListError::Syntax(why) => format!("{why} (expected a list such as 0-3,6)"),
+            IdListError::Beyond(n) => format!(
+                "names {what} {n}, and the host has {what}s 0-{}",
+                limit.saturating_sub(1)
+            ),
+        },
+    })
+}
+
 /// The spec's cpuset and memory nodes, checked against the host.
 fn cpuset(
     spec: &Spec,
@@ -250,21 +271,7 @@ fn cpuset(
     };
     let parse = |field: &'static str, v: &Option<String>, limit: u32, what: &str| {
         v.as_deref()
-            .map(|v| {
-                IdList::parse(v, limit).map_err(|e| SizingError::Field {
-                    field,
-                    value: v.to_owned(),
-                    reason: match e {
-                        IdListError::Syntax(why) => {
-                            format!("{why} (expected a list such as 0-3,6)")
-                        }
-                        IdListError::Beyond(n) => format!(
-                            "names {what} {n}, and the host has {what}s 0-{}",
-                            limit.saturating_sub(1)
-                        ),
-                    },
-                })
-            })
+            .map(|v| host_ids(field, v, limit, what))
             .transpose()
             .map(Option::flatten)
     };
@@ -280,6 +287,7 @@ fn cpuset(
 /// memory nodes become the guest's node 0. Refuses CPUs or nodes the host
 /// does not have, naming the field.
 pub fn fit_cpuset(spec: &mut Spec, size: &VmSize) -> Result<(), SizingError> {
+    fit_memory_policy(spec, &size.policy)?;
     let (cpus, mems) = cpuset(spec, &size.policy)?;
     if cpus.is_none() && mems.is_none() {
         return Ok(());
@@ -313,6 +321,43 @@ pub fn fit_cpuset(spec: &mut Spec, size: &VmSize) -> Result<(), SizingError> {
     }
     res.set_cpu(Some(cpu));
     linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// The field of the NUMA memory policy's nodes.
+pub const MEMORY_POLICY_NODES: &str = "linux.memoryPolicy.nodes";
+
+/// `linux.memoryPolicy.nodes` for the guest's one node: nodes the host has
+/// become node 0 (logged when that changes them), one it lacks is refused
+/// naming the field; the mode and flags go to the guest as they are.
+fn fit_memory_policy(spec: &mut Spec, policy: &HostPolicy) -> Result<(), SizingError> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(());
+    };
+    let Some(mut mp) = linux.memory_policy().clone() else {
+        return Ok(());
+    };
+    let Some(nodes) = mp.nodes().clone() else {
+        return Ok(());
+    };
+    let Some(list) = host_ids(
+        MEMORY_POLICY_NODES,
+        &nodes,
+        policy.host_numa_nodes,
+        "NUMA node",
+    )?
+    else {
+        return Ok(());
+    };
+    if list != IdList(vec![(0, 0)]) {
+        tracing::warn!(
+            nodes = %nodes,
+            "{MEMORY_POLICY_NODES}: the guest has one NUMA node; the policy gets node 0"
+        );
+    }
+    mp.set_nodes(Some("0".into()));
+    linux.set_memory_policy(Some(mp));
     spec.set_linux(Some(linux));
     Ok(())
 }
@@ -559,6 +604,40 @@ mod tests {
             .and_then(|r| r.cpu().clone())
             .unwrap_or_default();
         Ok((size, cpu.cpus().clone(), cpu.mems().clone()))
+    }
+
+    /// `linux.memoryPolicy.nodes` the host has map to the guest's node 0;
+    /// a node it lacks is refused naming the field; mode and flags stay.
+    #[test]
+    fn memory_policy_nodes_map_to_the_guests_node() {
+        let host = policy::Host {
+            memory_mib: 8192,
+            usable_cpus: 8,
+            cpus: 8,
+            numa_nodes: 2,
+        };
+        let fit = |mp: serde_json::Value| -> Result<serde_json::Value, String> {
+            let mut s = spec(serde_json::json!(
+                {"ociVersion": "1.0.2", "linux": {"memoryPolicy": mp}}));
+            let size = size_vm_under(&s, HostPolicy::from_env_on(&no_env, &host).unwrap(), no_env)
+                .unwrap();
+            fit_cpuset(&mut s, &size).map_err(|e| e.to_string())?;
+            Ok(serde_json::to_value(s.linux().as_ref().unwrap().memory_policy()).unwrap())
+        };
+        let got = fit(serde_json::json!(
+            {"mode": "MPOL_INTERLEAVE", "nodes": "0-1", "flags": ["MPOL_F_STATIC_NODES"]}))
+        .unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!(
+                {"mode": "MPOL_INTERLEAVE", "nodes": "0", "flags": ["MPOL_F_STATIC_NODES"]})
+        );
+        let got = fit(serde_json::json!({"mode": "MPOL_LOCAL"})).unwrap();
+        assert_eq!(got, serde_json::json!({"mode": "MPOL_LOCAL"}));
+        assert_eq!(
+            fit(serde_json::json!({"mode": "MPOL_BIND", "nodes": "3"})).unwrap_err(),
+            "linux.memoryPolicy.nodes \"3\": names NUMA node 3, and the host has NUMA nodes 0-1"
+        );
     }
 
     fn with_cpu(cpu: serde_json::Value) -> serde_json::Value {

@@ -204,6 +204,36 @@ fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
     env.assert_clean();
 }
 
+/// The guest is one NUMA node: `linux.memoryPolicy` with the host's node
+/// numbers becomes the container's policy on node 0 (numa_maps shows it),
+/// and `cpu.mems` lands on node 0 too.
+#[test]
+fn numa_memory_policy_and_mems_apply_on_the_guests_node() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "grep -c ' interleave:0 ' /proc/self/numa_maps; \
+             cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpuset.mems",
+        ],
+    );
+    env.edit_config(&b, |c| {
+        c["linux"]["memoryPolicy"] = serde_json::json!({"mode": "MPOL_INTERLEAVE", "nodes": "0"});
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"mems": "0"});
+    });
+    let out = env.ok(&["run", "--bundle", b.to_str().unwrap(), "numa1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "output: {out}");
+    let n: u32 = lines[0].parse().unwrap_or(0);
+    assert!(n > 0, "no mapping under the interleave policy: {out}");
+    assert_eq!(lines[1], "0", "cpuset.mems");
+    env.assert_clean();
+}
+
 /// `pause` parks the VM's vCPUs: nothing in the container runs (its ticks
 /// into a bind mount stop) until `resume`; on both engines.
 #[test]

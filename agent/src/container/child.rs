@@ -133,6 +133,7 @@ fn child_main(
     let p = args.process;
     process::apply_oom_score_adj(p)?;
     process::apply_rlimits(p)?;
+    process::apply_memory_policy(args.spec)?;
     if let Mode::Create { rootfs: root } = args.mode {
         if let Some(h) = args.spec.hostname() {
             sethostname(h).map_err(sys(format!("set hostname {h:?}")))?;

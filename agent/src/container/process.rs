@@ -1,5 +1,6 @@
-//! The process part of the spec: rlimits, oomScoreAdj, user and groups,
-//! umask, cwd, env, the PATH lookup of args[0], and the final exec.
+//! The process part of the spec: rlimits, oomScoreAdj, the NUMA memory
+//! policy (`linux.memoryPolicy`), user and groups, umask, cwd, env, the PATH
+//! lookup of args[0], and the final exec.
 
 use std::ffi::CString;
 use std::fs;
@@ -50,6 +51,85 @@ pub fn apply_rlimits(p: &Process) -> Result<(), SetupError> {
         setrlimit(res, r.soft(), r.hard()).map_err(sys(format!("setrlimit {name}")))?;
     }
     Ok(())
+}
+
+/// The highest NUMA node number a `linux.memoryPolicy.nodes` list may
+/// name (the kernel's own limit is `CONFIG_NODES_SHIFT`; an x86 guest
+/// stays far below this).
+const MAX_NODES: u32 = 1024;
+
+/// Sets `linux.memoryPolicy` with set_mempolicy(2): the process and what it
+/// execs allocate by that policy. The guest has one NUMA node, 0 (the
+/// runtime maps the host's node numbers onto it).
+pub fn apply_memory_policy(spec: &oci_spec::runtime::Spec) -> Result<(), SetupError> {
+    use oci_spec::runtime::{MemoryPolicyFlagType as F, MemoryPolicyModeType as M};
+    let Some(policy) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.memory_policy().clone())
+    else {
+        return Ok(());
+    };
+    // linux/mempolicy.h: the modes, and the flags or'ed into the mode.
+    let mode: i32 = match policy.mode() {
+        M::MpolDefault => 0,
+        M::MpolPreferred => 1,
+        M::MpolBind => 2,
+        M::MpolInterleave => 3,
+        M::MpolLocal => 4,
+        M::MpolPreferredMany => 5,
+        M::MpolWeightedInterleave => 6,
+    };
+    let flags = policy
+        .flags()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .fold(0, |acc, f| {
+            acc | match f {
+                F::MpolFStaticNodes => 1 << 15,
+                F::MpolFRelativeNodes => 1 << 14,
+                F::MpolFNumaBalancing => 1 << 13,
+            }
+        });
+    let list = policy.nodes().clone().unwrap_or_default();
+    let field = || format!("linux.memoryPolicy ({}, nodes {list:?})", policy.mode());
+    let mask =
+        node_mask(&list).map_err(|why| SetupError::Invalid(format!("{}: {why}", field())))?;
+    crate::sys::set_mempolicy(mode | flags, &mask)
+        .map_err(|e| SetupError::Invalid(format!("{}: set_mempolicy: {e}", field())))
+}
+
+/// A node list (`0-2,5`) as the bitmask set_mempolicy(2) takes.
+fn node_mask(list: &str) -> Result<Vec<u64>, String> {
+    let mut mask = Vec::new();
+    let num = |s: &str| -> Result<u32, String> {
+        let n: u32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a node number"))?;
+        if n >= MAX_NODES {
+            return Err(format!("node {n} is beyond {}", MAX_NODES - 1));
+        }
+        Ok(n)
+    };
+    for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if lo > hi {
+            return Err(format!("{part:?} ends before it starts"));
+        }
+        for n in lo..=hi {
+            let word = (n / 64) as usize;
+            if mask.len() <= word {
+                mask.resize(word + 1, 0);
+            }
+            mask[word] |= 1 << (n % 64);
+        }
+    }
+    Ok(mask)
 }
 
 /// Writes `process.oomScoreAdj`.
@@ -251,5 +331,16 @@ mod tests {
         let plan = prepare_exec(&p).unwrap();
         let env: Vec<&str> = plan.envp.iter().map(|c| c.to_str().unwrap()).collect();
         assert_eq!(env, ["HOME=/root", "K=flag"]);
+    }
+
+    #[test]
+    fn node_lists_become_set_mempolicy_masks() {
+        assert_eq!(node_mask("").unwrap(), Vec::<u64>::new());
+        assert_eq!(node_mask("0").unwrap(), [1]);
+        assert_eq!(node_mask("0-2,5").unwrap(), [0b100111]);
+        assert_eq!(node_mask("64").unwrap(), [0, 1]);
+        assert!(node_mask("3-1").unwrap_err().contains("ends before"));
+        assert!(node_mask("x").unwrap_err().contains("not a node number"));
+        assert!(node_mask("4096").unwrap_err().contains("beyond"));
     }
 }
