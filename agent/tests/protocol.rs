@@ -380,3 +380,58 @@ fn pref_of(id: &str) -> ProcessRef {
         exec_id: None,
     }
 }
+
+/// A `Port` connection reaches a TCP listener on the agent's loopback
+/// (in the guest: the pod's network namespace) both ways, with half-close
+/// carried through; a port nothing listens on is refused naming it.
+#[test]
+fn port_connections_reach_the_loopback_both_ways() {
+    use std::io::Read;
+    if !can_run("port connections") {
+        return;
+    }
+    let agent = Agent::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Answers what it read, in upper case, once the client half-closed.
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(&got.to_ascii_uppercase()).unwrap();
+    });
+    let mut conn = agent.addr.open_port(port).unwrap();
+    let payload: Vec<u8> = b"port forward "
+        .iter()
+        .cycle()
+        .take(200_000)
+        .copied()
+        .collect();
+    conn.write_all(&payload).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).unwrap();
+    server.join().unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(
+        back == payload.to_ascii_uppercase(),
+        "the bytes came back changed"
+    );
+
+    // Nothing listens on a port just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = agent.addr.open_port(closed).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::FailedPrecondition), "{e}");
+    assert!(
+        e.to_string().contains(&format!("127.0.0.1:{closed}")),
+        "{e}"
+    );
+    // The agent keeps serving.
+    let mut c = agent.client();
+    assert!(c.call(Request::Version).is_ok());
+    agent.shutdown();
+}

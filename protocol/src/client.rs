@@ -204,6 +204,20 @@ impl AgentAddr {
             read_ack(s)
         })
     }
+
+    /// Opens a connection to TCP `port` on the guest's loopback, already
+    /// acknowledged: what is written to it reaches whatever listens there,
+    /// and what that writes comes back. A refusal names the port.
+    pub fn open_port(&self, port: u16) -> Result<UnixStream, ClientError> {
+        let hello = Hello::Port {
+            version: PROTOCOL_VERSION,
+            port,
+        };
+        self.connect_with(HANDSHAKE_TIMEOUT * 3, |s| {
+            write_frame(s, &hello)?;
+            read_ack(s)
+        })
+    }
 }
 
 /// Connects to a hybrid vsock Unix socket and asks for guest port `port`.

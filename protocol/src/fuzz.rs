@@ -305,6 +305,7 @@ proptest! {
         let hellos = vec![
             Hello::Control { version: PROTOCOL_VERSION },
             Hello::Stream { version: PROTOCOL_VERSION, container_id: name.clone(), exec_id: exec.clone(), stream: StreamKind::Pty },
+            Hello::Port { version: PROTOCOL_VERSION, port: id as u16 },
         ];
         for h in &hellos {
             write_frame(&mut out, h).unwrap();

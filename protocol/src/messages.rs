@@ -26,13 +26,24 @@ pub enum Hello {
         /// Which stream this connection carries.
         stream: StreamKind,
     },
+    /// A TCP connection to `port` on the guest's loopback, in the guest's
+    /// network namespace (the pod's): raw bytes follow the acknowledgement,
+    /// both ways. What `kubectl port-forward` reaches.
+    Port {
+        /// The sender's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The TCP port on 127.0.0.1 in the guest.
+        port: u16,
+    },
 }
 
 impl Hello {
     /// The protocol version the peer put in its hello.
     pub fn version(&self) -> u32 {
         match self {
-            Hello::Control { version } | Hello::Stream { version, .. } => *version,
+            Hello::Control { version }
+            | Hello::Stream { version, .. }
+            | Hello::Port { version, .. } => *version,
         }
     }
 }

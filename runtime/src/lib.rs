@@ -14,6 +14,7 @@
 //! | [`hooks`] | host-side OCI hooks |
 //! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
+//! | [`portforward`] | `kubectl port-forward`: the pod namespace's loopback led into the guest's |
 //! | [`child`] | running helper programs (`ip`, `tc`) in the CLI and under the shim's reaper |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
 //! | [`signal`] | signal names, and forwarding for `run` |
@@ -29,6 +30,7 @@ pub mod mounts;
 pub mod network;
 pub mod ops;
 pub mod policy;
+pub mod portforward;
 pub mod shim;
 pub mod signal;
 pub mod sizing;

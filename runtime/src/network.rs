@@ -116,7 +116,7 @@ pub fn drop_netns_path(spec: &mut Spec) -> bool {
 }
 
 /// Runs `f` on a thread that joined the network namespace at `netns`.
-fn in_netns<T: Send>(
+pub(crate) fn in_netns<T: Send>(
     netns: &Path,
     f: impl FnOnce() -> Result<T, NetworkError> + Send,
 ) -> Result<T, NetworkError> {
@@ -137,12 +137,17 @@ fn in_netns<T: Send>(
     })
 }
 
-/// Runs an iproute2 program (in the calling thread's namespace) and returns
-/// its stdout.
-fn run(prog: &str, args: &[&str]) -> Result<String, NetworkError> {
+/// Runs a network program (`ip`, `tc`, `iptables`) in the calling thread's
+/// namespace and returns its stdout.
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, NetworkError> {
     let out = crate::child::output(Command::new(prog).args(args)).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            NetworkError::Command(format!("{prog} is not installed (iproute2)"))
+            let package = if prog == "iptables" {
+                "iptables"
+            } else {
+                "iproute2"
+            };
+            NetworkError::Command(format!("{prog} is not installed ({package})"))
         } else {
             NetworkError::Io {
                 what: format!("cannot run {prog}"),

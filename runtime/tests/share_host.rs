@@ -333,6 +333,7 @@ fn pod_vm(dir: &Path) -> PodVm {
         )
         .unwrap(),
         network: None,
+        port_forward: None,
     }
 }
 

@@ -228,6 +228,7 @@ proptest! {
         let hellos = [
             Hello::Control { version: PROTOCOL_VERSION },
             Hello::Stream { version: PROTOCOL_VERSION, container_id: cid.clone(), exec_id: exec.clone(), stream: StreamKind::Stdin },
+            Hello::Port { version: PROTOCOL_VERSION, port: rows },
         ];
         for h in hellos {
             let mut buf = Vec::new();

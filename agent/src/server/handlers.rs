@@ -213,7 +213,11 @@ impl Server {
                         && k.exec_id == r.exec_id
                 };
                 let mut done = Vec::new();
-                for (id, pump) in self.pumps.iter_mut().filter(|(_, p)| key(&p.key)) {
+                for (id, pump) in self
+                    .pumps
+                    .iter_mut()
+                    .filter(|(_, p)| p.key.as_ref().is_some_and(key))
+                {
                     pump.src_eof = true;
                     if pump.service() == super::pump::PumpState::Done {
                         done.push(*id);
@@ -412,7 +416,8 @@ impl Server {
             return;
         };
         self.pids.retain(|_, (cid, _)| cid != id);
-        self.pumps.retain(|_, p| p.key.container_id != id);
+        self.pumps
+            .retain(|_, p| p.key.as_ref().is_none_or(|k| k.container_id != id));
         // A start still pending fails: its container is gone.
         let starting: Vec<u64> = self
             .starts
@@ -453,55 +458,99 @@ impl Server {
     /// Turns a stream connection into pumps, after acknowledging it.
     pub(super) fn attach_stream(&mut self, conn: u64, key: PumpKey) {
         let result = self.take_stream_fds(&key);
-        let Some(mut c) = self.conns.remove(&conn) else {
+        let Some((sock, leftover)) = self.acknowledge_stream(conn, result.as_ref().err()) else {
             return;
         };
-        let fds = match result {
-            Err(e) => {
-                queue(&mut c, 0, Err(e));
-                c.closing = true;
-                self.conns.insert(conn, c);
-                return;
-            }
-            Ok(fds) => fds,
-        };
-        queue(&mut c, 0, Ok(husk_protocol::Response::Empty));
-        // The ack goes out before any stream byte: write it now (a few
-        // dozen bytes into an empty socket buffer).
-        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), false);
-        let ok = nix::unistd::write(&c.fd, &c.outbuf)
-            .map(|n| n == c.outbuf.len())
-            .unwrap_or(false);
-        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), true);
-        if !ok {
-            return;
-        }
-        let leftover = std::mem::take(&mut c.inbuf);
-        let sock = c.fd;
-        let add = |server: &mut Server, p: Pump| {
-            let id = server.next_id;
-            server.next_id += 1;
-            server.pumps.insert(id, p);
-        };
+        let Ok(fd) = result else { return };
         let mk = |src: OwnedFd, dst: OwnedFd, buf: Vec<u8>, shutdown_dst: bool| Pump {
             src,
             dst,
             buf,
             src_eof: false,
             shutdown_dst,
-            key: key.clone(),
+            key: Some(key.clone()),
         };
-        match (key.stream, fds) {
-            (StreamKind::Stdin, guest) => add(self, mk(sock, guest, leftover, false)),
-            (StreamKind::Pty, master) => {
-                let (Ok(m2), Ok(s2)) = (master.try_clone(), sock.try_clone()) else {
+        match key.stream {
+            StreamKind::Stdin => self.add_pump(mk(sock, fd, leftover, false)),
+            StreamKind::Pty => {
+                let (Ok(m2), Ok(s2)) = (fd.try_clone(), sock.try_clone()) else {
                     return;
                 };
-                add(self, mk(master, sock, Vec::new(), true));
-                add(self, mk(s2, m2, leftover, false));
+                self.add_pump(mk(fd, sock, Vec::new(), true));
+                self.add_pump(mk(s2, m2, leftover, false));
             }
-            (_, guest) => add(self, mk(guest, sock, Vec::new(), true)),
+            _ => self.add_pump(mk(fd, sock, Vec::new(), true)),
         }
+    }
+
+    /// A `Port` hello: connects to `port` on the guest's loopback (the
+    /// agent runs in the guest's root network namespace, the pod's) and
+    /// pumps both ways; each side's EOF becomes a shutdown of the other's
+    /// write side, so a half-closed request still gets its answer.
+    pub(super) fn attach_port(&mut self, conn: u64, port: u16) {
+        let tcp = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|e| {
+                ProtocolError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("cannot connect to 127.0.0.1:{port} in the guest: {e}"),
+                )
+            });
+        let Some((sock, leftover)) = self.acknowledge_stream(conn, tcp.as_ref().err()) else {
+            return;
+        };
+        let Ok(tcp) = tcp else { return };
+        tracing::debug!(port, "port forward connected");
+        let tcp = OwnedFd::from(tcp);
+        let (Ok(tcp2), Ok(sock2)) = (tcp.try_clone(), sock.try_clone()) else {
+            return;
+        };
+        let mk = |src, dst, buf| Pump {
+            src,
+            dst,
+            buf,
+            src_eof: false,
+            shutdown_dst: true,
+            key: None,
+        };
+        self.add_pump(mk(tcp, sock, Vec::new()));
+        self.add_pump(mk(sock2, tcp2, leftover));
+    }
+
+    fn add_pump(&mut self, p: Pump) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pumps.insert(id, p);
+    }
+
+    /// Answers the hello of stream connection `conn`: with `refusal`, the
+    /// error (and the connection closes after it); else the acknowledgement,
+    /// written before any stream byte, and the connection leaves the control
+    /// connections: its socket and the bytes that followed the hello are
+    /// returned for the pumps.
+    fn acknowledge_stream(
+        &mut self,
+        conn: u64,
+        refusal: Option<&ProtocolError>,
+    ) -> Option<(OwnedFd, Vec<u8>)> {
+        let mut c = self.conns.remove(&conn)?;
+        if let Some(e) = refusal {
+            queue(&mut c, 0, Err(e.clone()));
+            c.closing = true;
+            self.conns.insert(conn, c);
+            return None;
+        }
+        queue(&mut c, 0, Ok(husk_protocol::Response::Empty));
+        // A few dozen bytes into an empty socket buffer.
+        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), false);
+        let ok = nix::unistd::write(&c.fd, &c.outbuf)
+            .map(|n| n == c.outbuf.len())
+            .unwrap_or(false);
+        let _ = crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&c.fd), true);
+        if !ok {
+            return None;
+        }
+        Some((c.fd, std::mem::take(&mut c.inbuf)))
     }
 
     fn take_stream_fds(&mut self, key: &PumpKey) -> Result<OwnedFd, ProtocolError> {

@@ -463,6 +463,7 @@ impl Server {
                 };
                 self.attach_stream(id, key);
             }
+            Ok(Hello::Port { port, .. }) => self.attach_port(id, port),
         }
     }
 

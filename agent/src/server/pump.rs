@@ -1,5 +1,5 @@
-//! A one-way byte pump between two non-blocking fds (a stdio pipe or pty
-//! master and a stream connection), with a bounded buffer so a slow reader
+//! A one-way byte pump between two non-blocking fds (a stdio pipe, pty
+//! master or forwarded TCP socket and a stream connection), with a bounded buffer so a slow reader
 //! back-pressures the writer instead of losing bytes.
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -40,8 +40,9 @@ pub struct Pump {
     /// Shut down the write side of `dst` (a socket) at the end, so the host
     /// sees EOF even while another pump holds the same socket.
     pub shutdown_dst: bool,
-    /// What the pump serves.
-    pub key: PumpKey,
+    /// The process stream the pump serves; `None` for a port forward,
+    /// which belongs to no process.
+    pub key: Option<PumpKey>,
 }
 
 /// The outcome of servicing a pump.
@@ -155,11 +156,11 @@ mod tests {
             buf: vec![1u8; CHUNK],
             src_eof: false,
             shutdown_dst: false,
-            key: PumpKey {
+            key: Some(PumpKey {
                 container_id: "c".into(),
                 exec_id: None,
                 stream: StreamKind::Stdin,
-            },
+            }),
         };
         assert_eq!(p.service(), PumpState::Done);
         let mut got = vec![0u8; 33 * CHUNK];

@@ -93,9 +93,9 @@ fn fake_agent_with_errors(
             thread::spawn(move || {
                 let ack = match read_frame::<_, Hello>(&mut s) {
                     Ok(Hello::Control { .. }) => Ok(Response::Empty),
-                    Ok(Hello::Stream { .. }) => Err(ProtocolError::new(
+                    Ok(Hello::Stream { .. } | Hello::Port { .. }) => Err(ProtocolError::new(
                         ErrorCode::Internal,
-                        "the fake agent has no stdio streams",
+                        "the fake agent has no stdio streams or ports",
                     )),
                     Err(_) => return,
                 };
@@ -128,6 +128,7 @@ fn fake_vm(agent: AgentAddr) -> Box<BootFn> {
                 monitor_pid: 0,
                 size: super::super::vm::size_pod(spec, env)?,
                 network: None,
+                port_forward: None,
             })
         },
     )

@@ -56,6 +56,9 @@ pub struct PodVm {
     pub size: VmSize,
     /// The pod network mirrored into the VM, undone on teardown.
     pub network: Option<crate::network::NetState>,
+    /// The pod namespace's loopback led into the guest's (`kubectl
+    /// port-forward`), stopped on teardown.
+    pub port_forward: Option<crate::portforward::PortForward>,
 }
 
 /// Sizes the VM of a pod (or of a lone container) from the first
@@ -102,6 +105,7 @@ impl PodVm {
             monitor_pid: 0,
             size,
             network: None,
+            port_forward: None,
         };
         match vm.start_monitor(vmm_binary, spec) {
             Ok(()) => Ok(vm),
@@ -231,6 +235,16 @@ impl PodVm {
                     ))
                 })?;
         }
+        if let Some(ns) = self.network.as_ref().map(|n| n.netns.clone()) {
+            // A pod without port-forward still runs: warn, do not fail it.
+            match crate::portforward::PortForward::start(&ns, self.addr.clone()) {
+                Ok(f) => self.port_forward = Some(f),
+                Err(e) => tracing::warn!(
+                    error = %crate::error_chain(&e),
+                    "kubectl port-forward will not reach this pod"
+                ),
+            }
+        }
         tracing::info!(
             boot_ms = started.elapsed().as_millis() as u64,
             memory_mib = size.memory_mib,
@@ -326,6 +340,9 @@ impl PodVm {
     }
 
     fn teardown(&self) {
+        if let Some(f) = &self.port_forward {
+            f.stop();
+        }
         if self.monitor_pid > 0 {
             stop_pid(self.monitor_pid, Duration::from_secs(5));
         }

@@ -5,9 +5,12 @@ usage: cni_test.py SOCKET IMAGE LOGDIR GENDIR HOSTNS
 Runs two pods with runtime handler `husk` on the CNI network containerd is
 configured with; pod 1 serves a line on port 8080 (busybox nc), pod 2 and
 the CNI host side (network namespace HOSTNS, where containerd runs) connect
-to pod 1's IP and get it. Then stops and removes both pods. Prints `ok: ...`
+to pod 1's IP and get it; localhost:8080 in pod 1's network namespace on
+the host (what containerd dials for kubectl port-forward) gets it too. Then
+stops and removes both pods. Prints `ok: ...`
 lines; exits non-zero on the first failure.
 """
+import json
 import subprocess
 import sys
 import time
@@ -77,6 +80,21 @@ for _ in range(10):
 if b"from-pod1" not in r.stdout:
     fail(f"bridge side -> pod 1: {r.stdout!r} {r.stderr!r}")
 ok("the CNI bridge's namespace reaches pod 1")
+
+# kubectl port-forward: containerd dials localhost:PORT inside the pod's
+# network namespace on the host; the shim leads that into the guest.
+info = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pods[0], verbose=True), timeout=T).info
+spec = json.loads(info["info"])["runtimeSpec"]
+netns = next(n["path"] for n in spec["linux"]["namespaces"] if n["type"] == "network")
+for _ in range(10):
+    r = subprocess.run(["nsenter", "--net=" + netns, "busybox", "nc", "-w", "5", "127.0.0.1", "8080"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    if b"from-pod1" in r.stdout:
+        break
+    time.sleep(1)
+if b"from-pod1" not in r.stdout:
+    fail(f"localhost:8080 in pod 1's namespace on the host: {r.stdout!r} {r.stderr!r}")
+ok("localhost:8080 in pod 1's network namespace on the host reaches the guest (port-forward)")
 
 for p in pods:
     rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p), timeout=T)

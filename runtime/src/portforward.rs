@@ -1,0 +1,221 @@
+//! `kubectl port-forward` for a VM pod.
+//!
+//! containerd's CRI answers PortForward by dialling `localhost:PORT` inside
+//! the pod's network namespace on the host (1.6 and 2.x alike). The pod's
+//! processes listen in the guest, so nothing would answer there: the tc
+//! mirror carries the veth's frames, not the namespace's loopback. The
+//! shim leads that loopback into the guest's: one listener on 127.0.0.1 in
+//! the namespace, an iptables `nat OUTPUT` rule that redirects every other
+//! loopback TCP connection there, and for each connection the port it was
+//! made to (`SO_ORIGINAL_DST`) asked of the agent, which connects to
+//! 127.0.0.1:PORT in the guest ([`husk_protocol::Hello::Port`]) and pumps
+//! both ways. (Kata Containers has no answer here: there, port-forward
+//! fails with "connection refused".) containerd dials `tcp4` first, so
+//! IPv4 is all that is forwarded.
+//!
+//! The rule lives in the pod's namespace and goes with it; [`PortForward::stop`]
+//! removes it earlier, when the pod's VM stops.
+
+use std::io;
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use husk_protocol::client::AgentAddr;
+
+use crate::network::{in_netns, run, NetworkError};
+
+/// A running forwarder of one pod namespace's loopback.
+#[derive(Debug)]
+pub struct PortForward {
+    netns: PathBuf,
+    port: u16,
+    listener: Arc<TcpListener>,
+}
+
+/// The iptables arguments of the redirect to `port` (`-A` or `-D`).
+fn rule(op: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "-w",
+        "-t",
+        "nat",
+        op,
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "!",
+        "--dport",
+        &port,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl PortForward {
+    /// Starts forwarding the loopback of the namespace at `netns` to the
+    /// guest the agent at `agent` runs in. Needs `iptables` (with the nat
+    /// table) on the host, which a Kubernetes node has.
+    pub fn start(netns: &Path, agent: AgentAddr) -> Result<PortForward, NetworkError> {
+        let (listener, port) = in_netns(netns, || {
+            // CNI's loopback plugin brings lo up; make sure of it.
+            run("ip", &["link", "set", "lo", "up"])?;
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| NetworkError::Io {
+                what: "cannot listen on 127.0.0.1 in the pod's network namespace".into(),
+                source: e,
+            })?;
+            let port = l
+                .local_addr()
+                .map_err(|e| NetworkError::Io {
+                    what: "the forwarder's address".into(),
+                    source: e,
+                })?
+                .port();
+            let args = rule("-A", port);
+            run(
+                "iptables",
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
+            Ok((l, port))
+        })?;
+        let listener = Arc::new(listener);
+        let l = listener.clone();
+        std::thread::Builder::new()
+            .name("port-forward".into())
+            .spawn(move || accept_loop(&l, port, &agent))
+            .map_err(|e| NetworkError::Io {
+                what: "cannot start the port-forward thread".into(),
+                source: e,
+            })?;
+        tracing::info!(netns = %netns.display(), port, "pod loopback forwarded into the guest");
+        Ok(PortForward {
+            netns: netns.to_owned(),
+            port,
+            listener,
+        })
+    }
+
+    /// The port the forwarder listens on in the pod's namespace.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops accepting and removes the rule (when the namespace is still
+    /// there); connections already made run to their end.
+    pub fn stop(&self) {
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        if !self.netns.exists() {
+            return;
+        }
+        let port = self.port;
+        let r = in_netns(&self.netns, move || {
+            let args = rule("-D", port);
+            run(
+                "iptables",
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .map(drop)
+        });
+        if let Err(e) = r {
+            tracing::warn!(netns = %self.netns.display(), error = %e, "cannot remove the port-forward rule");
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, own_port: u16, agent: &AgentAddr) {
+    loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Shut down by `stop`, or the shim is going away.
+            Err(_) => return,
+        };
+        let agent = agent.clone();
+        let _ = std::thread::Builder::new()
+            .name("port-forward-conn".into())
+            .spawn(move || serve(conn, own_port, &agent));
+    }
+}
+
+/// One forwarded connection: its original port to the guest's loopback.
+fn serve(conn: TcpStream, own_port: u16, agent: &AgentAddr) {
+    let port = match original_port(&conn) {
+        Ok(p) if p != own_port => p,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "a forwarded connection has no original destination");
+            return;
+        }
+    };
+    match agent.open_port(port) {
+        Ok(guest) => {
+            tracing::debug!(port, "port forward to the guest");
+            splice(conn, guest);
+        }
+        Err(e) => tracing::warn!(port, error = %e, "cannot forward to the guest"),
+    }
+}
+
+/// The port a redirected connection was made to (`SO_ORIGINAL_DST`).
+fn original_port(conn: &TcpStream) -> io::Result<u16> {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid out-buffers for the call and `len`
+    // holds `addr`'s size; the kernel writes at most that much.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u16::from_be(addr.sin_port))
+}
+
+/// Copies both ways until each side's EOF, passing each EOF on as a
+/// half-close so a request-then-answer exchange completes.
+fn splice(tcp: TcpStream, guest: UnixStream) {
+    let (Ok(mut tcp_rd), Ok(mut guest_wr)) = (tcp.try_clone(), guest.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut tcp_rd, &mut guest_wr);
+        let _ = guest_wr.shutdown(Shutdown::Write);
+    });
+    let (mut guest_rd, mut tcp_wr) = (guest, tcp);
+    let _ = io::copy(&mut guest_rd, &mut tcp_wr);
+    let _ = tcp_wr.shutdown(Shutdown::Write);
+    let _ = up.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_redirects_loopback_tcp_but_the_forwarders_own_port() {
+        assert_eq!(
+            rule("-A", 40123).join(" "),
+            "-w -t nat -A OUTPUT -o lo -p tcp -d 127.0.0.1 ! --dport 40123 -j REDIRECT --to-ports 40123"
+        );
+        assert_eq!(rule("-D", 1)[3], "-D");
+    }
+}
