@@ -23,7 +23,7 @@ command -v cargo >/dev/null || die "no cargo: install a stable Rust toolchain wi
 
 log "1/6 apt packages"
 apt_need build-essential pkg-config qemu-system-x86 busybox-static jq file cpio \
-  libcap-ng-dev libseccomp-dev iproute2 runc containerd
+  libcap-ng-dev libseccomp-dev iproute2 iptables runc containerd
 
 log "2/6 device daemons (virtiofsd, vhost-device-vsock)"
 "$root/scripts/install-daemons.sh" "$prefix/bin"
