@@ -204,6 +204,45 @@ fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
     env.assert_clean();
 }
 
+/// The VM is stopped as soon as the agent answers Shutdown (not after the
+/// guest's reboot): what the container wrote just before it exited must be
+/// on the host when `husk run` returns, in the rootfs and in a bind mount.
+#[test]
+fn writes_made_just_before_exit_are_on_the_host_when_run_returns() {
+    skip_without_guest!();
+    let env = Env::new();
+    let vol = env.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let b = env.bundle(
+        "b",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/vol/data bs=64k count=64 2>/dev/null; \
+             cp /vol/data /last; md5sum /vol/data | cut -d' ' -f1",
+        ],
+    );
+    env.edit_config(&b, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rw"]}));
+    });
+    let out = env.ok(&["run", "--bundle", b.to_str().unwrap(), "flush1"]);
+    let want = out.trim();
+    let md5 = |p: &std::path::Path| -> String {
+        let o = std::process::Command::new("md5sum").arg(p).output().unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(std::fs::metadata(vol.join("data")).unwrap().len(), 4 << 20);
+    assert_eq!(md5(&vol.join("data")), want, "the bind mount's file");
+    assert_eq!(md5(&b.join("rootfs/last")), want, "the rootfs's file");
+    env.assert_clean();
+}
+
 /// The guest is one NUMA node: `linux.memoryPolicy` with the host's node
 /// numbers becomes the container's policy on node 0 (numa_maps shows it),
 /// and `cpu.mems` lands on node 0 too.

@@ -567,20 +567,36 @@ fn supervise(
     };
     // Said before the drain and the VM's stop, which take seconds.
     vm.record_stopped();
+    let exited = Instant::now();
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
     let status = match result {
         Ok(s) => {
             tracing::info!(status = s, "container init exited");
             drain(&setup.pumps);
-            if let Ok(mut c) = setup.control.lock() {
-                if let Err(e) = c.call(Request::Shutdown) {
-                    tracing::debug!("Shutdown: {}", error_chain(&e));
-                }
-            }
-            match vm.wait_timeout(Some(SHUTDOWN_TIMEOUT)) {
-                Some(exit) if exit.is_clean() => {}
-                Some(exit) => tracing::warn!("after the container exited: {exit}"),
-                None => {
-                    tracing::warn!("the guest did not stop within {SHUTDOWN_TIMEOUT:?}; killing it")
+            tracing::debug!(ms = ms(exited), "exit path: stdio drained");
+            // The agent answers Shutdown once the guest's writes are on
+            // the host (it syncs first): the VM is stopped right after,
+            // not left to reboot, which takes seconds under emulation.
+            // Without an answer the guest gets SHUTDOWN_TIMEOUT to stop.
+            let answered = setup
+                .control
+                .lock()
+                .map_err(|_| "the control connection's lock is poisoned".to_owned())
+                .and_then(|mut c| c.call(Request::Shutdown).map_err(|e| error_chain(&e)));
+            match answered {
+                Ok(_) => tracing::debug!(
+                    ms = ms(exited),
+                    "exit path: agent synced and answered Shutdown"
+                ),
+                Err(e) => {
+                    tracing::warn!("Shutdown: {e}; waiting for the guest to stop");
+                    match vm.wait_timeout(Some(SHUTDOWN_TIMEOUT)) {
+                        Some(exit) if exit.is_clean() => {}
+                        Some(exit) => tracing::warn!("after the container exited: {exit}"),
+                        None => tracing::warn!(
+                            "the guest did not stop within {SHUTDOWN_TIMEOUT:?}; killing it"
+                        ),
+                    }
                 }
             }
             if (0..=255).contains(&s) {
@@ -595,6 +611,7 @@ fn supervise(
         }
     };
     vm.shutdown();
+    tracing::debug!(ms = ms(exited), "exit path: engine and daemons gone");
     status
 }
 

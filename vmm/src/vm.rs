@@ -319,14 +319,22 @@ impl VmHandle {
     /// sockets. Idempotent.
     pub fn shutdown(&mut self) {
         if let Some(mut e) = self.engine.take() {
+            let t = Instant::now();
             e.stop(Duration::from_secs(2));
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "engine stopped");
         }
         // The engine is gone: log what it wrote last, end the relay.
         if let Some(mut c) = self.console.take() {
             c.stop();
         }
         for mut d in self.daemons.drain(..) {
+            let t = Instant::now();
             d.stop(Duration::from_millis(500));
+            tracing::debug!(
+                daemon = d.name(),
+                ms = t.elapsed().as_secs_f64() * 1000.0,
+                "daemon stopped"
+            );
         }
         for s in &self.sockets {
             remove_socket(s);
