@@ -230,7 +230,10 @@ fn writes_made_just_before_exit_are_on_the_host_when_run_returns() {
     let out = env.ok(&["run", "--bundle", b.to_str().unwrap(), "flush1"]);
     let want = out.trim();
     let md5 = |p: &std::path::Path| -> String {
-        let o = std::process::Command::new("md5sum").arg(p).output().unwrap();
+        let o = std::process::Command::new("md5sum")
+            .arg(p)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
             .next()

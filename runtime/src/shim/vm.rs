@@ -331,10 +331,18 @@ impl PodVm {
                 .agent()
                 .and_then(|mut a| Ok(a.call(Request::Shutdown)?))
             {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "agent shutdown failed"),
+                // The agent answers once the guest's writes are on the host:
+                // the monitor may stop the VM now rather than wait for the
+                // guest's reboot (seconds under emulation).
+                Ok(_) => {
+                    let _ = kill(Pid::from_raw(self.monitor_pid), Signal::SIGTERM);
+                    stop_pid(self.monitor_pid, Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent shutdown failed");
+                    stop_pid(self.monitor_pid, Duration::from_secs(15));
+                }
             }
-            stop_pid(self.monitor_pid, Duration::from_secs(15));
         }
         self.teardown();
     }
