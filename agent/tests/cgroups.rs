@@ -212,7 +212,10 @@ fn an_oom_wait_parks_until_the_init_exits() {
     let wid = id.clone();
     let t = std::thread::spawn(move || waiter.wait_oom(&wid, 0).unwrap());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!t.is_finished(), "the wait answered before anything happened");
+    assert!(
+        !t.is_finished(),
+        "the wait answered before anything happened"
+    );
     // Other connections are served meanwhile.
     let r = c.call(Request::Stats(ContainerRef {
         container_id: id.clone(),
@@ -229,7 +232,10 @@ fn an_oom_wait_parks_until_the_init_exits() {
     assert_eq!(c.wait(&id, None).unwrap(), 137);
     assert_eq!(c.wait_oom(&id, 0).unwrap(), (0, true), "after the exit");
     // The connection goes on after an answered wait.
-    assert!(matches!(c.call(Request::Version), Ok(Response::Version { .. })));
+    assert!(matches!(
+        c.call(Request::Version),
+        Ok(Response::Version { .. })
+    ));
     remove(&mut c, &id);
 
     // Never started: its removal kills the init, which answers the wait.

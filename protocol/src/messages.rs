@@ -596,7 +596,10 @@ mod tests {
         };
         assert_eq!(s.oom_kills(), 2);
         let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(v["memory_events"], serde_json::json!([["oom", 4], ["oom_kill", 2]]));
+        assert_eq!(
+            v["memory_events"],
+            serde_json::json!([["oom", 4], ["oom_kill", 2]])
+        );
         assert_eq!(serde_json::from_value::<CgroupStats>(v).unwrap(), s);
     }
 

@@ -309,7 +309,9 @@ pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     }
     let d = std::time::Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
     if d.is_zero() {
-        return Err(format!("invalid duration {s:?}: the interval must be above zero"));
+        return Err(format!(
+            "invalid duration {s:?}: the interval must be above zero"
+        ));
     }
     Ok(d)
 }
@@ -335,20 +337,26 @@ mod tests {
         }
         for bad in ["", "5", "s", "5x", "-5s", "1..2s", "0s", "0", "5s3"] {
             let e = parse_interval(bad).unwrap_err();
-            assert!(e.starts_with(&format!("invalid duration {bad:?}")), "{bad}: {e}");
+            assert!(
+                e.starts_with(&format!("invalid duration {bad:?}")),
+                "{bad}: {e}"
+            );
         }
     }
 
     #[test]
     fn events_takes_runcs_flags() {
-        let cli = Cli::try_parse_from(["husk", "events", "--stats", "--interval", "2s", "c1"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["husk", "events", "--stats", "--interval", "2s", "c1"]).unwrap();
         match cli.command {
             Command::Events {
                 stats,
                 interval,
                 id,
-            } => assert_eq!((stats, interval, id.as_str()), (true, Duration::from_secs(2), "c1")),
+            } => assert_eq!(
+                (stats, interval, id.as_str()),
+                (true, Duration::from_secs(2), "c1")
+            ),
             other => panic!("{other:?}"),
         }
         let cli = Cli::try_parse_from(["husk", "events", "c1"]).unwrap();

@@ -83,7 +83,11 @@ fn an_oom_killed_container_exits_137_and_events_report_the_oom() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!((&v["type"], &v["id"]), (&"stats".into(), &"o1".into()), "{v}");
+    assert_eq!(
+        (&v["type"], &v["id"]),
+        (&"stats".into(), &"o1".into()),
+        "{v}"
+    );
     let data = &v["data"];
     assert_eq!(data["memory"]["usage"]["limit"], LIMIT, "{v}");
     assert!(data["memory"]["usage"]["usage"].as_u64() > Some(0), "{v}");
@@ -117,7 +121,11 @@ fn an_oom_killed_container_exits_137_and_events_report_the_oom() {
         "run: {st}, output {:?}",
         fs::read_to_string(&run_out)
     );
-    assert_eq!(fs::read_to_string(&run_out).unwrap(), "", "the hog survived");
+    assert_eq!(
+        fs::read_to_string(&run_out).unwrap(),
+        "",
+        "the hog survived"
+    );
     let st = wait_at_most(&mut events, 60, "husk events after the container stopped");
     assert!(st.success(), "husk events: {st}");
     let evs = event_lines(&events_out);

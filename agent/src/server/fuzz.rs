@@ -105,9 +105,8 @@ fn request_json() -> impl Strategy<Value = Value> {
         (hostile_str(), hostile_json()).prop_map(
             |(c, e)| json!({"type": "WaitProcess", "args": {"container_id": c, "exec_id": e}})
         ),
-        (hostile_str(), hostile_json()).prop_map(
-            |(c, a)| json!({"type": "WaitOom", "args": {"container_id": c, "after": a}})
-        ),
+        (hostile_str(), hostile_json())
+            .prop_map(|(c, a)| json!({"type": "WaitOom", "args": {"container_id": c, "after": a}})),
         (hostile_str(), hostile_json()).prop_map(|(t, a)| json!({"type": t, "args": a})),
         hostile_json(),
     ];

@@ -234,7 +234,11 @@ impl Server {
             // changes its memory.events (`max`) all the time.
             for (id, w) in &self.oom_watches {
                 if self.oom_waited(&w.container_id) {
-                    add(w.file.as_fd().as_raw_fd(), libc::POLLPRI, Token::OomEvents(*id));
+                    add(
+                        w.file.as_fd().as_raw_fd(),
+                        libc::POLLPRI,
+                        Token::OomEvents(*id),
+                    );
                 }
             }
             let timeout = self

@@ -116,11 +116,9 @@ impl Server {
 
     /// Whether a wait is parked on container `id`'s OOM kills.
     pub(super) fn oom_waited(&self, id: &str) -> bool {
-        self.conns.values().any(|c| {
-            c.oom_waiting
-                .as_ref()
-                .is_some_and(|w| w.container_id == id)
-        })
+        self.conns
+            .values()
+            .any(|c| c.oom_waiting.as_ref().is_some_and(|w| w.container_id == id))
     }
 
     /// The kernel notified a change of watch `key`'s `memory.events`.
@@ -191,11 +189,7 @@ impl Server {
         let conns: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                c.oom_waiting
-                    .as_ref()
-                    .is_some_and(|w| w.container_id == id)
-            })
+            .filter(|(_, c)| c.oom_waiting.as_ref().is_some_and(|w| w.container_id == id))
             .map(|(k, _)| *k)
             .collect();
         for k in conns {

@@ -11,9 +11,7 @@ use containerd_shim::api::{
     PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
     StateResponse, StatsRequest, StatsResponse, Status, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart,
-};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;

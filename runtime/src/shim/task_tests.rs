@@ -1081,7 +1081,7 @@ fn an_oom_kill_in_a_running_container_is_published_as_it_happens() {
     shim.start("a", "").unwrap();
     held.entered("a's WaitProcess");
     assert!(
-        shim.events.published(topics::TASK_OOM_EVENT_TOPIC),
+        shim.published(topics::TASK_OOM_EVENT_TOPIC),
         "no TaskOOM while the container runs"
     );
     assert_eq!(shim.status("a", "").unwrap(), (Status::RUNNING, 10));
