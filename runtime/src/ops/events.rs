@@ -180,6 +180,7 @@ pub fn to_stats(s: &CgroupStats) -> Stats {
 }
 
 /// What the OOM watch tells the printing loop.
+#[derive(Debug)]
 enum Watch {
     /// This many new OOM kills.
     Oom(u64),
@@ -187,6 +188,28 @@ enum Watch {
     Stopped,
     /// The watch failed.
     Failed(ClientError),
+}
+
+/// What an answer to `WaitOom(after)` means for `events`: the new kills
+/// (a kill that was the init's death comes with its exit), then the stop.
+fn watch_answer(answer: Result<(u64, bool), ClientError>, after: u64) -> Vec<Watch> {
+    match answer {
+        Ok((count, exited)) => {
+            let mut out = Vec::new();
+            if count > after {
+                out.push(Watch::Oom(count - after));
+            }
+            if exited {
+                out.push(Watch::Stopped);
+            } else if count <= after {
+                out.push(Watch::Failed(ClientError::Unexpected(format!(
+                    "an OOM count of {count} answered a wait for more than {after}"
+                ))));
+            }
+            out
+        }
+        Err(e) => vec![Watch::Failed(e)],
+    }
 }
 
 fn agent_err(id: &str) -> impl FnOnce(ClientError) -> OpError + '_ {
@@ -268,21 +291,17 @@ pub fn events(
     let watched = id.to_owned();
     let mut after = first.oom_kills();
     std::thread::spawn(move || loop {
-        let msg = match watcher.wait_oom(&watched, after) {
-            Ok((_, true)) => Watch::Stopped,
-            Ok((count, false)) if count > after => {
-                let new = count - after;
-                after = count;
-                Watch::Oom(new)
+        let answer = watcher.wait_oom(&watched, after);
+        let seen = answer
+            .as_ref()
+            .map_or(after, |(count, _)| after.max(*count));
+        let msgs = watch_answer(answer, after);
+        after = seen;
+        for msg in msgs {
+            let last = !matches!(msg, Watch::Oom(_));
+            if tx.send(msg).is_err() || last {
+                return;
             }
-            Ok((count, false)) => Watch::Failed(ClientError::Unexpected(format!(
-                "an OOM count of {count} answered a wait for more than {after}"
-            ))),
-            Err(e) => Watch::Failed(e),
-        };
-        let last = !matches!(msg, Watch::Oom(_));
-        if tx.send(msg).is_err() || last {
-            return;
         }
     });
     let mut next = Instant::now() + opts.interval;
@@ -309,7 +328,7 @@ pub fn events(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                next += opts.interval;
+                next = Instant::now() + opts.interval;
                 // A paused VM answers nothing: no stats until it resumes.
                 let now = rt.root.load(id).ok().map(|st| live_status(rt, &st));
                 match now {
@@ -337,6 +356,35 @@ pub fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shown(w: Vec<Watch>) -> Vec<String> {
+        w.into_iter()
+            .map(|w| match w {
+                Watch::Oom(n) => format!("oom {n}"),
+                Watch::Stopped => "stopped".into(),
+                Watch::Failed(e) => format!("failed: {e}"),
+            })
+            .collect()
+    }
+
+    /// A kill that was the init's death may come with its exit (the agent
+    /// reaped it before the kernel's notification of `memory.events`
+    /// reached its loop): it is reported, then the stop.
+    #[test]
+    fn an_oom_that_comes_with_the_exit_is_reported() {
+        assert_eq!(shown(watch_answer(Ok((3, false)), 1)), ["oom 2"]);
+        assert_eq!(shown(watch_answer(Ok((2, true)), 1)), ["oom 1", "stopped"]);
+        assert_eq!(shown(watch_answer(Ok((1, true)), 1)), ["stopped"]);
+        assert_eq!(
+            shown(watch_answer(Ok((1, false)), 1)),
+            ["failed: unexpected response from agent: an OOM count of 1 answered a wait for more than 1"]
+        );
+        let e = ClientError::Unexpected("x".into());
+        assert_eq!(
+            shown(watch_answer(Err(e), 0)),
+            ["failed: unexpected response from agent: x"]
+        );
+    }
 
     #[test]
     fn stats_have_runcs_shape() {
