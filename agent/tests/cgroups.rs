@@ -186,3 +186,69 @@ fn exec_sub_cgroup_without_a_cgroup_is_refused() {
     assert_no_children(&agent);
     agent.shutdown();
 }
+
+/// `WaitOom` parks its own connection only, until the container's init
+/// exits (this host's cgroup2, where there is one, has no memory
+/// controller: the count stays 0, so only the exit answers); after the
+/// exit it answers at once; a created container's wait is answered when
+/// its removal kills the init; an unknown container is NotFound. The OOM
+/// kills themselves are counted in a guest (`runtime/tests/oom_e2e.rs`).
+#[test]
+fn an_oom_wait_parks_until_the_init_exits() {
+    if !can_run("oom_wait") {
+        return;
+    }
+    let root = cgroup2_root().unwrap_or("/nonexistent-cgroup-root");
+    let agent = Agent::start_with(&["--cgroup-root", root]);
+    let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
+    let mut c = agent.client();
+    let e = c.wait_oom("nope", 0).unwrap_err();
+    assert_eq!(e.code(), Some(husk_protocol::ErrorCode::NotFound), "{e}");
+
+    let id = format!("oom{}", std::process::id());
+    create(&mut c, &id, spec.clone(), StdioSpec::default()).unwrap();
+    c.start(&id).unwrap();
+    let mut waiter = agent.client();
+    let wid = id.clone();
+    let t = std::thread::spawn(move || waiter.wait_oom(&wid, 0).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !t.is_finished(),
+        "the wait answered before anything happened"
+    );
+    // Other connections are served meanwhile.
+    let r = c.call(Request::Stats(ContainerRef {
+        container_id: id.clone(),
+    }));
+    assert!(matches!(r, Ok(Response::Stats(_))), "{r:?}");
+    c.call(Request::SignalProcess(husk_protocol::SignalProcess {
+        container_id: id.clone(),
+        exec_id: None,
+        signal: 9,
+        all: false,
+    }))
+    .unwrap();
+    assert_eq!(t.join().unwrap(), (0, true));
+    assert_eq!(c.wait(&id, None).unwrap(), 137);
+    assert_eq!(c.wait_oom(&id, 0).unwrap(), (0, true), "after the exit");
+    // The connection goes on after an answered wait.
+    assert!(matches!(
+        c.call(Request::Version),
+        Ok(Response::Version { .. })
+    ));
+    remove(&mut c, &id);
+
+    // Never started: its removal kills the init, which answers the wait.
+    create(&mut c, &id, spec, StdioSpec::default()).unwrap();
+    let mut waiter = agent.client();
+    let wid = id.clone();
+    let t = std::thread::spawn(move || waiter.wait_oom(&wid, 0).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!t.is_finished());
+    remove(&mut c, &id);
+    assert_eq!(t.join().unwrap(), (0, true));
+    let e = c.wait_oom(&id, 0).unwrap_err();
+    assert_eq!(e.code(), Some(husk_protocol::ErrorCode::NotFound), "{e}");
+    assert_no_children(&agent);
+    agent.shutdown();
+}

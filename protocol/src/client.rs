@@ -12,7 +12,8 @@
 //! driver was not ready is not always delivered), so each handshake (the
 //! `OK` line and the hello's acknowledgement) has [`HANDSHAKE_TIMEOUT`] and
 //! is retried on a fresh connection; every response but `WaitProcess`'s
-//! has [`CALL_TIMEOUT`] unless the caller asks for less
+//! and `WaitOom`'s (they last as long as the process, or until an OOM
+//! kill) has [`CALL_TIMEOUT`] unless the caller asks for less
 //! ([`AgentClient::call_with_timeout`], [`AgentClient::set_call_timeout`]);
 //! a connect never outlives the timeout it was given by more than one
 //! connection attempt. A caller holding a lock gets an error, not a hang.
@@ -29,7 +30,8 @@ use std::time::{Duration, Instant};
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::{
     check_guest_pid, check_version, BadGuestPid, ContainerRef, ErrorCode, Hello, ProcessRef,
-    ProtocolError, Request, RequestFrame, Response, ResponseFrame, StreamKind, PROTOCOL_VERSION,
+    ProtocolError, Request, RequestFrame, Response, ResponseFrame, StreamKind, WaitOom,
+    PROTOCOL_VERSION,
 };
 
 /// How long one connection handshake may take before it is given up and
@@ -37,9 +39,10 @@ use crate::{
 /// milliseconds, even under TCG.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long a response may take, for every request but `WaitProcess` (which
-/// lasts as long as the process). The agent answers everything else without
-/// blocking; this bounds a wedged guest.
+/// How long a response may take, for every request but `WaitProcess` and
+/// `WaitOom` (which last as long as the process, or until an OOM kill).
+/// The agent answers everything else without blocking; this bounds a
+/// wedged guest.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the agent listens, seen from the host.
@@ -355,7 +358,7 @@ impl AgentClient {
     /// client's call timeout, [`CALL_TIMEOUT`] unless changed).
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let timeout = match request {
-            Request::WaitProcess(_) => None,
+            Request::WaitProcess(_) | Request::WaitOom(_) => None,
             _ => Some(self.call_timeout),
         };
         self.call_within(request, timeout)
@@ -421,6 +424,20 @@ impl AgentClient {
         };
         match self.call(Request::WaitProcess(r))? {
             Response::Exited { exit_status } => Ok(exit_status),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits until container `container_id` has had more OOM kills than
+    /// `after`, or its init has exited: the count so far, and whether the
+    /// init has exited ([`Request::WaitOom`]).
+    pub fn wait_oom(&mut self, container_id: &str, after: u64) -> Result<(u64, bool), ClientError> {
+        let r = WaitOom {
+            container_id: container_id.to_owned(),
+            after,
+        };
+        match self.call(Request::WaitOom(r))? {
+            Response::OomKills { count, exited } => Ok((count, exited)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -683,6 +700,27 @@ mod tests {
     }
 
     const MAX_PID_PLUS_ONE: i32 = crate::MAX_GUEST_PID + 1;
+
+    /// A `WaitOom` lasts until an OOM kill: not bounded by the call
+    /// timeout, as a `WaitProcess` is not; any other answer is an error.
+    #[test]
+    fn an_oom_wait_is_not_bounded_by_the_call_timeout() {
+        let addr = fake_agent("oom", |r| match r {
+            Request::WaitOom(w) if w.container_id == "c" => {
+                thread::sleep(Duration::from_millis(600));
+                Some(Response::OomKills {
+                    count: w.after + 1,
+                    exited: false,
+                })
+            }
+            _ => Some(Response::Empty),
+        });
+        let mut c = AgentClient::connect(&addr, Duration::from_secs(5)).unwrap();
+        c.set_call_timeout(Duration::from_millis(200));
+        assert_eq!(c.wait_oom("c", 4).unwrap(), (5, false));
+        let e = c.wait_oom("other", 0).expect_err("an Empty answer");
+        assert!(matches!(e, ClientError::Unexpected(_)), "{e:?}");
+    }
 
     #[test]
     fn an_agent_error_prints_escaped() {

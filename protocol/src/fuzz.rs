@@ -64,6 +64,7 @@ fn hostile_str() -> impl Strategy<Value = String> {
             "Version",
             "Process",
             "Exited",
+            "OomKills",
             "State",
             "Processes",
             "Stats",
@@ -103,6 +104,7 @@ fn response_json() -> impl Strategy<Value = Value> {
         Just(json!({"type": "Empty"})),
         any::<i32>().prop_map(|pid| json!({"type": "Process", "body": {"pid": pid}})),
         any::<i32>().prop_map(|s| json!({"type": "Exited", "body": {"exit_status": s}})),
+        (any::<u64>(), any::<bool>()).prop_map(|(count, exited)| json!({"type": "OomKills", "body": {"count": count, "exited": exited}})),
         prop::collection::vec(any::<i32>(), 0..4).prop_map(|pids| json!({
             "type": "Processes",
             "body": {"processes": pids.iter().map(|p| json!({"pid": p, "exec_id": null})).collect::<Vec<_>>()}
@@ -214,12 +216,23 @@ proptest! {
 
     /// A call answered by a hostile agent.
     #[test]
-    fn fuzz_call_answered_by_hostile_agent(data in stream(), list in any::<bool>()) {
+    fn fuzz_call_answered_by_hostile_agent(data in stream(), which in 0u8..3) {
         let mut c = AgentClient::from_stream(agent_said(&data));
-        let req = if list {
-            Request::ListProcesses(ContainerRef { container_id: "c".into() })
-        } else {
-            Request::StartContainer(ContainerRef { container_id: "c".into() })
+        let req = match which {
+            0 => Request::ListProcesses(ContainerRef { container_id: "c".into() }),
+            1 => Request::StartContainer(ContainerRef { container_id: "c".into() }),
+            _ => {
+                // An OOM wait succeeds only on an OomKills answer.
+                match c.wait_oom("c", 0) {
+                    Ok((count, exited)) => {
+                        let frame: ResponseFrame = read_frame(&mut &data[..]).unwrap();
+                        prop_assert_eq!((frame.version, frame.id), (PROTOCOL_VERSION, 1));
+                        prop_assert_eq!(frame.result, Ok(Response::OomKills { count, exited }));
+                    }
+                    Err(e) => printable(&e)?,
+                }
+                return Ok(());
+            }
         };
         match c.call(req) {
             Ok(resp) => {
@@ -288,6 +301,7 @@ proptest! {
             Request::SignalProcess(SignalProcess { container_id: name.clone(), exec_id: exec.clone(), signal, all: signal % 2 == 0 }),
             Request::ResizeTty(ResizeTty { container_id: name.clone(), exec_id: exec.clone(), rows, cols: rows / 2 }),
             Request::WaitProcess(ProcessRef { container_id: name.clone(), exec_id: exec.clone() }),
+            Request::WaitOom(WaitOom { container_id: name.clone(), after: id }),
         ];
         let mut out = Vec::new();
         for request in &requests {
@@ -298,6 +312,12 @@ proptest! {
                 processes: pids.iter().map(|(pid, e)| ProcessInfo { pid: *pid, exec_id: e.clone() }).collect(),
             })),
             ResponseFrame::new(id, Err(ProtocolError::new(code, name.clone()))),
+            ResponseFrame::new(id, Ok(Response::OomKills { count: id, exited: signal % 2 == 0 })),
+            ResponseFrame::new(id, Ok(Response::Stats(CgroupStats {
+                memory_usage: Some(id),
+                memory_events: vec![("oom_kill".into(), id), (name.clone(), u64::from(rows))],
+                ..CgroupStats::default()
+            }))),
         ];
         for r in &responses {
             write_frame(&mut out, r).unwrap();

@@ -90,7 +90,8 @@ pub struct RequestFrame {
 
 /// What the host can ask the agent. Requests on one control connection are
 /// answered in order; `WaitProcess` blocks its connection until the process
-/// exits, so a client that must do other work meanwhile opens a second one.
+/// exits (and `WaitOom` until an OOM kill or the init's exit), so a client
+/// that must do other work meanwhile opens a second one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "args", deny_unknown_fields)]
 pub enum Request {
@@ -107,6 +108,13 @@ pub enum Request {
     SignalProcess(SignalProcess),
     /// Wait until a process exits; answers [`Response::Exited`].
     WaitProcess(ProcessRef),
+    /// Wait until the container's cgroup has counted more OOM kills than
+    /// `after` (`oom_kill` of its `memory.events`, sub-cgroups included),
+    /// or its init has exited; answers [`Response::OomKills`]. Like
+    /// `WaitProcess` it blocks only its own connection. A container
+    /// without a cgroup (or without the memory controller) counts none:
+    /// only its init's exit answers.
+    WaitOom(WaitOom),
     /// Set the window size of a process's pty.
     ResizeTty(ResizeTty),
     /// Close the guest side of a process's stdin (EOF for the process).
@@ -137,6 +145,7 @@ impl Request {
             Request::ExecProcess(_) => "ExecProcess",
             Request::SignalProcess(_) => "SignalProcess",
             Request::WaitProcess(_) => "WaitProcess",
+            Request::WaitOom(_) => "WaitOom",
             Request::ResizeTty(_) => "ResizeTty",
             Request::CloseStdin(_) => "CloseStdin",
             Request::State(_) => "State",
@@ -165,6 +174,17 @@ pub struct ProcessRef {
     pub container_id: String,
     /// `None` for the container's init process, else the exec id.
     pub exec_id: Option<String>,
+}
+
+/// Arguments of [`Request::WaitOom`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitOom {
+    /// The container id.
+    pub container_id: String,
+    /// The OOM kill count the caller has seen already: the answer comes
+    /// once the count is above it (at once if it is already).
+    pub after: u64,
 }
 
 /// Arguments of [`Request::CreateContainer`].
@@ -323,6 +343,15 @@ pub enum Response {
         /// The exit code, or 128 + the signal number for a signal death.
         exit_status: i32,
     },
+    /// What [`Request::WaitOom`] answers.
+    OomKills {
+        /// How many processes the kernel's OOM killer has killed in the
+        /// container's cgroup so far (`memory.events` `oom_kill`).
+        count: u64,
+        /// The container's init has exited: the count is final as far as
+        /// the container's life goes, and a further wait answers at once.
+        exited: bool,
+    },
     /// See [`ContainerState`].
     State(ContainerState),
     /// The processes of a container.
@@ -393,6 +422,22 @@ pub struct CgroupStats {
     pub pids_current: Option<u64>,
     /// pids.max (`None` for "max").
     pub pids_limit: Option<u64>,
+    /// memory.events (`low`, `high`, `max`, `oom`, `oom_kill`...): how
+    /// often each happened in the cgroup and its sub-cgroups. Empty
+    /// without the memory controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_events: Vec<(String, u64)>,
+}
+
+impl CgroupStats {
+    /// The `oom_kill` count of [`CgroupStats::memory_events`] (0 when
+    /// the cgroup reported none).
+    pub fn oom_kills(&self) -> u64 {
+        self.memory_events
+            .iter()
+            .find(|(k, _)| k == "oom_kill")
+            .map_or(0, |(_, v)| *v)
+    }
 }
 
 /// A typed error: the code says what kind, the message says what exactly.
@@ -522,6 +567,51 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["cgroup"], "sub");
         assert_eq!(serde_json::from_value::<ExecProcess>(v).unwrap(), r);
+    }
+
+    /// `WaitOom` and its answer: their shape on the wire; stats without
+    /// `memory_events` (an older agent's) still read.
+    #[test]
+    fn wait_oom_shape() {
+        let r = Request::WaitOom(WaitOom {
+            container_id: "c".into(),
+            after: 2,
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "WaitOom", "args": {"container_id": "c", "after": 2}})
+        );
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), r);
+        assert_eq!(r.name(), "WaitOom");
+        let a = Response::OomKills {
+            count: 3,
+            exited: true,
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "OomKills", "body": {"count": 3, "exited": true}})
+        );
+        assert_eq!(serde_json::from_value::<Response>(v).unwrap(), a);
+        let missing = r#"{"type":"WaitOom","args":{"container_id":"c"}}"#;
+        assert!(serde_json::from_str::<Request>(missing).is_err());
+
+        let old = r#"{"memory_usage":1,"memory_limit":null,"memory_stat":[],"cpu_usage_usec":null,
+            "cpu_user_usec":null,"cpu_system_usec":null,"pids_current":null,"pids_limit":null}"#;
+        let s: CgroupStats = serde_json::from_str(old).unwrap();
+        assert_eq!((s.memory_events.len(), s.oom_kills()), (0, 0));
+        let s = CgroupStats {
+            memory_events: vec![("oom".into(), 4), ("oom_kill".into(), 2)],
+            ..CgroupStats::default()
+        };
+        assert_eq!(s.oom_kills(), 2);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["memory_events"],
+            serde_json::json!([["oom", 4], ["oom_kill", 2]])
+        );
+        assert_eq!(serde_json::from_value::<CgroupStats>(v).unwrap(), s);
     }
 
     #[test]

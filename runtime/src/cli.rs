@@ -98,6 +98,18 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
+    /// Print a container's events as JSON lines: its stats every
+    /// interval and its OOM kills, until it stops (runc's `events`).
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// How often to print stats (a Go duration: 5s, 500ms, 1m30s).
+        #[arg(long, default_value = "5s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// The container id.
+        id: String,
+    },
     /// List containers.
     List {
         /// Output format.
@@ -262,4 +274,96 @@ pub struct UpdateArgs {
     pub cpu_period: Option<u64>,
     /// The container id.
     pub id: String,
+}
+
+/// A Go duration (runc's `--interval`): numbers with a unit each (`ns`,
+/// `us`, `µs`, `ms`, `s`, `m`, `h`), decimals allowed, summed (`1m30s`,
+/// `1.5s`); it must be above zero.
+pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a number and a unit, e.g. 5s, 500ms, 1m30s");
+    let mut rest = s;
+    let mut secs = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("invalid duration {s:?}: a number has no unit"))?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        secs += n * scale;
+    }
+    let d = std::time::Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+    if d.is_zero() {
+        return Err(format!(
+            "invalid duration {s:?}: the interval must be above zero"
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_are_go_durations() {
+        for (s, want) in [
+            ("5s", Duration::from_secs(5)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2h", Duration::from_secs(7200)),
+            ("250us", Duration::from_micros(250)),
+            ("100\u{b5}s", Duration::from_micros(100)),
+            ("1000000ns", Duration::from_millis(1)),
+        ] {
+            assert_eq!(parse_interval(s), Ok(want), "{s}");
+        }
+        for bad in ["", "5", "s", "5x", "-5s", "1..2s", "0s", "0", "5s3"] {
+            let e = parse_interval(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("invalid duration {bad:?}")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_takes_runcs_flags() {
+        let cli =
+            Cli::try_parse_from(["husk", "events", "--stats", "--interval", "2s", "c1"]).unwrap();
+        match cli.command {
+            Command::Events {
+                stats,
+                interval,
+                id,
+            } => assert_eq!(
+                (stats, interval, id.as_str()),
+                (true, Duration::from_secs(2), "c1")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["husk", "events", "c1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Events { stats: false, interval, .. } if interval == Duration::from_secs(5)
+        ));
+        assert!(Cli::try_parse_from(["husk", "events", "--interval", "0s", "c1"]).is_err());
+    }
 }

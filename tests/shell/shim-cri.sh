@@ -2,7 +2,8 @@
 # CRI through containerd's socket with runtime handler `husk`: a pod (its VM
 # booted for the sandbox) on a CNI network, two containers in it, ExecSync,
 # logs, stop and remove, and nothing left behind; a pod asking for the
-# host's network (hostNetwork) is refused. The client is Python grpcio (from
+# host's network (hostNetwork) is refused; a container the guest's OOM
+# killer kills at its memory limit is reported exited 137, reason OOMKilled. The client is Python grpcio (from
 # PyPI, installed in a venv under /var/cache) on the CRI runtime.v1 proto.
 # containerd (so CNI and the shims) runs in a network namespace the test
 # creates, with a bridge + host-local CNI config in a temp dir

@@ -256,6 +256,69 @@ pub fn stats(dir: &Path) -> CgroupStats {
         cpu_system_usec: get("system_usec"),
         pids_current: read_u64(dir, "pids.current"),
         pids_limit: read_u64(dir, "pids.max"),
+        memory_events: read_keyed(dir, MEMORY_EVENTS),
+    }
+}
+
+/// The file in which cgroup v2 counts memory events (`oom_kill` among
+/// them) for a cgroup and its descendants; the kernel notifies each change
+/// (see [`EventsFile`]).
+pub const MEMORY_EVENTS: &str = "memory.events";
+
+/// The `oom_kill` count of a `memory.events` text (0 without one).
+pub fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == "oom_kill")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many processes the OOM killer has killed in the cgroup `dir` and
+/// below (0 without the memory controller).
+pub fn oom_kills(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(MEMORY_EVENTS))
+        .map(|t| parse_oom_kills(&t))
+        .unwrap_or(0)
+}
+
+/// A cgroup v2 events file (`memory.events`, `cgroup.events`) held open
+/// so that poll(2) tells when it changes: the kernel reports `POLLPRI`
+/// (with `POLLERR`) on the open file once a value in it changed after its
+/// last read. Reading it again ([`EventsFile::read`]) arms it for the
+/// next change, so nothing is read until something happened (no busy
+/// polling; the guest kernel has no inotify). The kernel sends at most
+/// one notification per file every 10 ms.
+#[derive(Debug)]
+pub struct EventsFile {
+    file: fs::File,
+}
+
+impl EventsFile {
+    /// Opens `path` and reads it once (arming it): the file and what it
+    /// holds now.
+    pub fn open(path: &Path) -> std::io::Result<(Self, String)> {
+        let mut f = EventsFile {
+            file: fs::File::open(path)?,
+        };
+        let text = f.read()?;
+        Ok((f, text))
+    }
+
+    /// Reads the whole file from its start again, arming it for the next
+    /// change.
+    pub fn read(&mut self) -> std::io::Result<String> {
+        use std::io::{Read, Seek};
+        self.file.rewind()?;
+        let mut text = String::new();
+        self.file.read_to_string(&mut text)?;
+        Ok(text)
+    }
+}
+
+impl std::os::fd::AsFd for EventsFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -382,6 +445,95 @@ mod tests {
             assert!(e.starts_with(&format!("sub cgroup {missing}: ")), "{e}");
             assert!(e.ends_with("does not exist or is not a cgroup"), "{e}");
         }
+    }
+
+    #[test]
+    fn oom_kills_come_from_memory_events() {
+        let text = "low 0\nhigh 3\nmax 17\noom 2\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(text), 2);
+        assert_eq!(parse_oom_kills("oom 1\n"), 0);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), 0);
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(oom_kills(t.path()), 0, "no memory controller");
+        fs::write(t.path().join(MEMORY_EVENTS), text).unwrap();
+        assert_eq!(oom_kills(t.path()), 2);
+        let s = stats(t.path());
+        assert_eq!(s.oom_kills(), 2);
+        assert_eq!(s.memory_events[2], ("max".to_owned(), 17));
+        // The same open file reads what it holds now, every time.
+        let (mut f, first) = EventsFile::open(&t.path().join(MEMORY_EVENTS)).unwrap();
+        assert_eq!(parse_oom_kills(&first), 2);
+        fs::write(t.path().join(MEMORY_EVENTS), "oom_kill 15\n").unwrap();
+        assert_eq!(parse_oom_kills(&f.read().unwrap()), 15);
+    }
+
+    /// Whether `f` polls `POLLPRI` within `ms` milliseconds.
+    fn notified(f: &EventsFile, ms: i32) -> bool {
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut p = [libc::pollfd {
+            fd: f.as_fd().as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        }];
+        crate::sys::poll(&mut p, ms).unwrap() == 1 && p[0].revents & libc::POLLPRI != 0
+    }
+
+    /// The kernel's notification of a cgroup v2 events file, as the
+    /// agent's loop waits for `memory.events`: on this host's (empty)
+    /// cgroup2 hierarchy through `cgroup.events`, whose `populated`
+    /// changes when a process joins or leaves (the kernel notifies both
+    /// the same way). Silent until a change, notified once per change,
+    /// armed again by a read.
+    #[test]
+    fn an_events_file_polls_pollpri_once_per_change() {
+        let Some(root) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| is_cgroup2(p))
+        else {
+            eprintln!("SKIP: events file: no cgroup2 hierarchy on this host");
+            return;
+        };
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: events file: making a cgroup needs root");
+            return;
+        }
+        /// The test's cgroup and its process, gone however the test ends.
+        struct Scratch(PathBuf, Option<std::process::Child>);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                if let Some(mut c) = self.1.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let _ = remove(&self.0);
+            }
+        }
+        let mut scratch = Scratch(
+            root.join(format!("husk-events-test-{}", std::process::id())),
+            None,
+        );
+        fs::create_dir(&scratch.0).unwrap();
+        let (mut f, text) = EventsFile::open(&scratch.0.join("cgroup.events")).unwrap();
+        assert!(text.contains("populated 0"), "{text}");
+        assert!(!notified(&f, 200), "notified without a change");
+        let child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        scratch.1 = Some(child);
+        fs::write(scratch.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        assert!(notified(&f, 5000), "no notification when a process joined");
+        // Still pending until read; then quiet again.
+        assert!(notified(&f, 0));
+        assert!(f.read().unwrap().contains("populated 1"));
+        assert!(!notified(&f, 200), "notified again without a change");
+        let mut child = scratch.1.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(notified(&f, 5000), "no notification when it left");
+        assert!(f.read().unwrap().contains("populated 0"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use husk_protocol::frame::write_frame;
 use husk_protocol::fuzzing::{self, config};
 use husk_protocol::{
-    ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind,
+    ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind, WaitOom,
     PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
@@ -33,6 +33,7 @@ fn hostile_str() -> impl Strategy<Value = String> {
             "Version",
             "StartContainer",
             "WaitProcess",
+            "WaitOom",
             "Shutdown",
             "CreateContainer",
             "stdin",
@@ -104,6 +105,8 @@ fn request_json() -> impl Strategy<Value = Value> {
         (hostile_str(), hostile_json()).prop_map(
             |(c, e)| json!({"type": "WaitProcess", "args": {"container_id": c, "exec_id": e}})
         ),
+        (hostile_str(), hostile_json())
+            .prop_map(|(c, a)| json!({"type": "WaitOom", "args": {"container_id": c, "after": a}})),
         (hostile_str(), hostile_json()).prop_map(|(t, a)| json!({"type": t, "args": a})),
         hostile_json(),
     ];
@@ -245,6 +248,7 @@ proptest! {
             Request::SignalProcess(SignalProcess { container_id: cid.clone(), exec_id: exec.clone(), signal, all: rows % 2 == 0 }),
             Request::ResizeTty(ResizeTty { container_id: cid.clone(), exec_id: exec.clone(), rows, cols: rows }),
             Request::CloseStdin(ProcessRef { container_id: cid.clone(), exec_id: exec.clone() }),
+            Request::WaitOom(WaitOom { container_id: cid.clone(), after: id }),
         ];
         for request in requests {
             for version in [PROTOCOL_VERSION, other_version] {

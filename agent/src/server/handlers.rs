@@ -23,7 +23,7 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> ProtocolError {
 }
 
 impl Server {
-    fn container(&mut self, id: &str) -> Result<&mut Container, ProtocolError> {
+    pub(super) fn container(&mut self, id: &str) -> Result<&mut Container, ProtocolError> {
         self.containers
             .get_mut(id)
             .ok_or_else(|| not_found(&format!("no container {id:?}")))
@@ -57,6 +57,7 @@ impl Server {
                     }
                 }
             }
+            Request::WaitOom(r) => return self.wait_oom(conn, req_id, r),
             Request::StartContainer(r) => {
                 // Answered from the poll loop once init has exec'd
                 // (`on_start_sync`): a slow init holds up only this
@@ -284,6 +285,7 @@ impl Server {
                 ))
             }
             Request::WaitProcess(_)
+            | Request::WaitOom(_)
             | Request::StartContainer(_)
             | Request::RemoveContainer(_)
             | Request::Shutdown => {
@@ -448,6 +450,8 @@ impl Server {
         for k in starting {
             self.finish_start(k, Ok(None));
         }
+        // Its memory.events is closed before its cgroup goes.
+        self.forget_oom(id);
         if let (Some(dir), Some(root)) = (&c.cgroup, &self.cfg.cgroup_root) {
             if let Err(e) = root.remove(dir) {
                 tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");

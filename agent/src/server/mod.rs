@@ -3,10 +3,12 @@
 //! signalfd for SIGCHLD (and SIGTERM/SIGINT).
 //!
 //! Control connections are answered in order; a `WaitProcess` parks its
-//! connection until the process exits, while the others keep being served.
+//! connection until the process exits (a `WaitOom` until an OOM kill or
+//! the init's exit, see [`oom`]), while the others keep being served.
 
 mod handlers;
 mod listen;
+mod oom;
 pub mod pump;
 
 use std::collections::HashMap;
@@ -74,6 +76,8 @@ struct Conn {
     hello_done: bool,
     /// (request id, container, exec) of a parked WaitProcess.
     waiting: Option<(u64, String, Option<String>)>,
+    /// A parked WaitOom.
+    oom_waiting: Option<oom::OomWaiting>,
     /// A StartContainer or RemoveContainer in progress ([`PendingStart`],
     /// [`PendingRemove`] in the server): later frames wait for its answer.
     parked: bool,
@@ -127,6 +131,8 @@ enum Token {
     PumpSrc(u64),
     PumpDst(u64),
     StartSync(u64),
+    /// A watched `memory.events` ([`Server::oom_watches`]).
+    OomEvents(u64),
 }
 
 /// The server's state.
@@ -145,6 +151,8 @@ pub struct Server {
     removes: HashMap<u64, PendingRemove>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
+    /// The containers' `memory.events` opened for `WaitOom`s, by key.
+    oom_watches: HashMap<u64, oom::OomWatch>,
     exit: Option<Exit>,
 }
 
@@ -173,6 +181,7 @@ impl Server {
             starts: HashMap::new(),
             removes: HashMap::new(),
             pids: HashMap::new(),
+            oom_watches: HashMap::new(),
             exit: None,
         })
     }
@@ -221,6 +230,17 @@ impl Server {
             for (id, s) in &self.starts {
                 add(s.sync.as_raw_fd(), libc::POLLIN, Token::StartSync(*id));
             }
+            // Only while someone waits: a container at its memory limit
+            // changes its memory.events (`max`) all the time.
+            for (id, w) in &self.oom_watches {
+                if self.oom_waited(&w.container_id) {
+                    add(
+                        w.file.as_fd().as_raw_fd(),
+                        libc::POLLPRI,
+                        Token::OomEvents(*id),
+                    );
+                }
+            }
             let timeout = self
                 .starts
                 .values()
@@ -244,6 +264,7 @@ impl Server {
                     Token::ConnFd(id) => self.on_conn(id, pfd.revents),
                     Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
                     Token::StartSync(id) => self.on_start_sync(id),
+                    Token::OomEvents(id) => self.on_oom_events(id),
                 }
             }
             self.progress_removes();
@@ -275,6 +296,7 @@ impl Server {
                             outbuf: Vec::new(),
                             hello_done: false,
                             waiting: None,
+                            oom_waiting: None,
                             parked: false,
                             closing: false,
                         },
@@ -365,6 +387,9 @@ impl Server {
             self.process_frames(id);
             self.flush(id);
         }
+        if exec.is_none() {
+            self.oom_init_exited(&cid);
+        }
     }
 
     fn on_conn(&mut self, id: u64, revents: i16) {
@@ -415,7 +440,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.waiting.is_some() || c.parked || c.closing {
+            if c.waiting.is_some() || c.oom_waiting.is_some() || c.parked || c.closing {
                 return;
             }
             let body = match next_frame(&mut c.inbuf) {

@@ -90,6 +90,17 @@ fn dispatch(rt: &Runtime, cmd: Command) -> anyhow::Result<i32> {
                 Format::Table => print!("{}", ops::ps_table(&procs)),
             }
         }
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let opts = ops::EventsOptions {
+                interval,
+                stats_only: stats,
+            };
+            ops::events(rt, &id, &opts, &mut std::io::stdout().lock())?;
+        }
         Command::List { format, quiet } => {
             let all = ops::list(rt)?;
             if quiet {

@@ -1,5 +1,5 @@
 //! `start`, `state`, `kill`, `delete`, `list`, `ps`, `pause`, `resume`, and
-//! the teardown every failure path shares.
+//! the teardown every failure path shares (`events` is in `events.rs`).
 
 use std::path::PathBuf;
 use std::thread;
@@ -122,7 +122,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
 /// state as it is then, and only if no other command holds the lock (it
 /// is changing or removing the state: `state` and `list` never wait, and
 /// never write back a stale copy).
-fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
+pub(super) fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
     let status = agent_status(rt, st, rt.deadlines.status);
     if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
         record_stop(rt, &st.id);

@@ -2,6 +2,7 @@
 //! task API). Each returns a typed [`OpError`]; the binary prints it once.
 
 mod create;
+mod events;
 mod exec;
 mod info;
 mod lifecycle;
@@ -14,6 +15,7 @@ use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::ErrorCode;
 
 pub use create::{check as check_create, create, now_rfc3339, CreateOptions};
+pub use events::{events, to_stats, Event, EventsOptions, Stats};
 pub use exec::{exec, exec_attach, merge_env, process_from_flags, sub_cgroup, ExecOptions};
 pub use info::{default_spec, features};
 pub use lifecycle::{

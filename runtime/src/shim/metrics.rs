@@ -1,6 +1,8 @@
 //! The agent's cgroup v2 numbers as containerd's `io.containerd.cgroups.v2.Metrics`.
 
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::MessageField;
 use husk_protocol::CgroupStats;
 
@@ -42,6 +44,21 @@ pub fn to_metrics(s: &CgroupStats) -> Metrics {
         }
         m.memory = MessageField::some(mem);
     }
+    if !s.memory_events.is_empty() {
+        let mut ev = MemoryEvents::new();
+        for (k, v) in &s.memory_events {
+            match k.as_str() {
+                "low" => ev.low = *v,
+                "high" => ev.high = *v,
+                "max" => ev.max = *v,
+                "oom" => ev.oom = *v,
+                "oom_kill" => ev.oom_kill = *v,
+                "oom_group_kill" => ev.oom_group_kill = *v,
+                _ => {}
+            }
+        }
+        m.memory_events = MessageField::some(ev);
+    }
     m
 }
 
@@ -60,6 +77,7 @@ mod tests {
             cpu_system_usec: Some(3),
             pids_current: Some(2),
             pids_limit: Some(100),
+            memory_events: vec![("max".into(), 9), ("oom_kill".into(), 1)],
         };
         let m = to_metrics(&s);
         assert_eq!((m.pids.current, m.pids.limit), (2, 100));
@@ -73,7 +91,10 @@ mod tests {
             ),
             (4096, u64::MAX, 1000, 2000)
         );
+        let ev = &m.memory_events;
+        assert_eq!((ev.max, ev.oom, ev.oom_kill), (9, 0, 1));
         let empty = to_metrics(&CgroupStats::default());
         assert!(empty.pids.is_none() && empty.cpu.is_none() && empty.memory.is_none());
+        assert!(empty.memory_events.is_none());
     }
 }

@@ -11,7 +11,7 @@ use containerd_shim::api::{
     PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
     StateResponse, StatsRequest, StatsResponse, Status, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -20,8 +20,10 @@ use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::{
-    ContainerRef, CreateContainer, ExecProcess, Request, ResizeTty, Response, SignalProcess,
+    ContainerRef, CreateContainer, ErrorCode, ExecProcess, Request, ResizeTty, Response,
+    SignalProcess, WaitOom,
 };
 use oci_spec::runtime::Spec;
 
@@ -104,6 +106,39 @@ struct Container {
     rootfs_mounts: usize,
     /// "" is the init process, else exec ids.
     procs: HashMap<String, Proc>,
+    /// The OOM kills published for it.
+    oom: Arc<OomEvents>,
+}
+
+/// The OOM kills of one container, published as `TaskOOM` events (CRI
+/// marks the container `OOMKilled`). The agent counts them in the
+/// container's cgroup; each count above the last published one is
+/// published once, by whichever sees it first: the container's OOM
+/// watcher (a `WaitOom` long-poll while it runs, for a kill of any of its
+/// processes) or its init's exit waiter (which asks for the count before
+/// it publishes `TaskExit`, so an init the OOM killer killed has its
+/// `TaskOOM` first).
+#[derive(Debug, Default)]
+struct OomEvents {
+    /// The count last published.
+    published: Mutex<u64>,
+}
+
+impl OomEvents {
+    /// Publishes a `TaskOOM` for container `id` if `count` is news. The
+    /// lock is held across the publish: an exit waiter reporting the same
+    /// count returns only once the event is out, before its `TaskExit`.
+    fn report(&self, publisher: &RemotePublisher, ns: &str, id: &str, count: u64) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if count <= *published {
+            return;
+        }
+        *published = count;
+        tracing::info!(id, oom_kills = count, "OOM kill in the container");
+        let mut ev = TaskOOM::new();
+        ev.container_id = id.to_owned();
+        publish(publisher, ns, topics::TASK_OOM_EVENT_TOPIC, Box::new(ev));
+    }
 }
 
 #[derive(Debug, Default)]
@@ -337,6 +372,7 @@ impl TaskService {
                     share_mounts,
                     rootfs_mounts: mounted,
                     procs: HashMap::from([(String::new(), proc_)]),
+                    oom: Arc::default(),
                 },
             )),
             Err(e) => {
@@ -481,6 +517,11 @@ impl TaskService {
         };
         let started = start_in_vm(&vm, id, exec_id, pending, &stdio, &pumps);
         let mut inner = self.lock();
+        // The init's exit and OOM kills are the container's.
+        let oom = exec_id
+            .is_empty()
+            .then(|| inner.containers.get(id).map(|c| c.oom.clone()))
+            .flatten();
         // Still there: `Delete` refuses a process being started.
         let p = proc_mut(&mut inner, id, exec_id)?;
         p.starting = false;
@@ -493,8 +534,11 @@ impl TaskService {
         p.pid = pid;
         p.pending = None;
         p.status.set(Life::Running);
-        self.spawn_waiter(vm.addr.clone(), id, exec_id, p);
+        self.spawn_waiter(vm.addr.clone(), id, exec_id, p, oom.clone());
         drop(inner);
+        if let Some(oom) = oom {
+            self.spawn_oom_watcher(vm.addr.clone(), id, oom);
+        }
         if let Some(e) = error {
             return Err(e);
         }
@@ -508,12 +552,17 @@ impl TaskService {
         Ok(pid)
     }
 
+    /// Waits for process `exec_id` of `id` to exit, on a thread of its
+    /// own, then publishes its `TaskExit`. For the init (`oom` given), the
+    /// container's OOM kills are asked for first and any not yet published
+    /// is published before the exit.
     fn spawn_waiter(
         &self,
-        addr: husk_protocol::client::AgentAddr,
+        addr: AgentAddr,
         id: &str,
         exec_id: &str,
         p: &Proc,
+        oom: Option<Arc<OomEvents>>,
     ) {
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         let (status, pumps, pid) = (p.status.clone(), p.pumps.clone(), p.pid);
@@ -521,12 +570,25 @@ impl TaskService {
         let ns = self.namespace.clone();
         std::thread::spawn(move || {
             // WaitProcess blocks its connection: one per waiter.
-            let code = husk_protocol::client::AgentClient::connect(&addr, AGENT_TIMEOUT)
-                .and_then(|mut a| a.wait(&id, opt(&exec_id)))
-                .unwrap_or_else(|e| {
+            let waited = AgentClient::connect(&addr, AGENT_TIMEOUT)
+                .and_then(|mut a| Ok((a.wait(&id, opt(&exec_id))?, a)));
+            let code = match waited {
+                Ok((code, mut agent)) => {
+                    if let Some(oom) = &oom {
+                        match final_oom_count(&mut agent, &id) {
+                            Ok(n) => oom.report(&publisher, &ns, &id, n),
+                            Err(e) => {
+                                tracing::warn!(id, error = %crate::error_chain(&e), "cannot ask the container's OOM kills")
+                            }
+                        }
+                    }
+                    code
+                }
+                Err(e) => {
                     tracing::error!(id, exec_id, error = %crate::error_chain(&e), "lost the process");
                     LOST_STATUS
-                });
+                }
+            };
             pumps
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -544,6 +606,49 @@ impl TaskService {
             ev.exit_status = code as u32;
             ev.exited_at = MessageField::some(at);
             publish(&publisher, &ns, topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev));
+        });
+    }
+
+    /// Publishes the OOM kills of container `id` while it runs, on a
+    /// thread of its own: `WaitOom` long-polls on a connection of its own
+    /// until the init has exited (the exit waiter reports the last count).
+    fn spawn_oom_watcher(&self, addr: AgentAddr, id: &str, oom: Arc<OomEvents>) {
+        let id = id.to_owned();
+        let publisher = self.publisher.clone();
+        let ns = self.namespace.clone();
+        std::thread::spawn(move || {
+            let mut agent = match AgentClient::connect(&addr, AGENT_TIMEOUT) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(id, error = %crate::error_chain(&e), "cannot watch the container's OOM kills");
+                    return;
+                }
+            };
+            let mut after = 0;
+            loop {
+                match agent.wait_oom(&id, after) {
+                    Ok((count, exited)) => {
+                        oom.report(&publisher, &ns, &id, count);
+                        if exited {
+                            return;
+                        }
+                        if count <= after {
+                            // Would answer again at once, for ever.
+                            tracing::warn!(id, count, after, "the agent answered an OOM wait with no new kill: no longer watched");
+                            return;
+                        }
+                        after = count;
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                        tracing::debug!(id, "the container is gone: OOM watch ends");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(id, error = %crate::error_chain(&e), "the container's OOM watch ends");
+                        return;
+                    }
+                }
+            }
         });
     }
 
@@ -654,6 +759,20 @@ fn proc_mut<'a>(inner: &'a mut Inner, id: &str, exec_id: &str) -> Result<&'a mut
         .get_mut(id)
         .and_then(|c| c.procs.get_mut(&key(exec_id)))
         .ok_or_else(|| ShimError::NotFound(format!("process {id}/{exec_id}")))
+}
+
+/// The OOM kill count of container `id` once its init has exited: the
+/// agent answers `WaitOom` at once then, so a silent agent is an error
+/// after [`AGENT_TIMEOUT`], never a `TaskExit` held up for ever.
+fn final_oom_count(agent: &mut AgentClient, id: &str) -> Result<u64, ClientError> {
+    let req = Request::WaitOom(WaitOom {
+        container_id: id.to_owned(),
+        after: 0,
+    });
+    match agent.call_with_timeout(req, AGENT_TIMEOUT)? {
+        Response::OomKills { count, .. } => Ok(count),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
 }
 
 /// How the agent's side of a `Start` failed.

@@ -58,13 +58,18 @@ fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
     }
 }
 
-/// containerd's event service, keeping the topics published.
+/// containerd's event service, keeping the events published: their
+/// topics, and the encoded events.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
+struct Recorder(Mutex<Vec<(String, Vec<u8>)>>);
 
 impl Events for Recorder {
     fn forward(&self, _ctx: &TtrpcContext, req: ForwardRequest) -> TtrpcResult<Empty> {
-        self.0.lock().unwrap().push(req.envelope.topic.clone());
+        let event = req.envelope.event.value.clone();
+        self.0
+            .lock()
+            .unwrap()
+            .push((req.envelope.topic.clone(), event));
         Ok(Empty::new())
     }
 }
@@ -173,6 +178,11 @@ impl Shim {
                     }],
                 },
                 Request::SignalProcess(_) | Request::RemoveContainer(_) => Response::Empty,
+                // No OOM kill, ever: the watch ends at once.
+                Request::WaitOom(_) => Response::OomKills {
+                    count: 0,
+                    exited: true,
+                },
                 other => panic!("the fake agent got {other:?}"),
             })
         })
@@ -376,7 +386,31 @@ impl Shim {
     }
 
     fn topics(&self) -> Vec<String> {
-        self.events.0.lock().unwrap().clone()
+        let events = self.events.0.lock().unwrap();
+        events.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// The container ids of the `TaskOOM` events published.
+    fn oom_ids(&self) -> Vec<String> {
+        use containerd_shim::protos::protobuf::Message;
+        let events = self.events.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(t, _)| t == topics::TASK_OOM_EVENT_TOPIC)
+            .map(|(_, e)| TaskOOM::parse_from_bytes(e).unwrap().container_id)
+            .collect()
+    }
+
+    /// Waits (at most [`GUARD`]) until a `topic` event was published.
+    fn published(&self, topic: &str) -> bool {
+        let deadline = std::time::Instant::now() + GUARD;
+        while std::time::Instant::now() < deadline {
+            if self.topics().iter().any(|t| t == topic) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 }
 
@@ -907,6 +941,10 @@ fn a_kill_of_a_process_that_just_exited_is_not_found() {
             "the init of container \"a\" has exited",
         )),
         Request::SignalProcess(_) => Ok(Response::Empty),
+        Request::WaitOom(_) => Ok(Response::OomKills {
+            count: 0,
+            exited: true,
+        }),
         other => panic!("the fake agent got {other:?}"),
     });
     shim.create("a").unwrap();
@@ -922,4 +960,145 @@ fn a_kill_of_a_process_that_just_exited_is_not_found() {
     assert_eq!(code(shim.kill("a", false)), Code::NOT_FOUND);
     shim.delete("a").expect("delete a");
     stop_the_vm(&shim);
+}
+
+/// An init's exit, as the fake agent tells it: set once `WaitProcess`
+/// answers; `WaitOom`s for a later count wait for it.
+#[derive(Default)]
+struct InitExit(Mutex<bool>, std::sync::Condvar);
+
+impl InitExit {
+    fn set(&self) {
+        *self.0.lock().unwrap() = true;
+        self.1.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut g = self.0.lock().unwrap();
+        while !*g {
+            g = self.1.wait(g).unwrap();
+        }
+    }
+}
+
+/// A fake agent for task a (pid 10) whose init the OOM killer kills
+/// (137, one OOM kill), once the test releases `exit_hold`: `oom_wait`
+/// answers the `WaitOom`s (the nth one, after what count).
+fn oom_killed_a(
+    exit_hold: Hold,
+    exit: Arc<InitExit>,
+    oom_wait: impl Fn(usize, u64) -> Response + Send + Sync + 'static,
+) -> Shim {
+    let waits = std::sync::atomic::AtomicUsize::new(0);
+    Shim::with_agent(move |req| match req {
+        Request::CreateContainer(_) => Response::Process { pid: 10 },
+        Request::StartContainer(_) | Request::RemoveContainer(_) => Response::Empty,
+        Request::WaitProcess(_) => {
+            exit_hold.hold();
+            exit.set();
+            Response::Exited { exit_status: 137 }
+        }
+        Request::WaitOom(w) => {
+            assert_eq!(w.container_id, "a");
+            let n = waits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            oom_wait(n, w.after)
+        }
+        other => panic!("the fake agent got {other:?}"),
+    })
+}
+
+/// An init killed by the OOM killer: its `TaskOOM` is published before
+/// its `TaskExit` (CRI then reports the container `OOMKilled`), even when
+/// the container's OOM watch learns of it only after the exit: the exit
+/// waiter asks the agent for the count first. Published once.
+#[test]
+fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
+    let (exit_hold, held) = hold();
+    let exit = Arc::new(InitExit::default());
+    let exited = exit.clone();
+    let shim = oom_killed_a(exit_hold, exit, move |n, _after| {
+        // The watch's wait (the first) is answered late: after the exit,
+        // and later than the exit waiter's.
+        exited.wait();
+        if n == 0 {
+            thread::sleep(Duration::from_millis(500));
+        }
+        Response::OomKills {
+            count: 1,
+            exited: true,
+        }
+    });
+    shim.create("a").unwrap();
+    shim.start("a", "").unwrap();
+    held.entered("a's WaitProcess");
+    held.release();
+    assert_eq!(shim.wait("a", "").expect("wait a"), 137);
+    // The watch's late answer publishes nothing more.
+    thread::sleep(Duration::from_millis(800));
+    shim.delete("a").expect("delete a");
+    stop_the_vm(&shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_START_EVENT_TOPIC,
+            topics::TASK_OOM_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+    assert_eq!(shim.oom_ids(), ["a"]);
+}
+
+/// An OOM kill of another process of a running container is published as
+/// it happens (the watch's `WaitOom` answers), once: the exit waiter,
+/// finding the same count at the exit, publishes no second one.
+#[test]
+fn an_oom_kill_in_a_running_container_is_published_as_it_happens() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
+    let (exit_hold, held) = hold();
+    let exit = Arc::new(InitExit::default());
+    let exited = exit.clone();
+    let shim = oom_killed_a(exit_hold, exit, move |_n, after| {
+        // One kill while it runs; nothing more until the exit.
+        if after == 0 && !*exited.0.lock().unwrap() {
+            return Response::OomKills {
+                count: 1,
+                exited: false,
+            };
+        }
+        exited.wait();
+        Response::OomKills {
+            count: 1,
+            exited: true,
+        }
+    });
+    shim.create("a").unwrap();
+    shim.start("a", "").unwrap();
+    held.entered("a's WaitProcess");
+    assert!(
+        shim.published(topics::TASK_OOM_EVENT_TOPIC),
+        "no TaskOOM while the container runs"
+    );
+    assert_eq!(shim.status("a", "").unwrap(), (Status::RUNNING, 10));
+    held.release();
+    assert_eq!(shim.wait("a", "").expect("wait a"), 137);
+    shim.delete("a").expect("delete a");
+    stop_the_vm(&shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_START_EVENT_TOPIC,
+            topics::TASK_OOM_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+    assert_eq!(shim.oom_ids(), ["a"]);
 }

@@ -5,7 +5,9 @@ usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
 A pod asking for the host's network (hostNetwork) is refused. Then runs a
 pod with runtime handler `husk` on containerd's CNI network, two containers
 in it, ExecSync, reads the container logs, then stops and removes the pod;
-then a privileged pod and container (host devices, /dev/ptmx, /sys rw).
+then a privileged pod and container (host devices, /dev/ptmx, /sys rw);
+then a pod whose container the guest's OOM killer kills at its memory limit
+(exit 137, reason OOMKilled: the shim's TaskOOM).
 Prints `ok: ...` lines; exits non-zero on the first failure. GENDIR holds
 the generated api_pb2*.py.
 """
@@ -182,5 +184,43 @@ ok(f"privileged: CapEff {cap_eff}")
 rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=ppod), timeout=T)
 rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=ppod), timeout=T)
 ok("the privileged pod stopped and removed")
+left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
+expect("no pods left", len(left), 0)
+
+# A container over its memory limit: the guest kernel's OOM killer kills
+# it; the shim publishes TaskOOM before its TaskExit, so CRI reports the
+# container exited with reason OOMKilled (Kubernetes' lastState reason).
+oom_cfg = pb.PodSandboxConfig(
+    metadata=pb.PodSandboxMetadata(name="husk-oom", uid="uid-husk-oom", namespace="default", attempt=0),
+    log_directory=logdir,
+)
+opod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=oom_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
+ok(f"RunPodSandbox (OOM) {opod[:12]}")
+hog_cfg = pb.ContainerConfig(
+    metadata=pb.ContainerMetadata(name="hog", attempt=0),
+    image=pb.ImageSpec(image=image),
+    # The shell holds a 100 MB string: over the 32 MiB limit.
+    command=["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived"],
+    log_path="hog.log",
+    linux=pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20)),
+)
+hog = rt.CreateContainer(
+    pb.CreateContainerRequest(pod_sandbox_id=opod, config=hog_cfg, sandbox_config=oom_cfg), timeout=T
+).container_id
+rt.StartContainer(pb.StartContainerRequest(container_id=hog), timeout=T)
+ok("the memory hog started (memory limit 32 MiB)")
+deadline = time.time() + 300
+while True:
+    s = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=hog), timeout=T).status
+    if pb.ContainerState.Name(s.state) == "CONTAINER_EXITED":
+        break
+    if time.time() > deadline:
+        fail(f"the memory hog did not exit: {pb.ContainerState.Name(s.state)}")
+    time.sleep(0.5)
+expect("the memory hog's exit code", s.exit_code, 137)
+expect("the memory hog's reason", s.reason, "OOMKilled")
+rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=opod), timeout=T)
+rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=opod), timeout=T)
+ok("the OOM pod stopped and removed")
 left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
 expect("no pods left", len(left), 0)
