@@ -17,7 +17,7 @@ cd "$root"
 # end-to-end tests (built by the workspace's cargo test before this runs).
 # (--workspace: the same features, so the same programs, as the suite's.)
 tests=(
-  --workspace --test cli_e2e --test network_e2e --test readonly_e2e
+  --workspace --test cli_e2e --test network_e2e --test readonly_e2e --test oom_e2e
   --test reliability_e2e --test isolation_e2e --test container
 )
 mapfile -t bins < <(cargo test --release --no-run --message-format=json "${tests[@]}" 2>/dev/null \
