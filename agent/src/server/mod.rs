@@ -74,8 +74,9 @@ struct Conn {
     hello_done: bool,
     /// (request id, container, exec) of a parked WaitProcess.
     waiting: Option<(u64, String, Option<String>)>,
-    /// A StartContainer or RemoveContainer in progress ([`PendingStart`],
-    /// [`PendingRemove`] in the server): later frames wait for its answer.
+    /// A StartContainer, RemoveContainer, PauseContainer or
+    /// ResumeContainer in progress ([`PendingStart`], [`PendingRemove`],
+    /// [`PendingFreeze`] in the server): later frames wait for its answer.
     parked: bool,
     /// Close once `outbuf` is flushed.
     closing: bool,
@@ -119,6 +120,34 @@ struct PendingRemove {
     deadline: Instant,
 }
 
+/// How long a PauseContainer (ResumeContainer) waits for the kernel to
+/// report the container's cgroup frozen (thawed). A process in an
+/// uninterruptible sleep (a virtio-fs request, say) holds a freeze up
+/// until it returns.
+pub(crate) const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A PauseContainer or ResumeContainer whose `cgroup.freeze` is written:
+/// answered once `cgroup.events` says so (the kernel notifies it with
+/// POLLPRI; it is also read again every [`FREEZE_RECHECK`]), or after
+/// [`FREEZE_TIMEOUT`], when a pause is undone.
+#[derive(Debug)]
+struct PendingFreeze {
+    req_id: u64,
+    container_id: String,
+    /// The container's cgroup.
+    cgroup: std::path::PathBuf,
+    /// Its `cgroup.events`, polled for POLLPRI (`None`: read it on the
+    /// recheck only).
+    events: Option<std::fs::File>,
+    /// Frozen (pause) or thawed (resume).
+    frozen: bool,
+    deadline: Instant,
+}
+
+/// How often a pending freeze reads `cgroup.events` again, whatever the
+/// kernel notified.
+const FREEZE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Listener,
@@ -127,6 +156,7 @@ enum Token {
     PumpSrc(u64),
     PumpDst(u64),
     StartSync(u64),
+    FreezeEvents,
 }
 
 /// The server's state.
@@ -143,6 +173,8 @@ pub struct Server {
     starts: HashMap<u64, PendingStart>,
     /// Removals in progress, by the connection that asked.
     removes: HashMap<u64, PendingRemove>,
+    /// Pauses and resumes in progress, by the connection that asked.
+    freezes: HashMap<u64, PendingFreeze>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
     exit: Option<Exit>,
@@ -172,6 +204,7 @@ impl Server {
             containers: HashMap::new(),
             starts: HashMap::new(),
             removes: HashMap::new(),
+            freezes: HashMap::new(),
             pids: HashMap::new(),
             exit: None,
         })
@@ -221,11 +254,19 @@ impl Server {
             for (id, s) in &self.starts {
                 add(s.sync.as_raw_fd(), libc::POLLIN, Token::StartSync(*id));
             }
+            for f in self.freezes.values() {
+                if let Some(events) = &f.events {
+                    add(events.as_raw_fd(), libc::POLLPRI, Token::FreezeEvents);
+                }
+            }
+            let recheck = (!self.freezes.is_empty()).then(|| Instant::now() + FREEZE_RECHECK);
             let timeout = self
                 .starts
                 .values()
                 .map(|s| s.deadline)
                 .chain(self.removes.values().map(|r| r.deadline))
+                .chain(self.freezes.values().map(|f| f.deadline))
+                .chain(recheck)
                 .min()
                 .map_or(-1, |d| {
                     let left = d.saturating_duration_since(Instant::now());
@@ -244,9 +285,12 @@ impl Server {
                     Token::ConnFd(id) => self.on_conn(id, pfd.revents),
                     Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
                     Token::StartSync(id) => self.on_start_sync(id),
+                    // Read with the others below.
+                    Token::FreezeEvents => {}
                 }
             }
             self.progress_removes();
+            self.progress_freezes();
         }
     }
 

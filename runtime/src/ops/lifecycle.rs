@@ -110,6 +110,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
             ContainerStatus::Created => Status::Created,
             ContainerStatus::Running => Status::Running,
             ContainerStatus::Stopped => Status::Stopped,
+            ContainerStatus::Paused => Status::Paused,
         },
         _ if !st.monitor_alive() => Status::Stopped,
         _ => st.status,
@@ -122,7 +123,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
 /// state as it is then, and only if no other command holds the lock (it
 /// is changing or removing the state: `state` and `list` never wait, and
 /// never write back a stale copy).
-fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
+pub(super) fn live_status(rt: &Runtime, st: &ContainerState) -> Status {
     let status = agent_status(rt, st, rt.deadlines.status);
     if status == Status::Stopped && st.status != Status::Stopped && st.monitor_alive() {
         record_stop(rt, &st.id);
