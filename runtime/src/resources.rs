@@ -408,7 +408,7 @@ mod tests {
         let e = refused(serde_json::json!({"cpu": {"cpus": "0-3"}}));
         assert!(
             e.starts_with(
-                "linux.resources.cpu.cpus \"0-3\": names CPU 2, and the VM has vCPUs 0-1"
+                "linux.resources.cpu.cpus \"0-3\": names CPU 3, and the VM has vCPUs 0-1"
             ),
             "{e}"
         );

@@ -311,7 +311,7 @@ fn update_changes_the_guest_cgroup_and_cannot_grow_the_vm() {
         ),
         (
             &["--cpuset-cpus", "0-3"][..],
-            "linux.resources.cpu.cpus \"0-3\": names CPU 1, and the VM has vCPUs 0-0: the VM \
+            "linux.resources.cpu.cpus \"0-3\": names CPU 3, and the VM has vCPUs 0-0: the VM \
              was sized at create and cannot grow",
         ),
         // Below the VM's RAM, above what its guest has: the agent says so.

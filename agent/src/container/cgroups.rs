@@ -306,7 +306,7 @@ pub fn check_update(
     cap: &Capacity,
 ) -> Result<(), CgroupError> {
     let bad = |s: String| Err(CgroupError::Invalid(s));
-    let old_mem = old.and_then(|o| o.memory().clone()).unwrap_or_default();
+    let old_mem = old.and_then(|o| *o.memory()).unwrap_or_default();
     let old_cpu = old.and_then(|o| o.cpu().clone()).unwrap_or_default();
     let mib = cap.mem_total >> 20;
     if let Some(m) = new.memory() {
