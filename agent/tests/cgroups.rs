@@ -230,7 +230,14 @@ fn pause_freezes_the_container_until_resume() {
     let (spec, dir) = agent.bundle(
         "b",
         &[],
-        &["sh", "-c", "while :; do echo x >> /ticks; sleep 0.05; done"],
+        // The busy loop is still on a CPU when the freeze is asked: the
+        // kernel reports it frozen only once it trapped (the agent waits
+        // for cgroup.events).
+        &[
+            "sh",
+            "-c",
+            "while :; do :; done & while :; do echo x >> /ticks; sleep 0.05; done",
+        ],
     );
     let ticks = dir.join("rootfs/ticks");
     let count = || {

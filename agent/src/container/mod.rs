@@ -647,9 +647,9 @@ impl Container {
         self.sync = None;
     }
 
-    /// Thaws a paused container before it is removed, so that its killed
-    /// processes go at once (best effort: cgroup v2 delivers SIGKILL to
-    /// frozen processes too).
+    /// Thaws a paused container, best effort: before its removal, so that
+    /// its killed processes go at once (cgroup v2 delivers SIGKILL to
+    /// frozen processes too), or when a pause did not take.
     pub fn thaw(&mut self) {
         if !self.paused {
             return;
@@ -657,7 +657,7 @@ impl Container {
         self.paused = false;
         if let Some(dir) = &self.cgroup {
             if let Err(e) = cgroups::set_frozen(dir, false) {
-                tracing::warn!(container = %self.id, error = %chain(&e), "cannot thaw before the removal");
+                tracing::warn!(container = %self.id, error = %chain(&e), "cannot thaw the container");
             }
         }
     }

@@ -335,18 +335,9 @@ impl Server {
             let Some(f) = self.freezes.get_mut(&conn) else {
                 continue;
             };
-            if let Some(events) = &mut f.events {
-                // Reading the file again is what re-arms its POLLPRI.
-                let mut buf = String::new();
-                use std::io::{Read, Seek};
-                let _ = events
-                    .seek(std::io::SeekFrom::Start(0))
-                    .and_then(|_| events.read_to_string(&mut buf));
-            }
-            let done = cgroups::is_frozen(&f.cgroup) == Some(f.frozen);
-            if !done && f.deadline > now {
+            let Some(done) = f.outcome(now) else {
                 continue;
-            }
+            };
             let f = self.freezes.remove(&conn).expect("listed above");
             let what = if f.frozen { "paused" } else { "resumed" };
             let result = if done {

@@ -144,6 +144,30 @@ struct PendingFreeze {
     deadline: Instant,
 }
 
+impl PendingFreeze {
+    /// `Some(true)` once `cgroup.events` says the cgroup is as asked,
+    /// `Some(false)` once the deadline passed without it, `None` until
+    /// then.
+    fn outcome(&mut self, now: Instant) -> Option<bool> {
+        // Reading the open file again is also what re-arms its POLLPRI.
+        let read = self.events.as_mut().and_then(|events| {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            events.seek(std::io::SeekFrom::Start(0)).ok()?;
+            events.read_to_string(&mut text).ok()?;
+            crate::container::cgroups::frozen_in(&text)
+        });
+        let state = read.or_else(|| crate::container::cgroups::is_frozen(&self.cgroup));
+        if state == Some(self.frozen) {
+            Some(true)
+        } else if self.deadline <= now {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// How often a pending freeze reads `cgroup.events` again, whatever the
 /// kernel notified.
 const FREEZE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
@@ -673,3 +697,38 @@ fn bad_frame(body: &[u8], what: &str, e: &serde_json::Error) -> (u64, ProtocolEr
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pause or resume is answered once `cgroup.events` says so, read
+    /// again through its open file; until then it waits, and past its
+    /// deadline it is over unanswered (the server undoes the pause).
+    #[test]
+    fn a_pending_freeze_waits_for_cgroup_events_then_its_deadline() {
+        let t = tempfile::tempdir().unwrap();
+        let events = t.path().join("cgroup.events");
+        std::fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        let now = Instant::now();
+        let mut f = PendingFreeze {
+            req_id: 1,
+            container_id: "c".into(),
+            cgroup: t.path().to_owned(),
+            events: std::fs::File::open(&events).ok(),
+            frozen: true,
+            deadline: now + FREEZE_TIMEOUT,
+        };
+        assert_eq!(f.outcome(now), None);
+        std::fs::write(&events, "populated 1\nfrozen 1\n").unwrap();
+        assert_eq!(f.outcome(now), Some(true));
+        // A resume waits for frozen 0, then times out.
+        f.frozen = false;
+        assert_eq!(f.outcome(now), None);
+        assert_eq!(f.outcome(now + FREEZE_TIMEOUT), Some(false));
+        // Without the open file, the path is read.
+        f.events = None;
+        std::fs::write(&events, "frozen 0\n").unwrap();
+        assert_eq!(f.outcome(now), Some(true));
+    }
+}
