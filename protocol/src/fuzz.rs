@@ -109,6 +109,9 @@ fn response_json() -> impl Strategy<Value = Value> {
             "type": "Processes",
             "body": {"processes": pids.iter().map(|p| json!({"pid": p, "exec_id": null})).collect::<Vec<_>>()}
         })),
+        (prop::sample::select(vec!["created", "running", "paused", "stopped", "frozen"]), any::<i32>())
+            .prop_map(|(status, pid)| json!({"type": "State", "body": {
+                "container_id": "c", "status": status, "pid": pid, "exit_status": null}})),
         (hostile_str(), hostile_json()).prop_map(|(t, b)| json!({"type": t, "body": b})),
         hostile_json(),
     ];
@@ -294,9 +297,17 @@ proptest! {
         pids in prop::collection::vec((1..=MAX_GUEST_PID, prop::option::of("[a-z]{0,6}")), 0..5),
         code in prop::sample::select(vec![ErrorCode::NotFound, ErrorCode::Internal, ErrorCode::ExecFailed]),
         sizes in prop::collection::vec(1usize..7, 0..4),
+        limits in (any::<i64>(), any::<i64>(), prop::option::of("[0-9,-]{0,8}")),
     ) {
+        let (memory, pids_limit, cpus) = limits;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(json!({
+            "memory": {"limit": memory}, "pids": {"limit": pids_limit}, "cpu": {"cpus": cpus},
+        })).unwrap();
         let requests = vec![
             Request::Version,
+            Request::PauseContainer(ContainerRef { container_id: name.clone() }),
+            Request::ResumeContainer(ContainerRef { container_id: name.clone() }),
+            Request::UpdateContainer(Box::new(UpdateContainer { container_id: name.clone(), resources })),
             Request::StartContainer(ContainerRef { container_id: name.clone() }),
             Request::SignalProcess(SignalProcess { container_id: name.clone(), exec_id: exec.clone(), signal, all: signal % 2 == 0 }),
             Request::ResizeTty(ResizeTty { container_id: name.clone(), exec_id: exec.clone(), rows, cols: rows / 2 }),

@@ -1,7 +1,7 @@
 //! The messages. Every struct denies unknown fields: a peer that sends a field
 //! we do not know is speaking another protocol and gets a clear error.
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_VERSION;
@@ -133,6 +133,16 @@ pub enum Request {
     /// Configure the guest's network interfaces and routes (the pod's
     /// network); sent after boot, before the first `CreateContainer`.
     ConfigureNetwork(ConfigureNetwork),
+    /// Freeze a created or running container's cgroup (cgroup v2
+    /// `cgroup.freeze`); answered once the kernel reports it frozen
+    /// (`cgroup.events`). [`Request::State`] says
+    /// [`ContainerStatus::Paused`] until `ResumeContainer`.
+    PauseContainer(ContainerRef),
+    /// Thaw a container `PauseContainer` froze; answered once it is.
+    ResumeContainer(ContainerRef),
+    /// Write new `linux.resources` to a container's cgroup (`runc update`,
+    /// the shim's `Update`), with the translation `CreateContainer` uses.
+    UpdateContainer(Box<UpdateContainer>),
 }
 
 impl Request {
@@ -154,6 +164,9 @@ impl Request {
             Request::RemoveContainer(_) => "RemoveContainer",
             Request::Shutdown => "Shutdown",
             Request::ConfigureNetwork(_) => "ConfigureNetwork",
+            Request::PauseContainer(_) => "PauseContainer",
+            Request::ResumeContainer(_) => "ResumeContainer",
+            Request::UpdateContainer(_) => "UpdateContainer",
         }
     }
 }
@@ -201,6 +214,20 @@ pub struct CreateContainer {
     pub shares: Vec<String>,
     /// The stdio streams of the init process the host will attach.
     pub stdio: StdioSpec,
+}
+
+/// Arguments of [`Request::UpdateContainer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateContainer {
+    /// The container id.
+    pub container_id: String,
+    /// The container's resources as they are to be: the whole set, as
+    /// `CreateContainer`'s spec has it (a field left out leaves its cgroup
+    /// file as it is). Refused, with nothing changed, where a changed value
+    /// asks for more than the guest has (its memory, its vCPUs): the VM was
+    /// sized at create and cannot grow.
+    pub resources: LinuxResources,
 }
 
 /// Arguments of [`Request::ConfigureNetwork`]. IPv4 only. The loopback
@@ -375,6 +402,9 @@ pub enum ContainerStatus {
     Running,
     /// Init has exited.
     Stopped,
+    /// Its cgroup is frozen (`PauseContainer`), whether it was created or
+    /// running; `ResumeContainer` gives it its status back.
+    Paused,
 }
 
 /// What [`Request::State`] answers.
@@ -612,6 +642,45 @@ mod tests {
             serde_json::json!([["oom", 4], ["oom_kill", 2]])
         );
         assert_eq!(serde_json::from_value::<CgroupStats>(v).unwrap(), s);
+    }
+
+    /// The pause, resume and update requests keep their shape: a
+    /// container ref, and the runtime spec's own `linux.resources` JSON.
+    #[test]
+    fn pause_resume_and_update_shape() {
+        let c = || ContainerRef {
+            container_id: "c".into(),
+        };
+        for (r, name) in [
+            (Request::PauseContainer(c()), "PauseContainer"),
+            (Request::ResumeContainer(c()), "ResumeContainer"),
+        ] {
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"type": name, "args": {"container_id": "c"}})
+            );
+            assert_eq!(r.name(), name);
+            assert_eq!(serde_json::from_value::<Request>(v).unwrap(), r);
+        }
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 67108864}, "pids": {"limit": 20}, "cpu": {"cpus": "0"}
+        }))
+        .unwrap();
+        let r = Request::UpdateContainer(Box::new(UpdateContainer {
+            container_id: "c".into(),
+            resources,
+        }));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["type"], "UpdateContainer");
+        assert_eq!(v["args"]["resources"]["memory"]["limit"], 67108864);
+        assert_eq!(v["args"]["resources"]["pids"]["limit"], 20);
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), r);
+        let extra = serde_json::json!({"type": "UpdateContainer",
+            "args": {"container_id": "c", "resources": {}, "x": 1}});
+        assert!(serde_json::from_value::<Request>(extra).is_err());
+        let s: ContainerStatus = serde_json::from_str("\"paused\"").unwrap();
+        assert_eq!(s, ContainerStatus::Paused);
     }
 
     #[test]

@@ -254,24 +254,70 @@ pub struct ExecArgs {
     pub args: Vec<String>,
 }
 
-/// Arguments of `update`.
+/// Arguments of `update`: runc's flags. A value of 0 (an empty cpuset)
+/// leaves the field as it is, as with runc; sizes take runc's units
+/// (`64M`, `1g`; `-1` for no limit).
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    /// A JSON file (or - for stdin) of linux.resources.
-    #[arg(short, long)]
+    /// A JSON file (or - for stdin) of the runtime spec's linux.resources;
+    /// the other resource flags cannot be given with it.
+    #[arg(short, long, value_name = "FILE|-", conflicts_with_all = [
+        "blkio_weight", "cpu_period", "cpu_quota", "cpu_share", "cpu_rt_period",
+        "cpu_rt_runtime", "cpuset_cpus", "cpuset_mems", "kernel_memory",
+        "kernel_memory_tcp", "memory", "memory_reservation", "memory_swap", "pids_limit",
+    ])]
     pub resources: Option<PathBuf>,
-    /// Memory limit in bytes.
+    /// Block IO weight, 10..=1000 (relative to other containers).
     #[arg(long)]
-    pub memory: Option<String>,
-    /// Max number of processes.
-    #[arg(long)]
-    pub pids_limit: Option<i64>,
-    /// CPU quota.
-    #[arg(long)]
-    pub cpu_quota: Option<i64>,
-    /// CPU period.
+    pub blkio_weight: Option<u16>,
+    /// CPU CFS period, microseconds.
     #[arg(long)]
     pub cpu_period: Option<u64>,
+    /// CPU CFS quota per period, microseconds (-1: no limit).
+    #[arg(long, allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight against other containers).
+    #[arg(long, alias = "cpu-shares")]
+    pub cpu_share: Option<u64>,
+    /// Real-time CPU period, microseconds (refused: the guest has cgroup
+    /// v2 only).
+    #[arg(long)]
+    pub cpu_rt_period: Option<u64>,
+    /// Real-time CPU runtime, microseconds (refused: the guest has cgroup
+    /// v2 only).
+    #[arg(long, allow_negative_numbers = true)]
+    pub cpu_rt_runtime: Option<i64>,
+    /// The vCPUs the container may use (0-3, 0,1); within the VM's.
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// The memory nodes it may use (the guest has one, 0).
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Kernel memory limit (refused: cgroup v2 has none).
+    #[arg(long, allow_hyphen_values = true)]
+    pub kernel_memory: Option<String>,
+    /// Kernel TCP buffer memory limit (refused: cgroup v2 has none).
+    #[arg(long, allow_hyphen_values = true)]
+    pub kernel_memory_tcp: Option<String>,
+    /// Memory limit (64M, 1g; -1: no limit); at most the VM's RAM.
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory soft limit (memory.low).
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit (-1: no limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Maximum number of processes (-1: no limit).
+    #[arg(long, allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Intel RDT L3 cache schema (refused: not available in the guest).
+    #[arg(long)]
+    pub l3_cache_schema: Option<String>,
+    /// Intel RDT memory bandwidth schema (refused: not available in the
+    /// guest).
+    #[arg(long)]
+    pub mem_bw_schema: Option<String>,
     /// The container id.
     pub id: String,
 }

@@ -11,6 +11,7 @@
 //! | [`mountpoints`] | mount destinations made on the host in a read-only rootfs, without leaving it through symlinks |
 //! | [`state`] | `ROOT/ID/state.json`, atomic writes, id claims, monitor liveness |
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
+//! | [`resources`] | resource updates (`update`, the shim's `Update`): merged, checked against the VM, decoded from containerd |
 //! | [`hooks`] | host-side OCI hooks |
 //! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
@@ -31,6 +32,7 @@ pub mod network;
 pub mod ops;
 pub mod policy;
 pub mod portforward;
+pub mod resources;
 pub mod shim;
 pub mod signal;
 pub mod sizing;

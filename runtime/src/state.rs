@@ -116,6 +116,12 @@ pub struct ContainerState {
     /// older husk wrote: the bundle's are read then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// The container's `linux.resources` as its guest cgroup has them: the
+    /// spec's at create (its cpuset fitted to the VM), then each `update`'s
+    /// (runc keeps them in its state.json too). `None` in a state an older
+    /// husk wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<oci_spec::runtime::LinuxResources>,
 }
 
 /// The state directory root (`--root`).
@@ -359,6 +365,7 @@ impl ContainerState {
             mounts: vec![],
             network: None,
             hooks: None,
+            resources: None,
         }
     }
 }

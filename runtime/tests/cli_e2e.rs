@@ -334,6 +334,93 @@ fn pause_parks_the_vm_until_resume() {
     env.assert_clean();
 }
 
+/// `update` writes new limits into the container's cgroup in the guest
+/// (seen from an exec) and records them in the state; growing past the
+/// VM (256 MiB, 1 vCPU) is refused naming the field, the value and the
+/// VM's size, and changes nothing, whether husk sees it (the VM's RAM) or
+/// the agent does (the guest's MemTotal).
+#[test]
+fn update_changes_the_guest_cgroup_and_cannot_grow_the_vm() {
+    skip_without_guest!();
+    let env = Env::new();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    // A cgroup namespace: /sys/fs/cgroup is the container's own cgroup.
+    env.edit_config(&b, |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "cgroup"}));
+    });
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), "u1"]);
+    env.ok(&["start", "u1"]);
+    let limits = || {
+        env.ok(&[
+            "exec",
+            "u1",
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/pids.max",
+        ])
+    };
+    let recorded = || {
+        let p = env.root().join("u1/state.json");
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+        v["resources"].clone()
+    };
+    assert_eq!(limits(), "max\nmax\n");
+
+    env.ok(&["update", "--memory", "64M", "--pids-limit", "20", "u1"]);
+    assert_eq!(limits(), "67108864\n20\n");
+    let after = recorded();
+    assert_eq!(after["memory"]["limit"], 64 << 20, "{after}");
+    assert_eq!(after["pids"]["limit"], 20, "{after}");
+
+    for (flags, want) in [
+        (
+            &["--memory", "1G"][..],
+            "linux.resources.memory.limit \"1073741824\": asks for 1024 MiB, and the VM has \
+             256 MiB of RAM: the VM was sized at create and cannot grow",
+        ),
+        (
+            &["--cpuset-cpus", "0-3"][..],
+            "linux.resources.cpu.cpus \"0-3\": names CPU 3, and the VM has vCPUs 0-0: the VM \
+             was sized at create and cannot grow",
+        ),
+        // Below the VM's RAM, above what its guest has: the agent says so.
+        (
+            &["--memory", "255M"][..],
+            "linux.resources.memory.limit 267386880: asks for 255 MiB, more than the guest's \
+             memory",
+        ),
+    ] {
+        let mut args = vec!["update"];
+        args.extend_from_slice(flags);
+        args.push("u1");
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+    assert_eq!(
+        limits(),
+        "67108864\n20\n",
+        "a refused update changed the cgroup"
+    );
+    assert_eq!(recorded(), after, "a refused update changed the state");
+
+    env.ok(&["update", "--pids-limit", "-1", "u1"]);
+    assert_eq!(limits(), "67108864\nmax\n");
+    let out = env.run(&["update", "--memory", "64M", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container \"nope\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&["delete", "--force", "u1"]);
+    env.assert_clean();
+}
+
 /// The qemu engine runs on KVM exactly where KVM can run a guest (hardware
 /// virtualization: the nested tier) and under TCG elsewhere (a PVM-backed
 /// /dev/kvm, this machine kind), and the container runs either way.

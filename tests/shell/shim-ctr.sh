@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # (script(1) gives ctr the terminal -t needs; it echoes ^@ for the EOF of its /dev/null input.)
 # containerd + ctr through containerd-shim-husk-v2 (runtime io.containerd.husk.v2):
-# output, stdin, exit codes, exec with and without a tty, ps, metrics, kill,
-# delete, and nothing left behind.
+# output, stdin, exit codes, exec with and without a tty, ps, metrics,
+# pause and resume, kill, delete, and nothing left behind.
 set -uo pipefail
 . "$(cd "$(dirname "$0")/.." && pwd)/shim/lib.sh"
 shim_preflight
@@ -70,6 +70,32 @@ expect_eq "output of the killed task" "$(cat "$tmp/bg.out")" "up
 got-term"
 c task delete t-bg >/dev/null 2>&1 || true
 c container delete t-bg || fail "container delete"
+
+# Pause freezes the task's cgroup in the guest (Pause/Resume of the shim):
+# the task is PAUSED, an exec into it is refused, its ticking loop leaves a
+# gap as long as the pause, and after resume it is RUNNING and ticks again.
+c run -d "${R[@]}" "$IMAGE" t-pause sh -c 'while :; do date +%s >> /ticks; sleep 0.2; done' >/dev/null \
+  || fail "run -d t-pause"
+ticks() { c task exec --exec-id "w$1" t-pause sh -c 'wc -l < /ticks' 2>/dev/null; }
+n=0; for i in $(seq 150); do n=$(ticks "$i"); [ "${n:-0}" -ge 3 ] && break; sleep 0.2; done
+[ "${n:-0}" -ge 3 ] || fail "t-pause never ticked ($n)"
+c task pause t-pause || fail "task pause"
+expect_eq "paused task status" "$(c task ls | awk '$1=="t-pause"{print $3}')" PAUSED
+c task exec --exec-id x1 t-pause true >/dev/null 2>&1 && fail "an exec into a paused task ran"
+sleep 4
+c task resume t-pause || fail "task resume"
+expect_eq "resumed task status" "$(c task ls | awk '$1=="t-pause"{print $3}')" RUNNING
+sleep 1
+gap=$(c task exec --exec-id gap t-pause awk 'NR > 1 && $1 - p > m { m = $1 - p } { p = $1 } END { print m + 0 }' /ticks)
+[ "${gap:-0}" -ge 3 ] && echo "ok: the paused task did not run for ${gap}s" || fail "no gap in the paused task's ticks: $gap"
+after=$(ticks 200); sleep 1
+[ "$(ticks 201)" -gt "${after:-0}" ] && echo "ok: the resumed task ticks again" || fail "the resumed task does not tick"
+c task kill -s SIGKILL t-pause
+for _ in $(seq 100); do
+  st=$(c task ls | awk '$1=="t-pause"{print $3}'); [ "$st" = STOPPED ] && break; sleep 0.2
+done
+expect_eq "t-pause stopped" "$st" STOPPED
+c task delete t-pause >/dev/null; c container delete t-pause
 
 # A task that is killed while created (never started).
 c container create "${R[@]}" "$IMAGE" t-created sleep 100 >/dev/null || fail "container create"

@@ -152,6 +152,284 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
+/// The files [`apply`] may write: what [`update`] saves first and writes
+/// back when one of its writes fails.
+const RESOURCE_FILES: &[&str] = &[
+    "memory.max",
+    "memory.swap.max",
+    "memory.low",
+    "cpu.weight",
+    "cpu.max",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "pids.max",
+    "io.weight",
+];
+
+/// Writes new `linux.resources` into the cgroup `dir` of a container that
+/// runs (an `UpdateContainer`), with [`apply`]: the translation its create
+/// used. All or nothing: when a write fails, the files written before it
+/// get their old contents back.
+pub fn update(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
+    let saved: Vec<(&str, String)> = RESOURCE_FILES
+        .iter()
+        .filter_map(|f| Some((*f, fs::read_to_string(dir.join(f)).ok()?)))
+        .collect();
+    let Err(e) = apply(dir, r) else {
+        return Ok(());
+    };
+    for (file, old) in saved.iter().rev() {
+        if fs::read_to_string(dir.join(file)).ok().as_ref() == Some(old) {
+            continue;
+        }
+        if let Err(re) = write(dir, file, old.trim_end().to_owned()) {
+            tracing::warn!(
+                cgroup = %dir.display(),
+                file,
+                error = %husk_protocol::error_chain(&re),
+                "an update failed and the old value could not be written back"
+            );
+        }
+    }
+    Err(e)
+}
+
+/// Why an update is refused: a VM cannot grow.
+const CANNOT_GROW: &str = "the VM was sized at create and cannot grow";
+
+/// What the guest has, the most an update may ask for: its memory and
+/// its online CPUs and NUMA nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// `MemTotal` of /proc/meminfo, in bytes.
+    pub mem_total: u64,
+    /// The online CPUs (/sys/devices/system/cpu/online), as ranges.
+    pub cpus: Vec<(u32, u32)>,
+    /// The online NUMA nodes (/sys/devices/system/node/online).
+    pub nodes: Vec<(u32, u32)>,
+}
+
+impl Capacity {
+    /// The capacity of the machine the agent runs on.
+    pub fn read() -> Result<Capacity, CgroupError> {
+        let read = |p: &str| {
+            fs::read_to_string(p).map_err(|e| CgroupError::Io {
+                path: p.into(),
+                source: e,
+            })
+        };
+        let meminfo = read("/proc/meminfo")?;
+        let cpus = read("/sys/devices/system/cpu/online")?;
+        // A kernel without NUMA has no node directory: node 0 only.
+        let nodes = read("/sys/devices/system/node/online").unwrap_or_else(|_| "0".into());
+        Capacity::parse(&meminfo, &cpus, &nodes).map_err(CgroupError::Invalid)
+    }
+
+    /// The capacity from the contents of /proc/meminfo and the `online`
+    /// CPU and node lists.
+    pub fn parse(meminfo: &str, cpus: &str, nodes: &str) -> Result<Capacity, String> {
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no MemTotal in /proc/meminfo")?;
+        let list = |s: &str, what: &str| {
+            id_list(s).ok_or_else(|| format!("cannot read the online {what} list {s:?}"))
+        };
+        Ok(Capacity {
+            mem_total: kib.saturating_mul(1024),
+            cpus: list(cpus, "CPU")?,
+            nodes: list(nodes, "NUMA node")?,
+        })
+    }
+
+    fn cpu_count(&self) -> u64 {
+        self.cpus
+            .iter()
+            .map(|(lo, hi)| u64::from(hi - lo) + 1)
+            .sum()
+    }
+}
+
+/// A list of CPU or node numbers (`0-3,6`) as ranges; `None` when it is
+/// not one. Empty is an empty list.
+fn id_list(s: &str) -> Option<Vec<(u32, u32)>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|part| {
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+                None => {
+                    let n = part.trim().parse().ok()?;
+                    (n, n)
+                }
+            };
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect()
+}
+
+/// The first number of `list` that `have` does not hold.
+fn first_missing(list: &[(u32, u32)], have: &[(u32, u32)]) -> Option<u32> {
+    list.iter()
+        .flat_map(|(lo, hi)| *lo..=*hi)
+        .find(|n| !have.iter().any(|(a, b)| (*a..=*b).contains(n)))
+}
+
+fn show_list(list: &[(u32, u32)]) -> String {
+    let parts: Vec<String> = list
+        .iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// Checks the resources an update asks for (`new`) against the guest
+/// (`cap`): every value that differs from the container's current ones
+/// (`old`) must fit the VM, which cannot grow; the fields cgroup v2 does
+/// not have (kernel memory, real-time CPU time) cannot be set. A value
+/// the container already had is not asked for again. Errors name the
+/// field, the value and what the guest has.
+pub fn check_update(
+    old: Option<&LinuxResources>,
+    new: &LinuxResources,
+    cap: &Capacity,
+) -> Result<(), CgroupError> {
+    let bad = |s: String| Err(CgroupError::Invalid(s));
+    let old_mem = old.and_then(|o| *o.memory()).unwrap_or_default();
+    let old_cpu = old.and_then(|o| o.cpu().clone()).unwrap_or_default();
+    let mib = cap.mem_total >> 20;
+    if let Some(m) = new.memory() {
+        for (field, v, was) in [
+            ("limit", m.limit(), old_mem.limit()),
+            ("reservation", m.reservation(), old_mem.reservation()),
+        ] {
+            if let Some(v) = v.filter(|v| *v > 0 && Some(*v) != was) {
+                if v as u64 > cap.mem_total {
+                    return bad(format!(
+                        "linux.resources.memory.{field} {v}: asks for {} MiB, more than the \
+                         guest's memory ({mib} MiB, MemTotal): {CANNOT_GROW}",
+                        (v as u64).div_ceil(1 << 20)
+                    ));
+                }
+            }
+        }
+        #[allow(deprecated)]
+        for (field, v, was) in [
+            ("kernel", m.kernel(), old_mem.kernel()),
+            ("kernelTCP", m.kernel_tcp(), old_mem.kernel_tcp()),
+        ] {
+            if let Some(v) = v.filter(|v| *v != 0 && Some(*v) != was) {
+                return bad(format!(
+                    "linux.resources.memory.{field} {v}: cgroup v2, the guest's only cgroup \
+                     version, has no kernel memory limit"
+                ));
+            }
+        }
+    }
+    let Some(c) = new.cpu() else {
+        return Ok(());
+    };
+    let rt_period = c
+        .realtime_period()
+        .filter(|v| *v != 0 && Some(*v) != old_cpu.realtime_period())
+        .map(|v| v.to_string());
+    let rt_runtime = c
+        .realtime_runtime()
+        .filter(|v| *v != 0 && Some(*v) != old_cpu.realtime_runtime())
+        .map(|v| v.to_string());
+    for (field, changed) in [
+        ("realtimePeriod", rt_period),
+        ("realtimeRuntime", rt_runtime),
+    ] {
+        if let Some(v) = changed {
+            return bad(format!(
+                "linux.resources.cpu.{field} {v}: cgroup v2, the guest's only cgroup version, \
+                 has no real-time CPU time"
+            ));
+        }
+    }
+    if (c.quota(), c.period()) != (old_cpu.quota(), old_cpu.period()) {
+        let period = c.period().unwrap_or(100_000);
+        if c.period().is_some() && !(1000..=1_000_000).contains(&period) {
+            return bad(format!(
+                "linux.resources.cpu.period {period}: cgroup v2 takes 1000..=1000000 microseconds"
+            ));
+        }
+        if let Some(q) = c.quota().filter(|q| *q > 0) {
+            if q < 1000 {
+                return bad(format!(
+                    "linux.resources.cpu.quota {q}: cgroup v2 takes at least 1000 microseconds \
+                     (or -1, no limit)"
+                ));
+            }
+            let wants = (q as u64).div_ceil(period);
+            let has = cap.cpu_count();
+            if wants > has {
+                return bad(format!(
+                    "linux.resources.cpu.quota {q} (period {period}): {wants} CPUs' worth, and \
+                     the guest has {has} vCPU{}: {CANNOT_GROW}",
+                    if has == 1 { "" } else { "s" }
+                ));
+            }
+        }
+    }
+    for (field, v, was, have, what) in [
+        ("cpus", c.cpus(), old_cpu.cpus(), &cap.cpus, "vCPU"),
+        ("mems", c.mems(), old_cpu.mems(), &cap.nodes, "NUMA node"),
+    ] {
+        let Some(v) = v
+            .as_deref()
+            .filter(|v| !v.trim().is_empty() && Some(*v) != was.as_deref())
+        else {
+            continue;
+        };
+        let Some(list) = id_list(v) else {
+            return bad(format!(
+                "linux.resources.cpu.{field} {v:?}: not a list such as 0-3,6"
+            ));
+        };
+        if let Some(n) = first_missing(&list, have) {
+            return bad(format!(
+                "linux.resources.cpu.{field} {v:?}: names {what} {n}, and the guest has {what}s \
+                 {}: {CANNOT_GROW}",
+                show_list(have)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Asks the kernel to freeze (`true`) or thaw the cgroup `dir` (cgroup v2
+/// `cgroup.freeze`); [`is_frozen`] says when it is done.
+pub fn set_frozen(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+    write(dir, "cgroup.freeze", if frozen { "1" } else { "0" }.into())
+}
+
+/// Whether the cgroup `dir` is frozen, as its `cgroup.events` says
+/// (`None`: it cannot be read).
+pub fn is_frozen(dir: &Path) -> Option<bool> {
+    frozen_in(&fs::read_to_string(dir.join("cgroup.events")).ok()?)
+}
+
+/// The `frozen` key of a `cgroup.events` file's contents.
+pub fn frozen_in(events: &str) -> Option<bool> {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("frozen "))
+        .map(|v| v.trim() == "1")
+}
+
 /// Writes `linux.resources` into the cgroup `dir`.
 pub fn apply(dir: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     if let Some(m) = r.memory() {
@@ -445,6 +723,157 @@ mod tests {
             assert!(e.starts_with(&format!("sub cgroup {missing}: ")), "{e}");
             assert!(e.ends_with("does not exist or is not a cgroup"), "{e}");
         }
+    }
+
+    /// A cgroup directory with the files `apply` writes, as a fresh
+    /// cgroup v2 has them.
+    fn fake_cgroup() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (f, v) in [
+            ("memory.max", "max\n"),
+            ("memory.swap.max", "max\n"),
+            ("memory.low", "0\n"),
+            ("cpu.weight", "100\n"),
+            ("cpu.max", "max 100000\n"),
+            ("cpuset.cpus", "\n"),
+            ("cpuset.mems", "\n"),
+            ("pids.max", "max\n"),
+        ] {
+            fs::write(t.path().join(f), v).unwrap();
+        }
+        t
+    }
+
+    fn res(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn read(t: &tempfile::TempDir, f: &str) -> String {
+        fs::read_to_string(t.path().join(f)).unwrap()
+    }
+
+    /// An update goes through the create's translation (`apply`).
+    #[test]
+    fn an_update_writes_what_a_create_would() {
+        let t = fake_cgroup();
+        let r = res(serde_json::json!({
+            "memory": {"limit": 67108864, "reservation": 1048576},
+            "cpu": {"shares": 1024, "quota": 50000, "period": 100000, "cpus": "0"},
+            "pids": {"limit": 20},
+        }));
+        update(t.path(), &r).unwrap();
+        assert_eq!(read(&t, "memory.max"), "67108864");
+        assert_eq!(read(&t, "memory.low"), "1048576");
+        assert_eq!(read(&t, "cpu.weight"), shares_to_weight(1024).to_string());
+        assert_eq!(read(&t, "cpu.max"), "50000 100000");
+        assert_eq!(read(&t, "cpuset.cpus"), "0");
+        assert_eq!(read(&t, "pids.max"), "20");
+    }
+
+    /// A write that fails part way leaves every file as it was.
+    #[test]
+    fn a_failed_update_writes_the_old_values_back() {
+        let t = fake_cgroup();
+        // pids.max cannot be written (a directory where the file was).
+        fs::remove_file(t.path().join("pids.max")).unwrap();
+        fs::create_dir(t.path().join("pids.max")).unwrap();
+        let r = res(serde_json::json!({
+            "memory": {"limit": 67108864}, "cpu": {"quota": 50000}, "pids": {"limit": 20},
+        }));
+        let e = update(t.path(), &r).unwrap_err().to_string();
+        assert!(e.contains("pids.max"), "{e}");
+        assert_eq!(read(&t, "memory.max"), "max");
+        assert_eq!(read(&t, "cpu.max"), "max 100000");
+    }
+
+    fn guest() -> Capacity {
+        Capacity::parse(
+            "MemTotal:         247000 kB\nMemFree: 1 kB\n",
+            "0-1\n",
+            "0\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_guest_capacity_parses() {
+        let c = guest();
+        assert_eq!(c.mem_total, 247_000 * 1024);
+        assert_eq!((c.cpus.clone(), c.cpu_count()), (vec![(0, 1)], 2));
+        assert_eq!(id_list("0-3,6,8-9\n"), Some(vec![(0, 3), (6, 6), (8, 9)]));
+        for bad in ["x", "3-1", "1,,2", "-1"] {
+            assert_eq!(id_list(bad), None, "{bad}");
+        }
+        assert!(Capacity::parse("MemFree: 1 kB\n", "0", "0").is_err());
+    }
+
+    /// What a VM cannot honour is refused naming the field, the value and
+    /// what the guest has; a value the container already had is not
+    /// asked for again, and less than the guest has is fine.
+    #[test]
+    fn an_update_beyond_the_guest_is_refused_naming_the_field() {
+        let cap = guest();
+        let ok = |old: serde_json::Value, new: serde_json::Value| {
+            check_update(Some(&res(old)), &res(new), &cap)
+        };
+        let refused =
+            |new: serde_json::Value| check_update(None, &res(new), &cap).unwrap_err().to_string();
+        let e = refused(serde_json::json!({"memory": {"limit": 1u64 << 30}}));
+        assert_eq!(
+            e,
+            "linux.resources.memory.limit 1073741824: asks for 1024 MiB, more than the guest's \
+             memory (241 MiB, MemTotal): the VM was sized at create and cannot grow"
+        );
+        let e = refused(serde_json::json!({"cpu": {"cpus": "0-3"}}));
+        assert_eq!(
+            e,
+            "linux.resources.cpu.cpus \"0-3\": names vCPU 2, and the guest has vCPUs 0-1: \
+             the VM was sized at create and cannot grow"
+        );
+        let e = refused(serde_json::json!({"cpu": {"quota": 300000, "period": 100000}}));
+        assert!(e.starts_with("linux.resources.cpu.quota 300000 (period 100000): 3 CPUs' worth, and the guest has 2 vCPUs"), "{e}");
+        let e = refused(serde_json::json!({"cpu": {"mems": "1"}}));
+        assert!(
+            e.starts_with("linux.resources.cpu.mems \"1\": names NUMA node 1"),
+            "{e}"
+        );
+        let e = refused(serde_json::json!({"cpu": {"cpus": "a"}}));
+        assert!(
+            e.starts_with("linux.resources.cpu.cpus \"a\": not a list"),
+            "{e}"
+        );
+        let e = refused(serde_json::json!({"cpu": {"period": 10}}));
+        assert!(e.starts_with("linux.resources.cpu.period 10: "), "{e}");
+        let e = refused(serde_json::json!({"memory": {"kernel": 1048576}}));
+        assert!(
+            e.starts_with("linux.resources.memory.kernel 1048576: "),
+            "{e}"
+        );
+        let e = refused(serde_json::json!({"cpu": {"realtimeRuntime": 950000}}));
+        assert!(
+            e.starts_with("linux.resources.cpu.realtimeRuntime 950000: "),
+            "{e}"
+        );
+        // Within the guest, or unlimited.
+        let fits = serde_json::json!({"memory": {"limit": 64u64 << 20, "swap": -1},
+            "cpu": {"cpus": "1", "quota": 200000, "period": 100000, "mems": "0"},
+            "pids": {"limit": 20}});
+        ok(serde_json::json!({}), fits).unwrap();
+        ok(
+            serde_json::json!({}),
+            serde_json::json!({"memory": {"limit": -1}, "cpu": {"quota": -1}}),
+        )
+        .unwrap();
+        // Unchanged: a pod container's cpuset or limit from its create.
+        let big = serde_json::json!({"memory": {"limit": 1u64 << 40}, "cpu": {"cpus": "4-7"}});
+        ok(big.clone(), big).unwrap();
+    }
+
+    #[test]
+    fn frozen_is_read_from_cgroup_events() {
+        assert_eq!(frozen_in("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(frozen_in("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(frozen_in("populated 1\n"), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use husk_protocol::{
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use self::cgroups::CgroupRoot;
 use self::stdio::AgentStdio;
@@ -118,6 +118,8 @@ pub struct Container {
     pub execs: HashMap<String, ProcessState>,
     /// Its cgroup, where the agent has cgroup2.
     pub cgroup: Option<PathBuf>,
+    /// Its cgroup is frozen, or freezing ([`set_paused`]).
+    pub paused: bool,
     sync: Option<OwnedFd>,
 }
 
@@ -257,6 +259,7 @@ pub fn create(
             },
             execs: HashMap::new(),
             cgroup,
+            paused: false,
             sync: Some(sync),
         }),
         Err(e) => {
@@ -278,6 +281,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// socket (for up to [`START_TIMEOUT`]) and calls [`start_finish`], so a
 /// slow init holds up no other container.
 pub fn start_begin(c: &mut Container) -> Result<OwnedFd, ProtocolError> {
+    if c.paused {
+        return Err(paused(c));
+    }
     if c.status != ContainerStatus::Created {
         return Err(err(
             ErrorCode::FailedPrecondition,
@@ -315,6 +321,11 @@ pub fn start_finish(
 
 /// Starts a further process in a running container.
 pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolError> {
+    // It would join a frozen cgroup before it reports (the agent would
+    // wait on it).
+    if c.paused {
+        return Err(paused(c));
+    }
     if c.status != ContainerStatus::Running {
         return Err(err(
             ErrorCode::FailedPrecondition,
@@ -360,6 +371,86 @@ pub fn exec(c: &Container, req: &ExecProcess) -> Result<ProcessState, ProtocolEr
         stdio,
         attached: HashSet::new(),
     })
+}
+
+fn paused(c: &Container) -> ProtocolError {
+    err(
+        ErrorCode::FailedPrecondition,
+        format!("container {} is paused: resume it first", c.id),
+    )
+}
+
+/// The container's cgroup, for what needs one (`what`: "paused").
+fn cgroup_for<'a>(c: &'a Container, what: &str) -> Result<&'a Path, ProtocolError> {
+    c.cgroup.as_deref().ok_or_else(|| {
+        err(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "container {} has no cgroup (the guest has no cgroup2 hierarchy): it cannot be {what}",
+                c.id
+            ),
+        )
+    })
+}
+
+/// Freezes (`true`: `PauseContainer`) or thaws a container's cgroup;
+/// returns the cgroup, whose `cgroup.events` says when the kernel is done
+/// ([`cgroups::is_frozen`]). A created or running container can be
+/// paused, a paused one resumed.
+pub fn set_paused(c: &mut Container, paused: bool) -> Result<PathBuf, ProtocolError> {
+    let dir = cgroup_for(c, if paused { "paused" } else { "resumed" })?.to_path_buf();
+    let refuse = |why: &str| {
+        err(
+            ErrorCode::FailedPrecondition,
+            format!("container {} {why}", c.id),
+        )
+    };
+    if paused {
+        if c.paused {
+            return Err(refuse("is paused already"));
+        }
+        if !matches!(
+            c.status,
+            ContainerStatus::Created | ContainerStatus::Running
+        ) {
+            return Err(refuse(&format!(
+                "is {:?}: only a created or running container can be paused",
+                c.status
+            )));
+        }
+    } else if !c.paused {
+        return Err(refuse("is not paused"));
+    }
+    cgroups::set_frozen(&dir, paused).map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
+    c.paused = paused;
+    Ok(dir)
+}
+
+/// Applies new resources to a created, running or paused container's
+/// cgroup (`UpdateContainer`): checked against the guest
+/// ([`cgroups::check_update`]: a VM cannot grow), written with the
+/// create's translation (all or nothing, [`cgroups::update`]), and kept
+/// in the container's spec.
+pub fn update(c: &mut Container, resources: &LinuxResources) -> Result<(), ProtocolError> {
+    if c.status == ContainerStatus::Stopped {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "container {} has stopped: its resources cannot be updated",
+                c.id
+            ),
+        ));
+    }
+    let dir = cgroup_for(c, "updated")?;
+    let old = c.spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let cap = cgroups::Capacity::read().map_err(|e| err(ErrorCode::Internal, chain(&e)))?;
+    cgroups::check_update(old.as_ref(), resources, &cap)
+        .map_err(|e| err(ErrorCode::InvalidArgument, chain(&e)))?;
+    cgroups::update(dir, resources).map_err(|e| err(ErrorCode::InvalidArgument, chain(&e)))?;
+    let mut linux = c.spec.linux().clone().unwrap_or_default();
+    linux.set_resources(Some(resources.clone()));
+    c.spec.set_linux(Some(linux));
+    Ok(())
 }
 
 /// Forks the child and follows it until it is built (`Ready`) or exec'd.
@@ -554,6 +645,31 @@ impl Container {
     /// Drops the init's sync socket (an unstarted init then exits).
     pub fn drop_sync(&mut self) {
         self.sync = None;
+    }
+
+    /// Thaws a paused container, best effort: before its removal, so that
+    /// its killed processes go at once (cgroup v2 delivers SIGKILL to
+    /// frozen processes too), or when a pause did not take.
+    pub fn thaw(&mut self) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        if let Some(dir) = &self.cgroup {
+            if let Err(e) = cgroups::set_frozen(dir, false) {
+                tracing::warn!(container = %self.id, error = %chain(&e), "cannot thaw the container");
+            }
+        }
+    }
+
+    /// The status [`husk_protocol::Request::State`] reports: `Paused`
+    /// while its cgroup is frozen, until its init has exited.
+    pub fn reported_status(&self) -> ContainerStatus {
+        if self.paused && self.status != ContainerStatus::Stopped {
+            ContainerStatus::Paused
+        } else {
+            self.status
+        }
     }
 }
 

@@ -17,8 +17,8 @@
 use husk_protocol::frame::write_frame;
 use husk_protocol::fuzzing::{self, config};
 use husk_protocol::{
-    ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind, WaitOom,
-    PROTOCOL_VERSION,
+    ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind,
+    UpdateContainer, WaitOom, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -36,6 +36,10 @@ fn hostile_str() -> impl Strategy<Value = String> {
             "WaitOom",
             "Shutdown",
             "CreateContainer",
+            "PauseContainer",
+            "ResumeContainer",
+            "UpdateContainer",
+            "resources",
             "stdin",
             "pty",
             "type",
@@ -107,6 +111,12 @@ fn request_json() -> impl Strategy<Value = Value> {
         ),
         (hostile_str(), hostile_json())
             .prop_map(|(c, a)| json!({"type": "WaitOom", "args": {"container_id": c, "after": a}})),
+        (hostile_str(), hostile_json()).prop_map(|(c, r)| json!({"type": "UpdateContainer", "args": {"container_id": c, "resources": r}})),
+        (hostile_str(), any::<i64>(), hostile_json()).prop_map(|(c, limit, cpus)| json!({
+            "type": "UpdateContainer",
+            "args": {"container_id": c, "resources": {"memory": {"limit": limit}, "cpu": {"cpus": cpus}}},
+        })),
+        hostile_str().prop_map(|c| json!({"type": "PauseContainer", "args": {"container_id": c}})),
         (hostile_str(), hostile_json()).prop_map(|(t, a)| json!({"type": t, "args": a})),
         hostile_json(),
     ];
@@ -134,6 +144,17 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..32),
     ];
     fuzzing::stream(fuzzing::piece(body, 32), 6)
+}
+
+/// Resources of a valid `UpdateContainer`: a memory limit, a pids limit
+/// and a cpuset of random values.
+fn update_resources(memory: i64, n: u16) -> oci_spec::runtime::LinuxResources {
+    serde_json::from_value(json!({
+        "memory": {"limit": memory, "swap": -1},
+        "pids": {"limit": i64::from(n) - 1},
+        "cpu": {"cpus": format!("0-{n}"), "quota": memory / 3, "period": n},
+    }))
+    .unwrap()
 }
 
 /// The reference cut: the frames of `data`, then whether a prefix beyond
@@ -249,6 +270,9 @@ proptest! {
             Request::ResizeTty(ResizeTty { container_id: cid.clone(), exec_id: exec.clone(), rows, cols: rows }),
             Request::CloseStdin(ProcessRef { container_id: cid.clone(), exec_id: exec.clone() }),
             Request::WaitOom(WaitOom { container_id: cid.clone(), after: id }),
+            Request::PauseContainer(ContainerRef { container_id: cid.clone() }),
+            Request::ResumeContainer(ContainerRef { container_id: cid.clone() }),
+            Request::UpdateContainer(Box::new(UpdateContainer { container_id: cid.clone(), resources: update_resources(i64::from(signal), rows) })),
         ];
         for request in requests {
             for version in [PROTOCOL_VERSION, other_version] {

@@ -11,7 +11,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::pump::{Pump, PumpKey};
-use super::{queue, Exit, PendingRemove, PendingStart, Server, REMOVE_TIMEOUT};
+use super::{
+    queue, Exit, PendingFreeze, PendingRemove, PendingStart, Server, FREEZE_TIMEOUT, REMOVE_TIMEOUT,
+};
 use crate::container::{self, cgroups, Container};
 
 fn not_found(what: &str) -> ProtocolError {
@@ -73,6 +75,12 @@ impl Server {
                     }
                 }
             }
+            Request::PauseContainer(r) => {
+                return self.begin_freeze(conn, req_id, r.container_id, true)
+            }
+            Request::ResumeContainer(r) => {
+                return self.begin_freeze(conn, req_id, r.container_id, false)
+            }
             Request::RemoveContainer(r) => {
                 // Its processes are killed now; the answer goes out from
                 // the poll loop once they are reaped (`progress_removes`),
@@ -82,6 +90,7 @@ impl Server {
                     Err(e) => Err(e),
                     Ok(c) => {
                         c.drop_sync();
+                        c.thaw();
                         if !self.kill_remaining(&id) {
                             self.finish_remove(&id);
                             Ok(Response::Empty)
@@ -253,7 +262,7 @@ impl Server {
                 let c = self.container(&r.container_id)?;
                 Ok(Response::State(ContainerState {
                     container_id: c.id.clone(),
-                    status: c.status,
+                    status: c.reported_status(),
                     pid: if c.init.exit_status.is_some() {
                         0
                     } else {
@@ -284,14 +293,112 @@ impl Server {
                     c.cgroup.as_deref().map(cgroups::stats).unwrap_or_default(),
                 ))
             }
+            Request::UpdateContainer(r) => {
+                let c = self.container(&r.container_id)?;
+                container::update(c, &r.resources)?;
+                tracing::info!(container = %r.container_id, "resources updated");
+                Ok(Response::Empty)
+            }
             Request::WaitProcess(_)
             | Request::WaitOom(_)
             | Request::StartContainer(_)
             | Request::RemoveContainer(_)
+            | Request::PauseContainer(_)
+            | Request::ResumeContainer(_)
             | Request::Shutdown => {
                 unreachable!("handled in dispatch")
             }
         }
+    }
+
+    /// Freezes (`frozen`: PauseContainer) or thaws container `id`'s
+    /// cgroup; answers at once when `cgroup.events` already says so, else
+    /// parks the connection until it does ([`Server::progress_freezes`]).
+    fn begin_freeze(
+        &mut self,
+        conn: u64,
+        req_id: u64,
+        id: String,
+        frozen: bool,
+    ) -> Option<Result<Response, ProtocolError>> {
+        let cgroup = match self
+            .container(&id)
+            .and_then(|c| container::set_paused(c, frozen))
+        {
+            Ok(dir) => dir,
+            Err(e) => return Some(Err(e)),
+        };
+        if cgroups::is_frozen(&cgroup) == Some(frozen) {
+            tracing::info!(container = %id, "{}", if frozen { "paused" } else { "resumed" });
+            return Some(Ok(Response::Empty));
+        }
+        // Opened before the next read, so no notification is missed.
+        let events = std::fs::File::open(cgroup.join("cgroup.events")).ok();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.parked = true;
+        }
+        self.freezes.insert(
+            conn,
+            PendingFreeze {
+                req_id,
+                container_id: id,
+                cgroup,
+                events,
+                frozen,
+                deadline: Instant::now() + FREEZE_TIMEOUT,
+            },
+        );
+        None
+    }
+
+    /// Answers the pauses and resumes whose cgroup is frozen (thawed) now,
+    /// or whose time is up: a pause is undone then (the container runs
+    /// on, as it did before the request).
+    pub(super) fn progress_freezes(&mut self) {
+        let now = Instant::now();
+        let conns: Vec<u64> = self.freezes.keys().copied().collect();
+        for conn in conns {
+            let Some(f) = self.freezes.get_mut(&conn) else {
+                continue;
+            };
+            let Some(done) = f.outcome(now) else {
+                continue;
+            };
+            let f = self.freezes.remove(&conn).expect("listed above");
+            let what = if f.frozen { "paused" } else { "resumed" };
+            let result = if done {
+                tracing::info!(container = %f.container_id, "{what}");
+                Ok(Response::Empty)
+            } else {
+                if f.frozen {
+                    if let Some(c) = self.containers.get_mut(&f.container_id) {
+                        c.thaw();
+                    }
+                }
+                Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "container {:?} was not {} within {FREEZE_TIMEOUT:?} (a process in an \
+                         uninterruptible sleep holds a freeze up){}",
+                        f.container_id,
+                        if f.frozen { "frozen" } else { "thawed" },
+                        if f.frozen { "; it runs on" } else { "" }
+                    ),
+                ))
+            };
+            self.answer_parked(conn, f.req_id, result);
+        }
+    }
+
+    /// Answers the parked request `req_id` of connection `conn` and serves
+    /// the frames that waited behind it.
+    fn answer_parked(&mut self, conn: u64, req_id: u64, result: Result<Response, ProtocolError>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.parked = false;
+            queue(c, req_id, result);
+        }
+        self.process_frames(conn);
+        self.flush(conn);
     }
 
     /// Parks connection `conn` until the start its request `req_id` began
@@ -374,6 +481,7 @@ impl Server {
             return;
         };
         c.drop_sync();
+        c.thaw();
         let deadline = Instant::now() + REMOVE_TIMEOUT;
         while self.kill_remaining(id) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -452,6 +560,18 @@ impl Server {
         }
         // Its memory.events is closed before its cgroup goes.
         self.forget_oom(id);
+        // So does a pause or resume.
+        let freezing: Vec<u64> = self
+            .freezes
+            .iter()
+            .filter(|(_, f)| f.container_id == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in freezing {
+            let f = self.freezes.remove(&k).expect("listed above");
+            let gone = Err(not_found(&format!("container {id:?} was removed")));
+            self.answer_parked(k, f.req_id, gone);
+        }
         if let (Some(dir), Some(root)) = (&c.cgroup, &self.cfg.cgroup_root) {
             if let Err(e) = root.remove(dir) {
                 tracing::warn!(container = %id, error = %container::chain(&e), "cgroup not removed");

@@ -78,8 +78,9 @@ struct Conn {
     waiting: Option<(u64, String, Option<String>)>,
     /// A parked WaitOom.
     oom_waiting: Option<oom::OomWaiting>,
-    /// A StartContainer or RemoveContainer in progress ([`PendingStart`],
-    /// [`PendingRemove`] in the server): later frames wait for its answer.
+    /// A StartContainer, RemoveContainer, PauseContainer or
+    /// ResumeContainer in progress ([`PendingStart`], [`PendingRemove`],
+    /// [`PendingFreeze`] in the server): later frames wait for its answer.
     parked: bool,
     /// Close once `outbuf` is flushed.
     closing: bool,
@@ -123,6 +124,58 @@ struct PendingRemove {
     deadline: Instant,
 }
 
+/// How long a PauseContainer (ResumeContainer) waits for the kernel to
+/// report the container's cgroup frozen (thawed). A process in an
+/// uninterruptible sleep (a virtio-fs request, say) holds a freeze up
+/// until it returns.
+pub(crate) const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A PauseContainer or ResumeContainer whose `cgroup.freeze` is written:
+/// answered once `cgroup.events` says so (the kernel notifies it with
+/// POLLPRI; it is also read again every [`FREEZE_RECHECK`]), or after
+/// [`FREEZE_TIMEOUT`], when a pause is undone.
+#[derive(Debug)]
+struct PendingFreeze {
+    req_id: u64,
+    container_id: String,
+    /// The container's cgroup.
+    cgroup: std::path::PathBuf,
+    /// Its `cgroup.events`, polled for POLLPRI (`None`: read it on the
+    /// recheck only).
+    events: Option<std::fs::File>,
+    /// Frozen (pause) or thawed (resume).
+    frozen: bool,
+    deadline: Instant,
+}
+
+impl PendingFreeze {
+    /// `Some(true)` once `cgroup.events` says the cgroup is as asked,
+    /// `Some(false)` once the deadline passed without it, `None` until
+    /// then.
+    fn outcome(&mut self, now: Instant) -> Option<bool> {
+        // Reading the open file again is also what re-arms its POLLPRI.
+        let read = self.events.as_mut().and_then(|events| {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            events.seek(std::io::SeekFrom::Start(0)).ok()?;
+            events.read_to_string(&mut text).ok()?;
+            crate::container::cgroups::frozen_in(&text)
+        });
+        let state = read.or_else(|| crate::container::cgroups::is_frozen(&self.cgroup));
+        if state == Some(self.frozen) {
+            Some(true)
+        } else if self.deadline <= now {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// How often a pending freeze reads `cgroup.events` again, whatever the
+/// kernel notified.
+const FREEZE_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Listener,
@@ -133,6 +186,8 @@ enum Token {
     StartSync(u64),
     /// A watched `memory.events` ([`Server::oom_watches`]).
     OomEvents(u64),
+    /// A pending pause's or resume's `cgroup.events`.
+    FreezeEvents,
 }
 
 /// The server's state.
@@ -149,6 +204,8 @@ pub struct Server {
     starts: HashMap<u64, PendingStart>,
     /// Removals in progress, by the connection that asked.
     removes: HashMap<u64, PendingRemove>,
+    /// Pauses and resumes in progress, by the connection that asked.
+    freezes: HashMap<u64, PendingFreeze>,
     /// pid -> (container, exec id) for every tracked live process.
     pids: HashMap<i32, (String, Option<String>)>,
     /// The containers' `memory.events` opened for `WaitOom`s, by key.
@@ -180,6 +237,7 @@ impl Server {
             containers: HashMap::new(),
             starts: HashMap::new(),
             removes: HashMap::new(),
+            freezes: HashMap::new(),
             pids: HashMap::new(),
             oom_watches: HashMap::new(),
             exit: None,
@@ -241,11 +299,19 @@ impl Server {
                     );
                 }
             }
+            for f in self.freezes.values() {
+                if let Some(events) = &f.events {
+                    add(events.as_raw_fd(), libc::POLLPRI, Token::FreezeEvents);
+                }
+            }
+            let recheck = (!self.freezes.is_empty()).then(|| Instant::now() + FREEZE_RECHECK);
             let timeout = self
                 .starts
                 .values()
                 .map(|s| s.deadline)
                 .chain(self.removes.values().map(|r| r.deadline))
+                .chain(self.freezes.values().map(|f| f.deadline))
+                .chain(recheck)
                 .min()
                 .map_or(-1, |d| {
                     let left = d.saturating_duration_since(Instant::now());
@@ -265,9 +331,12 @@ impl Server {
                     Token::PumpSrc(id) | Token::PumpDst(id) => self.on_pump(id),
                     Token::StartSync(id) => self.on_start_sync(id),
                     Token::OomEvents(id) => self.on_oom_events(id),
+                    // Read with the others below.
+                    Token::FreezeEvents => {}
                 }
             }
             self.progress_removes();
+            self.progress_freezes();
         }
     }
 
@@ -655,3 +724,38 @@ fn bad_frame(body: &[u8], what: &str, e: &serde_json::Error) -> (u64, ProtocolEr
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pause or resume is answered once `cgroup.events` says so, read
+    /// again through its open file; until then it waits, and past its
+    /// deadline it is over unanswered (the server undoes the pause).
+    #[test]
+    fn a_pending_freeze_waits_for_cgroup_events_then_its_deadline() {
+        let t = tempfile::tempdir().unwrap();
+        let events = t.path().join("cgroup.events");
+        std::fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        let now = Instant::now();
+        let mut f = PendingFreeze {
+            req_id: 1,
+            container_id: "c".into(),
+            cgroup: t.path().to_owned(),
+            events: std::fs::File::open(&events).ok(),
+            frozen: true,
+            deadline: now + FREEZE_TIMEOUT,
+        };
+        assert_eq!(f.outcome(now), None);
+        std::fs::write(&events, "populated 1\nfrozen 1\n").unwrap();
+        assert_eq!(f.outcome(now), Some(true));
+        // A resume waits for frozen 0, then times out.
+        f.frozen = false;
+        assert_eq!(f.outcome(now), None);
+        assert_eq!(f.outcome(now + FREEZE_TIMEOUT), Some(false));
+        // Without the open file, the path is read.
+        f.events = None;
+        std::fs::write(&events, "frozen 0\n").unwrap();
+        assert_eq!(f.outcome(now), Some(true));
+    }
+}

@@ -134,10 +134,8 @@ fn dispatch(rt: &Runtime, cmd: Command) -> anyhow::Result<i32> {
         Command::Pause { id } => ops::pause(rt, &id)?,
         Command::Resume { id } => ops::resume(rt, &id)?,
         Command::Update(a) => {
-            bail!(
-                "update {}: changing a running VM's resources is not supported yet",
-                a.id
-            )
+            let patch = ops::patch_from_flags(&a, std::io::stdin().lock())?;
+            ops::update(rt, &a.id, &patch)?;
         }
     }
     Ok(0)

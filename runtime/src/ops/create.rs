@@ -64,6 +64,11 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
         mounts: Vec::new(),
         network: None,
         hooks: Some(bundle.spec.hooks().clone().unwrap_or_default()),
+        resources: bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone()),
     };
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),

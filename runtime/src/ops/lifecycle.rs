@@ -110,6 +110,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
             ContainerStatus::Created => Status::Created,
             ContainerStatus::Running => Status::Running,
             ContainerStatus::Stopped => Status::Stopped,
+            ContainerStatus::Paused => Status::Paused,
         },
         _ if !st.monitor_alive() => Status::Stopped,
         _ => st.status,

@@ -7,6 +7,7 @@ mod exec;
 mod info;
 mod lifecycle;
 mod stdio;
+mod update;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use info::{default_spec, features};
 pub use lifecycle::{
     delete, kill, list, pause, ps, ps_table, resume, start, state, wait_monitor, OciState,
 };
+pub use update::{patch_from_flags, update};
 
 use crate::bundle::BundleError;
 use crate::hooks::HookError;

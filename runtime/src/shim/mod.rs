@@ -65,6 +65,10 @@ pub enum ShimError {
     /// Bad request.
     #[error("{0}")]
     Invalid(String),
+    /// The task is not in a state that allows the request (pausing a
+    /// task that is not running).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A host-side I/O failure.
     #[error("{what}")]
     Io {
@@ -90,6 +94,7 @@ impl From<ShimError> for containerd_shim::protos::ttrpc::Error {
             ShimError::NotFound(_) => Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::Invalid(_) => Code::INVALID_ARGUMENT,
+            ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::Agent(a) => match a.code() {
                 Some(husk_protocol::ErrorCode::NotFound) => Code::NOT_FOUND,
                 Some(husk_protocol::ErrorCode::AlreadyExists) => Code::ALREADY_EXISTS,

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use containerd_shim::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
-    PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, StatsRequest, StatsResponse, Status, WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -23,9 +26,9 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::{
     ContainerRef, CreateContainer, ErrorCode, ExecProcess, Request, ResizeTty, Response,
-    SignalProcess, WaitOom,
+    SignalProcess, UpdateContainer, WaitOom,
 };
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::io::{attach, Pumps, StdioPaths};
 use super::options::RuntimeOptions;
@@ -108,6 +111,15 @@ struct Container {
     procs: HashMap<String, Proc>,
     /// The OOM kills published for it.
     oom: Arc<OomEvents>,
+    /// Its resources (`linux.resources`) as containerd asked for them: its
+    /// spec's, then each `Update`'s.
+    asked: LinuxResources,
+    /// Its resources as its guest cgroup has them: `asked` with the
+    /// cpuset fitted to the pod's VM ([`crate::sizing::fit_cpuset`]).
+    applied: LinuxResources,
+    /// Its cgroup in the guest is frozen (`Pause`): its running processes
+    /// are `PAUSED`.
+    paused: bool,
 }
 
 /// The OOM kills of one container, published as `TaskOOM` events (CRI
@@ -139,6 +151,50 @@ impl OomEvents {
         ev.container_id = id.to_owned();
         publish(publisher, ns, topics::TASK_OOM_EVENT_TOPIC, Box::new(ev));
     }
+}
+
+/// The `linux.resources` of a spec (none: empty).
+fn resources_of(spec: &Spec) -> LinuxResources {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default()
+}
+
+/// The resources of an `Update` (`new`) as the guest gets them: a cpuset
+/// or memory-node list containerd sends as the container has it (CRI
+/// sends the whole set every time) keeps the value it was fitted to at
+/// create.
+fn for_guest(
+    asked: &LinuxResources,
+    applied: &LinuxResources,
+    new: &LinuxResources,
+) -> LinuxResources {
+    let mut out = new.clone();
+    let (was, fitted) = (
+        asked.cpu().clone().unwrap_or_default(),
+        applied.cpu().clone().unwrap_or_default(),
+    );
+    if let Some(mut c) = out.cpu().clone() {
+        if c.cpus() == was.cpus() {
+            c.set_cpus(fitted.cpus().clone());
+        }
+        if c.mems() == was.mems() {
+            c.set_mems(fitted.mems().clone());
+        }
+        out.set_cpu(Some(c));
+    }
+    out
+}
+
+/// What [`TaskService::create_in_vm`] made: the init's pid, the share's
+/// mounts, the init, and the resources asked for and applied.
+struct Created {
+    pid: u32,
+    share_mounts: Vec<PathBuf>,
+    init: Proc,
+    asked: LinuxResources,
+    applied: LinuxResources,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +275,9 @@ pub struct TaskService {
     /// runs. Held across the boot (up to its timeout + 30 s) and the
     /// agent's `CreateContainer`.
     create_lock: Mutex<()>,
+    /// One `Update` at a time: the agent's cgroup and the resources kept
+    /// here change together.
+    update_lock: Mutex<()>,
     boot: Box<BootFn>,
     mount: Box<MountFn>,
 }
@@ -262,6 +321,7 @@ impl TaskService {
             inner: Mutex::new(Inner::default()),
             settle: Condvar::new(),
             create_lock: Mutex::new(()),
+            update_lock: Mutex::new(()),
             boot: Box::new(boot_pod_vm),
             mount: Box::new(mount_rootfs),
         }
@@ -365,14 +425,17 @@ impl TaskService {
             mounted += 1;
         }
         match self.create_in_vm(req, &bundle_dir) {
-            Ok((pid, share_mounts, proc_)) => Ok((
-                pid,
+            Ok(c) => Ok((
+                c.pid,
                 Container {
                     bundle: bundle_dir,
-                    share_mounts,
+                    share_mounts: c.share_mounts,
                     rootfs_mounts: mounted,
-                    procs: HashMap::from([(String::new(), proc_)]),
+                    procs: HashMap::from([(String::new(), c.init)]),
                     oom: Arc::default(),
+                    asked: c.asked,
+                    applied: c.applied,
+                    paused: false,
                 },
             )),
             Err(e) => {
@@ -414,7 +477,7 @@ impl TaskService {
         &self,
         req: &CreateTaskRequest,
         bundle_dir: &Path,
-    ) -> Result<(u32, Vec<PathBuf>, Proc), ShimError> {
+    ) -> Result<Created, ShimError> {
         let id = &req.id;
         let mut bundle = Bundle::load(bundle_dir).map_err(crate::ops::OpError::from)?;
         // Before a VM is booted for it: a pod asking for the host's
@@ -432,7 +495,9 @@ impl TaskService {
             .map_err(crate::ops::OpError::from)?;
         // Its cpuset names vCPUs the pod's VM has (which its first
         // container sized).
+        let asked = resources_of(&bundle.spec);
         crate::sizing::fit_cpuset(&mut bundle.spec, &vm.size).map_err(crate::ops::OpError::from)?;
+        let applied = resources_of(&bundle.spec);
         let (spec, mounts) = vm.share_bundle(&bundle, id)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -473,10 +538,10 @@ impl TaskService {
             }
         };
         tracing::info!(id, pid, "container created");
-        Ok((
+        Ok(Created {
             pid,
-            mounts.points,
-            Proc {
+            share_mounts: mounts.points,
+            init: Proc {
                 pid,
                 stdio,
                 pending: None,
@@ -487,7 +552,9 @@ impl TaskService {
                 }),
                 pumps: Arc::new(Mutex::new(pumps)),
             },
-        ))
+            asked,
+            applied,
+        })
     }
 
     /// `Start`: the process is marked starting under the state lock; the
@@ -725,6 +792,101 @@ impl TaskService {
         Ok(r)
     }
 
+    /// `Pause` (`pause`) or `Resume` of task `id`: its cgroup in the guest
+    /// is frozen or thawed by the agent (a pod's VM holds the pod's other
+    /// containers too, which run on), without the state lock; then the
+    /// task is marked and the event published. Only a running task can be
+    /// paused (as with containerd's runc shim), only a paused one resumed.
+    fn do_pause(&self, id: &str, pause: bool) -> Result<(), ShimError> {
+        let vm = {
+            let inner = self.settled(id);
+            let c = inner
+                .containers
+                .get(id)
+                .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?;
+            let running = c
+                .procs
+                .get("")
+                .is_some_and(|p| matches!(p.status.get(), Life::Running));
+            let refuse = |why: &str| Err(ShimError::FailedPrecondition(format!("task {id} {why}")));
+            match (pause, c.paused) {
+                (true, true) => return refuse("is paused already"),
+                (true, false) if !running => {
+                    return refuse("is not running: only a running task can be paused")
+                }
+                (false, false) => return refuse("is not paused"),
+                _ => {}
+            }
+            inner
+                .vm
+                .clone()
+                .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?
+        };
+        let r = ContainerRef {
+            container_id: id.to_owned(),
+        };
+        vm.agent()?.call(if pause {
+            Request::PauseContainer(r)
+        } else {
+            Request::ResumeContainer(r)
+        })?;
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.paused = pause;
+        }
+        if pause {
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.to_owned();
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
+        } else {
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.to_owned();
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
+        }
+        tracing::info!(id, "{}", if pause { "paused" } else { "resumed" });
+        Ok(())
+    }
+
+    /// `Update`: containerd's `linux.resources` (an `Any`, see
+    /// [`crate::resources::from_any`]) for task `id`, checked against the
+    /// pod's VM (changed values only: it cannot grow), applied by the
+    /// agent to the container's guest cgroup, then kept. One at a time.
+    fn do_update(&self, req: &UpdateTaskRequest) -> Result<(), ShimError> {
+        let id = &req.id;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| ShimError::Invalid(format!("task {id}: the update has no resources")))?;
+        let new = crate::resources::from_any(&any.type_url, &any.value)
+            .map_err(|e| ShimError::Invalid(format!("task {id}: {e}")))?;
+        let _serial = self.update_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (vm, asked, applied) = {
+            let inner = self.settled(id);
+            let c = inner
+                .containers
+                .get(id)
+                .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?;
+            let vm = inner
+                .vm
+                .clone()
+                .ok_or_else(|| ShimError::NotFound(format!("task {id}")))?;
+            (vm, c.asked.clone(), c.applied.clone())
+        };
+        crate::resources::check(&asked, &new, (&vm.size).into())
+            .map_err(|e| ShimError::Invalid(format!("task {id}: {e}")))?;
+        let guest = for_guest(&asked, &applied, &new);
+        vm.agent()?
+            .call(Request::UpdateContainer(Box::new(UpdateContainer {
+                container_id: id.clone(),
+                resources: guest.clone(),
+            })))?;
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.asked = new;
+            c.applied = guest;
+        }
+        tracing::info!(id, "resources updated");
+        Ok(())
+    }
+
     /// One call to the agent, on a connection of its own, without the
     /// state lock.
     fn agent_call(&self, req: Request) -> Result<Response, ShimError> {
@@ -927,6 +1089,7 @@ impl Task for TaskService {
             r.terminal = p.stdio.terminal;
             r.status = match p.status.get() {
                 Life::Created => Status::CREATED,
+                Life::Running if c.paused => Status::PAUSED,
                 Life::Running => Status::RUNNING,
                 Life::Stopped { code, at } => {
                     r.exit_status = code as u32;
@@ -1017,6 +1180,21 @@ impl Task for TaskService {
         let mut out = StatsResponse::new();
         out.stats = MessageField::some(any);
         Ok(out)
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, true)?;
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, false)?;
+        Ok(Empty::new())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.do_update(&req)?;
+        Ok(Empty::new())
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {

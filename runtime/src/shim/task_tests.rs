@@ -241,15 +241,25 @@ impl Shim {
 
     /// The request to create `id` from a new minimal bundle.
     fn create_req(&self, id: &str) -> CreateTaskRequest {
+        self.create_req_with(id, |_| {})
+    }
+
+    /// [`Shim::create_req`] with its config.json changed by `edit`.
+    fn create_req_with(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> CreateTaskRequest {
         let bundle = self.dir.path().join("bundles").join(id);
         fs::create_dir_all(bundle.join("rootfs")).unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                                      {"type": "uts"}, {"type": "mount"}]},
         });
+        edit(&mut config);
         fs::write(bundle.join("config.json"), config.to_string()).unwrap();
         let mut r = CreateTaskRequest::new();
         r.id = id.into();
@@ -1101,4 +1111,309 @@ fn an_oom_kill_in_a_running_container_is_published_as_it_happens() {
         ]
     );
     assert_eq!(shim.oom_ids(), ["a"]);
+}
+
+/// The agent's requests that name container `a`, by name (the waiters'
+/// `WaitProcess` left out: they come when they like).
+type Seen = Arc<Mutex<Vec<Request>>>;
+
+/// A fake agent for task a (pid 10) that records its requests in `seen`,
+/// answers them, holds the init's `WaitProcess` on `exit`, and refuses
+/// what `refuse` says.
+fn recording_agent(
+    seen: &Seen,
+    exit: Hold,
+    refuse: impl Fn(&Request) -> Option<ProtocolError> + Send + Sync + 'static,
+) -> Shim {
+    let seen = seen.clone();
+    Shim::with_agent_errors(move |req| {
+        if !matches!(req, Request::WaitProcess(_)) {
+            seen.lock().unwrap().push(req.clone());
+        }
+        if let Some(e) = refuse(&req) {
+            return Err(e);
+        }
+        match req {
+            Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
+            Request::WaitProcess(_) => {
+                exit.hold();
+                Ok(Response::Exited { exit_status: 137 })
+            }
+            Request::StartContainer(_)
+            | Request::PauseContainer(_)
+            | Request::ResumeContainer(_)
+            | Request::UpdateContainer(_)
+            | Request::SignalProcess(_)
+            | Request::RemoveContainer(_) => Ok(Response::Empty),
+            other => panic!("the fake agent got {other:?}"),
+        }
+    })
+}
+
+fn pause(shim: &Shim, id: &str) -> ttrpc::Result<Empty> {
+    let mut r = PauseRequest::new();
+    r.id = id.into();
+    shim.task().pause(ctx(), &r)
+}
+
+fn resume(shim: &Shim, id: &str) -> ttrpc::Result<Empty> {
+    let mut r = ResumeRequest::new();
+    r.id = id.into();
+    shim.task().resume(ctx(), &r)
+}
+
+/// `Pause` freezes the one container's cgroup in the pod's VM (the agent's
+/// `PauseContainer`), `State` says PAUSED until `Resume`, and both publish
+/// their event; a task that is not running cannot be paused, one that is
+/// not paused cannot be resumed, and a pause the agent refuses leaves the
+/// task running.
+#[test]
+fn pause_and_resume_freeze_the_container_in_the_guest_and_publish_events() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
+    let seen = Seen::default();
+    let (exit_hold, exit) = hold();
+    let refuse_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusing = refuse_next.clone();
+    let shim = recording_agent(&seen, exit_hold, move |req| {
+        (matches!(req, Request::PauseContainer(_))
+            && refusing.swap(false, std::sync::atomic::Ordering::SeqCst))
+        .then(|| ProtocolError::new(ErrorCode::Internal, "the fake cgroup did not freeze"))
+    });
+    shim.create("a").unwrap();
+    assert_eq!(
+        code(pause(&shim, "a")),
+        Code::FAILED_PRECONDITION,
+        "created"
+    );
+    shim.start("a", "").unwrap();
+    exit.entered("a's WaitProcess");
+
+    pause(&shim, "a").expect("pause a");
+    assert_eq!(shim.status("a", "").unwrap(), (Status::PAUSED, 10));
+    assert_eq!(code(pause(&shim, "a")), Code::FAILED_PRECONDITION);
+    resume(&shim, "a").expect("resume a");
+    assert_eq!(shim.status("a", "").unwrap(), (Status::RUNNING, 10));
+    assert_eq!(code(resume(&shim, "a")), Code::FAILED_PRECONDITION);
+    assert_eq!(code(pause(&shim, "b")), Code::NOT_FOUND);
+
+    refuse_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(code(pause(&shim, "a")), Code::UNKNOWN);
+    assert_eq!(shim.status("a", "").unwrap(), (Status::RUNNING, 10));
+
+    let names: Vec<(&str, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r {
+            Request::PauseContainer(c) | Request::ResumeContainer(c) => {
+                Some((r.name(), c.container_id.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("PauseContainer", "a".to_string()),
+            ("ResumeContainer", "a".to_string()),
+            ("PauseContainer", "a".to_string()),
+        ]
+    );
+
+    pause(&shim, "a").expect("pause a again");
+    shim.kill("a", false).expect("kill the paused a");
+    exit.release();
+    assert_eq!(shim.wait("a", "").expect("wait a"), 137);
+    assert_eq!(shim.status("a", "").unwrap().0, Status::STOPPED);
+    shim.delete("a").expect("delete a");
+    stop_the_vm(&shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_START_EVENT_TOPIC,
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+}
+
+/// An `UpdateTaskRequest` as containerd sends it: `resources` an `Any`
+/// of the runtime spec's `LinuxResources` JSON.
+fn update(shim: &Shim, id: &str, type_url: &str, json: serde_json::Value) -> ttrpc::Result<Empty> {
+    let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+    any.type_url = type_url.into();
+    any.value = json.to_string().into_bytes();
+    let mut r = UpdateTaskRequest::new();
+    r.id = id.into();
+    r.resources = MessageField::some(any);
+    shim.task().update(ctx(), &r)
+}
+
+/// The status message of a failed call.
+fn message<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> String {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.message,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// `Update` decodes containerd's `LinuxResources`, checks them against the
+/// pod's VM, and the agent gets them for the container (`UpdateContainer`)
+/// with its cpuset as it was fitted to the VM at create when containerd
+/// sends it unchanged; an update past the VM is refused with the field,
+/// the value and the VM's size, and reaches no agent; bad input is
+/// refused naming what is wrong.
+#[test]
+fn update_reaches_the_agent_and_past_the_vm_is_refused() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
+    let host_cpus = crate::policy::Host::read().cpus;
+    if host_cpus < 2 {
+        eprintln!("SKIP: update: the cpuset fitted to a 1-vCPU VM needs a host with 2 CPUs");
+        return;
+    }
+    let seen = Seen::default();
+    let (exit_hold, exit) = hold();
+    let shim = recording_agent(&seen, exit_hold, |req| match req {
+        Request::UpdateContainer(u)
+            if u.resources.memory().and_then(|m| m.limit()) == Some(200 << 20) =>
+        {
+            Some(ProtocolError::new(
+                ErrorCode::InvalidArgument,
+                "linux.resources.memory.limit 209715200: more than the guest's memory",
+            ))
+        }
+        _ => None,
+    });
+    let req = shim.create_req_with("a", |c| {
+        c["annotations"] = serde_json::json!({"husk.vcpus": "1", "husk.memory_mib": "256"});
+        c["linux"]["resources"] =
+            serde_json::json!({"memory": {"limit": 64 << 20}, "cpu": {"cpus": "1"}});
+    });
+    shim.task().create(ctx(), &req).expect("create a");
+    shim.start("a", "").unwrap();
+    exit.entered("a's WaitProcess");
+    let url = crate::resources::LINUX_RESOURCES_TYPE_URL;
+    let updates = || -> Vec<serde_json::Value> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match r {
+                Request::UpdateContainer(u) => {
+                    assert_eq!(u.container_id, "a");
+                    Some(serde_json::to_value(&u.resources).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+
+    // CRI's shape: the whole set, the cpuset as at create.
+    update(
+        &shim,
+        "a",
+        url,
+        serde_json::json!({"memory": {"limit": 128 << 20}, "cpu": {"cpus": "1", "shares": 512},
+            "pids": {"limit": 20}}),
+    )
+    .expect("update a");
+    assert_eq!(
+        updates(),
+        [
+            serde_json::json!({"memory": {"limit": 128 << 20}, "cpu": {"cpus": "0", "shares": 512},
+            "pids": {"limit": 20}})
+        ],
+        "the agent gets the update, its cpuset fitted to the 1-vCPU VM"
+    );
+
+    for (json, want) in [
+        (
+            serde_json::json!({"memory": {"limit": 1u64 << 30}, "cpu": {"cpus": "1"}}),
+            "linux.resources.memory.limit \"1073741824\": asks for 1024 MiB, and the VM has 256 MiB of RAM: the VM was sized at create and cannot grow",
+        ),
+        (
+            serde_json::json!({"cpu": {"cpus": "0-1"}}),
+            "linux.resources.cpu.cpus \"0-1\": names CPU 1, and the VM has vCPUs 0-0: the VM was sized at create and cannot grow",
+        ),
+        (
+            serde_json::json!({"cpu": {"cpus": "1", "quota": 200000, "period": 100000}}),
+            "linux.resources.cpu.quota \"200000\": 2 CPUs' worth (period 100000), and the VM has 1 vCPU",
+        ),
+    ] {
+        let r = update(&shim, "a", url, json);
+        let msg = message(r);
+        assert!(msg.contains(want), "{msg}");
+    }
+    assert_eq!(
+        code(update(
+            &shim,
+            "a",
+            url,
+            serde_json::json!({"memory": {"limit": 1u64 << 30}})
+        )),
+        Code::INVALID_ARGUMENT
+    );
+    // The agent's own refusal (the guest's MemTotal) reaches containerd.
+    let msg = message(update(
+        &shim,
+        "a",
+        url,
+        serde_json::json!({"memory": {"limit": 200 << 20}}),
+    ));
+    assert!(msg.contains("more than the guest's memory"), "{msg}");
+    // Bad input, named.
+    let msg = message(update(
+        &shim,
+        "a",
+        "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources",
+        serde_json::json!({}),
+    ));
+    assert!(msg.contains("WindowsResources"), "{msg}");
+    let msg = message(update(
+        &shim,
+        "a",
+        url,
+        serde_json::json!({"pids": {"limit": "many"}}),
+    ));
+    assert!(msg.contains("pids.limit"), "{msg}");
+    let mut none = UpdateTaskRequest::new();
+    none.id = "a".into();
+    let msg = message(shim.task().update(ctx(), &none));
+    assert!(msg.contains("the update has no resources"), "{msg}");
+    assert_eq!(
+        code(update(&shim, "b", url, serde_json::json!({}))),
+        Code::NOT_FOUND
+    );
+    assert_eq!(
+        updates().len(),
+        2,
+        "only the first update and the agent's refusal reached it"
+    );
+
+    // What was kept is what the agent took last: the next update starts
+    // from it (an unchanged cpuset is still fitted).
+    update(
+        &shim,
+        "a",
+        url,
+        serde_json::json!({"memory": {"limit": 96 << 20}, "cpu": {"cpus": "1"}}),
+    )
+    .expect("update a again");
+    assert_eq!(
+        updates()[2],
+        serde_json::json!({"memory": {"limit": 96 << 20}, "cpu": {"cpus": "0"}})
+    );
+
+    shim.kill("a", false).unwrap();
+    exit.release();
+    shim.wait("a", "").unwrap();
+    shim.delete("a").unwrap();
+    stop_the_vm(&shim);
 }

@@ -4,7 +4,8 @@
 usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
 A pod asking for the host's network (hostNetwork) is refused. Then runs a
 pod with runtime handler `husk` on containerd's CNI network, two containers
-in it, ExecSync, reads the container logs, then stops and removes the pod;
+in it, ExecSync, reads the container logs, UpdateContainerResources (and
+one past the pod's VM, refused), then stops and removes the pod;
 then a privileged pod and container (host devices, /dev/ptmx, /sys rw);
 then a pod whose container the guest's OOM killer kills at its memory limit
 (exit 137, reason OOMKilled: the shim's TaskOOM).
@@ -134,6 +135,33 @@ l1 = log_of("c1")
 got = sorted((l.split(" ", 3)[1], l.split(" ", 3)[3]) for l in l1)
 expect("c1 logs", got, [("stderr", "err-from-c1"), ("stdout", "hello-from-c1")])
 expect("c2 logs", [l.split(" ", 3)[3] for l in log_of("c2")], ["hello-from-c2"])
+
+# UpdateContainerResources: the container's cgroup in the pod's VM gets
+# the new limit; one past the VM (husk.memory_mib=320) is refused with the
+# field and the VM's size, and changes nothing.
+cg = "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)"
+rt.UpdateContainerResources(
+    pb.UpdateContainerResourcesRequest(
+        container_id=c1, linux=pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=512)
+    ),
+    timeout=T,
+)
+expect("UpdateContainerResources: memory.max in the guest", sync(c1, f"cat {cg}/memory.max"), str(64 << 20))
+expect("UpdateContainerResources: the pod's other container unchanged", sync(c2, f"cat {cg}/memory.max"), "max")
+try:
+    rt.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=c1, linux=pb.LinuxContainerResources(memory_limit_in_bytes=1 << 30)
+        ),
+        timeout=T,
+    )
+    fail("an update past the pod's VM was accepted")
+except grpc.RpcError as e:
+    want = "linux.resources.memory.limit \"1073741824\": asks for 1024 MiB, and the VM has 320 MiB of RAM"
+    if want not in (e.details() or ""):
+        fail(f"an update past the pod's VM failed for another reason: {e.details()!r}")
+ok("an update past the pod's VM is refused (the VM was sized at create and cannot grow)")
+expect("the refused update changed nothing", sync(c1, f"cat {cg}/memory.max"), str(64 << 20))
 
 if os.environ.get("CRI_PAUSE_FOR_MEASURE"):
     print("measure-now", flush=True)
