@@ -14,6 +14,7 @@
 //! | [`hooks`] | host-side OCI hooks |
 //! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
+//! | [`host_cgroup`] | the container's cgroup on the host, holding the VM's host processes, with limits from the VM's size |
 //! | [`child`] | running helper programs (`ip`, `tc`) in the CLI and under the shim's reaper |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
 //! | [`signal`] | signal names, and forwarding for `run` |
@@ -23,6 +24,7 @@ pub mod bundle;
 pub mod child;
 pub mod cli;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod logging;
 pub mod mountpoints;
 pub mod mounts;

@@ -116,6 +116,11 @@ pub struct ContainerState {
     /// older husk wrote: the bundle's are read then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// The container's cgroup on the host, holding its VM's host
+    /// processes; recorded before `create` makes it, killed and removed
+    /// on delete ([`crate::host_cgroup`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<crate::host_cgroup::HostCgroupState>,
 }
 
 /// The state directory root (`--root`).
@@ -359,6 +364,7 @@ impl ContainerState {
             mounts: vec![],
             network: None,
             hooks: None,
+            host_cgroup: None,
         }
     }
 }

@@ -128,6 +128,7 @@ fn fake_vm(agent: AgentAddr) -> Box<BootFn> {
                 monitor_pid: 0,
                 size: super::super::vm::size_pod(spec, env)?,
                 network: None,
+                host_cgroup: None,
             })
         },
     )
