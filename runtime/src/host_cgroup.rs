@@ -14,7 +14,8 @@
 //!   hierarchy (`/proc/self/cgroup`; on a pure cgroup v2 host, to its
 //!   parent, as runc does: a v2 cgroup holding processes cannot hand
 //!   controllers to children);
-//! - unset, it is `/husk/<id>`;
+//! - unset, it is `/husk/<id>` (the operator's `HUSK_CGROUP_PARENT`
+//!   replaces `/husk`);
 //! - with `--systemd-cgroup`, `slice:prefix:name` is systemd's layout:
 //!   `kubepods-burstable-podX.slice` nests as
 //!   `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podX.slice`
@@ -61,11 +62,19 @@ use crate::sizing::VmSize;
 /// The spec field this module is about.
 pub const FIELD: &str = "linux.cgroupsPath";
 
-/// The parent of the default cgroup (`/husk/<id>`).
-pub const DEFAULT_PARENT: &str = "husk";
+/// The parent of the default cgroup (`/husk/<id>`); the operator's
+/// [`PARENT_ENV`] replaces it.
+pub const DEFAULT_PARENT: &str = "/husk";
 
-/// The default systemd slice and scope prefix (`system.slice:husk:<id>`).
+/// The operator's setting for the parent of the default cgroup (a
+/// cgroupfs path; not used with `--systemd-cgroup`).
+pub const PARENT_ENV: &str = "HUSK_CGROUP_PARENT";
+
+/// The default systemd slice (`system.slice:husk:<id>`).
 pub const DEFAULT_SLICE: &str = "system.slice";
+
+/// The scope prefix of the default systemd path.
+pub const DEFAULT_PREFIX: &str = "husk";
 
 /// Host memory the VM's processes need beyond guest RAM, MiB: the engine
 /// (qemu's heap, and under TCG its translation cache: the largest part),
@@ -117,15 +126,23 @@ pub struct CgroupPath {
 impl CgroupPath {
     /// The path of a container `id` whose spec says `value`
     /// (`linux.cgroupsPath`, `None` or empty when unset), in systemd's
-    /// `slice:prefix:name` form when `systemd`.
-    pub fn resolve(value: Option<&str>, id: &str, systemd: bool) -> Result<Self, HostCgroupError> {
+    /// `slice:prefix:name` form when `systemd`. Unset, it is
+    /// `PARENT/<id>`, `parent` being the operator's [`PARENT_ENV`] or
+    /// [`DEFAULT_PARENT`] (with `systemd`: `system.slice:husk:<id>`).
+    pub fn resolve(
+        value: Option<&str>,
+        id: &str,
+        systemd: bool,
+        parent: Option<&str>,
+    ) -> Result<Self, HostCgroupError> {
         match value.filter(|v| !v.is_empty()) {
             Some(v) => Self::parse(v, systemd),
             None => {
                 let default = if systemd {
-                    format!("{DEFAULT_SLICE}:{DEFAULT_PARENT}:{id}")
+                    format!("{DEFAULT_SLICE}:{DEFAULT_PREFIX}:{id}")
                 } else {
-                    format!("/{DEFAULT_PARENT}/{id}")
+                    let parent = parent.filter(|p| !p.is_empty()).unwrap_or(DEFAULT_PARENT);
+                    format!("{}/{id}", parent.trim_end_matches('/'))
                 };
                 let mut p = Self::parse(&default, systemd)?;
                 p.shown = format!("(unset, so {default:?})");

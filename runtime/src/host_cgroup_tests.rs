@@ -12,24 +12,34 @@ fn parts(p: &CgroupPath) -> Vec<&str> {
 
 #[test]
 fn cgroupfs_paths_absolute_relative_and_default() {
-    let p = CgroupPath::resolve(Some("/kubepods/burstable/pod1/abc"), "abc", false).unwrap();
+    let p = CgroupPath::resolve(Some("/kubepods/burstable/pod1/abc"), "abc", false, None).unwrap();
     assert!(!p.relative);
     assert_eq!(parts(&p), ["kubepods", "burstable", "pod1", "abc"]);
     assert_eq!(p.display(), "/kubepods/burstable/pod1/abc");
 
     // Empty and "." components go; the path stays relative.
-    let p = CgroupPath::resolve(Some("a//./b/"), "c", false).unwrap();
+    let p = CgroupPath::resolve(Some("a//./b/"), "c", false, None).unwrap();
     assert!(p.relative);
     assert_eq!(parts(&p), ["a", "b"]);
     assert_eq!(p.display(), "a/b");
 
     for unset in [None, Some("")] {
-        let p = CgroupPath::resolve(unset, "c1", false).unwrap();
+        let p = CgroupPath::resolve(unset, "c1", false, None).unwrap();
         assert_eq!(p.display(), "/husk/c1");
         assert!(p.shown.contains("unset"), "{}", p.shown);
-        let p = CgroupPath::resolve(unset, "c1", true).unwrap();
+        let p = CgroupPath::resolve(unset, "c1", true, None).unwrap();
         assert_eq!(p.display(), "/system.slice/husk-c1.scope");
+        // The operator's parent (HUSK_CGROUP_PARENT); not for systemd.
+        let p = CgroupPath::resolve(unset, "c1", false, Some("/machine/vms/")).unwrap();
+        assert_eq!(p.display(), "/machine/vms/c1");
+        let p = CgroupPath::resolve(unset, "c1", true, Some("/machine")).unwrap();
+        assert_eq!(p.display(), "/system.slice/husk-c1.scope");
+        let e = CgroupPath::resolve(unset, "c1", false, Some("/a/../b")).unwrap_err();
+        assert!(e.to_string().contains("\"..\""), "{e}");
     }
+    // A set path wins over the operator's parent.
+    let p = CgroupPath::resolve(Some("/x"), "c1", false, Some("/machine")).unwrap();
+    assert_eq!(p.display(), "/x");
 }
 
 #[test]
@@ -46,7 +56,7 @@ fn climbing_roots_and_control_characters_are_refused_naming_the_field() {
         ("/a\nb", "control character"),
         ("/a\0", "control character"),
     ] {
-        let e = CgroupPath::resolve(Some(bad), "c", false).unwrap_err();
+        let e = CgroupPath::resolve(Some(bad), "c", false, None).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!("linux.cgroupsPath {bad:?}: ")),
@@ -62,6 +72,7 @@ fn systemd_paths_expand_like_runc() {
         Some("kubepods-burstable-pod1234.slice:cri-containerd:abc"),
         "abc",
         true,
+        None,
     )
     .unwrap();
     assert_eq!(
@@ -187,7 +198,7 @@ fn hybrid_layout_places_the_cgroup_on_every_hierarchy() {
         ]
     );
     let abs = l
-        .place(&CgroupPath::resolve(None, "c1", false).unwrap())
+        .place(&CgroupPath::resolve(None, "c1", false, None).unwrap())
         .unwrap();
     assert_eq!(
         leaves(&abs),
@@ -288,7 +299,7 @@ fn a_missing_controller_is_refused_naming_the_field() {
     let mountinfo = "26 1 0:23 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
     let l = Layout::parse(mountinfo, "0::/\n", |_| Some("cpu memory".into()));
     let e = l
-        .place(&CgroupPath::resolve(None, "c", false).unwrap())
+        .place(&CgroupPath::resolve(None, "c", false, None).unwrap())
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("linux.cgroupsPath (unset"), "{e}");

@@ -277,7 +277,13 @@ fn host_cgroup(
     opts: &CreateOptions,
     st: &mut ContainerState,
 ) -> Result<Joiner, OpError> {
-    let path = CgroupPath::resolve(cgroups_path(&bundle.spec), &st.id, opts.systemd_cgroup)?;
+    let parent = std::env::var(crate::host_cgroup::PARENT_ENV).ok();
+    let path = CgroupPath::resolve(
+        cgroups_path(&bundle.spec),
+        &st.id,
+        opts.systemd_cgroup,
+        parent.as_deref(),
+    )?;
     let layout = Layout::probe().map_err(OpError::io("cannot read the host's cgroup layout"))?;
     let limits = HostLimits::for_spec(size, &bundle.spec);
     let (cg, joiner) = crate::host_cgroup::setup(&layout, &path, &limits, |cg| {

@@ -94,6 +94,7 @@ impl PodVm {
         vmm_binary: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PodVm, ShimError> {
+        let cgroup_parent = env(crate::host_cgroup::PARENT_ENV);
         let size = size_pod(spec, env)?;
         fs::DirBuilder::new()
             .recursive(true)
@@ -113,7 +114,7 @@ impl PodVm {
             network: None,
             host_cgroup: None,
         };
-        match vm.start_monitor(vmm_binary, spec) {
+        match vm.start_monitor(vmm_binary, spec, cgroup_parent.as_deref()) {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.teardown();
@@ -125,9 +126,10 @@ impl PodVm {
     /// Makes the pod's host cgroup: the sandbox's `linux.cgroupsPath`
     /// (systemd's `slice:prefix:name` when it has that shape, as CRI
     /// writes it with `SystemdCgroup`; else a cgroupfs path), or
-    /// `/husk/<the VM directory's name>`, with the limits the VM's size
-    /// calls for. Recorded in [`HOST_CGROUP_STATE`] before it is made.
-    fn make_host_cgroup(&mut self, spec: &Spec) -> Result<Joiner, ShimError> {
+    /// `PARENT/<the VM directory's name>` (`parent`: the operator's
+    /// `HUSK_CGROUP_PARENT`, default `/husk`), with the limits the VM's
+    /// size calls for. Recorded in [`HOST_CGROUP_STATE`] before it is made.
+    fn make_host_cgroup(&mut self, spec: &Spec, parent: Option<&str>) -> Result<Joiner, ShimError> {
         let value = spec
             .linux()
             .as_ref()
@@ -140,7 +142,8 @@ impl PodVm {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pod".into());
-        let path = CgroupPath::resolve(value, &name, systemd).map_err(crate::ops::OpError::from)?;
+        let path = CgroupPath::resolve(value, &name, systemd, parent)
+            .map_err(crate::ops::OpError::from)?;
         let layout = Layout::probe().map_err(ShimError::io("read the host's cgroup layout"))?;
         let limits = HostLimits::for_spec(&self.size, spec);
         let file = self.dir.join(HOST_CGROUP_STATE);
@@ -153,8 +156,13 @@ impl PodVm {
         Ok(joiner)
     }
 
-    fn start_monitor(&mut self, vmm_binary: &Path, spec: &Spec) -> Result<(), ShimError> {
-        let cgroup = self.make_host_cgroup(spec)?;
+    fn start_monitor(
+        &mut self,
+        vmm_binary: &Path,
+        spec: &Spec,
+        cgroup_parent: Option<&str>,
+    ) -> Result<(), ShimError> {
+        let cgroup = self.make_host_cgroup(spec, cgroup_parent)?;
         make_shared_mount(&self.share)?;
 
         let size = &self.size;
