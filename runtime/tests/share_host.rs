@@ -279,6 +279,7 @@ fn pod_vm(dir: &Path) -> PodVm {
         )
         .unwrap(),
         network: None,
+        host_cgroup: None,
     }
 }
 
