@@ -887,27 +887,33 @@ pub fn remove(st: &HostCgroupState) {
         })
         .cloned()
         .collect();
+    // A killed process leaves `cgroup.procs` once its last thread began
+    // to exit, but keeps the cgroup busy until it has exited: remove
+    // until nothing is left, killing what shows up meanwhile.
     let deadline = Instant::now() + KILL_TIMEOUT;
     loop {
         let pids = procs_below(&dirs);
-        if pids.is_empty() {
-            break;
+        if !pids.is_empty() {
+            tracing::debug!(path = %st.path, ?pids, "killing what is left in the host cgroup");
         }
-        if Instant::now() >= deadline {
-            tracing::warn!(path = %st.path, ?pids, "processes left in the host cgroup do not die");
-            break;
-        }
-        tracing::debug!(path = %st.path, ?pids, "killing what is left in the host cgroup");
         for p in &pids {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(*p),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        let mut busy = Vec::new();
+        for d in &dirs {
+            remove_tree(d, &mut busy);
+        }
+        if busy.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(path = %st.path, ?busy, ?pids, "cannot remove the host cgroup");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    for d in &dirs {
-        remove_tree(d);
     }
     for p in &st.parents {
         match fs::remove_dir(p) {
@@ -958,15 +964,16 @@ fn subdirs(d: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Removes cgroup `d` and the cgroups below it, deepest first.
-fn remove_tree(d: &Path) {
+/// Removes cgroup `d` and the cgroups below it, deepest first; what
+/// cannot be removed (yet) goes to `busy` with the reason.
+fn remove_tree(d: &Path, busy: &mut Vec<(PathBuf, io::Error)>) {
     for s in subdirs(d) {
-        remove_tree(&s);
+        remove_tree(&s, busy);
     }
     match fs::remove_dir(d) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot remove the host cgroup"),
+        Err(e) => busy.push((d.to_owned(), e)),
     }
 }
 
