@@ -120,7 +120,8 @@ pub struct HostCgroupError {
 /// hierarchies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupPath {
-    /// `linux.cgroupsPath` quoted, or `(unset: /husk/ID)`, for messages.
+    /// `linux.cgroupsPath` quoted, or `(unset, so "/husk/ID")`, for
+    /// messages.
     pub shown: String,
     /// Its components, from the root (or from the runtime's own cgroup).
     pub parts: Vec<String>,
@@ -143,14 +144,22 @@ impl CgroupPath {
         match value.filter(|v| !v.is_empty()) {
             Some(v) => Self::parse(v, systemd),
             None => {
+                let parent = parent.filter(|p| !p.is_empty() && !systemd);
                 let default = if systemd {
                     format!("{DEFAULT_SLICE}:{DEFAULT_PREFIX}:{id}")
                 } else {
-                    let parent = parent.filter(|p| !p.is_empty()).unwrap_or(DEFAULT_PARENT);
+                    let parent = parent.unwrap_or(DEFAULT_PARENT);
                     format!("{}/{id}", parent.trim_end_matches('/'))
                 };
-                let mut p = Self::parse(&default, systemd)?;
-                p.shown = format!("(unset, so {default:?})");
+                let shown = match parent {
+                    Some(p) => format!("(unset, so {default:?}, under {PARENT_ENV}={p:?})"),
+                    None => format!("(unset, so {default:?})"),
+                };
+                let mut p = Self::parse(&default, systemd).map_err(|e| HostCgroupError {
+                    shown: shown.clone(),
+                    reason: e.reason,
+                })?;
+                p.shown = shown;
                 Ok(p)
             }
         }
@@ -792,6 +801,7 @@ fn ancestors_cpu_ratio(d: &Placed) -> Option<(u64, u64)> {
 #[derive(Debug)]
 pub struct Joiner {
     files: Vec<OwnedFd>,
+    path: String,
 }
 
 impl Joiner {
@@ -812,7 +822,15 @@ impl Joiner {
                     })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Joiner { files })
+        Ok(Joiner {
+            files,
+            path: st.path.clone(),
+        })
+    }
+
+    /// The cgroup's path (`/husk/c1`), for messages.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// The raw fds, for [`Joiner::join`] in a `pre_exec` (the `Joiner`

@@ -361,8 +361,9 @@ fn spawn_monitor(
         });
     }
     let child = cmd.spawn().map_err(OpError::io(format!(
-        "cannot run {} in the container's host cgroup",
-        rt.vmm_binary.display()
+        "cannot run {} in the container's host cgroup {} (linux.cgroupsPath)",
+        rt.vmm_binary.display(),
+        cgroup.path()
     )))?;
     drop(wr);
     drop(tap);

@@ -246,8 +246,9 @@ impl PodVm {
         }
         let started = Instant::now();
         let child = cmd.spawn().map_err(ShimError::io(format!(
-            "cannot run {} in the pod's host cgroup",
-            vmm_binary.display()
+            "cannot run {} in the pod's host cgroup {} (linux.cgroupsPath)",
+            vmm_binary.display(),
+            cgroup.path()
         )))?;
         drop(cgroup);
         drop(wr);
