@@ -607,7 +607,7 @@ fn remove_never_kills_in_a_root_or_its_own_cgroup() {
     fs::write(top.join("cgroup.procs"), "1\n").unwrap();
     fs::write(leaf.join("cgroup.procs"), "10\n11\n").unwrap();
     fs::write(leaf.join("sub/cgroup.procs"), "12\n").unwrap();
-    assert_eq!(procs_below(&[leaf.clone()]), [10, 11, 12]);
+    assert_eq!(procs_below(std::slice::from_ref(&leaf)), [10, 11, 12]);
     assert!(removable(&leaf, 99));
     assert!(!removable(&leaf, 12), "the runtime's own cgroup");
     assert!(!removable(&top, 99), "a hierarchy's root");
