@@ -896,6 +896,8 @@ pub fn remove(st: &HostCgroupState) {
     let dirs: Vec<PathBuf> = st
         .dirs
         .iter()
+        // (A create that stopped before making it.)
+        .filter(|d| d.exists())
         .filter(|d| {
             let ok = removable(d, me);
             if !ok {
