@@ -20,7 +20,8 @@ pub struct Cli {
     /// Debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility; container cgroups live in the guest.
+    /// linux.cgroupsPath is systemd's "slice:prefix:name" (as runc's);
+    /// the VM's host cgroup is made at the path systemd would use.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     /// Accepted for runc compatibility (`--rootless`); husk needs root.

@@ -16,6 +16,7 @@
 //! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
 //! | [`portforward`] | `kubectl port-forward`: the pod namespace's loopback led into the guest's |
+//! | [`host_cgroup`] | the container's cgroup on the host, holding the VM's host processes, with limits from the VM's size |
 //! | [`child`] | running helper programs (`ip`, `tc`) in the CLI and under the shim's reaper |
 //! | [`logging`] | `--log`, `--log-format`, `--debug` in runc's shape |
 //! | [`signal`] | signal names, and forwarding for `run` |
@@ -25,6 +26,7 @@ pub mod bundle;
 pub mod child;
 pub mod cli;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod logging;
 pub mod mountpoints;
 pub mod mounts;

@@ -122,6 +122,11 @@ pub struct ContainerState {
     /// husk wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<oci_spec::runtime::LinuxResources>,
+    /// The container's cgroup on the host, holding its VM's host
+    /// processes; recorded before `create` makes it, killed and removed
+    /// on delete ([`crate::host_cgroup`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<crate::host_cgroup::HostCgroupState>,
 }
 
 /// The state directory root (`--root`).
@@ -366,6 +371,7 @@ impl ContainerState {
             network: None,
             hooks: None,
             resources: None,
+            host_cgroup: None,
         }
     }
 }

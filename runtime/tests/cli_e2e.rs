@@ -839,3 +839,269 @@ fn exec_with_a_tty_through_console_socket() {
     env.ok(&["delete", "--force", "x1"]);
     env.assert_clean();
 }
+
+/// The pids of the processes whose command line names `dir` (the VM's
+/// host processes all name its state directory), with their names.
+fn vm_processes(dir: &std::path::Path) -> Vec<(i32, String)> {
+    common::processes_mentioning(dir.to_str().unwrap())
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .filter_map(|pid: i32| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            Some((pid, comm.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// `/proc/PID/cgroup` as (hierarchy line prefix `ID:CONTROLLERS`, path).
+fn cgroups_of(pid: i32) -> Vec<(String, String)> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (h, p) = l.rsplit_once(':')?;
+            Some((h.to_owned(), p.to_owned()))
+        })
+        .collect()
+}
+
+/// The directory of `path` on each cgroup mount.
+fn dirs_of(path: &str) -> Vec<PathBuf> {
+    common::cgroup_mounts()
+        .iter()
+        .map(|m| m.join(path.trim_start_matches('/')))
+        .collect()
+}
+
+fn read_trim(p: PathBuf) -> String {
+    fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_owned()
+}
+
+/// The VM's host processes (the monitor, qemu where it is the engine,
+/// virtiofsd, vhost-device-vsock) live in the container's host cgroup on
+/// every mounted hierarchy (v1, v2 or hybrid) from `create` on, with the
+/// memory, CPU and pids limits derived from the VM's size; `delete` kills
+/// what is left in it after a crashed monitor and removes it. systemd's
+/// `slice:prefix:name` (`--systemd-cgroup`) and relative paths are placed
+/// as runc places them; a `..` path, a malformed systemd path and a cgroup
+/// that exists already are refused naming `linux.cgroupsPath`, leaving
+/// nothing (and the existing cgroup as it was).
+#[test]
+fn the_vm_lives_in_the_containers_host_cgroup_until_delete() {
+    use husk_runtime::host_cgroup::{
+        HOST_CPU_OVERHEAD, HOST_MEMORY_OVERHEAD_MIB, HOST_PIDS_BASE, HOST_PIDS_PER_VCPU,
+    };
+    use husk_runtime::sizing::MEMORY_OVERHEAD_MIB;
+    skip_without_guest!();
+    let env = Env::new();
+    let mounts = common::cgroup_mounts();
+    assert!(!mounts.is_empty(), "no cgroup hierarchy is mounted");
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    env.edit_config(&b, |c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 128u64 << 20});
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 50_000, "period": 100_000});
+    });
+    let set_path = |p: Option<&str>| {
+        env.edit_config(&b, |c| match p {
+            Some(p) => c["linux"]["cgroupsPath"] = serde_json::json!(p),
+            None => {
+                c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+            }
+        })
+    };
+
+    // Unset: PARENT/ID, the parent being HUSK_CGROUP_PARENT (the env's).
+    set_path(None);
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), "hc1"]);
+    let want = format!("{}/hc1", env.cgroup_parent());
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&["state", "hc1"])).unwrap();
+    let monitor = st["pid"].as_i64().unwrap() as i32;
+    let procs = vm_processes(&env.root().join("hc1"));
+    let names: Vec<&str> = procs.iter().map(|(_, n)| n.as_str()).collect();
+    for must in ["husk-vmm", "virtiofsd", "vhost-device-vs"] {
+        assert!(names.contains(&must), "no {must} among {procs:?}");
+    }
+    assert!(procs.iter().any(|(p, _)| *p == monitor), "{procs:?}");
+    let ours = cgroups_of(std::process::id() as i32);
+    for (pid, name) in &procs {
+        let theirs = cgroups_of(*pid);
+        assert_eq!(theirs.len(), ours.len(), "{name} ({pid}): {theirs:?}");
+        for (h, path) in &theirs {
+            assert_eq!(path, &want, "{name} ({pid}) in hierarchy {h}");
+        }
+    }
+    for d in dirs_of(&want) {
+        let members = read_trim(d.join("cgroup.procs"));
+        assert!(
+            members.lines().any(|l| l == monitor.to_string()),
+            "{}: {members}",
+            d.display()
+        );
+        // guest RAM (128 MiB + the guest's overhead) + the host processes'.
+        let memory = ((128 + u64::from(MEMORY_OVERHEAD_MIB)) + HOST_MEMORY_OVERHEAD_MIB) << 20;
+        let quota = (1 + HOST_CPU_OVERHEAD) * 100_000;
+        if d.join("memory.max").exists() {
+            assert_eq!(read_trim(d.join("memory.max")), memory.to_string());
+        }
+        if d.join("memory.limit_in_bytes").exists() {
+            assert_eq!(
+                read_trim(d.join("memory.limit_in_bytes")),
+                memory.to_string()
+            );
+        }
+        if d.join("cpu.max").exists() {
+            assert_eq!(read_trim(d.join("cpu.max")), format!("{quota} 100000"));
+        }
+        if d.join("cpu.cfs_quota_us").exists() {
+            assert_eq!(read_trim(d.join("cpu.cfs_quota_us")), quota.to_string());
+        }
+        if d.join("pids.max").exists() {
+            let pids = HOST_PIDS_BASE + HOST_PIDS_PER_VCPU;
+            assert_eq!(read_trim(d.join("pids.max")), pids.to_string());
+        }
+    }
+    let limited: Vec<_> = dirs_of(&want)
+        .into_iter()
+        .filter(|d| d.join("memory.max").exists() || d.join("memory.limit_in_bytes").exists())
+        .collect();
+    assert_eq!(limited.len(), 1, "one hierarchy has the memory controller");
+
+    // A stray in the cgroup, and the monitor crashes: delete kills the
+    // stray and removes the cgroup on every hierarchy.
+    let mut stray = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    for d in dirs_of(&want) {
+        fs::write(d.join("cgroup.procs"), stray.id().to_string()).unwrap();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    env.ok(&["delete", "--force", "hc1"]);
+    let died = stray.try_wait().unwrap();
+    let died = died.or_else(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        stray.try_wait().unwrap()
+    });
+    assert!(died.is_some(), "the stray in the host cgroup still runs");
+    for d in dirs_of(&want) {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    env.assert_clean();
+
+    // systemd's layout, made on cgroupfs: slices nest, the leaf is a scope;
+    // the parents made for it go with it.
+    let n = std::process::id();
+    set_path(Some(&format!("husk{n}-e2e.slice:hk:sd1")));
+    env.ok(&[
+        "--systemd-cgroup",
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "sd1",
+    ]);
+    let want = format!("/husk{n}.slice/husk{n}-e2e.slice/hk-sd1.scope");
+    let monitor: i32 = serde_json::from_str::<serde_json::Value>(&env.ok(&["state", "sd1"]))
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    for (h, path) in cgroups_of(monitor) {
+        assert_eq!(path, want, "hierarchy {h}");
+    }
+    env.ok(&["delete", "--force", "sd1"]);
+    for d in dirs_of(&format!("/husk{n}.slice")) {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+
+    // Relative: below husk's own cgroup in each hierarchy (on pure v2,
+    // next to it, as runc does).
+    let rel = format!("husk-e2e-rel{n}/r1");
+    set_path(Some(&rel));
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), "r1"]);
+    let monitor: i32 = serde_json::from_str::<serde_json::Value>(&env.ok(&["state", "r1"])).unwrap()
+        ["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let pure_v2 = ours.len() == 1 && ours[0].0 == "0:";
+    let theirs = cgroups_of(monitor);
+    assert_eq!(theirs.len(), ours.len());
+    for ((h, mine), (_, path)) in ours.iter().zip(&theirs) {
+        let base = if pure_v2 {
+            std::path::Path::new(mine)
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        } else {
+            mine.clone()
+        };
+        let want = format!("{}/{rel}", base.trim_end_matches('/'));
+        assert_eq!(path, &want, "hierarchy {h}");
+    }
+    env.ok(&["delete", "--force", "r1"]);
+    for (h, path) in &theirs {
+        let gone = mounts.iter().all(|m| {
+            let p = m.join(path.trim_start_matches('/'));
+            !p.exists() && !p.parent().unwrap().exists()
+        });
+        assert!(gone, "{path} ({h}) is left");
+    }
+
+    // Refused, naming the field, leaving nothing.
+    for (flags, path, why) in [
+        (&[][..], "/husk-e2e/../escape", "\"..\""),
+        (
+            &["--systemd-cgroup"][..],
+            "/not/a/slice",
+            "slice:prefix:name",
+        ),
+    ] {
+        set_path(Some(path));
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["create", "--bundle", b.to_str().unwrap(), "bad1"]);
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert!(
+            err.contains(&format!("linux.cgroupsPath {path:?}: ")),
+            "{err}"
+        );
+        assert!(err.contains(why), "{err}");
+        env.assert_clean();
+    }
+    assert!(dirs_of("/escape").iter().all(|d| !d.exists()));
+
+    // A cgroup that is not the container's own: refused, and left as it
+    // was, with its process.
+    let taken = format!("{}/taken", env.cgroup_parent());
+    let first = dirs_of(&taken).remove(0);
+    fs::create_dir_all(&first).unwrap();
+    let mut owner = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    fs::write(first.join("cgroup.procs"), owner.id().to_string()).unwrap();
+    set_path(Some(&taken));
+    let out = env.run(&["create", "--bundle", b.to_str().unwrap(), "bad2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("linux.cgroupsPath {taken:?}: ")),
+        "{err}"
+    );
+    assert!(err.contains("exists already"), "{err}");
+    assert!(owner.try_wait().unwrap().is_none(), "the owner was killed");
+    assert!(first.is_dir());
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    // (The kernel takes the dead process out of the cgroup at once.)
+    fs::remove_dir(&first).unwrap();
+    env.assert_clean();
+}

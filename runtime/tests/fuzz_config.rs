@@ -377,3 +377,38 @@ fn a_config_sharing_a_host_namespace_is_refused_at_create() {
         );
     }
 }
+
+/// A `linux.cgroupsPath` that cannot name a host cgroup of the
+/// container's own is refused by the checks before anything is made,
+/// naming the field; with `--systemd-cgroup` it must be
+/// `slice:prefix:name`.
+#[test]
+fn a_cgroups_path_that_climbs_out_is_refused_at_create() {
+    let b = Bundle::new();
+    let check = |path: &str, systemd: bool| {
+        let mut v = base();
+        v["linux"]["cgroupsPath"] = json!(path);
+        std::fs::write(b.dir.path().join("config.json"), v.to_string()).unwrap();
+        let opts = CreateOptions {
+            bundle: b.dir.path().to_owned(),
+            systemd_cgroup: systemd,
+            ..Default::default()
+        };
+        check_create(&opts, |_| None).map(|_| ())
+    };
+    check("/kubepods/pod1/c", false).expect("an absolute path");
+    check("kubepods-pod1.slice:cri-containerd:c", true).expect("a systemd path");
+    for (path, systemd, why) in [
+        ("/kubepods/../../etc", false, "\"..\""),
+        ("/", false, "root cgroup"),
+        ("/kubepods/pod1/c", true, "slice:prefix:name"),
+        ("kubepods--x.slice:p:c", true, "invalid slice name"),
+    ] {
+        let e = check(path, systemd).expect_err(path).to_string();
+        assert!(
+            e.starts_with(&format!("linux.cgroupsPath {path:?}: ")),
+            "{e}"
+        );
+        assert!(e.contains(why), "{e}");
+    }
+}

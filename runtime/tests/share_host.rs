@@ -334,6 +334,7 @@ fn pod_vm(dir: &Path) -> PodVm {
         .unwrap(),
         network: None,
         port_forward: None,
+        host_cgroup: None,
     }
 }
 

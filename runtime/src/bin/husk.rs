@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         cli.debug,
     );
     let rt = Runtime::new(cli.root.clone());
-    match dispatch(&rt, cli.command) {
+    match dispatch(&rt, cli.command, cli.systemd_cgroup) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let msg = format!("{e:#}");
@@ -44,22 +44,23 @@ fn restore_sigpipe() {
     }
 }
 
-fn create_opts(a: &CreateArgs) -> CreateOptions {
+fn create_opts(a: &CreateArgs, systemd_cgroup: bool) -> CreateOptions {
     CreateOptions {
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
+        systemd_cgroup,
     }
 }
 
-fn dispatch(rt: &Runtime, cmd: Command) -> anyhow::Result<i32> {
+fn dispatch(rt: &Runtime, cmd: Command, systemd_cgroup: bool) -> anyhow::Result<i32> {
     match cmd {
         Command::Create(a) => {
-            ops::create(rt, &a.id, &create_opts(&a))?;
+            ops::create(rt, &a.id, &create_opts(&a, systemd_cgroup))?;
         }
         Command::Start { id } => ops::start(rt, &id)?,
-        Command::Run(a) => return run(rt, a),
+        Command::Run(a) => return run(rt, a, systemd_cgroup),
         Command::State { id } => print_json(&ops::state(rt, &id)?)?,
         Command::Kill { all, id, signal } => {
             let sig = parse_signal(&signal).map_err(anyhow::Error::msg)?;
@@ -150,14 +151,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 /// `run`: create + start; in the foreground, wait for the container (its
 /// monitor) with signals forwarded, then delete it unless `--keep`.
-fn run(rt: &Runtime, a: husk_runtime::cli::RunArgs) -> anyhow::Result<i32> {
+fn run(rt: &Runtime, a: husk_runtime::cli::RunArgs, systemd_cgroup: bool) -> anyhow::Result<i32> {
     let id = a.create.id.clone();
     let forward = if a.detach {
         None
     } else {
         Some(husk_runtime::signal::block_forwarded()?)
     };
-    let st = ops::create(rt, &id, &create_opts(&a.create))?;
+    let st = ops::create(rt, &id, &create_opts(&a.create, systemd_cgroup))?;
     if let Err(e) = ops::start(rt, &id) {
         let _ = ops::delete(rt, &id, true);
         return Err(e.into());

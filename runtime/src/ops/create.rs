@@ -18,6 +18,7 @@ use super::stdio::{raw_pty, send_console};
 use super::{OpError, Runtime};
 use crate::bundle::{prepare_share, Bundle, SHARE_TAG};
 use crate::hooks::run_hooks;
+use crate::host_cgroup::{CgroupPath, HostLimits, Joiner, Layout};
 use crate::sizing::size_vm;
 use crate::state::{process_start_time, write_atomic, ContainerState, Status};
 
@@ -35,6 +36,9 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     /// Extra fds passed to the container.
     pub preserve_fds: u32,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is systemd's
+    /// `slice:prefix:name` ([`crate::host_cgroup`]).
+    pub systemd_cgroup: bool,
 }
 
 /// Creates container `id`; returns its state.
@@ -69,6 +73,7 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
             .linux()
             .as_ref()
             .and_then(|l| l.resources().clone()),
+        host_cgroup: None,
     };
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),
@@ -117,6 +122,10 @@ pub fn check(
             "--preserve-fds: passing extra fds into a VM is not supported".into(),
         ));
     }
+    // A cgroupsPath that cannot name a cgroup of the container's own.
+    if let Some(p) = cgroups_path(&bundle.spec) {
+        CgroupPath::parse(p, opts.systemd_cgroup)?;
+    }
     let size = size_vm(&bundle.spec, env)?;
     // The guest's copy of the spec names only vCPUs the VM has.
     crate::sizing::fit_cpuset(&mut bundle.spec, &size)?;
@@ -138,6 +147,7 @@ fn build(
     let share_dir = dir.join("share");
     st.mounts = vec![share_dir.clone()];
     rt.root.save(st)?;
+    let cgroup = host_cgroup(rt, bundle, size, opts, st)?;
     let (mut guest_spec, mounts) = prepare_share(bundle, &share_dir)?;
     st.mounts = mounts.points;
     rt.root.save(st)?;
@@ -214,7 +224,9 @@ fn build(
         vm.boot_timeout_s,
         pty.as_ref().map(|p| &p.slave),
         net.as_ref().map(|n| &n.tap_fd),
+        &cgroup,
     )?;
+    drop(cgroup);
     // The monitor holds the tap now; ours closes.
     drop(net);
     if let (Some(pty), Some(sock)) = (&pty, &opts.console_socket) {
@@ -251,8 +263,45 @@ fn build(
     Ok(())
 }
 
-/// Starts `husk-vmm` detached (own session), with this process's stdio as
-/// the container's, and waits for its readiness line.
+/// `linux.cgroupsPath` when the spec sets one.
+fn cgroups_path(spec: &oci_spec::runtime::Spec) -> Option<&str> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_deref())
+        .and_then(Path::to_str)
+        .filter(|p| !p.is_empty())
+}
+
+/// Makes the container's host cgroup with the limits its VM's size calls
+/// for ([`crate::host_cgroup`]), recorded in the state first; returns what
+/// the monitor joins it with.
+fn host_cgroup(
+    rt: &Runtime,
+    bundle: &Bundle,
+    size: &crate::sizing::VmSize,
+    opts: &CreateOptions,
+    st: &mut ContainerState,
+) -> Result<Joiner, OpError> {
+    let parent = std::env::var(crate::host_cgroup::PARENT_ENV).ok();
+    let path = CgroupPath::resolve(
+        cgroups_path(&bundle.spec),
+        &st.id,
+        opts.systemd_cgroup,
+        parent.as_deref(),
+    )?;
+    let layout = Layout::probe().map_err(OpError::io("cannot read the host's cgroup layout"))?;
+    let limits = HostLimits::for_spec(size, &bundle.spec);
+    let (cg, joiner) = crate::host_cgroup::setup(&layout, &path, &limits, |cg| {
+        st.host_cgroup = Some(cg.clone());
+        rt.root.save(st).map_err(|e| crate::error_chain(&e))
+    })?;
+    tracing::debug!(id = %st.id, path = %cg.path, "the VM's host processes go in this cgroup");
+    Ok(joiner)
+}
+
+/// Starts `husk-vmm` detached (own session), in the container's host
+/// cgroup, with this process's stdio as the container's, and waits for
+/// its readiness line.
 fn spawn_monitor(
     rt: &Runtime,
     cfg: &Path,
@@ -260,6 +309,7 @@ fn spawn_monitor(
     timeout_s: u64,
     tty: Option<&OwnedFd>,
     tap: Option<&OwnedFd>,
+    cgroup: &Joiner,
 ) -> Result<(i32, i32), OpError> {
     let (rd, wr) = pipe().map_err(|e| OpError::io("pipe")(e.into()))?;
     // Above 10, so the dup2 onto READY_FD cannot clobber it.
@@ -287,10 +337,14 @@ fn spawn_monitor(
     }
     let set_ctty = tty.is_some();
     let wr_raw = wr.as_raw_fd();
+    let cgroup_fds = cgroup.fds();
     // SAFETY: between fork and exec the closure only calls async-signal-safe
-    // functions (dup2, setsid) on fds that are open in the child.
+    // functions (write, dup2, setsid) on fds that are open in the child,
+    // and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // First: everything the monitor starts inherits the cgroup.
+            Joiner::join(&cgroup_fds)?;
             if wr_raw != READY_FD && libc::dup2(wr_raw, READY_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -312,8 +366,9 @@ fn spawn_monitor(
         });
     }
     let child = cmd.spawn().map_err(OpError::io(format!(
-        "cannot run {}",
-        rt.vmm_binary.display()
+        "cannot run {} in the container's host cgroup {} (linux.cgroupsPath)",
+        rt.vmm_binary.display(),
+        cgroup.path()
     )))?;
     drop(wr);
     drop(tap);

@@ -343,7 +343,8 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
 }
 
 /// Stops the VM (agent shutdown, then SIGTERM/SIGKILL of the monitor and
-/// anything it left), unmounts the share and removes the state directory.
+/// anything it left, in its host cgroup too), removes the host cgroup,
+/// unmounts the share and removes the state directory.
 /// Best effort: every step runs even if one before it failed.
 pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
     if st.monitor_alive() {
@@ -368,6 +369,13 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
     let mut removable = true;
     if let Ok(dir) = rt.root.dir(&st.id) {
         kill_leftovers(&dir);
+    }
+    // Whatever is still in the container's host cgroup (a crashed
+    // monitor's children) is killed, then the cgroup is removed.
+    if let Some(cg) = &st.host_cgroup {
+        crate::host_cgroup::remove(cg);
+    }
+    if let Ok(dir) = rt.root.dir(&st.id) {
         if let Err(e) = unmount_all(&st.mounts) {
             tracing::warn!(id = %st.id, error = %e, "unmounting the share");
         }

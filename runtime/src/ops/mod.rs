@@ -79,6 +79,9 @@ pub enum OpError {
     /// A hook.
     #[error(transparent)]
     Hook(#[from] HookError),
+    /// The container's host cgroup (`linux.cgroupsPath`).
+    #[error(transparent)]
+    HostCgroup(#[from] crate::host_cgroup::HostCgroupError),
     /// The agent refused or could not be reached.
     #[error("container {id}: {source}")]
     Agent {

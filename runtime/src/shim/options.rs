@@ -14,6 +14,7 @@
 //! | `enable_annotations` | `HUSK_ENABLE_ANNOTATIONS` | `husk.*` annotations pods may use (see [`crate::policy`]) |
 //! | `max_memory_mib` | `HUSK_MAX_MEMORY_MIB` | the largest guest RAM |
 //! | `max_vcpus` | `HUSK_MAX_VCPUS` | the most vCPUs |
+//! | `cgroup_parent` | `HUSK_CGROUP_PARENT` | the host cgroup a pod's VM goes under when its sandbox has no `linux.cgroupsPath` (see [`crate::host_cgroup`]) |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +24,7 @@ use containerd_shim::protos::protobuf::CodedInputStream;
 
 use super::ShimError;
 
-const KEYS: [(&str, &str); 7] = [
+const KEYS: [(&str, &str); 8] = [
     ("engine", "HUSK_ENGINE"),
     ("kernel", "HUSK_KERNEL"),
     ("initramfs", "HUSK_INITRAMFS"),
@@ -31,6 +32,7 @@ const KEYS: [(&str, &str); 7] = [
     ("enable_annotations", "HUSK_ENABLE_ANNOTATIONS"),
     ("max_memory_mib", "HUSK_MAX_MEMORY_MIB"),
     ("max_vcpus", "HUSK_MAX_VCPUS"),
+    ("cgroup_parent", "HUSK_CGROUP_PARENT"),
 ];
 
 /// The settings from a runtime options file, keyed by the environment

@@ -134,6 +134,7 @@ fn fake_vm(agent: AgentAddr) -> Box<BootFn> {
                 size: super::super::vm::size_pod(spec, env)?,
                 network: None,
                 port_forward: None,
+                host_cgroup: None,
             })
         },
     )
@@ -1416,4 +1417,129 @@ fn update_reaches_the_agent_and_past_the_vm_is_refused() {
     shim.wait("a", "").unwrap();
     shim.delete("a").unwrap();
     stop_the_vm(&shim);
+}
+
+/// Removes what a failed pod-cgroup test left: its cgroups (killing what
+/// is in them) and the VM directory's mounts.
+struct PodCgroupCleanup(PathBuf, Option<crate::host_cgroup::HostCgroupState>);
+
+impl Drop for PodCgroupCleanup {
+    fn drop(&mut self) {
+        if let Some(st) = &self.1 {
+            crate::host_cgroup::remove(st);
+        }
+        super::super::vm::cleanup_dead(&self.0, "cleanup");
+    }
+}
+
+/// The pod path, through the real boot of a pod's VM with a stand-in
+/// monitor (a script that leaves a child behind, reports ready and
+/// sleeps): the sandbox's `linux.cgroupsPath`, as containerd's CRI writes
+/// it with `SystemdCgroup` (`slice:prefix:id`), becomes the pod's host
+/// cgroup on every hierarchy, expanded as systemd would; the monitor and
+/// its child are in it from the start, with the memory limit derived from
+/// the VM's size. When the shim dies, containerd's cleanup (`cleanup_dead`)
+/// kills the child left in it and removes it, parents made for it too. A
+/// sandbox whose path climbs out with `..` boots nothing, naming the field.
+#[test]
+fn the_pod_vm_runs_in_the_sandbox_host_cgroup_and_cleanup_removes_it() {
+    use crate::host_cgroup::{Layout, HOST_MEMORY_OVERHEAD_MIB};
+    if skip_unless_root("a host cgroup, and the share's bind mount,") {
+        return;
+    }
+    let layout = Layout::probe().unwrap();
+    if let Err(e) = layout.place(&crate::host_cgroup::CgroupPath::parse("/x", false).unwrap()) {
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let fake = t.path().join("husk-vmm");
+    fs::write(
+        &fake,
+        "#!/bin/sh\nsleep 600 &\necho '{\"ok\":true}' >&3\nexec sleep 600\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let slice = format!("huskunit{}-pod1.slice", std::process::id());
+    let spec = |cgroups_path: &str| -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {
+                "cgroupsPath": cgroups_path,
+                "resources": {"memory": {"limit": 134_217_728i64}},
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}],
+            },
+        }))
+        .unwrap()
+    };
+
+    let dir = t.path().join("vm");
+    let mut cleanup = PodCgroupCleanup(dir.clone(), None);
+    let vm = PodVm::boot(
+        &dir,
+        &spec(&format!("{slice}:cri-containerd:sb1")),
+        &fake,
+        |_| None,
+    )
+    .unwrap();
+    let st = vm.host_cgroup.clone().expect("the pod has a host cgroup");
+    cleanup.1 = Some(st.clone());
+    let n = std::process::id();
+    let want = format!("/huskunit{n}.slice/huskunit{n}-pod1.slice/cri-containerd-sb1.scope");
+    assert_eq!(st.path, want);
+    assert_eq!(st.dirs.len(), layout.hierarchies.len());
+    let recorded: crate::host_cgroup::HostCgroupState =
+        serde_json::from_slice(&fs::read(dir.join("host-cgroup.json")).unwrap()).unwrap();
+    assert_eq!(recorded, st);
+    let cgroups = fs::read_to_string(format!("/proc/{}/cgroup", vm.monitor_pid)).unwrap();
+    for line in cgroups.lines() {
+        assert!(line.ends_with(&want), "{line} (of {cgroups})");
+    }
+    for (h, d) in layout.hierarchies.iter().zip(&st.dirs) {
+        let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert_eq!(
+            procs.lines().count(),
+            2,
+            "the monitor and its child: {procs}"
+        );
+        if h.controllers.iter().any(|c| c == "memory") {
+            let f = if h.unified {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            let limit = fs::read_to_string(d.join(f)).unwrap();
+            // 128 MiB + the guest's 64 MiB, + the host processes'.
+            assert_eq!(
+                limit.trim(),
+                ((128 + 64 + HOST_MEMORY_OVERHEAD_MIB) << 20).to_string()
+            );
+        }
+    }
+
+    // The shim dies with its monitor; the monitor's child stays.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.monitor_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(vm.monitor_pid), None);
+    super::super::vm::cleanup_dead(&dir, "sb1");
+    for d in st.dirs.iter().chain(&st.parents) {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    assert!(!dir.exists());
+
+    let bad = t.path().join("vm-bad");
+    let e = PodVm::boot(&bad, &spec("/huskunit/../escape"), &fake, |_| None)
+        .expect_err("a path climbing out with ..")
+        .to_string();
+    assert!(
+        e.starts_with("linux.cgroupsPath \"/huskunit/../escape\": "),
+        "{e}"
+    );
+    assert!(!bad.exists(), "{} is left", bad.display());
+    for h in &layout.hierarchies {
+        assert!(!h.mount.join("escape").exists() && !h.mount.join("huskunit").exists());
+    }
 }

@@ -1,6 +1,7 @@
 //! The VM of one shim (one pod): its state directory, the share directory
 //! every container's rootfs is bind-mounted into, the plain `husk-vmm`
-//! monitor, and teardown.
+//! monitor in the pod's host cgroup ([`crate::host_cgroup`]), and
+//! teardown.
 //!
 //! The share (`DIR/share`) is served while the guest runs, and the guest
 //! can write it through virtiofsd. So nothing is prepared there by path: a
@@ -29,12 +30,17 @@ use super::{ShimError, CRI_SANDBOX_MEMORY};
 pub use crate::mounts::mounts_under;
 
 use crate::bundle::{attach_share, detach_share, unmount_all, Bundle, ShareMounts, SHARE_TAG};
+use crate::host_cgroup::{
+    looks_like_systemd, CgroupPath, HostCgroupState, HostLimits, Joiner, Layout,
+};
 use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB};
 
 /// The fd the monitor reports readiness on.
 const READY_FD: i32 = 3;
 /// The pod network's [`crate::network::NetState`] in the VM's directory.
 const NETWORK_STATE: &str = "network.json";
+/// The pod's host cgroup ([`HostCgroupState`]) in the VM's directory.
+const HOST_CGROUP_STATE: &str = "host-cgroup.json";
 /// Where containers' share trees are built, in the VM's directory, out of
 /// the guest's reach (see [`PodVm::share_bundle`]).
 const STAGING: &str = "staging";
@@ -59,6 +65,9 @@ pub struct PodVm {
     /// The pod namespace's loopback led into the guest's (`kubectl
     /// port-forward`), stopped on teardown.
     pub port_forward: Option<crate::portforward::PortForward>,
+    /// The pod's cgroup on the host, holding the VM's host processes
+    /// (also in [`HOST_CGROUP_STATE`]); removed on teardown.
+    pub host_cgroup: Option<HostCgroupState>,
 }
 
 /// Sizes the VM of a pod (or of a lone container) from the first
@@ -88,6 +97,7 @@ impl PodVm {
         vmm_binary: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PodVm, ShimError> {
+        let cgroup_parent = env(crate::host_cgroup::PARENT_ENV);
         let size = size_pod(spec, env)?;
         fs::DirBuilder::new()
             .recursive(true)
@@ -106,8 +116,9 @@ impl PodVm {
             size,
             network: None,
             port_forward: None,
+            host_cgroup: None,
         };
-        match vm.start_monitor(vmm_binary, spec) {
+        match vm.start_monitor(vmm_binary, spec, cgroup_parent.as_deref()) {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.teardown();
@@ -116,7 +127,46 @@ impl PodVm {
         }
     }
 
-    fn start_monitor(&mut self, vmm_binary: &Path, spec: &Spec) -> Result<(), ShimError> {
+    /// Makes the pod's host cgroup: the sandbox's `linux.cgroupsPath`
+    /// (systemd's `slice:prefix:name` when it has that shape, as CRI
+    /// writes it with `SystemdCgroup`; else a cgroupfs path), or
+    /// `PARENT/<the VM directory's name>` (`parent`: the operator's
+    /// `HUSK_CGROUP_PARENT`, default `/husk`), with the limits the VM's
+    /// size calls for. Recorded in [`HOST_CGROUP_STATE`] before it is made.
+    fn make_host_cgroup(&mut self, spec: &Spec, parent: Option<&str>) -> Result<Joiner, ShimError> {
+        let value = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref())
+            .and_then(Path::to_str)
+            .filter(|p| !p.is_empty());
+        let systemd = value.is_some_and(looks_like_systemd);
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pod".into());
+        let path = CgroupPath::resolve(value, &name, systemd, parent)
+            .map_err(crate::ops::OpError::from)?;
+        let layout = Layout::probe().map_err(ShimError::io("read the host's cgroup layout"))?;
+        let limits = HostLimits::for_spec(&self.size, spec);
+        let file = self.dir.join(HOST_CGROUP_STATE);
+        let (cg, joiner) = crate::host_cgroup::setup(&layout, &path, &limits, |cg| {
+            crate::state::write_atomic(&file, &serde_json::to_vec(cg).expect("serializes"))
+                .map_err(|e| crate::error_chain(&e))
+        })
+        .map_err(crate::ops::OpError::from)?;
+        self.host_cgroup = Some(cg);
+        Ok(joiner)
+    }
+
+    fn start_monitor(
+        &mut self,
+        vmm_binary: &Path,
+        spec: &Spec,
+        cgroup_parent: Option<&str>,
+    ) -> Result<(), ShimError> {
+        let cgroup = self.make_host_cgroup(spec, cgroup_parent)?;
         make_shared_mount(&self.share)?;
 
         let size = &self.size;
@@ -166,6 +216,7 @@ impl PodVm {
             .transpose()
             .map_err(ShimError::io("dup the tap fd"))?;
         let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let cgroup_fds = cgroup.fds();
         let mut cmd = Command::new(vmm_binary);
         cmd.arg("--config")
             .arg(&cfg)
@@ -177,9 +228,12 @@ impl PodVm {
             .stdout(out.try_clone().map_err(ShimError::io("dup"))?)
             .stderr(out);
         // SAFETY: between fork and exec the closure only calls the
-        // async-signal-safe dup2, fcntl and setsid on fds open in the child.
+        // async-signal-safe write, dup2, fcntl and setsid on fds open in
+        // the child, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
+                // First: everything the monitor starts inherits the cgroup.
+                Joiner::join(&cgroup_fds)?;
                 if wr_raw == READY_FD {
                     libc::fcntl(READY_FD, libc::F_SETFD, 0);
                 } else if libc::dup2(wr_raw, READY_FD) < 0 {
@@ -196,9 +250,11 @@ impl PodVm {
         }
         let started = Instant::now();
         let child = cmd.spawn().map_err(ShimError::io(format!(
-            "cannot run {}",
-            vmm_binary.display()
+            "cannot run {} in the pod's host cgroup {} (linux.cgroupsPath)",
+            vmm_binary.display(),
+            cgroup.path()
         )))?;
+        drop(cgroup);
         drop(wr);
         // The monitor holds the tap now.
         drop(tap);
@@ -357,6 +413,10 @@ impl PodVm {
         // What the monitor started and may have outlived it (qemu after
         // -runas has no parent-death signal).
         husk_vmm::journal::signal_recorded(&self.dir, Signal::SIGKILL);
+        // What is still in the pod's host cgroup is killed with it.
+        if let Some(cg) = &self.host_cgroup {
+            crate::host_cgroup::remove(cg);
+        }
         if let Some(n) = &self.network {
             crate::network::teardown(n);
         }
@@ -407,6 +467,12 @@ pub fn cleanup_dead(dir: &Path, id: &str) {
         stop_pid(p, Duration::from_secs(5));
     }
     husk_vmm::journal::signal_recorded(dir, Signal::SIGKILL);
+    if let Some(cg) = fs::read(dir.join(HOST_CGROUP_STATE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<HostCgroupState>(&b).ok())
+    {
+        crate::host_cgroup::remove(&cg);
+    }
     if let Some(n) = fs::read(dir.join(NETWORK_STATE))
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::network::NetState>(&b).ok())

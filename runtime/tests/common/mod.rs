@@ -1,6 +1,6 @@
 //! Shared helpers of the runtime's end-to-end tests: finding what a real
 //! guest needs, making bundles, running `husk`, and checking that nothing
-//! (state, process, mount) is left behind.
+//! (state, process, mount, host cgroup) is left behind.
 
 #![allow(dead_code)]
 
@@ -104,9 +104,21 @@ impl Env {
         fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
 
+    /// The parent of the host cgroups of this env's containers that set
+    /// no `linux.cgroupsPath` (`HUSK_CGROUP_PARENT`): one of its own, so
+    /// that [`Env::assert_clean`] finds what its containers left, and the
+    /// same ids in two envs (or in two test runs at once) do not meet.
+    pub fn cgroup_parent(&self) -> String {
+        format!(
+            "/husk-e2e-{}",
+            self.dir.path().file_name().unwrap().to_string_lossy()
+        )
+    }
+
     pub fn husk(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
         c.arg("--root").arg(self.root());
+        c.env("HUSK_CGROUP_PARENT", self.cgroup_parent());
         c.stdin(Stdio::null());
         c
     }
@@ -154,7 +166,8 @@ impl Env {
         v["status"].as_str().unwrap().to_owned()
     }
 
-    /// Asserts that no state, process or mount of this env is left.
+    /// Asserts that no state, process, mount or host cgroup of this env is
+    /// left.
     pub fn assert_clean(&self) {
         let root = self.root();
         let left: Vec<_> = fs::read_dir(&root)
@@ -190,6 +203,11 @@ impl Env {
         );
         let procs = processes_mentioning(&needle);
         assert!(procs.is_empty(), "processes left: {procs:?}");
+        let cgroups: Vec<PathBuf> = cgroup_mounts()
+            .into_iter()
+            .flat_map(|m| subdirs(&m.join(self.cgroup_parent().trim_start_matches('/'))))
+            .collect();
+        assert!(cgroups.is_empty(), "host cgroups left: {cgroups:?}");
     }
 }
 
@@ -201,7 +219,38 @@ impl Drop for Env {
                 let _ = self.run(&["delete", "--force", &id]);
             }
         }
+        // The parent the first container made stays when another one
+        // still used it then.
+        for m in cgroup_mounts() {
+            let _ = fs::remove_dir(m.join(self.cgroup_parent().trim_start_matches('/')));
+        }
     }
+}
+
+/// Where the host's cgroup hierarchies are mounted (v1 and v2).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            (fstype == "cgroup" || fstype == "cgroup2").then_some(())?;
+            Some(PathBuf::from(pre.split(' ').nth(4)?))
+        })
+        .collect()
+}
+
+/// The directories in `dir` (none when it does not exist).
+pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Processes whose command line mentions `needle` (qemu, daemons, monitors).

@@ -3,9 +3,11 @@
 
 usage: cri_test.py SOCKET IMAGE LOGDIR GENDIR
 A pod asking for the host's network (hostNetwork) is refused. Then runs a
-pod with runtime handler `husk` on containerd's CNI network, two containers
-in it, ExecSync, reads the container logs, UpdateContainerResources (and
-one past the pod's VM, refused), then stops and removes the pod;
+pod with runtime handler `husk` on containerd's CNI network (its VM in the
+pod's host cgroup under its cgroup parent), two containers in it,
+ExecSync, reads the container logs, UpdateContainerResources (and one past
+the pod's VM, refused), then stops and removes the pod (and its host
+cgroup);
 then a privileged pod and container (host devices, /dev/ptmx, /sys rw);
 then a pod whose container the guest's OOM killer kills at its memory limit
 (exit 137, reason OOMKilled: the shim's TaskOOM).
@@ -55,14 +57,49 @@ ok("a hostNetwork pod is refused (linux.namespaces has no network namespace)")
 left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
 expect("the refused pod is not left", len(left), 0)
 
+# The pod's cgroup parent (kubelet's pod cgroup, cgroupfs driver): the
+# sandbox's linux.cgroupsPath is PARENT/SANDBOX-ID, and the pod's VM lives
+# in that cgroup on the host.
+cgroup_parent = f"/husk-cri-{os.getpid()}"
 pod_cfg = pb.PodSandboxConfig(
     metadata=pb.PodSandboxMetadata(name="husk-pod", uid="uid-husk-pod", namespace="default", attempt=0),
     log_directory=logdir,
     labels={"app": "husk-test"},
     annotations={"husk.memory_mib": "320"},
+    linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
 )
 pod = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler="husk"), timeout=T).pod_sandbox_id
 ok(f"RunPodSandbox {pod[:12]}")
+
+
+def cgroup_mounts():
+    out = []
+    for line in open("/proc/self/mountinfo"):
+        pre, _, post = line.partition(" - ")
+        if post.split(" ")[0] in ("cgroup", "cgroup2"):
+            out.append(pre.split(" ")[4])
+    return out
+
+
+def vm_cgroups():
+    """The /proc/PID/cgroup paths of every husk-vmm on the host."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if open(f"/proc/{d}/comm").read().strip() != "husk-vmm":
+                continue
+            found.append([l.rstrip("\n").split(":", 2)[2] for l in open(f"/proc/{d}/cgroup")])
+        except OSError:
+            pass
+    return found
+
+
+pod_cgroup = f"{cgroup_parent}/{pod}"
+if not any(paths and all(p == pod_cgroup for p in paths) for paths in vm_cgroups()):
+    fail(f"no husk-vmm in {pod_cgroup} on every hierarchy: {vm_cgroups()}")
+ok(f"the pod's VM is in its host cgroup {pod_cgroup} on every hierarchy")
 st = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=T).status
 expect("pod ready", pb.PodSandboxState.Name(st.state), "SANDBOX_READY")
 expect("pod runtime handler", st.runtime_handler, "husk")
@@ -178,6 +215,13 @@ left = rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=T).items
 expect("no pods left", len(left), 0)
 left = rt.ListContainers(pb.ListContainersRequest(), timeout=T).containers
 expect("no containers left", len(left), 0)
+# The shim stops the VM, and removes its cgroup, as it exits.
+for _ in range(150):
+    left = [m for m in cgroup_mounts() if os.path.exists(m + cgroup_parent)]
+    if not left:
+        break
+    time.sleep(0.2)
+expect("the pod's host cgroup and the parent made for it are gone", left, [])
 
 # A privileged pod (it did not start: containerd lists every host device in
 # a privileged container's spec, /dev/ptmx among them, and the agent made
