@@ -22,7 +22,7 @@ tests=(
 )
 mapfile -t bins < <(cargo test --release --no-run --message-format=json "${tests[@]}" 2>/dev/null \
   | jq -r 'select(.reason == "compiler-artifact" and .profile.test == true) | .executable // empty')
-[ ${#bins[@]} -eq 6 ] || die "expected 6 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
+[ ${#bins[@]} -eq 7 ] || die "expected 7 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
 
 out=$(mktemp /tmp/husk-nested.XXXXXX.log)
 "$here/run.sh" --cpus 1 --timeout "${HUSK_NESTED_TIMEOUT:-1800}" -- \

@@ -119,9 +119,14 @@ const CONSOLE_FDSET: u32 = 1;
 /// /dev/kvm).
 pub fn qemu_args(cfg: &VmConfig, accel: Accel, console_fd: i32, drop_root: bool) -> Vec<OsString> {
     let mem = cfg.memory_mib;
+    // TCG's translation cache is 1 GiB by default and fills as the guest
+    // runs new code; qemu's memory is charged to the container's host
+    // cgroup (guest RAM + the overhead in `host_cgroup`), so it is capped
+    // at 128 MiB: a long, busy guest flushes it instead of growing qemu
+    // towards that cgroup's limit.
     let (accel, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg", "max"),
+        Accel::Tcg => ("tcg,tb-size=128", "max"),
     };
     let mut a: Vec<String> = vec![
         "-accel".into(),
@@ -375,7 +380,7 @@ mod tests {
             .collect();
         let joined = a.join(" ");
         for want in [
-            "-accel tcg -cpu max -M microvm,acpi=off,memory-backend=mem",
+            "-accel tcg,tb-size=128 -cpu max -M microvm,acpi=off,memory-backend=mem",
             "-object memory-backend-memfd,id=mem,size=512M,share=on -m 512M -smp 2",
             "-no-reboot -nodefaults",
             "-monitor none -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny",
