@@ -22,6 +22,19 @@ fn cgroup2_root() -> Option<&'static str> {
         .find(|p| is_cgroup2(Path::new(p)))
 }
 
+/// The cgroup2 root an agent for test `name` can use, after the test's
+/// other prerequisites; `None` (the skip said) when the host lacks one.
+fn cgroup2_for(name: &str) -> Option<&'static str> {
+    if !can_run(name) {
+        return None;
+    }
+    let root = cgroup2_root();
+    if root.is_none() {
+        eprintln!("SKIP: {name}: no cgroup2 hierarchy on this host");
+    }
+    root
+}
+
 fn cgroup_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .unwrap()
@@ -47,11 +60,7 @@ fn list_processes(
 
 #[test]
 fn container_and_exec_live_in_their_cgroup() {
-    if !can_run("cgroups") {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        eprintln!("SKIP: cgroups: no cgroup2 hierarchy on this host");
+    let Some(root) = cgroup2_for("cgroups") else {
         return;
     };
     let agent = Agent::start_with(&["--cgroup-root", root]);
@@ -110,11 +119,7 @@ fn container_and_exec_live_in_their_cgroup() {
 /// container's cgroup or naming none is refused, as runc does.
 #[test]
 fn exec_joins_a_sub_cgroup() {
-    if !can_run("exec_sub_cgroup") {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        eprintln!("SKIP: exec_sub_cgroup: no cgroup2 hierarchy on this host");
+    let Some(root) = cgroup2_for("exec_sub_cgroup") else {
         return;
     };
     let agent = Agent::start_with(&["--cgroup-root", root]);
@@ -219,11 +224,7 @@ fn refused(r: Result<Response, ClientError>, code: ErrorCode, want: &str) {
 /// other.
 #[test]
 fn pause_freezes_the_container_until_resume() {
-    if !can_run("pause") {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        eprintln!("SKIP: pause: no cgroup2 hierarchy on this host");
+    let Some(root) = cgroup2_for("pause") else {
         return;
     };
     let agent = Agent::start_with(&["--cgroup-root", root]);
@@ -318,11 +319,7 @@ fn pause_freezes_the_container_until_resume() {
 /// container or an unknown one is refused.
 #[test]
 fn update_is_checked_against_the_machine_and_written_to_the_cgroup() {
-    if !can_run("update") {
-        return;
-    }
-    let Some(root) = cgroup2_root() else {
-        eprintln!("SKIP: update: no cgroup2 hierarchy on this host");
+    let Some(root) = cgroup2_for("update") else {
         return;
     };
     let agent = Agent::start_with(&["--cgroup-root", root]);

@@ -152,16 +152,7 @@ fn run_in_foreground_passes_stdio_and_exit_codes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env
-        .run(&["state", "r2"])
-        .stdout
-        .windows(9)
-        .all(|w| w != b"\"running\"")
-    {
-        assert!(Instant::now() < deadline, "r2 never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    env.wait_running("r2", Duration::from_secs(60));
     env.ok(&["kill", "r2", "KILL"]);
     assert_eq!(run.wait().unwrap().code(), Some(137));
     env.assert_clean();

@@ -67,16 +67,7 @@ fn an_oom_killed_container_exits_137_and_events_report_the_oom() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while env
-        .run(&["state", "o1"])
-        .stdout
-        .windows(9)
-        .all(|w| w != b"\"running\"")
-    {
-        assert!(Instant::now() < deadline, "o1 never ran");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    env.wait_running("o1", Duration::from_secs(120));
 
     // --stats: one event, runc's shape, the container's limit in it.
     let out = env.ok(&["events", "--stats", "o1"]);

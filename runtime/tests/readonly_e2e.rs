@@ -29,6 +29,30 @@ test -f /dev/termination-log && echo "ok: made termination-log"
 echo done
 "#;
 
+/// Lazily unmounts its path when dropped, also when a test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// `husk run` of bundle `b` as `id`, whose script ends with `echo done`:
+/// its stdout, logged, once it succeeded and said done.
+fn run_to_done(env: &Env, b: &std::path::Path, id: &str) -> String {
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), id]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("guest said:\n{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("done"),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn guest_root_cannot_write_readonly_volumes_or_root_on_the_host() {
     skip_without_guest!();
@@ -66,15 +90,7 @@ fn guest_root_cannot_write_readonly_volumes_or_root_on_the_host() {
     });
     let rootfs = b.join("rootfs");
     let hostname = fs::read(rootfs.join("etc/hostname")).unwrap();
-    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), "ro1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("guest said:\n{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("done"),
-        "{}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_to_done(&env, &b, "ro1");
     // The guest's own remounts work: only the host stops the writes...
     for step in [
         "ok: mount -o remount,rw /vol",
@@ -138,6 +154,7 @@ fn host_submounts_are_separate_guest_mounts_and_recursive_options_reach_them() {
     )
     .unwrap();
     fs::write(sub.join("in-tmpfs"), b"tmpfs\n").unwrap();
+    let _unmount = Unmount(sub.clone());
     const SCRIPT: &str = r#"
 for d in /plain /rec; do
   touch $d/top 2>/dev/null && echo "$d/top=rw" || echo "$d/top=ro"
@@ -160,17 +177,8 @@ echo done
                 {"destination": dest, "type": "bind", "source": vol, "options": opts}));
         }
     });
-    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), "sub1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = run_to_done(&env, &b, "sub1");
     let in_tmpfs = fs::read(sub.join("plain"));
-    let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
-    eprintln!("guest said:\n{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("done"),
-        "{}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     for want in [
         "/plain/top=ro",
         "/plain/sub=rw",

@@ -161,6 +161,21 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Waits until `husk state ID` says running, for a container a `run`
+    /// started in the background (its state may not exist yet).
+    pub fn wait_running(&self, id: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self
+            .run(&["state", id])
+            .stdout
+            .windows(9)
+            .all(|w| w != b"\"running\"")
+        {
+            assert!(std::time::Instant::now() < deadline, "{id} never ran");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn status_of(&self, id: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
         v["status"].as_str().unwrap().to_owned()
