@@ -154,7 +154,7 @@ fn host_submounts_are_separate_guest_mounts_and_recursive_options_reach_them() {
     )
     .unwrap();
     fs::write(sub.join("in-tmpfs"), b"tmpfs\n").unwrap();
-    let _unmount = Unmount(sub.clone());
+    let unmount = Unmount(sub.clone());
     const SCRIPT: &str = r#"
 for d in /plain /rec; do
   touch $d/top 2>/dev/null && echo "$d/top=rw" || echo "$d/top=ro"
@@ -179,6 +179,7 @@ echo done
     });
     let stdout = run_to_done(&env, &b, "sub1");
     let in_tmpfs = fs::read(sub.join("plain"));
+    drop(unmount);
     for want in [
         "/plain/top=ro",
         "/plain/sub=rw",
