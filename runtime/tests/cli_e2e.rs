@@ -447,7 +447,7 @@ fn the_qemu_engine_uses_kvm_exactly_where_it_can() {
         .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
     assert_eq!(
         accel.as_deref(),
-        Some(if hw { "kvm" } else { "tcg" }),
+        Some(if hw { "kvm" } else { "tcg,tb-size=128" }),
         "hardware virtualization: {hw}"
     );
     env.ok(&["start", "q1"]);

@@ -243,10 +243,11 @@ fn runs_a_container_end_to_end_against_a_fake_agent() {
         host,
     );
     assert_eq!(status, 7);
-    assert!(guest.shut_down && guest.exited);
-    // The stop is recorded (for `husk state`) before the seconds-long
-    // wait for the guest to stop.
-    assert_eq!(guest.events, ["stopped", "wait", "shutdown"]);
+    assert!(guest.shut_down);
+    // The stop is recorded (for `husk state`) first; once the agent has
+    // answered Shutdown the VM is stopped at once, without waiting for the
+    // guest to stop by itself (seconds under emulation).
+    assert_eq!(guest.events, ["stopped", "shutdown"]);
     let mut line = String::new();
     io.ready_r.read_to_string(&mut line).unwrap();
     assert_eq!(line, "{\"ok\":true,\"pid\":42}\n");
@@ -293,7 +294,7 @@ fn runs_a_container_under_the_main_and_pump_filters() {
             ready,
             host,
         );
-        assert!(guest.shut_down && guest.exited);
+        assert!(guest.shut_down);
         status
     })
     .join()

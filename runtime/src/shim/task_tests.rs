@@ -1146,6 +1146,11 @@ fn recording_agent(
             | Request::UpdateContainer(_)
             | Request::SignalProcess(_)
             | Request::RemoveContainer(_) => Ok(Response::Empty),
+            // No OOM kill: the container's OOM watch ends at once.
+            Request::WaitOom(_) => Ok(Response::OomKills {
+                count: 0,
+                exited: true,
+            }),
             other => panic!("the fake agent got {other:?}"),
         }
     })
