@@ -382,8 +382,9 @@ fn pref_of(id: &str) -> ProcessRef {
 }
 
 /// A `Port` connection reaches a TCP listener on the agent's loopback
-/// (in the guest: the pod's network namespace) both ways, with half-close
-/// carried through; a port nothing listens on is refused naming it.
+/// (in the guest: the pod's network namespace) both ways, and the guest
+/// side's close ends it (the host sees EOF after the last byte); a port
+/// nothing listens on is refused naming it.
 #[test]
 fn port_connections_reach_the_loopback_both_ways() {
     use std::io::Read;
@@ -393,11 +394,18 @@ fn port_connections_reach_the_loopback_both_ways() {
     let agent = Agent::start();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    // Answers what it read, in upper case, once the client half-closed.
+    let payload: Vec<u8> = b"port forward "
+        .iter()
+        .cycle()
+        .take(200_000)
+        .copied()
+        .collect();
+    let len = payload.len();
+    // Reads the whole request, answers it in upper case, closes.
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
+        let mut got = vec![0u8; len];
+        s.read_exact(&mut got).unwrap();
         s.write_all(&got.to_ascii_uppercase()).unwrap();
     });
     let mut conn = agent.addr.open_port(port).unwrap();
@@ -408,7 +416,6 @@ fn port_connections_reach_the_loopback_both_ways() {
         .copied()
         .collect();
     conn.write_all(&payload).unwrap();
-    conn.shutdown(std::net::Shutdown::Write).unwrap();
     let mut back = Vec::new();
     conn.read_to_end(&mut back).unwrap();
     server.join().unwrap();

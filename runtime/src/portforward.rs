@@ -190,20 +190,34 @@ fn original_port(conn: &TcpStream) -> io::Result<u16> {
     Ok(u16::from_be(addr.sin_port))
 }
 
-/// Copies both ways until each side's EOF, passing each EOF on as a
-/// half-close so a request-then-answer exchange completes.
+/// How long a connection whose client has stopped sending waits for the
+/// guest's side to end.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Copies both ways. The guest's side ending (its server closed) ends the
+/// connection. vhost-device-vsock 0.3.0 turns a half-close of the host's
+/// end into a reset, so a client's EOF is not passed on: the answer to what
+/// the client sent still comes back, until the guest closes or for
+/// [`LINGER`].
 fn splice(tcp: TcpStream, guest: UnixStream) {
-    let (Ok(mut tcp_rd), Ok(mut guest_wr)) = (tcp.try_clone(), guest.try_clone()) else {
+    let (Ok(mut tcp_rd), Ok(mut guest_wr), Ok(mut tcp_wr)) =
+        (tcp.try_clone(), guest.try_clone(), tcp.try_clone())
+    else {
         return;
     };
-    let up = std::thread::spawn(move || {
-        let _ = io::copy(&mut tcp_rd, &mut guest_wr);
-        let _ = guest_wr.shutdown(Shutdown::Write);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut guest_rd = guest;
+    let down = std::thread::spawn(move || {
+        let _ = io::copy(&mut guest_rd, &mut tcp_wr);
+        // Ends the client's side too, and with it the copy below.
+        let _ = tcp_wr.shutdown(Shutdown::Both);
+        let _ = done_tx.send(());
     });
-    let (mut guest_rd, mut tcp_wr) = (guest, tcp);
-    let _ = io::copy(&mut guest_rd, &mut tcp_wr);
-    let _ = tcp_wr.shutdown(Shutdown::Write);
-    let _ = up.join();
+    let _ = io::copy(&mut tcp_rd, &mut guest_wr);
+    if done_rx.recv_timeout(LINGER).is_err() {
+        let _ = guest_wr.shutdown(Shutdown::Both);
+    }
+    let _ = down.join();
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 //! whole path through containerd `tests/shim/cri/cni_test.py`). Needs root,
 //! `ip` and `iptables`; skips with the reason otherwise.
 
-use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::io::{BufRead, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 
@@ -20,9 +19,9 @@ fn missing() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (network namespaces, iptables)".into());
     }
-    for prog in ["ip", "iptables"] {
+    for (prog, flag) in [("ip", "-V"), ("iptables", "--version")] {
         let ok = Command::new(prog)
-            .arg("--version")
+            .arg(flag)
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
@@ -38,7 +37,10 @@ struct Netns(String);
 impl Netns {
     fn new() -> Netns {
         let name = format!("husk-pf-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         assert!(Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -63,11 +65,13 @@ impl Netns {
     }
 
     /// Connects to 127.0.0.1:`port` from inside the namespace (as
-    /// containerd does), sends `data`, half-closes, returns the answer.
+    /// containerd does), sends `data` and a newline, half-closes (as
+    /// `nc </dev/null` does: the answer must still come), returns the
+    /// answer.
     fn dial(&self, port: u16, data: &str) -> String {
         let script = "import socket,sys\n\
             s=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=20)\n\
-            s.sendall(sys.argv[2].encode()); s.shutdown(socket.SHUT_WR)\n\
+            s.sendall(sys.argv[2].encode()+b'\\n'); s.shutdown(socket.SHUT_WR)\n\
             b=b''\n\
             while True:\n    d=s.recv(65536)\n    if not d: break\n    b+=d\n\
             sys.stdout.write(b.decode())\n";
@@ -109,7 +113,8 @@ fn loopback_connections_in_the_pod_namespace_reach_the_agent_by_port() {
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     // The fake agent: acknowledges a Port hello, answers "PORT:" and the
-    // request in upper case once the request is half-closed.
+    // request's first line in upper case, and closes (as a guest server
+    // that closes after its answer).
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
@@ -118,10 +123,11 @@ fn loopback_connections_in_the_pod_namespace_reach_the_agent_by_port() {
                     return;
                 };
                 write_frame(&mut s, &ResponseFrame::new(0, Ok(Response::Empty))).unwrap();
-                let mut req = Vec::new();
-                s.read_to_end(&mut req).unwrap();
-                write!(s, "{port}:{}", String::from_utf8_lossy(&req).to_uppercase()).unwrap();
-                s.shutdown(Shutdown::Write).unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(&mut s)
+                    .read_line(&mut line)
+                    .unwrap();
+                write!(s, "{port}:{}", line.trim_end().to_uppercase()).unwrap();
             });
         }
     });

@@ -613,6 +613,7 @@ impl Server {
             src_eof: false,
             shutdown_dst,
             key: Some(key.clone()),
+            peer: None,
         };
         match key.stream {
             StreamKind::Stdin => self.add_pump(mk(sock, fd, leftover, false)),
@@ -629,8 +630,7 @@ impl Server {
 
     /// A `Port` hello: connects to `port` on the guest's loopback (the
     /// agent runs in the guest's root network namespace, the pod's) and
-    /// pumps both ways; each side's EOF becomes a shutdown of the other's
-    /// write side, so a half-closed request still gets its answer.
+    /// pumps both ways until either direction ends (see [`Pump::peer`]).
     pub(super) fn attach_port(&mut self, conn: u64, port: u16) {
         let tcp = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -649,16 +649,19 @@ impl Server {
         let (Ok(tcp2), Ok(sock2)) = (tcp.try_clone(), sock.try_clone()) else {
             return;
         };
-        let mk = |src, dst, buf| Pump {
+        // The ids `add_pump` gives the two, so each can name the other.
+        let (up, down) = (self.next_id, self.next_id + 1);
+        let mk = |src, dst, buf, peer| Pump {
             src,
             dst,
             buf,
             src_eof: false,
             shutdown_dst: true,
             key: None,
+            peer: Some(peer),
         };
-        self.add_pump(mk(tcp, sock, Vec::new()));
-        self.add_pump(mk(sock2, tcp2, leftover));
+        self.add_pump(mk(tcp, sock, Vec::new(), down));
+        self.add_pump(mk(sock2, tcp2, leftover, up));
     }
 
     fn add_pump(&mut self, p: Pump) {

@@ -616,7 +616,10 @@ impl Server {
             return;
         };
         if p.service() == PumpState::Done {
-            self.pumps.remove(&id);
+            let peer = self.pumps.remove(&id).and_then(|p| p.peer);
+            if let Some(peer) = peer {
+                self.pumps.remove(&peer);
+            }
         }
     }
 

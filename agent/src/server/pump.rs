@@ -43,6 +43,12 @@ pub struct Pump {
     /// The process stream the pump serves; `None` for a port forward,
     /// which belongs to no process.
     pub key: Option<PumpKey>,
+    /// A port forward's other direction, dropped with this one: when
+    /// either direction ends the whole connection ends, because
+    /// vhost-device-vsock 0.3.0 carries no half-close (a host-side
+    /// `shutdown(SHUT_WR)` resets the connection; a guest-side one never
+    /// reaches the host), so only a close tells the host the guest is done.
+    pub peer: Option<u64>,
 }
 
 /// The outcome of servicing a pump.
@@ -161,6 +167,7 @@ mod tests {
                 exec_id: None,
                 stream: StreamKind::Stdin,
             }),
+            peer: None,
         };
         assert_eq!(p.service(), PumpState::Done);
         let mut got = vec![0u8; 33 * CHUNK];
