@@ -83,6 +83,21 @@ impl ProcStatus {
     }
 }
 
+impl Proc {
+    /// Ends every `Wait` on a process that is forgotten before it stopped
+    /// (an exec created and never started, whose start failed): containerd
+    /// waits on an exec before starting it, and a `Wait` left blocked
+    /// keeps the shim's ttrpc server, and so the shim, from ever exiting.
+    fn release_waiters(&self, code: i32, at: &Timestamp) {
+        if !matches!(self.status.get(), Life::Stopped { .. }) {
+            self.status.set(Life::Stopped {
+                code,
+                at: at.clone(),
+            });
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Proc {
     pid: u32,
@@ -759,12 +774,17 @@ impl TaskService {
         let mut r = DeleteResponse::new();
         r.pid = p.pid;
         r.exit_status = code as u32;
-        r.exited_at = MessageField::some(at);
+        r.exited_at = MessageField::some(at.clone());
         if !exec_id.is_empty() {
-            c.procs.remove(exec_id);
+            if let Some(p) = c.procs.remove(exec_id) {
+                p.release_waiters(code, &at);
+            }
             return Ok(r);
         }
         let c = inner.containers.remove(id).expect("looked up above");
+        for p in c.procs.values() {
+            p.release_waiters(code, &at);
+        }
         inner.deleting.insert(id.to_owned());
         let vm = inner.vm.clone();
         drop(inner);
@@ -1093,7 +1113,7 @@ impl Task for TaskService {
                 Life::Running => Status::RUNNING,
                 Life::Stopped { code, at } => {
                     r.exit_status = code as u32;
-                    r.exited_at = MessageField::some(at);
+                    r.exited_at = MessageField::some(at.clone());
                     Status::STOPPED
                 }
             }
@@ -1164,7 +1184,7 @@ impl Task for TaskService {
         let (code, at) = status.wait_stopped();
         let mut r = WaitResponse::new();
         r.exit_status = code as u32;
-        r.exited_at = MessageField::some(at);
+        r.exited_at = MessageField::some(at.clone());
         Ok(r)
     }
 

@@ -1172,6 +1172,38 @@ fn resume(shim: &Shim, id: &str) -> ttrpc::Result<Empty> {
 /// `PauseContainer`), `State` says PAUSED until `Resume`, and both publish
 /// their event; a task that is not running cannot be paused, one that is
 /// not paused cannot be resumed, and a pause the agent refuses leaves the
+
+/// containerd waits on an exec before it starts it; when the start is
+/// refused (a paused task here) and the exec deleted, that `Wait` must end,
+/// or the shim's ttrpc server never shuts down and the shim never exits
+/// (seen in `shim-ctr.sh`: `ctr task exec` into a paused task).
+#[test]
+fn a_wait_on_an_exec_deleted_before_it_started_ends() {
+    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
+        return;
+    }
+    let seen = Seen::default();
+    let (exit_hold, exit) = hold();
+    let shim = recording_agent(&seen, exit_hold, |req| {
+        matches!(req, Request::ExecProcess(_))
+            .then(|| ProtocolError::new(ErrorCode::FailedPrecondition, "container a is paused"))
+    });
+    shim.create("a").unwrap();
+    shim.start("a", "").unwrap();
+    exit.entered("a's WaitProcess");
+    shim.exec("a", "x1", "").unwrap();
+    let r = req!(WaitRequest, "a", "x1");
+    let waiting = shim.in_background(move |task| task.wait(ctx(), &r));
+    assert_eq!(code(shim.start("a", "x1")), Code::FAILED_PRECONDITION);
+    shim.delete_of("a", "x1").expect("delete x1");
+    let waited = waiting.join().unwrap().expect("the wait on x1 ends");
+    assert_eq!(waited.exit_status, 0);
+    shim.kill("a", false).unwrap();
+    exit.release();
+    shim.wait("a", "").unwrap();
+    shim.delete("a").unwrap();
+    stop_the_vm(&shim);
+}
 /// task running.
 #[test]
 fn pause_and_resume_freeze_the_container_in_the_guest_and_publish_events() {
