@@ -13,6 +13,7 @@
 //! | [`sizing`] | memory/vCPUs/kernel/engine from resources, the `vm` section and `husk.*` annotations |
 //! | [`resources`] | resource updates (`update`, the shim's `Update`): merged, checked against the VM, decoded from containerd |
 //! | [`hooks`] | host-side OCI hooks |
+//! | [`monitor`] | launching `husk-vmm` (the CLI's and the shim's one way): its fds, its host cgroup, its ready report |
 //! | [`unsupported`] | spec fields a VM cannot honour: refused, or logged as not applied |
 //! | [`network`] | the spec's network namespace mirrored into the guest (tap, tc, guest config) |
 //! | [`portforward`] | `kubectl port-forward`: the pod namespace's loopback led into the guest's |
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod hooks;
 pub mod host_cgroup;
 pub mod logging;
+pub mod monitor;
 pub mod mountpoints;
 pub mod mounts;
 pub mod network;

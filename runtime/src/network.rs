@@ -26,8 +26,6 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The fd number the monitor gets the tap on (after the ready fd, 3).
-pub const TAP_FD: i32 = 4;
 /// The name of the tap husk creates in the pod's namespace.
 pub const TAP_NAME: &str = "tap0_husk";
 
@@ -395,18 +393,6 @@ pub fn teardown(st: &NetState) {
             tracing::warn!(netns = %st.netns.display(), error = %e, "cannot undo the pod network")
         }
     }
-}
-
-/// Duplicates `fd` to a number >= 10 (close-on-exec), so a child's pre-exec
-/// `dup2` onto a small fixed number cannot clobber it.
-pub fn high_fd(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd; the result is checked and owned.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `r` is a new fd nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
 #[cfg(test)]

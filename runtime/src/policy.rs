@@ -18,7 +18,7 @@
 //! | most vCPUs | `HUSK_MAX_VCPUS` | the host's online CPUs |
 //!
 //! Either maximum is further bounded by what the monitor accepts
-//! (`husk_vmm::config::MAX_MEMORY_MIB`, `MAX_VCPUS`), so a VM the runtime
+//! (`husk_vmm_contract::config::MAX_MEMORY_MIB`, `MAX_VCPUS`), so a VM the runtime
 //! sizes is never refused by the monitor.
 
 use oci_spec::runtime::Spec;
@@ -48,8 +48,8 @@ pub const KERNEL_PARAMS: &str = "husk.kernel_params";
 /// `auto`, `builtin` or `qemu`.
 pub const ENGINE: &str = "husk.engine";
 /// The most vCPUs a VM gets whatever the host and operator say: the
-/// monitor's own limit (one definition, in `husk_vmm::config`).
-pub const VCPU_LIMIT: u32 = husk_vmm::config::MAX_VCPUS;
+/// monitor's own limit (one definition, in `husk_vmm_contract::config`).
+pub const VCPU_LIMIT: u32 = husk_vmm_contract::config::MAX_VCPUS;
 
 /// What husk reads about the machine it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl HostPolicy {
                 host.memory_mib,
                 crate::sizing::MIN_MEMORY_MIB,
             )?
-            .min(husk_vmm::config::MAX_MEMORY_MIB),
+            .min(husk_vmm_contract::config::MAX_MEMORY_MIB),
             max_vcpus: number("HUSK_MAX_VCPUS", host.usable_cpus, 1)?.min(VCPU_LIMIT),
             host_cpus: host.cpus.max(1),
             host_numa_nodes: host.numa_nodes.max(1),
@@ -301,8 +301,8 @@ mod tests {
         .unwrap();
         assert_eq!((p.max_memory_mib, p.max_vcpus), (1024, VCPU_LIMIT));
         let p = HostPolicy::from_env(&env_of(&[("HUSK_MAX_MEMORY_MIB", "4000000000")])).unwrap();
-        assert_eq!(p.max_memory_mib, husk_vmm::config::MAX_MEMORY_MIB);
-        assert!(p.max_vcpus <= husk_vmm::config::MAX_VCPUS);
+        assert_eq!(p.max_memory_mib, husk_vmm_contract::config::MAX_MEMORY_MIB);
+        assert!(p.max_vcpus <= husk_vmm_contract::config::MAX_VCPUS);
         assert!(HostPolicy::from_env(&env_of(&[("HUSK_MAX_MEMORY_MIB", "64")])).is_err());
         assert!(HostPolicy::from_env(&env_of(&[("HUSK_MAX_VCPUS", "x")])).is_err());
     }

@@ -31,7 +31,7 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// agent uses about 40 MiB; the rest is headroom.
 pub const MEMORY_OVERHEAD_MIB: u32 = 64;
 /// The smallest guest that boots reliably (the monitor's own minimum).
-pub const MIN_MEMORY_MIB: u32 = husk_vmm::config::MIN_MEMORY_MIB;
+pub const MIN_MEMORY_MIB: u32 = husk_vmm_contract::config::MIN_MEMORY_MIB;
 /// The default kernel location (installed by scripts/setup.sh).
 pub const DEFAULT_KERNEL: &str = "/usr/local/share/husk/vmlinux";
 /// The default initramfs location.
@@ -121,8 +121,8 @@ impl VmSize {
     pub fn vm_config(
         &self,
         state_dir: &std::path::Path,
-    ) -> Result<husk_vmm::config::VmConfig, String> {
-        let mut vm = husk_vmm::config::VmConfig::new(&self.kernel, state_dir);
+    ) -> Result<husk_vmm_contract::config::VmConfig, String> {
+        let mut vm = husk_vmm_contract::config::VmConfig::new(&self.kernel, state_dir);
         vm.initramfs = Some(self.initramfs.clone());
         vm.cmdline = self.cmdline.clone();
         vm.memory_mib = self.memory_mib;
@@ -434,7 +434,7 @@ pub fn size_vm_under(
                         bad(format!(
                             "not {MIN_MEMORY_MIB}..={max} MiB (HUSK_MAX_MEMORY_MIB, \
                              default the host's RAM, at most MAX_MEMORY_MIB {})",
-                            husk_vmm::config::MAX_MEMORY_MIB
+                            husk_vmm_contract::config::MAX_MEMORY_MIB
                         ))
                     })?;
             }
@@ -448,7 +448,7 @@ pub fn size_vm_under(
                         bad(format!(
                             "not 1..={max} (HUSK_MAX_VCPUS, default the host's CPUs, \
                              at most MAX_VCPUS {})",
-                            husk_vmm::config::MAX_VCPUS
+                            husk_vmm_contract::config::MAX_VCPUS
                         ))
                     })?;
             }

@@ -338,7 +338,7 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
 
 /// The start time of `pid` (clock ticks since boot), if it is alive.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    husk_vmm::journal::start_time(pid)
+    husk_vmm_contract::journal::start_time(pid)
 }
 
 impl ContainerState {

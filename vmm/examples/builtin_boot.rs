@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
 use husk_vmm::engine::EngineInstance;
-use husk_vmm::VmConfig;
+use husk_vmm_contract::VmConfig;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 

@@ -31,7 +31,7 @@ use std::time::Instant;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleConfig, MIN_CONSOLE_BURST_BYTES};
+use husk_vmm_contract::config::{ConsoleConfig, MIN_CONSOLE_BURST_BYTES};
 
 /// The console log could not be set up.
 #[derive(Debug, thiserror::Error)]

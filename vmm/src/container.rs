@@ -8,7 +8,7 @@
 //! main thread polls the signalfd, the children's pidfds and the waiter.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -21,9 +21,10 @@ use husk_protocol::{
     check_version, Hello, Request, Response, ResponseFrame, SignalProcess, StreamKind,
     PROTOCOL_VERSION,
 };
+use husk_vmm_contract::config::{ContainerConfig, VmConfig};
+use husk_vmm_contract::tty::window_size;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::config::{ContainerConfig, VmConfig};
 use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use crate::signals::{is_stop_signal, pause_request, Signals};
 use crate::vm::VmExit;
@@ -454,20 +455,6 @@ fn is_terminal(ccfg: &ContainerConfig) -> bool {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false)
-}
-
-/// The window size (rows, cols) of terminal `tty`, or None when it is not
-/// a terminal or has no size yet (0 rows). Also used by `husk exec -t`.
-pub fn window_size(tty: impl AsFd) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize into `ws`; `tty` is open.
-    let r = unsafe { libc::ioctl(tty.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (r >= 0 && ws.ws_row != 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 /// Copies the window size of `tty` to the container's pty.

@@ -2,17 +2,17 @@
 //! engine or QEMU), supervises its vhost-user device
 //! daemons (virtiofsd, vhost-device-vsock), and in container supervisor mode
 //! runs one container through the guest agent and exits with its status.
-//! See `vmm/README.md`.
+//! See `vmm/README.md`. What the runtime and the monitor agree on (the
+//! config, the fds, the ready report, the state-directory records) is in
+//! `husk-vmm-contract` (`vmm/contract/`).
 
 pub mod binaries;
 pub mod builtin;
-pub mod config;
 pub mod confine;
 pub mod console;
 pub mod container;
 pub mod daemons;
 pub mod engine;
-pub mod journal;
 pub mod monitor;
 pub mod privileges;
 pub mod process;
@@ -20,5 +20,4 @@ pub mod seccomp;
 pub mod signals;
 pub mod vm;
 
-pub use config::{ContainerConfig, EngineChoice, ShareConfig, VmConfig};
 pub use vm::{Vm, VmError, VmExit, VmHandle};

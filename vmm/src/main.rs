@@ -7,10 +7,12 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Parser;
-use husk_vmm::config::{ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig};
 use husk_vmm::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use husk_vmm::seccomp::SeccompMode;
 use husk_vmm::signals::Signals;
+use husk_vmm_contract::config::{
+    ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig,
+};
 
 /// Runs one husk microVM and its device daemons; with a container section,
 /// runs that container and exits with its status.

@@ -18,9 +18,10 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
+use husk_vmm_contract::config::VmConfig;
+use husk_vmm_contract::ReadyReport;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::config::VmConfig;
 use crate::signals::{is_stop_signal, pause_request, Signals};
 use crate::vm::{Vm, VmError, AGENT_READY_LINE};
 
@@ -28,8 +29,8 @@ use crate::vm::{Vm, VmError, AGENT_READY_LINE};
 /// failing, no agent).
 pub const EXIT_FAILURE: i32 = 1;
 
-/// The inherited fd the monitor reports readiness on: one JSON line, then
-/// closed. A no-op when none was given.
+/// The inherited fd the monitor reports readiness on: one
+/// [`ReadyReport`] line, then closed. A no-op when none was given.
 #[derive(Debug, Default)]
 pub struct ReadyFd(Option<File>);
 
@@ -62,21 +63,21 @@ impl ReadyFd {
 
     /// Reports success (with the container's guest pid in container mode).
     pub fn ok(&mut self, pid: Option<i32>) {
-        let v = match pid {
-            Some(pid) => serde_json::json!({"ok": true, "pid": pid}),
-            None => serde_json::json!({"ok": true}),
-        };
-        self.send(v);
+        self.send(ReadyReport::Ready {
+            pid: pid.map(i64::from),
+        });
     }
 
     /// Reports failure.
     pub fn fail(&mut self, error: &str) {
-        self.send(serde_json::json!({"ok": false, "error": error}));
+        self.send(ReadyReport::Failed {
+            error: error.to_owned(),
+        });
     }
 
-    fn send(&mut self, v: serde_json::Value) {
+    fn send(&mut self, report: ReadyReport) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "{v}");
+            let _ = f.write_all(report.to_line().as_bytes());
         }
     }
 }

@@ -123,9 +123,9 @@ impl Supervised {
     }
 
     /// Records this child in `state_dir`'s list of what the monitor
-    /// started ([`crate::journal`]), for cleanup after a SIGKILLed monitor.
+    /// started ([`husk_vmm_contract::journal`]), for cleanup after a SIGKILLed monitor.
     pub fn record_in(&self, state_dir: &Path) {
-        if let Err(e) = crate::journal::record(state_dir, self.pid(), &self.name) {
+        if let Err(e) = husk_vmm_contract::journal::record(state_dir, self.pid(), &self.name) {
             tracing::warn!(name = %self.name, error = %e, "cannot record the child in the state directory");
         }
     }

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use husk_protocol::client::AgentAddr;
+use husk_vmm_contract::config::{ConfigError, VmConfig};
+use husk_vmm_contract::journal::VmState;
 
-use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleRelay;
 use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError};
 use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
-use crate::journal::VmState;
 use crate::process::{describe, Supervised};
 
 /// The VM could not be started or failed.
@@ -83,7 +83,7 @@ pub struct VmHandle {
     kind: EngineKind,
     exit: Option<VmExit>,
     /// Says whether the vCPUs run (`husk pause`).
-    vm_state: Option<crate::journal::VmStateFile>,
+    vm_state: Option<husk_vmm_contract::journal::VmStateFile>,
 }
 
 impl Vm {
@@ -101,7 +101,7 @@ impl Vm {
         // loudly when it falls back to emulation.
         if kind == EngineKind::Qemu && host.qemu_accel() == engine::Accel::Tcg {
             tracing::warn!("{why}");
-        } else if cfg.engine == crate::config::EngineChoice::Auto {
+        } else if cfg.engine == husk_vmm_contract::config::EngineChoice::Auto {
             tracing::info!("{why}");
         } else {
             tracing::debug!("{why}");
@@ -145,7 +145,7 @@ impl Vm {
             console: None,
             kind,
             exit: None,
-            vm_state: crate::journal::VmStateFile::create(&cfg.state_dir)
+            vm_state: husk_vmm_contract::journal::VmStateFile::create(&cfg.state_dir)
                 .inspect_err(|e| tracing::warn!("cannot create the vm-state file: {e}"))
                 .ok(),
         };

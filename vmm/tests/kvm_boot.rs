@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
 use husk_vmm::builtin::virtio::tap::Tap;
 use husk_vmm::engine::EngineInstance;
-use husk_vmm::VmConfig;
+use husk_vmm_contract::VmConfig;
 
 mod common;
 use common::*;

@@ -1,17 +1,13 @@
 //! `create`: claim the id, share the bundle into a new VM, have the monitor
 //! build the container, run the host hooks. Any failure undoes all of it.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use husk_protocol::{CreateContainer, StdioSpec};
-use husk_vmm::config::{ContainerConfig, NetConfig, ShareConfig};
-use nix::unistd::pipe;
+use husk_vmm_contract::config::{ContainerConfig, NetConfig, ShareConfig};
+use husk_vmm_contract::{ReadyReport, READY_FD, TAP_FD};
 
 use super::lifecycle::{oci_state_json, teardown};
 use super::stdio::{raw_pty, send_console};
@@ -19,11 +15,9 @@ use super::{OpError, Runtime};
 use crate::bundle::{prepare_share, Bundle, SHARE_TAG};
 use crate::hooks::run_hooks;
 use crate::host_cgroup::{CgroupPath, HostLimits, Joiner, Layout};
+use crate::monitor::{launch_monitor, ready_timeout, Launch, LaunchError};
 use crate::sizing::size_vm;
 use crate::state::{process_start_time, write_atomic, ContainerState, Status};
-
-/// The fd number the monitor reports readiness on.
-const READY_FD: i32 = 3;
 
 /// What `create` (and `run`) take.
 #[derive(Debug, Clone, Default)]
@@ -196,7 +190,7 @@ fn build(
     });
     if let Some(n) = &net {
         vm.net = vec![NetConfig {
-            tap_fd: crate::network::TAP_FD,
+            tap_fd: TAP_FD,
             mac: n.mac.clone(),
             mtu: n.mtu,
         }];
@@ -299,9 +293,11 @@ fn host_cgroup(
     Ok(joiner)
 }
 
-/// Starts `husk-vmm` detached (own session), in the container's host
-/// cgroup, with this process's stdio as the container's, and waits for
-/// its readiness line.
+/// Starts `husk-vmm` ([`launch_monitor`]) in the container's host cgroup,
+/// with this process's stdio (or the pty's slave, as its controlling
+/// terminal) as the container's, and waits for its ready report; returns
+/// the monitor's pid and the container's guest pid. A monitor that fails
+/// is killed.
 fn spawn_monitor(
     rt: &Runtime,
     cfg: &Path,
@@ -311,70 +307,30 @@ fn spawn_monitor(
     tap: Option<&OwnedFd>,
     cgroup: &Joiner,
 ) -> Result<(i32, i32), OpError> {
-    let (rd, wr) = pipe().map_err(|e| OpError::io("pipe")(e.into()))?;
-    // Above 10, so the dup2 onto READY_FD cannot clobber it.
-    let tap = tap
-        .map(crate::network::high_fd)
-        .transpose()
-        .map_err(OpError::io("dup the tap fd"))?;
-    let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
-    let mut cmd = Command::new(&rt.vmm_binary);
-    cmd.arg("--config").arg(cfg);
-    match tty {
+    let (stdin, stdout, stderr) = match tty {
         Some(slave) => {
             let io = |f: &OwnedFd| {
                 f.try_clone()
                     .map(Stdio::from)
                     .map_err(OpError::io("dup pty"))
             };
-            cmd.stdin(io(slave)?).stdout(io(slave)?).stderr(io(slave)?);
+            (io(slave)?, io(slave)?, io(slave)?)
         }
-        None => {
-            cmd.stdin(Stdio::inherit())
-                .stdout(Stdio::inherit())
-                .stderr(Stdio::inherit());
-        }
-    }
-    let set_ctty = tty.is_some();
-    let wr_raw = wr.as_raw_fd();
-    let cgroup_fds = cgroup.fds();
-    // SAFETY: between fork and exec the closure only calls async-signal-safe
-    // functions (write, dup2, setsid) on fds that are open in the child,
-    // and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First: everything the monitor starts inherits the cgroup.
-            Joiner::join(&cgroup_fds)?;
-            if wr_raw != READY_FD && libc::dup2(wr_raw, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if wr_raw == READY_FD {
-                // Clear close-on-exec on the fd we keep.
-                libc::fcntl(READY_FD, libc::F_SETFD, 0);
-            }
-            if let Some(t) = tap_raw {
-                // dup2 leaves the new fd inheritable.
-                if libc::dup2(t, crate::network::TAP_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            libc::setsid();
-            if set_ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(OpError::io(format!(
-        "cannot run {} in the container's host cgroup {} (linux.cgroupsPath)",
-        rt.vmm_binary.display(),
-        cgroup.path()
-    )))?;
-    drop(wr);
-    drop(tap);
-    let pid = child.id() as i32;
-    let line = read_ready(rd, Duration::from_secs(timeout_s + 30));
-    let fail = |reason: String| {
+        None => (Stdio::inherit(), Stdio::inherit(), Stdio::inherit()),
+    };
+    let launch = Launch {
+        binary: &rt.vmm_binary,
+        config: cfg,
+        args: Vec::new(),
+        stdin,
+        stdout,
+        stderr,
+        controlling_tty: tty.is_some(),
+        tap,
+        cgroup,
+        ready_timeout: ready_timeout(timeout_s),
+    };
+    let fail = |pid: i32, reason: String| {
         // The monitor cleans up after itself on failure; make sure it is gone.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         OpError::Monitor {
@@ -382,62 +338,38 @@ fn spawn_monitor(
             reason,
         }
     };
-    let line = line.map_err(|e| {
-        fail(format!(
-            "no readiness report ({e}); see {}",
-            cfg.with_file_name("husk-vmm.log").display()
-        ))
-    })?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|_| fail(format!("bad readiness report {line:?}")))?;
-    if v["ok"] == true {
-        // Relayed from the guest: an impossible pid is refused, not cut
-        // down to an i32.
-        let guest_pid = v["pid"]
-            .as_i64()
-            .ok_or_else(|| format!("no guest pid in the readiness report {line:?}"))
-            .and_then(|p| husk_protocol::check_guest_pid(p).map_err(|e| e.to_string()))
-            .and_then(|p| i32::try_from(p).map_err(|e| e.to_string()))
-            .map_err(fail)?;
-        // The child is reaped by nobody once we exit; the monitor was
-        // started in its own session and is re-parented to init.
-        std::mem::forget(child);
-        Ok((pid, guest_pid))
-    } else {
-        Err(fail(
-            v["error"].as_str().unwrap_or("unknown error").to_owned(),
-        ))
-    }
-}
-
-fn read_ready(rd: OwnedFd, timeout: Duration) -> std::io::Result<String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut left = timeout.as_millis() as u64;
-    while left > 0 {
-        let step = left.min(10_000) as u16;
-        let mut fds = [PollFd::new(rd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(step)) {
-            Ok(0) => left = left.saturating_sub(step as u64),
-            Ok(_) => {
-                let mut line = String::new();
-                BufReader::new(File::from(rd)).read_line(&mut line)?;
-                if line.is_empty() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "monitor exited",
-                    ));
-                }
-                return Ok(line);
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+    let launched = launch_monitor(launch, |_| {}).map_err(|e| match e {
+        LaunchError::Fds { what, source } => OpError::Io {
+            what: what.into(),
+            source,
+        },
+        LaunchError::Spawn { source, .. } => OpError::io(format!(
+            "cannot run {} in the container's host cgroup {} (linux.cgroupsPath)",
+            rt.vmm_binary.display(),
+            cgroup.path()
+        ))(source),
+        LaunchError::NoReport { pid, .. } => fail(
+            pid,
+            format!("{e}; see {}", cfg.with_file_name("husk-vmm.log").display()),
+        ),
+        LaunchError::BadReport { pid, .. } | LaunchError::Failed { pid, .. } => {
+            fail(pid, e.to_string())
         }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "timed out",
-    ))
+    })?;
+    // Relayed from the guest: an impossible pid is refused, not cut down
+    // to an i32.
+    let guest_pid = launched
+        .reported_pid
+        .ok_or_else(|| {
+            format!(
+                "no guest pid in the readiness report {:?}",
+                ReadyReport::Ready { pid: None }.to_line()
+            )
+        })
+        .and_then(|p| husk_protocol::check_guest_pid(p).map_err(|e| e.to_string()))
+        .and_then(|p| i32::try_from(p).map_err(|e| e.to_string()))
+        .map_err(|reason| fail(launched.pid, reason))?;
+    Ok((launched.pid, guest_pid))
 }
 
 /// The current time as RFC 3339 UTC with nanoseconds.

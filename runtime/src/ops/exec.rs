@@ -391,7 +391,7 @@ pub fn exec_attach(
 }
 
 fn resize(addr: &husk_protocol::client::AgentAddr, id: &str, exec_id: &str, term: &std::fs::File) {
-    let Some((rows, cols)) = husk_vmm::container::window_size(term) else {
+    let Some((rows, cols)) = husk_vmm_contract::tty::window_size(term) else {
         return;
     };
     if let Ok(mut c) = AgentClient::connect(addr, AGENT_TIMEOUT) {

@@ -14,7 +14,7 @@ use super::{OpError, Runtime};
 use crate::bundle::{unmount_all, Bundle};
 use crate::hooks::run_hooks_warn;
 use crate::state::{ContainerState, Status};
-use husk_vmm::journal::VmState;
+use husk_vmm_contract::journal::VmState;
 
 /// The OCI state (`husk state`).
 #[derive(Debug, Serialize)]
@@ -84,7 +84,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
         .root
         .dir(&st.id)
         .ok()
-        .and_then(|d| husk_vmm::journal::vm_state(&d));
+        .and_then(|d| husk_vmm_contract::journal::vm_state(&d));
     match vm_state {
         Some(VmState::Stopped) => return Status::Stopped,
         Some(VmState::Paused) => return Status::Paused,
@@ -423,7 +423,7 @@ fn wait_gone(st: &ContainerState, timeout: Duration) -> bool {
 /// in its state directory (pid and start time, so a recycled pid or a
 /// process that only mentions the directory is never touched).
 fn kill_leftovers(dir: &std::path::Path) {
-    let n = husk_vmm::journal::kill_recorded(dir, Duration::from_secs(2));
+    let n = husk_vmm_contract::journal::kill_recorded(dir, Duration::from_secs(2));
     if n > 0 {
         tracing::debug!(dir = %dir.display(), killed = n, "stopped the monitor's leftover children");
     }
@@ -453,7 +453,7 @@ fn set_paused(rt: &Runtime, st: &ContainerState, paused: bool) -> Result<(), OpE
         VmState::Running
     };
     loop {
-        match husk_vmm::journal::vm_state(&dir) {
+        match husk_vmm_contract::journal::vm_state(&dir) {
             Some(s) if s == want => break,
             Some(VmState::Stopped) => {
                 return Err(OpError::Invalid(format!(

@@ -304,7 +304,7 @@ fn a_stop_the_monitor_recorded_is_stopped_at_once_while_the_agent_is_wedged() {
     let t = tempfile::tempdir().unwrap();
     let rt = running(t.path(), "c1", Some(Agent::MuteDaemon));
     let dir = rt.root.dir("c1").unwrap();
-    let mut f = husk_vmm::journal::VmStateFile::create(&dir).unwrap();
+    let mut f = husk_vmm_contract::journal::VmStateFile::create(&dir).unwrap();
     let rt2 = rt.clone();
     assert_eq!(
         within(STATUS_DEADLINE * 2, move || state(&rt2, "c1").unwrap()).status,
@@ -314,7 +314,10 @@ fn a_stop_the_monitor_recorded_is_stopped_at_once_while_the_agent_is_wedged() {
     f.set(VmState::Stopped).unwrap();
     // A late pause request cannot undo it.
     f.set(VmState::Paused).unwrap();
-    assert_eq!(husk_vmm::journal::vm_state(&dir), Some(VmState::Stopped));
+    assert_eq!(
+        husk_vmm_contract::journal::vm_state(&dir),
+        Some(VmState::Stopped)
+    );
     let rt2 = rt.clone();
     let st = within(STATUS_DEADLINE * 2, move || state(&rt2, "c1").unwrap());
     assert_eq!(st.status, Status::Stopped);

@@ -29,8 +29,9 @@ use crate::hooks::HookError;
 use crate::sizing::SizingError;
 use crate::state::{ContainerState, StateError, StateRoot};
 
-/// How long a command waits to connect to the agent of a running VM.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI and the shim wait to connect to the agent of a running
+/// VM (the shim also for the answer to a call that should not block).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `state` and `list` may ask the agent (connect and answer
 /// together) before they answer from the recorded state and the monitor's

@@ -32,9 +32,10 @@ use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::io::{attach, Pumps, StdioPaths};
 use super::options::RuntimeOptions;
-use super::vm::{PodVm, AGENT_TIMEOUT};
+use super::vm::PodVm;
 use super::{grouping, metrics, vm_dir, ShimError};
 use crate::bundle::{Bundle, SHARE_TAG};
+use crate::ops::AGENT_TIMEOUT;
 
 /// The exit status reported when the agent cannot tell (the VM died).
 const LOST_STATUS: i32 = 255;

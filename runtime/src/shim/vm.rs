@@ -11,16 +11,15 @@
 //! `share/<id>` that does not follow a symlink, then an `rmdir`.
 
 use std::fs;
-use std::io::BufRead;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use husk_protocol::client::{AgentAddr, AgentClient};
 use husk_protocol::Request;
-use husk_vmm::config::ShareConfig;
+use husk_vmm_contract::config::{NetConfig, ShareConfig};
+use husk_vmm_contract::{READY_FD, TAP_FD};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -33,10 +32,10 @@ use crate::bundle::{attach_share, detach_share, unmount_all, Bundle, ShareMounts
 use crate::host_cgroup::{
     looks_like_systemd, CgroupPath, HostCgroupState, HostLimits, Joiner, Layout,
 };
+use crate::monitor::{launch_monitor, ready_timeout, Launch, LaunchError, NoReport};
+use crate::ops::AGENT_TIMEOUT;
 use crate::sizing::{size_vm, VmSize, MEMORY_OVERHEAD_MIB};
 
-/// The fd the monitor reports readiness on.
-const READY_FD: i32 = 3;
 /// The pod network's [`crate::network::NetState`] in the VM's directory.
 const NETWORK_STATE: &str = "network.json";
 /// The pod's host cgroup ([`HostCgroupState`]) in the VM's directory.
@@ -44,8 +43,6 @@ const HOST_CGROUP_STATE: &str = "host-cgroup.json";
 /// Where containers' share trees are built, in the VM's directory, out of
 /// the guest's reach (see [`PodVm::share_bundle`]).
 const STAGING: &str = "staging";
-/// How long a call waits for the agent of a running VM.
-pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running VM.
 #[derive(Debug)]
@@ -192,8 +189,8 @@ impl PodVm {
                 self.dir.join(NETWORK_STATE),
                 serde_json::to_vec(&n.state).expect("state serializes"),
             );
-            vm.net = vec![husk_vmm::config::NetConfig {
-                tap_fd: crate::network::TAP_FD,
+            vm.net = vec![NetConfig {
+                tap_fd: TAP_FD,
                 mac: n.mac.clone(),
                 mtu: n.mtu,
             }];
@@ -208,78 +205,56 @@ impl PodVm {
         .map_err(|e| ShimError::Invalid(e.to_string()))?;
         let out = fs::File::create(self.dir.join("husk-vmm.out"))
             .map_err(ShimError::io("create husk-vmm.out"))?;
-        let (rd, wr) = nix::unistd::pipe().map_err(|e| ShimError::io("pipe")(e.into()))?;
-        let wr_raw = std::os::fd::AsRawFd::as_raw_fd(&wr);
-        let tap = net
-            .as_ref()
-            .map(|n| crate::network::high_fd(&n.tap_fd))
-            .transpose()
-            .map_err(ShimError::io("dup the tap fd"))?;
-        let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let cgroup_fds = cgroup.fds();
-        let mut cmd = Command::new(vmm_binary);
-        cmd.arg("--config")
-            .arg(&cfg)
-            .arg("--ready-fd")
-            .arg(READY_FD.to_string())
-            .arg("--log-file")
-            .arg(self.dir.join("husk-vmm.log"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(ShimError::io("dup"))?)
-            .stderr(out);
-        // SAFETY: between fork and exec the closure only calls the
-        // async-signal-safe write, dup2, fcntl and setsid on fds open in
-        // the child, and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                // First: everything the monitor starts inherits the cgroup.
-                Joiner::join(&cgroup_fds)?;
-                if wr_raw == READY_FD {
-                    libc::fcntl(READY_FD, libc::F_SETFD, 0);
-                } else if libc::dup2(wr_raw, READY_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(t) = tap_raw {
-                    if libc::dup2(t, crate::network::TAP_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let child = cmd.spawn().map_err(ShimError::io(format!(
-            "cannot run {} in the pod's host cgroup {} (linux.cgroupsPath)",
-            vmm_binary.display(),
-            cgroup.path()
-        )))?;
-        drop(cgroup);
-        drop(wr);
-        // The monitor holds the tap now.
-        drop(tap);
-        let guest_net = net.map(|n| n.guest);
-        self.monitor_pid = child.id() as i32;
-        // The shim's reaper (containerd-shim's SIGCHLD handler) reaps it.
-        drop(child);
-        let _ = fs::write(self.dir.join("monitor.pid"), self.monitor_pid.to_string());
-        let _ = fs::write(self.dir.join("shim.pid"), std::process::id().to_string());
-        let timeout = Duration::from_secs(vm.boot_timeout_s + 30);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let r = std::io::BufReader::new(fs::File::from(rd)).read_line(&mut line);
-            let _ = tx.send(r.map(|_| line));
-        });
-        let line = match rx.recv_timeout(timeout) {
-            Ok(Ok(l)) if !l.is_empty() => l,
-            Ok(Ok(_)) | Ok(Err(_)) => return Err(self.boot_failed("the monitor exited")),
-            Err(_) => return Err(self.boot_failed("timed out")),
+        let launch = Launch {
+            binary: vmm_binary,
+            config: &cfg,
+            args: vec![
+                "--ready-fd".into(),
+                READY_FD.to_string().into(),
+                "--log-file".into(),
+                self.dir.join("husk-vmm.log").into(),
+            ],
+            stdin: Stdio::null(),
+            stdout: out.try_clone().map_err(ShimError::io("dup"))?.into(),
+            stderr: out.into(),
+            controlling_tty: false,
+            tap: net.as_ref().map(|n| &n.tap_fd),
+            cgroup: &cgroup,
+            ready_timeout: ready_timeout(vm.boot_timeout_s),
         };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["ok"] != true {
-            let why = v["error"].as_str().unwrap_or(line.trim()).to_owned();
-            return Err(self.boot_failed(&why));
+        let started = Instant::now();
+        let dir = self.dir.clone();
+        let monitor_pid = &mut self.monitor_pid;
+        // The shim's reaper (containerd-shim's SIGCHLD handler) reaps it.
+        let launched = launch_monitor(launch, |pid| {
+            *monitor_pid = pid;
+            let _ = fs::write(dir.join("monitor.pid"), pid.to_string());
+            let _ = fs::write(dir.join("shim.pid"), std::process::id().to_string());
+        });
+        drop(cgroup);
+        let guest_net = net.map(|n| n.guest);
+        if let Err(e) = launched {
+            return Err(match e {
+                LaunchError::Fds { what, source } => ShimError::Io {
+                    what: what.into(),
+                    source,
+                },
+                LaunchError::Spawn {
+                    binary,
+                    cgroup,
+                    source,
+                } => ShimError::io(format!(
+                    "cannot run {} in the pod's host cgroup {cgroup} (linux.cgroupsPath)",
+                    binary.display(),
+                ))(source),
+                LaunchError::NoReport {
+                    why: NoReport::TimedOut,
+                    ..
+                } => self.boot_failed("timed out"),
+                LaunchError::NoReport { .. } => self.boot_failed("the monitor exited"),
+                LaunchError::BadReport { line, .. } => self.boot_failed(line.trim()),
+                LaunchError::Failed { error, .. } => self.boot_failed(&error),
+            });
         }
         if let Some(g) = guest_net {
             self.agent()?
@@ -412,7 +387,7 @@ impl PodVm {
         }
         // What the monitor started and may have outlived it (qemu after
         // -runas has no parent-death signal).
-        husk_vmm::journal::signal_recorded(&self.dir, Signal::SIGKILL);
+        husk_vmm_contract::journal::signal_recorded(&self.dir, Signal::SIGKILL);
         // What is still in the pod's host cgroup is killed with it.
         if let Some(cg) = &self.host_cgroup {
             crate::host_cgroup::remove(cg);
@@ -466,7 +441,7 @@ pub fn cleanup_dead(dir: &Path, id: &str) {
     if let Some(p) = pid_in("monitor.pid") {
         stop_pid(p, Duration::from_secs(5));
     }
-    husk_vmm::journal::signal_recorded(dir, Signal::SIGKILL);
+    husk_vmm_contract::journal::signal_recorded(dir, Signal::SIGKILL);
     if let Some(cg) = fs::read(dir.join(HOST_CGROUP_STATE))
         .ok()
         .and_then(|b| serde_json::from_slice::<HostCgroupState>(&b).ok())

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use husk_vmm_contract::config::VmConfig;
 use vm_memory::GuestMemoryMmap;
 
 use super::engine::{BuiltinError, MmioDevice};
@@ -16,7 +17,6 @@ use super::virtio::net::Net;
 use super::virtio::tap::Tap;
 use super::virtio::vhost_user::VhostUserDevice;
 use super::virtio::{DeviceError, VirtioDevice};
-use crate::config::VmConfig;
 
 /// The IOAPIC's last input pin; virtio GSIs count up from
 /// [`VIRTIO_IRQ_BASE`] to it.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use husk_vmm_contract::config::VmConfig;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -28,7 +29,6 @@ use super::i8042::{ResetTrigger, I8042, I8042_BASE, I8042_LEN};
 use super::memory::{create_guest_memory, MemoryError, VIRTIO_MMIO_SIZE};
 use super::serial::{SerialDevice, COM1_BASE, COM1_GSI, COM1_LEN};
 use super::vm::{KvmVm, KvmVmError};
-use crate::config::VmConfig;
 use crate::engine::{EngineInstance, HostFacts};
 
 /// The builtin engine could not be built.

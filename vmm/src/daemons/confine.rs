@@ -22,7 +22,7 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 
-use crate::config::VirtiofsdSandbox;
+use husk_vmm_contract::config::VirtiofsdSandbox;
 
 /// A daemon's confinement could not be prepared.
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,10 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use husk_vmm_contract::config::{ShareConfig, VirtiofsdSandbox, VmConfig};
+
 use super::confine::{virtiofsd_modcaps, Confinement};
 use super::{remove_socket, wait_for_socket, DaemonError, SOCKET_TIMEOUT};
-use crate::config::{ShareConfig, VirtiofsdSandbox, VmConfig};
 use crate::process::Supervised;
 
 /// virtiofsd 1.x's arguments for one share. Never `--xattr`, `--posix-acl`

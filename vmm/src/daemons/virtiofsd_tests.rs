@@ -1,5 +1,6 @@
+use husk_vmm_contract::config::CachePolicy;
+
 use super::*;
-use crate::config::CachePolicy;
 use crate::daemons::DaemonError;
 use std::os::unix::fs::PermissionsExt;
 

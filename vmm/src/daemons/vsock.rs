@@ -6,9 +6,10 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use husk_vmm_contract::config::VmConfig;
+
 use super::confine::Confinement;
 use super::{remove_socket, remove_vsock_sockets, wait_for_socket, DaemonError, SOCKET_TIMEOUT};
-use crate::config::VmConfig;
 use crate::process::Supervised;
 
 /// vhost-device-vsock 0.3.0's arguments for `cfg`.

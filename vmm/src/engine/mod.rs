@@ -8,8 +8,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
+use husk_vmm_contract::config::{EngineChoice, VmConfig};
+
 use crate::binaries::BinaryError;
-use crate::config::{EngineChoice, VmConfig};
 use crate::process::ProcessError;
 
 /// An engine could not be chosen or started.

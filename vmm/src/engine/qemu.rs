@@ -24,9 +24,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use caps::Capability;
+use husk_vmm_contract::config::VmConfig;
 
 use super::{Accel, EngineError, EngineInstance, HostFacts};
-use crate::config::VmConfig;
 use crate::process::{describe, Supervised};
 
 /// The guest command line: ours first, the config's extra arguments last
@@ -355,7 +355,7 @@ impl EngineInstance for QemuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{NetConfig, ShareConfig};
+    use husk_vmm_contract::config::{NetConfig, ShareConfig};
 
     #[test]
     fn command_line() {

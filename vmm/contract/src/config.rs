@@ -1,5 +1,6 @@
-//! The VM configuration: one JSON document (`--config FILE`) that command-line
-//! flags can override, and its validation.
+//! The VM configuration: one JSON document (`husk-vmm --config FILE`) that
+//! the runtime writes and the monitor's command-line flags can override,
+//! and its validation.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -224,9 +225,9 @@ impl Default for VsockConfig {
     }
 }
 
-/// Bounds on the guest serial console log (`crate::console`): the guest
-/// controls what it prints, and the log lives in the state directory
-/// (tmpfs `/run`, so host RAM).
+/// Bounds on the guest serial console log (the monitor's `console`
+/// module): the guest controls what it prints, and the log lives in the
+/// state directory (tmpfs `/run`, so host RAM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
@@ -308,14 +309,16 @@ pub struct BinaryPaths {
 }
 
 /// Container supervisor mode: after boot, create this container and
-/// supervise it (see the crate README).
+/// supervise it (see `vmm/README.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerConfig {
     /// The request sent to the agent; its `stdio` says which of the
     /// monitor's fds 0/1/2 are forwarded.
     pub create: CreateContainer,
-    /// An inherited fd to report readiness on (one JSON line, then closed).
+    /// An inherited fd to report readiness on (one
+    /// [`crate::ReadyReport`] line, then closed; [`crate::READY_FD`] when
+    /// the runtime launched the monitor).
     #[serde(default)]
     pub ready_fd: Option<i32>,
     /// The guest network, sent to the agent before `create`.
@@ -330,7 +333,8 @@ pub struct ContainerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// The open tap fd in the monitor's fd table (3 or more).
+    /// The open tap fd in the monitor's fd table (3 or more;
+    /// [`crate::TAP_FD`] when the runtime launched the monitor).
     pub tap_fd: i32,
     /// The guest interface's MAC address, `aa:bb:cc:dd:ee:ff` (unicast).
     pub mac: String,

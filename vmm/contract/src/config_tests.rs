@@ -296,7 +296,7 @@ fn guest_kernel_nr_cpus_covers_max_vcpus() {
             .and_then(|v| v.trim().parse::<u32>().ok())
     };
     // What the build asks for is always here.
-    let fragments = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-kernel/fragments");
+    let fragments = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-kernel/fragments");
     let asked: Vec<u32> = std::fs::read_dir(&fragments)
         .unwrap()
         .flatten()

@@ -1,4 +1,7 @@
-//! The processes a monitor started, recorded in its state directory.
+//! What a monitor records in its state directory for whoever comes after
+//! it (the runtime's `state`, `delete`, the shim's cleanup): the processes
+//! it started ([`CHILDREN_FILE`]) and what its guest is doing
+//! ([`VM_STATE_FILE`]).
 //!
 //! A monitor's children die with it (`PR_SET_PDEATHSIG`) except where the
 //! kernel clears that setting: qemu's `-runas` changes its uid, which does.
