@@ -1168,11 +1168,6 @@ fn resume(shim: &Shim, id: &str) -> ttrpc::Result<Empty> {
     shim.task().resume(ctx(), &r)
 }
 
-/// `Pause` freezes the one container's cgroup in the pod's VM (the agent's
-/// `PauseContainer`), `State` says PAUSED until `Resume`, and both publish
-/// their event; a task that is not running cannot be paused, one that is
-/// not paused cannot be resumed, and a pause the agent refuses leaves the
-
 /// containerd waits on an exec before it starts it; when the start is
 /// refused (a paused task here) and the exec deleted, that `Wait` must end,
 /// or the shim's ttrpc server never shuts down and the shim never exits
@@ -1204,6 +1199,11 @@ fn a_wait_on_an_exec_deleted_before_it_started_ends() {
     shim.delete("a").unwrap();
     stop_the_vm(&shim);
 }
+
+/// `Pause` freezes the one container's cgroup in the pod's VM (the agent's
+/// `PauseContainer`), `State` says PAUSED until `Resume`, and both publish
+/// their event; a task that is not running cannot be paused, one that is
+/// not paused cannot be resumed, and a pause the agent refuses leaves the
 /// task running.
 #[test]
 fn pause_and_resume_freeze_the_container_in_the_guest_and_publish_events() {
