@@ -995,6 +995,24 @@ impl InitExit {
 /// A fake agent for task a (pid 10) whose init the OOM killer kills
 /// (137, one OOM kill), once the test releases `exit_hold`: `oom_wait`
 /// answers the `WaitOom`s (the nth one, after what count).
+/// Deletes task a and stops the VM, then checks a's events: one
+/// `TaskOOM`, published before its `TaskExit`.
+fn delete_a_expecting_one_oom_before_its_exit(shim: &Shim) {
+    shim.delete("a").expect("delete a");
+    stop_the_vm(shim);
+    assert_eq!(
+        shim.topics(),
+        [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_START_EVENT_TOPIC,
+            topics::TASK_OOM_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ]
+    );
+    assert_eq!(shim.oom_ids(), ["a"]);
+}
+
 fn oom_killed_a(
     exit_hold: Hold,
     exit: Arc<InitExit>,
@@ -1049,19 +1067,7 @@ fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
     assert_eq!(shim.wait("a", "").expect("wait a"), 137);
     // The watch's late answer publishes nothing more.
     thread::sleep(Duration::from_millis(800));
-    shim.delete("a").expect("delete a");
-    stop_the_vm(&shim);
-    assert_eq!(
-        shim.topics(),
-        [
-            topics::TASK_CREATE_EVENT_TOPIC,
-            topics::TASK_START_EVENT_TOPIC,
-            topics::TASK_OOM_EVENT_TOPIC,
-            topics::TASK_EXIT_EVENT_TOPIC,
-            topics::TASK_DELETE_EVENT_TOPIC,
-        ]
-    );
-    assert_eq!(shim.oom_ids(), ["a"]);
+    delete_a_expecting_one_oom_before_its_exit(&shim);
 }
 
 /// An OOM kill of another process of a running container is published as
@@ -1099,19 +1105,7 @@ fn an_oom_kill_in_a_running_container_is_published_as_it_happens() {
     assert_eq!(shim.status("a", "").unwrap(), (Status::RUNNING, 10));
     held.release();
     assert_eq!(shim.wait("a", "").expect("wait a"), 137);
-    shim.delete("a").expect("delete a");
-    stop_the_vm(&shim);
-    assert_eq!(
-        shim.topics(),
-        [
-            topics::TASK_CREATE_EVENT_TOPIC,
-            topics::TASK_START_EVENT_TOPIC,
-            topics::TASK_OOM_EVENT_TOPIC,
-            topics::TASK_EXIT_EVENT_TOPIC,
-            topics::TASK_DELETE_EVENT_TOPIC,
-        ]
-    );
-    assert_eq!(shim.oom_ids(), ["a"]);
+    delete_a_expecting_one_oom_before_its_exit(&shim);
 }
 
 /// The agent's requests that name container `a`, by name (the waiters'
