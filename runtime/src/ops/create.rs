@@ -72,7 +72,7 @@ pub fn create(rt: &Runtime, id: &str, opts: &CreateOptions) -> Result<ContainerS
     match build(rt, &bundle, &dir, &size, opts, &mut st) {
         Ok(()) => Ok(st),
         Err(e) => {
-            tracing::debug!(id, error = %e, "create failed, cleaning up");
+            tracing::debug!(id, error = %crate::error_chain(&e), "create failed, cleaning up");
             teardown(rt, &st);
             Err(e)
         }

@@ -83,8 +83,10 @@ pub enum OpError {
     /// The container's host cgroup (`linux.cgroupsPath`).
     #[error(transparent)]
     HostCgroup(#[from] crate::host_cgroup::HostCgroupError),
-    /// The agent refused or could not be reached.
-    #[error("container {id}: {source}")]
+    /// The agent refused or could not be reached. What it said is the
+    /// source, not repeated here: a chain (`{:#}`, `error_chain`) printed
+    /// it twice.
+    #[error("container {id}")]
     Agent {
         /// The container.
         id: String,

@@ -418,10 +418,10 @@ mod tests {
             1,
             "a refused update reached the agent"
         );
-        let e = update(&rt, "c1", &patch(&["--memory", "200M"]).unwrap())
-            .unwrap_err()
-            .to_string();
+        let e = update(&rt, "c1", &patch(&["--memory", "200M"]).unwrap()).unwrap_err();
+        let e = crate::error_chain(&e);
         assert!(e.contains("more than the guest's memory"), "{e}");
+        assert_eq!(e.matches("more than the guest's memory").count(), 1, "{e}");
         assert_eq!(recorded(&rt, "c1"), want, "a refused update was recorded");
         let e = update(&rt, "nope", &p).unwrap_err().to_string();
         assert_eq!(e, "container \"nope\" does not exist");
