@@ -63,6 +63,17 @@ fn rule(op: &str, port: u16) -> Vec<String> {
     .collect()
 }
 
+/// Adds (`-A`) or deletes (`-D`) the redirect to `port`, in the calling
+/// thread's network namespace.
+fn iptables(op: &str, port: u16) -> Result<(), NetworkError> {
+    let args = rule(op, port);
+    run(
+        "iptables",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .map(drop)
+}
+
 impl PortForward {
     /// Starts forwarding the loopback of the namespace at `netns` to the
     /// guest the agent at `agent` runs in. Needs `iptables` (with the nat
@@ -82,11 +93,7 @@ impl PortForward {
                     source: e,
                 })?
                 .port();
-            let args = rule("-A", port);
-            run(
-                "iptables",
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )?;
+            iptables("-A", port)?;
             Ok((l, port))
         })?;
         let listener = Arc::new(listener);
@@ -120,14 +127,7 @@ impl PortForward {
             return;
         }
         let port = self.port;
-        let r = in_netns(&self.netns, move || {
-            let args = rule("-D", port);
-            run(
-                "iptables",
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .map(drop)
-        });
+        let r = in_netns(&self.netns, move || iptables("-D", port));
         if let Err(e) = r {
             tracing::warn!(netns = %self.netns.display(), error = %e, "cannot remove the port-forward rule");
         }
