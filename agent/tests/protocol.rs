@@ -140,7 +140,6 @@ fn unknown_container_ids_are_not_found() {
         Request::Stats(cref()),
         Request::RemoveContainer(cref()),
         Request::WaitProcess(pref()),
-        Request::CloseStdin(pref()),
         Request::SignalProcess(SignalProcess {
             container_id: "ghost".into(),
             exec_id: None,

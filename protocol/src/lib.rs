@@ -15,6 +15,7 @@
 //! versions are rejected with [`ErrorCode::InvalidArgument`] or
 //! [`ErrorCode::UnsupportedVersion`], never ignored.
 
+pub mod attach;
 pub mod client;
 pub mod frame;
 mod messages;

@@ -52,7 +52,8 @@ impl Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamKind {
-    /// Host -> process. Closing the connection (or `CloseStdin`) is EOF.
+    /// Host -> process. A half-close (or close) of the connection is EOF,
+    /// after every byte sent before it.
     Stdin,
     /// Process -> host; EOF when every writer in the guest has closed it.
     Stdout,
@@ -117,8 +118,6 @@ pub enum Request {
     WaitOom(WaitOom),
     /// Set the window size of a process's pty.
     ResizeTty(ResizeTty),
-    /// Close the guest side of a process's stdin (EOF for the process).
-    CloseStdin(ProcessRef),
     /// The container's state; answers [`Response::State`].
     State(ContainerRef),
     /// The container's processes; answers [`Response::Processes`].
@@ -157,7 +156,6 @@ impl Request {
             Request::WaitProcess(_) => "WaitProcess",
             Request::WaitOom(_) => "WaitOom",
             Request::ResizeTty(_) => "ResizeTty",
-            Request::CloseStdin(_) => "CloseStdin",
             Request::State(_) => "State",
             Request::ListProcesses(_) => "ListProcesses",
             Request::Stats(_) => "Stats",

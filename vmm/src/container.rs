@@ -15,14 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
-use husk_protocol::frame::{read_frame, write_frame};
-use husk_protocol::{
-    check_version, Hello, Request, Response, ResponseFrame, SignalProcess, StreamKind,
-    PROTOCOL_VERSION,
+use husk_protocol::attach::{
+    attach, resize_request, Attached, HostEnds, Sink, Source, Target, ThreadInit,
 };
+use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
+use husk_protocol::{Request, Response, SignalProcess};
 use husk_vmm_contract::config::{ContainerConfig, VmConfig};
-use husk_vmm_contract::tty::window_size;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
@@ -182,7 +180,7 @@ struct Setup {
     control: Arc<Mutex<AgentClient>>,
     waiter: mpsc::Receiver<Result<i32, String>>,
     waiter_wake: UnixStream,
-    pumps: Vec<(mpsc::Receiver<()>, UnixStream)>,
+    pumps: Attached,
     /// The process has a terminal: SIGWINCH resizes it instead of being
     /// forwarded.
     terminal: bool,
@@ -219,7 +217,7 @@ fn setup(
             thread::sleep(Duration::from_millis(20));
             continue;
         }
-        match connect_control(&addr, Duration::from_secs(2)) {
+        match AgentClient::connect(&addr, Duration::from_secs(2)) {
             Ok(c) => break c,
             Err(e) if Instant::now() >= deadline => {
                 return Err(Abort::Failed(format!(
@@ -247,29 +245,41 @@ fn setup(
     };
     let stdio = ccfg.create.stdio;
     let terminal = is_terminal(ccfg);
-    let mut streams = Vec::new();
+    let dup = |fd: &OwnedFd, what: &str| {
+        fd.try_clone()
+            .map(std::fs::File::from)
+            .map_err(|e| Abort::Failed(format!("dup {what}: {e}")))
+    };
+    // The runtime made a terminal process's stdio the slave of a host pty
+    // (raw) whose master went to --console-socket: input from fd 0,
+    // output to fd 1, window size from fd 0.
+    let ends = HostEnds {
+        stdin: (terminal || stdio.stdin)
+            .then(|| dup(&host.stdin, "stdin").map(Source::File))
+            .transpose()?,
+        stdout: (terminal || stdio.stdout)
+            .then(|| dup(&host.stdout, "stdout").map(Sink::File))
+            .transpose()?,
+        stderr: (!terminal && stdio.stderr)
+            .then(|| dup(&host.stderr, "stderr").map(Sink::File))
+            .transpose()?,
+        terminal,
+    };
+    let target = Target {
+        container_id: &cid,
+        exec_id: None,
+    };
     if terminal {
-        let s = addr
-            .open_stream(&cid, None, StreamKind::Pty)
-            .map_err(|e| fail("cannot attach the terminal", e))?;
-        streams.push((StreamKind::Pty, s));
-    }
-    for (on, kind) in [
-        (stdio.stdin, StreamKind::Stdin),
-        (stdio.stdout, StreamKind::Stdout),
-        (stdio.stderr, StreamKind::Stderr),
-    ] {
-        if on {
-            let s = addr
-                .open_stream(&cid, None, kind)
-                .map_err(|e| fail("cannot attach stdio", e))?;
-            streams.push((kind, s));
-        }
+        resize_tty(&mut control, target, &host.stdin);
     }
     let mut wait_client = AgentClient::connect(&addr, Duration::from_secs(5))
         .map_err(|e| fail("cannot open the wait connection", e))?;
 
-    // Every child process exists now: threads from here on.
+    // Every child process exists now: threads from here on, each confined
+    // as it starts.
+    let init: ThreadInit = Arc::new(confine_pump);
+    let pumps = attach(&addr, target, ends, Some(init.clone()))
+        .map_err(|e| fail("cannot attach stdio", e))?;
     let control = Arc::new(Mutex::new(control));
     let (wtx, waiter) = mpsc::channel();
     let (waiter_wake, mut wake_tx) =
@@ -280,81 +290,13 @@ fn setup(
         .map_err(|e| Abort::Failed(format!("socketpair: {e}")))?;
     let wcid = cid.clone();
     thread::spawn(move || {
-        let r = match confine_pump() {
+        let r = match init() {
             Ok(()) => wait_client.wait(&wcid, None).map_err(|e| error_chain(&e)),
             Err(e) => Err(e),
         };
         let _ = wtx.send(r);
         let _ = wake_tx.write_all(b"x");
     });
-    let mut pumps = Vec::new();
-    for (kind, stream) in streams {
-        let clone = stream
-            .try_clone()
-            .map_err(|e| Abort::Failed(format!("dup stream: {e}")))?;
-        let (dtx, drx) = mpsc::channel();
-        match kind {
-            StreamKind::Stdin => {
-                let stdin = host
-                    .stdin
-                    .try_clone()
-                    .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
-                thread::spawn(move || {
-                    if confine_pump().is_ok() {
-                        pump_stdin(std::fs::File::from(stdin), stream);
-                    }
-                });
-                // Not drained at exit: nobody waits for stdin.
-                drop(drx);
-                drop(dtx);
-                drop(clone);
-            }
-            StreamKind::Stdout | StreamKind::Stderr => {
-                let out = if kind == StreamKind::Stdout {
-                    host.stdout.try_clone()
-                } else {
-                    host.stderr.try_clone()
-                };
-                let out = out.map_err(|e| Abort::Failed(format!("dup stdio: {e}")))?;
-                thread::spawn(move || {
-                    if confine_pump().is_ok() {
-                        pump_out(stream, std::fs::File::from(out));
-                    }
-                    let _ = dtx.send(());
-                });
-                pumps.push((drx, clone));
-            }
-            StreamKind::Pty => {
-                // The runtime made our stdio the slave of a host pty (raw)
-                // whose master went to --console-socket: input from fd 0,
-                // output to fd 1, window size from fd 0.
-                let input = host
-                    .stdin
-                    .try_clone()
-                    .map_err(|e| Abort::Failed(format!("dup stdin: {e}")))?;
-                let out = host
-                    .stdout
-                    .try_clone()
-                    .map_err(|e| Abort::Failed(format!("dup stdout: {e}")))?;
-                resize_tty(&control, &cid, &host.stdin);
-                let to_guest = stream
-                    .try_clone()
-                    .map_err(|e| Abort::Failed(format!("dup stream: {e}")))?;
-                thread::spawn(move || {
-                    if confine_pump().is_ok() {
-                        pump_stdin(std::fs::File::from(input), to_guest);
-                    }
-                });
-                thread::spawn(move || {
-                    if confine_pump().is_ok() {
-                        pump_out(stream, std::fs::File::from(out));
-                    }
-                    let _ = dtx.send(());
-                });
-                pumps.push((drx, clone));
-            }
-        }
-    }
     let tty = host
         .stdin
         .try_clone()
@@ -380,73 +322,6 @@ fn confine_pump() -> Result<(), String> {
     })
 }
 
-/// Connects a control connection, with timeouts on every step so a guest
-/// that is not up yet cannot hang the monitor.
-fn connect_control(addr: &AgentAddr, step: Duration) -> io::Result<AgentClient> {
-    let mut s = match addr {
-        AgentAddr::Unix(p) => UnixStream::connect(p)?,
-        AgentAddr::HybridVsock { uds, port } => {
-            let mut s = UnixStream::connect(uds)?;
-            s.set_read_timeout(Some(step))?;
-            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.len() < 64 {
-                match s.read(&mut b)? {
-                    0 => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            "no listener yet",
-                        ))
-                    }
-                    _ if b[0] == b'\n' => break,
-                    _ => line.push(b[0]),
-                }
-            }
-            if !line.starts_with(b"OK ") {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "CONNECT refused",
-                ));
-            }
-            s
-        }
-    };
-    s.set_read_timeout(Some(step))?;
-    write_frame(
-        &mut s,
-        &Hello::Control {
-            version: PROTOCOL_VERSION,
-        },
-    )
-    .map_err(io::Error::other)?;
-    let ack: ResponseFrame = read_frame(&mut s).map_err(io::Error::other)?;
-    check_version(ack.version).map_err(io::Error::other)?;
-    ack.result.map_err(io::Error::other)?;
-    s.set_read_timeout(None)?;
-    Ok(AgentClient::from_stream(s))
-}
-
-fn pump_stdin(mut input: std::fs::File, mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    // The half-close is the process's EOF once the agent has delivered
-    // every byte before it. (A CloseStdin request here would race those
-    // bytes: it travels on another connection.)
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-}
-
 /// Whether the container's process has a terminal.
 fn is_terminal(ccfg: &ContainerConfig) -> bool {
     ccfg.create
@@ -458,51 +333,20 @@ fn is_terminal(ccfg: &ContainerConfig) -> bool {
 }
 
 /// Copies the window size of `tty` to the container's pty.
-fn resize_tty(control: &Mutex<AgentClient>, cid: &str, tty: &OwnedFd) {
-    let Some((rows, cols)) = window_size(tty) else {
+fn resize_tty(control: &mut AgentClient, target: Target<'_>, tty: &OwnedFd) {
+    let Some(req) = resize_request(target, tty) else {
         return;
     };
-    let req = Request::ResizeTty(husk_protocol::ResizeTty {
-        container_id: cid.to_owned(),
-        exec_id: None,
-        rows,
-        cols,
-    });
-    if let Ok(mut c) = control.lock() {
-        if let Err(e) = c.call(req) {
-            tracing::debug!("ResizeTty: {}", error_chain(&e));
-        }
+    if let Err(e) = control.call(req) {
+        tracing::debug!("ResizeTty: {}", error_chain(&e));
     }
-}
-
-fn pump_out(mut stream: UnixStream, mut out: std::fs::File) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    let mut writable = true;
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!("output stream broke after {total} bytes: {e}");
-                break;
-            }
-        };
-        total += n as u64;
-        // Once our reader is gone, keep draining so the container never blocks.
-        if writable && out.write_all(&buf[..n]).is_err() {
-            writable = false;
-        }
-    }
-    tracing::debug!("output stream ended after {total} bytes");
 }
 
 fn supervise(
     ccfg: &ContainerConfig,
     vm: &mut dyn Guest,
     signals: &mut Signals,
-    setup: Setup,
+    mut setup: Setup,
 ) -> i32 {
     let cid = ccfg.create.container_id.clone();
     let mut wake_buf = [0u8; 8];
@@ -517,7 +361,13 @@ fn supervise(
             }
             if sig == nix::sys::signal::Signal::SIGWINCH && setup.terminal {
                 // Our controlling terminal (the host pty) was resized.
-                resize_tty(&setup.control, &cid, &setup.tty);
+                if let Ok(mut c) = setup.control.lock() {
+                    let target = Target {
+                        container_id: &cid,
+                        exec_id: None,
+                    };
+                    resize_tty(&mut c, target, &setup.tty);
+                }
                 continue;
             }
             let req = Request::SignalProcess(SignalProcess {
@@ -559,7 +409,7 @@ fn supervise(
     let status = match result {
         Ok(s) => {
             tracing::info!(status = s, "container init exited");
-            drain(&setup.pumps);
+            setup.pumps.drain(DRAIN_TIMEOUT);
             tracing::debug!(ms = ms(exited), "exit path: stdio drained");
             // The agent answers Shutdown once the guest's writes are on
             // the host (it syncs first): the VM is stopped right after,
@@ -600,20 +450,6 @@ fn supervise(
     vm.shutdown();
     tracing::debug!(ms = ms(exited), "exit path: engine and daemons gone");
     status
-}
-
-/// Waits for the output pumps to reach EOF, cutting them off after
-/// [`DRAIN_TIMEOUT`].
-fn drain(pumps: &[(mpsc::Receiver<()>, UnixStream)]) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    for (done, stream) in pumps {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done.recv_timeout(left).is_err() {
-            tracing::warn!("output not drained within {DRAIN_TIMEOUT:?}; cutting it off");
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            let _ = done.recv_timeout(Duration::from_secs(1));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! guest: the protocol sequence, stdio, readiness, signals, exit status.
 
 use super::*;
-use husk_protocol::{ErrorCode, ProtocolError, RequestFrame};
+use husk_protocol::frame::{read_frame, write_frame};
+use husk_protocol::{ErrorCode, Hello, ProtocolError, RequestFrame, ResponseFrame, StreamKind};
 use std::io::Read;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;

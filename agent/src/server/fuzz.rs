@@ -17,8 +17,8 @@
 use husk_protocol::frame::write_frame;
 use husk_protocol::fuzzing::{self, config};
 use husk_protocol::{
-    ContainerRef, ErrorCode, ProcessRef, Request, ResizeTty, SignalProcess, StreamKind,
-    UpdateContainer, WaitOom, PROTOCOL_VERSION,
+    ContainerRef, ErrorCode, Request, ResizeTty, SignalProcess, StreamKind, UpdateContainer,
+    WaitOom, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -268,7 +268,6 @@ proptest! {
             Request::StartContainer(ContainerRef { container_id: cid.clone() }),
             Request::SignalProcess(SignalProcess { container_id: cid.clone(), exec_id: exec.clone(), signal, all: rows % 2 == 0 }),
             Request::ResizeTty(ResizeTty { container_id: cid.clone(), exec_id: exec.clone(), rows, cols: rows }),
-            Request::CloseStdin(ProcessRef { container_id: cid.clone(), exec_id: exec.clone() }),
             Request::WaitOom(WaitOom { container_id: cid.clone(), after: id }),
             Request::PauseContainer(ContainerRef { container_id: cid.clone() }),
             Request::ResumeContainer(ContainerRef { container_id: cid.clone() }),

@@ -229,35 +229,6 @@ impl Server {
                     .map_err(|e| io_err("resize the pty", e))?;
                 Ok(Response::Empty)
             }
-            Request::CloseStdin(r) => {
-                let c = self.container(&r.container_id)?;
-                let p = c
-                    .process_mut(r.exec_id.as_deref())
-                    .ok_or_else(|| no_process(&r.container_id, r.exec_id.as_deref()))?;
-                p.stdio.stdin = None;
-                // An attached stdin stream flushes what it holds, then
-                // closes the pipe.
-                let key = |k: &PumpKey| {
-                    k.stream == StreamKind::Stdin
-                        && k.container_id == r.container_id
-                        && k.exec_id == r.exec_id
-                };
-                let mut done = Vec::new();
-                for (id, pump) in self
-                    .pumps
-                    .iter_mut()
-                    .filter(|(_, p)| p.key.as_ref().is_some_and(key))
-                {
-                    pump.src_eof = true;
-                    if pump.service() == super::pump::PumpState::Done {
-                        done.push(*id);
-                    }
-                }
-                for id in done {
-                    self.pumps.remove(&id);
-                }
-                Ok(Response::Empty)
-            }
             Request::State(r) => {
                 let c = self.container(&r.container_id)?;
                 Ok(Response::State(ContainerState {

@@ -15,7 +15,7 @@ use nix::sys::socket::{shutdown, Shutdown};
 // packets pass; measured: 10 MiB byte-exact through the qemu engine.
 const CHUNK: usize = 4 * 1024;
 
-/// What a pump is attached to, for CloseStdin and RemoveContainer.
+/// What a pump is attached to, for RemoveContainer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PumpKey {
     /// The container.

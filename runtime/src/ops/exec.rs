@@ -7,13 +7,14 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use husk_protocol::client::AgentClient;
-use husk_protocol::{ExecProcess, Request, ResizeTty, StdioSpec, StreamKind};
+use husk_protocol::attach::{attach, resize_request, HostEnds, Sink, Source, Target};
+use husk_protocol::client::{AgentAddr, AgentClient};
+use husk_protocol::{ExecProcess, Request, StdioSpec};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use oci_spec::runtime::{Capability, Process};
 
-use super::stdio::{pump, raw_pty, send_console, std_fd};
+use super::stdio::{raw_pty, send_console, std_fd};
 use super::{OpError, Runtime, AGENT_TIMEOUT};
 use crate::cli::ExecArgs;
 use crate::state::{write_atomic, ContainerState, Status};
@@ -309,17 +310,17 @@ pub fn exec_attach(
         source,
     };
     let mut waiter = AgentClient::connect(&addr, AGENT_TIMEOUT).map_err(agent_err)?;
-    let mut pumps = Vec::new();
+    let target = Target {
+        container_id: id,
+        exec_id: Some(exec_id),
+    };
     let mut restore = None;
-    if tty {
+    let ends = if tty {
         // Block SIGWINCH before any thread starts so only the resize
         // thread receives it.
         let mut winch = SigSet::empty();
         winch.add(Signal::SIGWINCH);
         let _ = winch.thread_block();
-        let stream = addr
-            .open_stream(id, Some(exec_id), StreamKind::Pty)
-            .map_err(agent_err)?;
         let (input, output) = match console_socket {
             Some(sock) => {
                 let pty = raw_pty().map_err(OpError::io("cannot open a pty"))?;
@@ -341,48 +342,35 @@ pub fn exec_attach(
                 (stdin, std_fd(1).map_err(OpError::io("stdout"))?)
             }
         };
-        resize(&addr, id, exec_id, &output);
+        resize(&addr, target, &output);
         let size_src = output.try_clone().map_err(OpError::io("dup"))?;
         let (a, i, e) = (addr.clone(), id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || loop {
             if winch.wait().is_ok() {
-                resize(&a, &i, &e, &size_src);
+                let target = Target {
+                    container_id: &i,
+                    exec_id: Some(&e),
+                };
+                resize(&a, target, &size_src);
             }
         });
-        let to_guest = stream.try_clone().map_err(OpError::io("dup"))?;
-        pumps.push(pump(stream, output, |_| {}));
-        // Input ends with the process; this thread is not joined.
-        pump(input, to_guest, |_| {});
+        HostEnds {
+            stdin: Some(Source::File(input)),
+            stdout: Some(Sink::File(output)),
+            stderr: None,
+            terminal: true,
+        }
     } else {
-        let stdin = addr
-            .open_stream(id, Some(exec_id), StreamKind::Stdin)
-            .map_err(agent_err)?;
-        let stdout = addr
-            .open_stream(id, Some(exec_id), StreamKind::Stdout)
-            .map_err(agent_err)?;
-        let stderr = addr
-            .open_stream(id, Some(exec_id), StreamKind::Stderr)
-            .map_err(agent_err)?;
-        pumps.push(pump(
-            stdout,
-            std_fd(1).map_err(OpError::io("stdout"))?,
-            |_| {},
-        ));
-        pumps.push(pump(
-            stderr,
-            std_fd(2).map_err(OpError::io("stderr"))?,
-            |_| {},
-        ));
-        // The half-close is the process's EOF once the agent delivered every
-        // byte before it (a CloseStdin request would race them).
-        pump(std_fd(0).map_err(OpError::io("stdin"))?, stdin, |s| {
-            let _ = s.shutdown(std::net::Shutdown::Write);
-        });
-    }
+        HostEnds {
+            stdin: Some(Source::File(std_fd(0).map_err(OpError::io("stdin"))?)),
+            stdout: Some(Sink::File(std_fd(1).map_err(OpError::io("stdout"))?)),
+            stderr: Some(Sink::File(std_fd(2).map_err(OpError::io("stderr"))?)),
+            terminal: false,
+        }
+    };
+    let mut pumps = attach(&addr, target, ends, None).map_err(agent_err)?;
     let status = waiter.wait(id, Some(exec_id)).map_err(agent_err);
-    for p in pumps {
-        let _ = p.join();
-    }
+    pumps.drain(DRAIN_TIMEOUT);
     if let Some((f, t)) = restore {
         let _ = tcsetattr(&f, SetArg::TCSANOW, &t);
     }
@@ -390,18 +378,17 @@ pub fn exec_attach(
     status
 }
 
-fn resize(addr: &husk_protocol::client::AgentAddr, id: &str, exec_id: &str, term: &std::fs::File) {
-    let Some((rows, cols)) = husk_vmm_contract::tty::window_size(term) else {
+/// How long an exec's output gets to drain after it exited (a process
+/// it left behind may hold its stdout open).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn resize(addr: &AgentAddr, target: Target<'_>, term: &std::fs::File) {
+    let Some(req) = resize_request(target, term) else {
         return;
     };
     if let Ok(mut c) = AgentClient::connect(addr, AGENT_TIMEOUT) {
         c.set_call_timeout(super::AGENT_CALL_TIMEOUT);
-        let _ = c.call(Request::ResizeTty(ResizeTty {
-            container_id: id.into(),
-            exec_id: Some(exec_id.into()),
-            rows,
-            cols,
-        }));
+        let _ = c.call(req);
     }
 }
 

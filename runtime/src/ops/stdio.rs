@@ -1,13 +1,12 @@
-//! Host-side stdio plumbing: host ptys for terminal processes, handing the
-//! pty master to `--console-socket`, and byte pumps between local fds and
-//! the agent's stream connections.
+//! Host ptys for terminal processes and handing the pty master to
+//! `--console-socket`; the byte pumps to the agent's streams are
+//! `husk_protocol::attach`'s.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::thread::{self, JoinHandle};
 
 use nix::pty::{openpty, OpenptyResult};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -37,33 +36,6 @@ pub fn send_console(path: &Path, pty: &OpenptyResult) -> io::Result<()> {
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
         .map_err(io::Error::from)?;
     Ok(())
-}
-
-/// Copies `from` to `to` until EOF on `from`, then runs `on_eof`.
-pub fn pump<R, W, F>(mut from: R, mut to: W, on_eof: F) -> JoinHandle<()>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static,
-    F: FnOnce(W) + Send + 'static,
-{
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // EIO on a pty master: the other side is gone.
-                Err(_) => break,
-            }
-        }
-        let _ = to.flush();
-        on_eof(to);
-    })
 }
 
 /// A duplicate of one of this process's standard fds as a `File`.

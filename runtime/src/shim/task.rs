@@ -1174,8 +1174,8 @@ impl Task for TaskService {
         }
         let pumps = self.proc_info(&req.id, &req.exec_id, |_, p| p.pumps.clone())?;
         let stdin = pumps.lock().unwrap_or_else(|e| e.into_inner()).take_stdin();
-        if let Some((stream, done)) = stdin {
-            super::io::close_stdin(stream, done);
+        if let Some(stdin) = stdin {
+            stdin.close();
         }
         Ok(Empty::new())
     }

@@ -8,7 +8,6 @@
 //! | [`config`] | [`VmConfig`]: the JSON document the runtime writes and `husk-vmm --config` reads, and its validation |
 //! | [`ready`] | [`ReadyReport`]: the one JSON line the monitor writes on [`READY_FD`] once the VM (and container) is up, or why it failed |
 //! | [`journal`] | the state-directory records the monitor writes and the runtime reads: the guest's `vm-state`, the recorded children |
-//! | [`tty`] | a host terminal's window size, which both send to the agent |
 //!
 //! The fd numbers a monitor inherits from its launcher are
 //! [`READY_FD`] and [`TAP_FD`].
@@ -16,7 +15,6 @@
 pub mod config;
 pub mod journal;
 pub mod ready;
-pub mod tty;
 
 pub use config::{ContainerConfig, EngineChoice, NetConfig, ShareConfig, VmConfig};
 pub use ready::ReadyReport;
