@@ -224,32 +224,38 @@ pub fn attach(
     };
     for (stream, src) in inputs {
         let kept = dup(&stream)?;
-        let (tx, done) = channel();
-        let init = init.clone();
-        thread::spawn(move || {
-            if run_init(init.as_ref()) {
+        let done = spawn_pump(&init, move |ok| {
+            if ok {
                 pump_in(src, &stream);
             }
             // The process's EOF, after every byte before it; the write
             // half only, as a pty stream also carries the output.
             let _ = stream.shutdown(Shutdown::Write);
-            let _ = tx.send(());
         });
         attached.stdin = Some(StdinHandle { stream: kept, done });
     }
     for (stream, sink) in outputs {
         let kept = dup(&stream)?;
-        let (tx, done) = channel();
-        let init = init.clone();
-        thread::spawn(move || {
-            if run_init(init.as_ref()) {
+        let done = spawn_pump(&init, move |ok| {
+            if ok {
                 pump_out(stream, sink);
             }
-            let _ = tx.send(());
         });
         attached.outputs.push(OutputPump { done, stream: kept });
     }
     Ok(attached)
+}
+
+/// Runs `work` in a new thread, told whether `init` succeeded there; the
+/// receiver is signalled when it returns.
+fn spawn_pump(init: &Option<ThreadInit>, work: impl FnOnce(bool) + Send + 'static) -> Receiver<()> {
+    let (tx, done) = channel();
+    let init = init.clone();
+    thread::spawn(move || {
+        work(run_init(init.as_ref()));
+        let _ = tx.send(());
+    });
+    done
 }
 
 fn run_init(init: Option<&ThreadInit>) -> bool {

@@ -61,6 +61,26 @@ const INIT: Target<'static> = Target {
     exec_id: None,
 };
 
+/// A process with only stdin attached, to a pipe whose write end is
+/// returned; what the fake agent receives comes on the receiver.
+fn stdin_only(
+    dir: &std::path::Path,
+    init: Option<ThreadInit>,
+) -> (
+    Attached,
+    File,
+    std::sync::mpsc::Receiver<(StreamKind, Vec<u8>)>,
+) {
+    let (tx, rx) = channel();
+    let addr = fake_agent(dir, Behaviour::Emit(0), tx);
+    let (r, w) = pipe();
+    let ends = HostEnds {
+        stdin: Some(Source::File(r)),
+        ..HostEnds::default()
+    };
+    (attach(&addr, INIT, ends, init).unwrap(), w, rx)
+}
+
 fn pipe() -> (File, File) {
     let (r, w) = nix::unistd::pipe().unwrap();
     (File::from(r), File::from(w))
@@ -155,14 +175,7 @@ fn a_stream_that_never_ends_is_cut_off_at_the_deadline() {
 #[test]
 fn input_arrives_whole_then_eof() {
     let t = tempfile::tempdir().unwrap();
-    let (tx, rx) = channel();
-    let addr = fake_agent(t.path(), Behaviour::Emit(0), tx);
-    let (r, mut w) = pipe();
-    let ends = HostEnds {
-        stdin: Some(Source::File(r)),
-        ..HostEnds::default()
-    };
-    let mut a = attach(&addr, INIT, ends, None).unwrap();
+    let (mut a, mut w, rx) = stdin_only(t.path(), None);
     let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
     w.write_all(&data).unwrap();
     drop(w);
@@ -178,14 +191,7 @@ fn input_arrives_whole_then_eof() {
 #[test]
 fn close_ends_input_whose_host_end_stays_open() {
     let t = tempfile::tempdir().unwrap();
-    let (tx, rx) = channel();
-    let addr = fake_agent(t.path(), Behaviour::Emit(0), tx);
-    let (r, mut w) = pipe();
-    let ends = HostEnds {
-        stdin: Some(Source::File(r)),
-        ..HostEnds::default()
-    };
-    let mut a = attach(&addr, INIT, ends, None).unwrap();
+    let (mut a, mut w, rx) = stdin_only(t.path(), None);
     w.write_all(b"kept").unwrap();
     a.take_stdin().unwrap().close();
     let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -222,15 +228,8 @@ fn fifos_are_opened_in_the_pump_threads() {
 #[test]
 fn a_failed_thread_init_closes_the_stream() {
     let t = tempfile::tempdir().unwrap();
-    let (tx, rx) = channel();
-    let addr = fake_agent(t.path(), Behaviour::Emit(0), tx);
-    let (r, mut w) = pipe();
-    let ends = HostEnds {
-        stdin: Some(Source::File(r)),
-        ..HostEnds::default()
-    };
     let init: ThreadInit = Arc::new(|| Err("refused".to_owned()));
-    let _a = attach(&addr, INIT, ends, Some(init)).unwrap();
+    let (_a, mut w, rx) = stdin_only(t.path(), Some(init));
     w.write_all(b"never").unwrap();
     let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(got.is_empty(), "{got:?}");
