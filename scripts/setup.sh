@@ -44,7 +44,11 @@ done
 install -d "$prefix/share/husk"
 install -m 0644 "$vmlinux" "$prefix/share/husk/vmlinux"
 install -m 0644 "$initramfs" "$prefix/share/husk/initramfs.cpio"
-log "installed: $prefix/bin/{husk,husk-vmm,husk-agent}, $prefix/share/husk/{vmlinux,initramfs.cpio}"
+# The kernel's .config, so that `husk check` can say whether it has what
+# husk needs.
+install -m 0644 "$(dirname "$vmlinux")/config" "$prefix/share/husk/vmlinux.config"
+log "installed: $prefix/bin/{husk,husk-vmm,husk-agent}, $prefix/share/husk/{vmlinux,vmlinux.config,initramfs.cpio}"
+"$prefix/bin/husk" check || die "husk check says this host cannot run containers (above)"
 
 $run_demo || exit 0
 exec "$root/scripts/demo.sh"

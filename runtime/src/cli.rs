@@ -128,6 +128,15 @@ pub enum Command {
     },
     /// Print the runtime-spec features this runtime supports, as JSON.
     Features,
+    /// Say whether this host can run husk's containers, and how: /dev/kvm,
+    /// the engine `auto` picks and why, the guest kernel and initramfs, the
+    /// device daemons, QEMU, cgroups, the state root. Exits 1 when it
+    /// cannot.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause every process of a container (its VM's vCPUs stop).
     Pause {
         /// The container id.

@@ -18,11 +18,11 @@ cd "$root"
 # (--workspace: the same features, so the same programs, as the suite's.)
 tests=(
   --workspace --test cli_e2e --test network_e2e --test readonly_e2e --test oom_e2e
-  --test reliability_e2e --test isolation_e2e --test container
+  --test reliability_e2e --test isolation_e2e --test check_cli --test container
 )
 mapfile -t bins < <(cargo test --release --no-run --message-format=json "${tests[@]}" 2>/dev/null \
   | jq -r 'select(.reason == "compiler-artifact" and .profile.test == true) | .executable // empty')
-[ ${#bins[@]} -eq 7 ] || die "expected 7 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
+[ ${#bins[@]} -eq 8 ] || die "expected 8 test programs, cargo gave ${#bins[@]}: ${bins[*]}"
 
 out=$(mktemp /tmp/husk-nested.XXXXXX.log)
 "$here/run.sh" --cpus 1 --timeout "${HUSK_NESTED_TIMEOUT:-1800}" -- \

@@ -15,6 +15,7 @@ pub mod daemons;
 pub mod engine;
 pub mod monitor;
 pub mod privileges;
+pub mod probe;
 pub mod process;
 pub mod seccomp;
 pub mod signals;

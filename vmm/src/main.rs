@@ -88,6 +88,11 @@ struct Args {
     /// Validate the configuration, print it as JSON and exit.
     #[arg(long)]
     check: bool,
+    /// Print what this host offers (hardware virtualization, /dev/kvm, the
+    /// engine `--engine` (default auto) picks and why, the helper programs
+    /// found and their versions) as JSON and exit; `husk check` reads it.
+    #[arg(long)]
+    probe_host: bool,
     /// Seccomp filters on husk-vmm's own threads: `on` (a forbidden
     /// syscall kills the monitor with SIGSYS), `off` (escape hatch), `log`
     /// (the kernel logs forbidden syscalls and allows them).
@@ -193,6 +198,16 @@ fn real_main() -> anyhow::Result<i32> {
     let args = Args::parse();
     // Block signals before anything could start a thread.
     let mut signals = Signals::block().context("cannot set up signal handling")?;
+    if args.probe_host {
+        let binaries = husk_vmm_contract::config::BinaryPaths {
+            qemu: args.qemu.clone(),
+            virtiofsd: args.virtiofsd.clone(),
+            vhost_device_vsock: args.vhost_device_vsock.clone(),
+        };
+        let report = husk_vmm::probe::host_report(args.engine.unwrap_or_default(), &binaries);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
     let ready_fd = args.ready_fd;
     let cfg = match build_config(&args) {
         Ok(c) => c,

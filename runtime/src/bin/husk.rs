@@ -132,6 +132,15 @@ fn dispatch(rt: &Runtime, cmd: Command, systemd_cgroup: bool) -> anyhow::Result<
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Command::Features => print_json(&ops::features())?,
+        Command::Check { json } => {
+            let report = ops::check(rt, &ops::Artifacts::from_env());
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.to_text());
+            }
+            return Ok(if report.can_run { 0 } else { 1 });
+        }
         Command::Pause { id } => ops::pause(rt, &id)?,
         Command::Resume { id } => ops::resume(rt, &id)?,
         Command::Update(a) => {

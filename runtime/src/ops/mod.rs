@@ -1,6 +1,7 @@
 //! The container operations behind the CLI commands (and, later, the shim's
 //! task API). Each returns a typed [`OpError`]; the binary prints it once.
 
+mod check;
 mod create;
 mod events;
 mod exec;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::ErrorCode;
 
+pub use check::{check, Artifacts, Report as CheckReport};
 pub use create::{check as check_create, create, now_rfc3339, CreateOptions};
 pub use events::{events, to_stats, Event, EventsOptions, Stats};
 pub use exec::{exec, exec_attach, merge_env, process_from_flags, sub_cgroup, ExecOptions};

@@ -8,11 +8,13 @@
 //! | [`config`] | [`VmConfig`]: the JSON document the runtime writes and `husk-vmm --config` reads, and its validation |
 //! | [`ready`] | [`ReadyReport`]: the one JSON line the monitor writes on [`READY_FD`] once the VM (and container) is up, or why it failed |
 //! | [`journal`] | the state-directory records the monitor writes and the runtime reads: the guest's `vm-state`, the recorded children |
+//! | [`host`] | [`host::HostReport`]: what `husk-vmm --probe-host` says about this host (engine choice, helper programs), for `husk check` |
 //!
 //! The fd numbers a monitor inherits from its launcher are
 //! [`READY_FD`] and [`TAP_FD`].
 
 pub mod config;
+pub mod host;
 pub mod journal;
 pub mod ready;
 
