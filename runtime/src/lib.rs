@@ -37,6 +37,7 @@ pub mod ops;
 pub mod policy;
 pub mod portforward;
 pub mod resources;
+pub mod settings;
 pub mod shim;
 pub mod signal;
 pub mod sizing;

@@ -106,3 +106,77 @@ fn a_missing_kernel_fails_the_check_and_names_it() {
         "{kernel:#}"
     );
 }
+
+/// The operator's configuration file: its values are in effect where the
+/// environment leaves them unset, `husk check` shows where each came from,
+/// and a file with an unknown key stops every command with the key named.
+#[test]
+fn the_configuration_file_is_read_and_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("husk.toml");
+    std::fs::write(&good, "engine = \"qemu\"\nmax_vcpus = 2\n").unwrap();
+    let root = t.path().join("root");
+    let husk = |config: &std::path::Path, args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+        cmd.env("HUSK_CONFIG", config)
+            .env_remove("HUSK_ENGINE")
+            .env_remove("HUSK_MAX_VCPUS")
+            .arg("--root")
+            .arg(&root)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = husk(&good, &["check", "--json"], &[]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eff = |r: &serde_json::Value, key: &str| {
+        r["config"]["effective"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == key)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(eff(&r, "engine")["value"], "qemu");
+    assert_eq!(eff(&r, "engine")["source"], good.display().to_string());
+    assert_eq!(eff(&r, "max_vcpus")["value"], "2");
+    assert_eq!(eff(&r, "kernel")["source"], "built-in default");
+    // The monitor was asked about the engine the file names.
+    assert_eq!(r["host"]["engine"], "qemu", "{r:#}");
+    // The environment wins over the file.
+    let out = husk(&good, &["check", "--json"], &[("HUSK_ENGINE", "auto")]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eff(&r, "engine")["value"], "auto");
+    assert_eq!(eff(&r, "engine")["source"], "environment HUSK_ENGINE");
+
+    let bad = t.path().join("bad.toml");
+    std::fs::write(&bad, "engine = \"qemu\"\nmax_vcpu = 2\n").unwrap();
+    let out = husk(&bad, &["list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "configuration file {}: unknown key \"max_vcpu\"",
+            bad.display()
+        )),
+        "{err}"
+    );
+    let out = husk(&bad, &["check", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "configuration")
+        .unwrap()
+        .clone();
+    assert_eq!(config["status"], "fail");
+    assert!(r["verdict"].as_str().unwrap().contains("configuration"));
+    let out = husk(&t.path().join("absent.toml"), &["list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
+}

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use husk_runtime::cli::{Cli, Command, CreateArgs, ExecArgs, Format, LogFormat};
-use husk_runtime::ops::{self, CreateOptions, ExecOptions, Runtime};
+use husk_runtime::ops::{self, ConfigReport, CreateOptions, ExecOptions, Runtime};
+use husk_runtime::settings::FileSettings;
 use husk_runtime::signal::parse_signal;
 use oci_spec::runtime::Process;
 
@@ -18,8 +19,27 @@ fn main() -> ExitCode {
         cli.log_format == LogFormat::Json,
         cli.debug,
     );
-    let rt = Runtime::new(cli.root.clone());
-    match dispatch(&rt, cli.command, cli.systemd_cgroup) {
+    // The operator's configuration file fills in what the environment
+    // leaves unset; `husk check` reports a broken one instead of failing.
+    let settings = FileSettings::load_default();
+    let effective = settings.as_ref().map(|s| ConfigReport {
+        path: s.path.clone(),
+        effective: s.effective(|k| std::env::var(k).ok()),
+    });
+    let result = match (&settings, &cli.command) {
+        (Err(e), command) if !matches!(command, Command::Check { .. }) => {
+            Err(anyhow::anyhow!("{}", husk_runtime::error_chain(e)))
+        }
+        _ => {
+            if let Ok(s) = &settings {
+                s.fill_env();
+            }
+            let rt = Runtime::new(cli.root.clone());
+            let config = effective.map_err(|e| husk_runtime::error_chain(e));
+            dispatch(&rt, cli.command, cli.systemd_cgroup, config)
+        }
+    };
+    match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             let msg = format!("{e:#}");
@@ -54,7 +74,12 @@ fn create_opts(a: &CreateArgs, systemd_cgroup: bool) -> CreateOptions {
     }
 }
 
-fn dispatch(rt: &Runtime, cmd: Command, systemd_cgroup: bool) -> anyhow::Result<i32> {
+fn dispatch(
+    rt: &Runtime,
+    cmd: Command,
+    systemd_cgroup: bool,
+    config: Result<ConfigReport, String>,
+) -> anyhow::Result<i32> {
     match cmd {
         Command::Create(a) => {
             ops::create(rt, &a.id, &create_opts(&a, systemd_cgroup))?;
@@ -133,7 +158,7 @@ fn dispatch(rt: &Runtime, cmd: Command, systemd_cgroup: bool) -> anyhow::Result<
         }
         Command::Features => print_json(&ops::features())?,
         Command::Check { json } => {
-            let report = ops::check(rt, &ops::Artifacts::from_env());
+            let report = ops::check(rt, &ops::Artifacts::from_env(), config);
             if json {
                 print_json(&report)?;
             } else {

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::Runtime;
 use crate::host_cgroup::Layout;
+use crate::settings::{Effective, DEFAULT_CONFIG};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +61,8 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// The monitor's own report, when it could be asked.
     pub host: Option<HostReport>,
+    /// The configuration in effect, when it could be read.
+    pub config: Option<ConfigReport>,
 }
 
 impl Report {
@@ -68,6 +71,17 @@ impl Report {
         let mut s = format!("husk check: {}\n", self.verdict);
         for c in &self.checks {
             s.push_str(&format!("  {:<5} {:<18} {}\n", c.status, c.name, c.detail));
+        }
+        if let Some(config) = &self.config {
+            s.push_str("effective configuration (flags > environment > file > built-in):\n");
+            for e in &config.effective {
+                s.push_str(&format!(
+                    "  {:<20} {:<28} {}\n",
+                    e.key,
+                    e.value.as_deref().unwrap_or("-"),
+                    e.source
+                ));
+            }
         }
         s
     }
@@ -94,9 +108,20 @@ impl Artifacts {
     }
 }
 
-/// Runs every check.
-pub fn check(rt: &Runtime, artifacts: &Artifacts) -> Report {
-    let mut checks = vec![privileges()];
+/// The configuration in effect: the file read (if any) and every key's
+/// value and source.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    /// The configuration file read.
+    pub path: Option<PathBuf>,
+    /// Each key as in effect.
+    pub effective: Vec<Effective>,
+}
+
+/// Runs every check; `config` is the configuration as loaded, or why it
+/// could not be.
+pub fn check(rt: &Runtime, artifacts: &Artifacts, config: Result<ConfigReport, String>) -> Report {
+    let mut checks = vec![privileges(), configuration(&config)];
     let host = probe_host(&rt.vmm_binary);
     let host = match host {
         Ok(h) => {
@@ -135,6 +160,23 @@ pub fn check(rt: &Runtime, artifacts: &Artifacts) -> Report {
         verdict,
         checks,
         host,
+        config: config.ok(),
+    }
+}
+
+fn configuration(config: &Result<ConfigReport, String>) -> Check {
+    let (status, detail) = match config {
+        Ok(ConfigReport { path: Some(p), .. }) => (Status::Ok, format!("{} (read)", p.display())),
+        Ok(ConfigReport { path: None, .. }) => (
+            Status::Ok,
+            format!("no {DEFAULT_CONFIG}: built-in defaults and the environment"),
+        ),
+        Err(e) => (Status::Fail, e.clone()),
+    };
+    Check {
+        name: "configuration",
+        status,
+        detail,
     }
 }
 
@@ -183,15 +225,18 @@ fn privileges() -> Check {
 
 /// Asks the monitor binary for its view of the host.
 fn probe_host(vmm: &Path) -> Result<HostReport, String> {
-    let out = Command::new(vmm)
-        .arg("--probe-host")
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {}: {e} (install it next to husk or set HUSK_VMM)",
-                vmm.display()
-            )
-        })?;
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--probe-host");
+    // The engine the configuration asks for (auto unless set).
+    if let Some(engine) = std::env::var_os("HUSK_ENGINE") {
+        cmd.arg("--engine").arg(engine);
+    }
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "cannot run {}: {e} (install it next to husk or set HUSK_VMM)",
+            vmm.display()
+        )
+    })?;
     if !out.status.success() {
         return Err(format!(
             "{} --probe-host failed ({}): {}",
@@ -252,7 +297,7 @@ pub fn engine(h: &HostReport) -> Check {
         (other, _) => (Status::Fail, other.to_owned()),
     };
     Check {
-        name: "engine (auto)",
+        name: "engine",
         status,
         detail: format!("{what}: {}", h.reason),
     }

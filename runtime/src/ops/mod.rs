@@ -16,7 +16,7 @@ use std::time::Duration;
 use husk_protocol::client::{AgentAddr, AgentClient, ClientError};
 use husk_protocol::ErrorCode;
 
-pub use check::{check, Artifacts, Report as CheckReport};
+pub use check::{check, Artifacts, ConfigReport, Report as CheckReport};
 pub use create::{check as check_create, create, now_rfc3339, CreateOptions};
 pub use events::{events, to_stats, Event, EventsOptions, Stats};
 pub use exec::{exec, exec_attach, merge_env, process_from_flags, sub_cgroup, ExecOptions};

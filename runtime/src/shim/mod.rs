@@ -313,6 +313,15 @@ fn init_logging(serving: bool, debug: bool) {
 
 /// The binary's entry point.
 pub fn main() {
+    // The operator's configuration file fills in the environment first,
+    // before containerd-shim starts any thread.
+    match crate::settings::FileSettings::load_default() {
+        Ok(s) => s.fill_env(),
+        Err(e) => {
+            eprintln!("containerd-shim-husk-v2: {}", crate::error_chain(&e));
+            std::process::exit(1);
+        }
+    }
     containerd_shim::run::<HuskShim>(RUNTIME_ID, None);
 }
 
