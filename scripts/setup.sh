@@ -49,6 +49,8 @@ install -m 0644 "$initramfs" "$prefix/share/husk/initramfs.cpio"
 install -m 0644 "$(dirname "$vmlinux")/config" "$prefix/share/husk/vmlinux.config"
 log "installed: $prefix/bin/{husk,husk-vmm,husk-agent}, $prefix/share/husk/{vmlinux,vmlinux.config,initramfs.cpio}"
 "$prefix/bin/husk" check || die "husk check says this host cannot run containers (above)"
+deb=$("$root/scripts/package.sh" | tail -n1)
+log "Debian package: $deb (dpkg -i it on another Debian 12 machine, then husk check)"
 
 $run_demo || exit 0
 exec "$root/scripts/demo.sh"

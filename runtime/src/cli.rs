@@ -137,6 +137,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the man pages and shell completions (bash, zsh, fish) into a
+    /// directory, for packages.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where (`man1/`, `completions/` are made in it).
+        out: PathBuf,
+    },
     /// Pause every process of a container (its VM's vCPUs stop).
     Pause {
         /// The container id.

@@ -26,6 +26,7 @@
 pub mod bundle;
 pub mod child;
 pub mod cli;
+pub mod docs;
 pub mod hooks;
 pub mod host_cgroup;
 pub mod logging;

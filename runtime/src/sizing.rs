@@ -61,7 +61,7 @@ pub enum SizingError {
         reason: String,
     },
     /// The spec sets something the operator did not enable.
-    #[error("{0} is not enabled by the operator (HUSK_ENABLE_ANNOTATIONS, or enable_annotations in the shim's options)")]
+    #[error("{0} is not enabled by the operator (enable_annotations in /etc/husk/husk.toml or the shim's options, or HUSK_ENABLE_ANNOTATIONS)")]
     NotEnabled(String),
     /// A field of the spec is unusable.
     #[error("{field} {value:?}: {reason}")]

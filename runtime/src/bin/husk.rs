@@ -157,6 +157,9 @@ fn dispatch(
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Command::Features => print_json(&ops::features())?,
+        Command::GenerateDocs { out } => {
+            husk_runtime::docs::generate(&out)?;
+        }
         Command::Check { json } => {
             let report = ops::check(rt, &ops::Artifacts::from_env(), config);
             if json {
