@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use husk_protocol::{ProcessRef, Request, ResizeTty, StdioSpec, StreamKind};
+use husk_test_support::require;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -22,9 +23,7 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 #[test]
 fn ten_mib_through_stdin_and_stdout_byte_exact() {
-    if !can_run("ten_mib") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle("b", &[], &["cat"]);
     let data = pseudo_random(10 << 20);
@@ -40,9 +39,7 @@ fn ten_mib_through_stdin_and_stdout_byte_exact() {
 
 #[test]
 fn stdout_and_stderr_are_separate() {
-    if !can_run("stderr") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle(
         "b",
@@ -58,9 +55,7 @@ fn stdout_and_stderr_are_separate() {
 
 #[test]
 fn output_before_attach_is_kept_after_exit() {
-    if !can_run("early_output") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "echo early; echo late >&2"]);
     let mut c = agent.client();
@@ -96,9 +91,7 @@ fn output_before_attach_is_kept_after_exit() {
 
 #[test]
 fn close_stdin_gives_eof() {
-    if !can_run("close_stdin") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "cat; echo done"]);
     let mut c = agent.client();
@@ -117,14 +110,18 @@ fn close_stdin_gives_eof() {
     let mut out = agent.stream("c", None, StreamKind::Stdout);
     c.start("c").unwrap();
     input.write_all(b"abc\n").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // cat echoing the line back is the sign it has read it.
+    out.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut echoed = [0u8; 4];
+    out.read_exact(&mut echoed).unwrap();
+    out.set_read_timeout(None).unwrap();
     // The host keeps its stream open; CloseStdin alone ends the input.
     c.call(Request::CloseStdin(ProcessRef {
         container_id: "c".into(),
         exec_id: None,
     }))
     .unwrap();
-    let mut s = String::new();
+    let mut s = String::from_utf8_lossy(&echoed).into_owned();
     out.read_to_string(&mut s).unwrap();
     assert_eq!(s, "abc\ndone\n");
     assert_eq!(c.wait("c", None).unwrap(), 0);
@@ -134,9 +131,7 @@ fn close_stdin_gives_eof() {
 
 #[test]
 fn tty_with_resize() {
-    if !can_run("tty") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle(
         "b",
@@ -178,9 +173,7 @@ fn tty_with_resize() {
 
 #[test]
 fn exec_with_a_terminal() {
-    if !can_run("exec_tty") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
