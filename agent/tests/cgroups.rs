@@ -7,7 +7,7 @@
 
 mod common;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use husk_agent::container::cgroups::is_cgroup2;

@@ -10,7 +10,7 @@ use husk_test_support::{require, wait_until};
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Env;
 

@@ -42,10 +42,16 @@ use std::time::{Duration, Instant};
 pub fn skip(why: impl Display) {
     let at = std::panic::Location::caller();
     let thread = std::thread::current();
-    match thread.name().filter(|n| *n != "main") {
-        Some(test) => eprintln!("SKIP: {test}: {why}"),
-        None => eprintln!("SKIP: {}:{}: {why}", at.file(), at.line()),
-    }
+    let line = match thread.name().filter(|n| *n != "main") {
+        Some(test) => format!("SKIP: {test}: {why}"),
+        None => format!("SKIP: {}:{}: {why}", at.file(), at.line()),
+    };
+    // This crate's own tests skip on purpose: they keep the line to check
+    // it rather than have `scripts/test.sh` count a skipped test.
+    #[cfg(test)]
+    tests::SKIPPED.with(|s| s.borrow_mut().push(line));
+    #[cfg(not(test))]
+    eprintln!("{line}");
 }
 
 /// Skips the calling test: prints the `SKIP` line ([`skip()`]) with the
@@ -199,6 +205,16 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// The lines [`skip()`] would have printed on this thread.
+        pub(crate) static SKIPPED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn skipped() -> Vec<String> {
+        SKIPPED.with(|s| s.take())
+    }
 
     fn skips_when(missing: Result<(), String>, ran: &mut bool) {
         require!(missing, "the probe");
@@ -206,12 +222,51 @@ mod tests {
     }
 
     #[test]
-    fn require_returns_on_a_missing_requirement_only() {
+    fn require_skips_naming_the_test_and_returns_on_a_missing_requirement_only() {
         let mut ran = false;
         skips_when(Err("absent".into()), &mut ran);
         assert!(!ran);
+        assert_eq!(
+            skipped(),
+            ["SKIP: tests::require_skips_naming_the_test_and_returns_on_a_missing_requirement_only: the probe: absent"]
+        );
         skips_when(Ok(()), &mut ran);
         assert!(ran);
+        assert!(skipped().is_empty());
+    }
+
+    #[test]
+    fn skip_prints_one_line_and_returns() {
+        fn body(ran: &mut bool) {
+            if !*ran {
+                skip!("no {} here", "qemu");
+            }
+            *ran = true;
+        }
+        let mut ran = false;
+        body(&mut ran);
+        assert!(!ran);
+        assert_eq!(
+            skipped(),
+            ["SKIP: tests::skip_prints_one_line_and_returns: no qemu here"]
+        );
+    }
+
+    #[test]
+    fn off_a_test_thread_the_skip_names_the_caller() {
+        std::thread::Builder::new()
+            .name("main".into())
+            .spawn(|| {
+                skip("why");
+                let line = skipped().pop().unwrap();
+                assert!(
+                    line.starts_with("SKIP: test-support/src/lib.rs:") && line.ends_with(": why"),
+                    "{line}"
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
