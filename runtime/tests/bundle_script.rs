@@ -64,7 +64,10 @@ fn bundle_config_parses_with_oci_spec() {
     let sh = dir.join("rootfs/bin/sh");
     assert!(sh.symlink_metadata().is_ok(), "no /bin/sh in rootfs");
     // The shell in there runs: chroot needs root.
-    require!(husk_test_support::root(), "running the rootfs's /bin/sh (chroot)");
+    require!(
+        husk_test_support::root(),
+        "running the rootfs's /bin/sh (chroot)"
+    );
     let out = Command::new("chroot")
         .arg(dir.join("rootfs"))
         .args(["/bin/sh", "-c", "echo ok"])

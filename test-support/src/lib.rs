@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Prints the line that marks the running test as skipped:
-/// `SKIP: <test>: <why>`, on stderr. The test is named by its thread
+/// `SKIP: <test>: <why>`, on a line of its own on stderr. The test is named by its thread
 /// (libtest runs each test on a thread named after it); where that is not
 /// available, by the caller's file and line. The caller returns right
 /// after; [`skip!`] and [`require!`] do both.
@@ -50,8 +50,11 @@ pub fn skip(why: impl Display) {
     // it rather than have `scripts/test.sh` count a skipped test.
     #[cfg(test)]
     tests::SKIPPED.with(|s| s.borrow_mut().push(line));
+    // After a newline: with one test thread libtest has already printed
+    // `test NAME ... ` (no newline) when the test runs, and test.sh only
+    // counts a `SKIP` at the start of a line of the combined output.
     #[cfg(not(test))]
-    eprintln!("{line}");
+    eprintln!("\n{line}");
 }
 
 /// Skips the calling test: prints the `SKIP` line ([`skip()`]) with the
