@@ -7,7 +7,7 @@
 
 mod common;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use husk_agent::container::cgroups::is_cgroup2;
@@ -15,6 +15,7 @@ use husk_protocol::client::ClientError;
 use husk_protocol::{
     ContainerRef, ContainerStatus, ErrorCode, Request, Response, StdioSpec, UpdateContainer,
 };
+use husk_test_support::{require, wait_until};
 
 fn cgroup2_root() -> Option<&'static str> {
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
@@ -22,17 +23,11 @@ fn cgroup2_root() -> Option<&'static str> {
         .find(|p| is_cgroup2(Path::new(p)))
 }
 
-/// The cgroup2 root an agent for test `name` can use, after the test's
-/// other prerequisites; `None` (the skip said) when the host lacks one.
-fn cgroup2_for(name: &str) -> Option<&'static str> {
-    if !can_run(name) {
-        return None;
-    }
-    let root = cgroup2_root();
-    if root.is_none() {
-        eprintln!("SKIP: {name}: no cgroup2 hierarchy on this host");
-    }
-    root
+/// The cgroup2 root an agent can use, or why the test cannot run: the
+/// agent tests' prerequisites ([`can_run`]), then a cgroup2 hierarchy.
+fn cgroup2_for() -> Result<&'static str, String> {
+    can_run()?;
+    cgroup2_root().ok_or_else(|| "no cgroup2 hierarchy on this host".to_owned())
 }
 
 fn cgroup_of(pid: i32) -> String {
@@ -60,9 +55,7 @@ fn list_processes(
 
 #[test]
 fn container_and_exec_live_in_their_cgroup() {
-    let Some(root) = cgroup2_for("cgroups") else {
-        return;
-    };
+    let root = require!(cgroup2_for());
     let agent = Agent::start_with(&["--cgroup-root", root]);
     let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "sleep 1000 & sleep 1000"]);
     let mut c = agent.client();
@@ -119,9 +112,7 @@ fn container_and_exec_live_in_their_cgroup() {
 /// container's cgroup or naming none is refused, as runc does.
 #[test]
 fn exec_joins_a_sub_cgroup() {
-    let Some(root) = cgroup2_for("exec_sub_cgroup") else {
-        return;
-    };
+    let root = require!(cgroup2_for());
     let agent = Agent::start_with(&["--cgroup-root", root]);
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
@@ -172,9 +163,7 @@ fn exec_joins_a_sub_cgroup() {
 /// and is refused, not ignored.
 #[test]
 fn exec_sub_cgroup_without_a_cgroup_is_refused() {
-    if !can_run("exec_sub_cgroup_none") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start_with(&["--cgroup-root", "/nonexistent-cgroup-root"]);
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
@@ -224,9 +213,7 @@ fn refused(r: Result<Response, ClientError>, code: ErrorCode, want: &str) {
 /// other.
 #[test]
 fn pause_freezes_the_container_until_resume() {
-    let Some(root) = cgroup2_for("pause") else {
-        return;
-    };
+    let root = require!(cgroup2_for());
     let agent = Agent::start_with(&["--cgroup-root", root]);
     let (spec, dir) = agent.bundle(
         "b",
@@ -246,13 +233,8 @@ fn pause_freezes_the_container_until_resume() {
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    let wait_beyond = |n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while count() <= n {
-            assert!(Instant::now() < deadline, "{what}: still {} ticks", count());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_beyond =
+        |n: usize, what: &str| wait_until(Duration::from_secs(30), what, || count() > n);
     let mut c = agent.client();
     let id = format!("pz{}", std::process::id());
     let cg = Path::new(root).join("husk").join(&id);
@@ -274,6 +256,7 @@ fn pause_freezes_the_container_until_resume() {
     assert!(frozen().contains("frozen 1"), "{}", frozen());
     assert_eq!(status_of(&mut c, &id), ContainerStatus::Paused);
     let at = count();
+    // Not synchronisation: a while in which a running container would tick.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(count(), at, "the container ran while paused");
     refused(
@@ -319,9 +302,7 @@ fn pause_freezes_the_container_until_resume() {
 /// container or an unknown one is refused.
 #[test]
 fn update_is_checked_against_the_machine_and_written_to_the_cgroup() {
-    let Some(root) = cgroup2_for("update") else {
-        return;
-    };
+    let root = require!(cgroup2_for());
     let agent = Agent::start_with(&["--cgroup-root", root]);
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
@@ -400,9 +381,7 @@ fn update_is_checked_against_the_machine_and_written_to_the_cgroup() {
 /// honoured and are refused, not ignored.
 #[test]
 fn pause_and_update_without_a_cgroup_are_refused() {
-    if !can_run("pause_update_no_cgroup") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start_with(&["--cgroup-root", "/nonexistent-cgroup-root"]);
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
@@ -435,9 +414,7 @@ fn pause_and_update_without_a_cgroup_are_refused() {
 /// kills themselves are counted in a guest (`runtime/tests/oom_e2e.rs`).
 #[test]
 fn an_oom_wait_parks_until_the_init_exits() {
-    if !can_run("oom_wait") {
-        return;
-    }
+    require!(can_run());
     let root = cgroup2_root().unwrap_or("/nonexistent-cgroup-root");
     let agent = Agent::start_with(&["--cgroup-root", root]);
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
@@ -451,6 +428,7 @@ fn an_oom_wait_parks_until_the_init_exits() {
     let mut waiter = agent.client();
     let wid = id.clone();
     let t = std::thread::spawn(move || waiter.wait_oom(&wid, 0).unwrap());
+    // Not synchronisation: a while in which the wait must stay unanswered.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         !t.is_finished(),
@@ -483,6 +461,7 @@ fn an_oom_wait_parks_until_the_init_exits() {
     let mut waiter = agent.client();
     let wid = id.clone();
     let t = std::thread::spawn(move || waiter.wait_oom(&wid, 0).unwrap());
+    // Not synchronisation: a while in which the wait must stay unanswered.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!t.is_finished());
     remove(&mut c, &id);

@@ -8,6 +8,7 @@ use husk_protocol::{
     ContainerRef, ContainerStatus, ErrorCode, Request, Response, SignalProcess, StdioSpec,
     StreamKind,
 };
+use husk_test_support::{require, wait_until};
 
 fn state(c: &mut husk_protocol::client::AgentClient, id: &str) -> husk_protocol::ContainerState {
     match c
@@ -39,9 +40,7 @@ fn signal(
 
 #[test]
 fn exit_codes_are_real() {
-    let Some(agent) = Agent::start_for("exit_codes") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     for (name, script, want) in [
         ("z", "exit 0", 0),
         ("s", "exit 7", 7),
@@ -65,9 +64,7 @@ fn exit_codes_are_real() {
 
 #[test]
 fn states_signals_and_wait() {
-    let Some(agent) = Agent::start_for("signals") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
     let pid = create(&mut c, "c", spec, StdioSpec::default()).unwrap();
@@ -89,6 +86,8 @@ fn states_signals_and_wait() {
     // WaitProcess parks its own connection only.
     let mut waiter = agent.client();
     let t = std::thread::spawn(move || waiter.wait("c", None).unwrap());
+    // Not synchronisation: a while in which the parked wait must not hold
+    // up this connection.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(state(&mut c, "c").status, ContainerStatus::Running);
     signal(&mut c, "c", None, 9, false);
@@ -110,9 +109,7 @@ fn states_signals_and_wait() {
 
 #[test]
 fn sigterm_is_delivered_to_a_trapping_init() {
-    let Some(agent) = Agent::start_for("sigterm") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle(
         "b",
         &[],
@@ -146,9 +143,7 @@ fn sigterm_is_delivered_to_a_trapping_init() {
 
 #[test]
 fn exec_joins_the_container_and_lists_processes() {
-    let Some(agent) = Agent::start_for("exec") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, dir) = agent.bundle("b", &[], &["sleep", "1000"]);
     let spec = patch(spec, |v| v["hostname"] = serde_json::json!("inside"));
     let mut c = agent.client();
@@ -205,9 +200,7 @@ fn exec_joins_the_container_and_lists_processes() {
 
 #[test]
 fn missing_executable_fails_start_with_errno() {
-    let Some(agent) = Agent::start_for("missing_exec") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let mut c = agent.client();
     let (spec, dir) = agent.bundle("b", &[], &["/nope"]);
     create(&mut c, "c", spec, StdioSpec::default()).unwrap();
@@ -246,9 +239,7 @@ fn missing_executable_fails_start_with_errno() {
 
 #[test]
 fn remove_kills_created_and_running_containers() {
-    let Some(agent) = Agent::start_for("remove") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let mut c = agent.client();
     let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "sleep 1000 & sleep 1000"]);
     create(&mut c, "created", spec.clone(), StdioSpec::default()).unwrap();
@@ -268,9 +259,7 @@ fn remove_kills_created_and_running_containers() {
 
 #[test]
 fn exec_applies_its_own_process_spec() {
-    let Some(agent) = Agent::start_for("exec_process_spec") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
     create_and_start(&mut c, "c", spec.clone());
@@ -305,9 +294,7 @@ fn exec_applies_its_own_process_spec() {
 /// last; execve used to get both, and getenv(3) finds the first.
 #[test]
 fn a_later_env_entry_overrides_an_earlier_one() {
-    let Some(agent) = Agent::start_for("env_override") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();
     create_and_start(&mut c, "c", spec.clone());
@@ -343,9 +330,7 @@ fn a_later_env_entry_overrides_an_earlier_one() {
 /// permitted`, the bounding set emptied and oci-spec's defaults asked for).
 #[test]
 fn exec_without_capabilities_gets_the_containers() {
-    let Some(agent) = Agent::start_for("exec_caps_absent") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let spec = patch(spec, |v| {
         v["process"]["capabilities"] = serde_json::json!({
@@ -391,9 +376,7 @@ fn exec_without_capabilities_gets_the_containers() {
 fn a_stalled_start_holds_up_no_other_container() {
     use husk_protocol::frame::{read_frame, write_frame};
     use husk_protocol::{Hello, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
-    let Some(agent) = Agent::start_for("a_stalled_start_holds_up_no_other_container") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec_a, _) = agent.bundle("a", &[], &["echo", "A-RAN"]);
     let (spec_b, _) = agent.bundle("b", &[], &["sh", "-c", "echo B-RAN; exec sleep 1000"]);
     let mut c = agent.client();
@@ -471,9 +454,7 @@ fn a_stalled_start_holds_up_no_other_container() {
 /// its init exited is no error.
 #[test]
 fn a_kill_of_an_exited_process_is_not_found() {
-    let Some(agent) = Agent::start_for("kill_exited") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle("b", &[], &["true"]);
     let mut c = agent.client();
     create_and_start(&mut c, "c", spec.clone());
@@ -522,9 +503,7 @@ fn a_kill_of_an_exited_process_is_not_found() {
 /// container's.
 #[test]
 fn an_exited_init_takes_the_rest_of_its_container_with_it() {
-    let Some(agent) = Agent::start_for("init_exit_kills_the_rest") else {
-        return;
-    };
+    let agent = require!(Agent::start_if_can_run());
     let (spec, _) = agent.bundle(
         "b",
         &[],
@@ -560,18 +539,14 @@ fn an_exited_init_takes_the_rest_of_its_container_with_it() {
         .trim()
         .parse()
         .unwrap();
-    let gone = (0..100).any(|_| {
-        let dead = std::fs::read_to_string(format!("/proc/{bg}/stat"))
-            .map(|s| s.contains(") Z"))
-            .unwrap_or(true);
-        if !dead {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dead
-    });
-    assert!(
-        gone,
-        "the background sleep {bg} survived its container's init"
+    wait_until(
+        Duration::from_secs(2),
+        &format!("the background sleep {bg} to die with its container's init"),
+        || {
+            std::fs::read_to_string(format!("/proc/{bg}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+        },
     );
     remove(&mut c, "c");
     agent.shutdown_clean();

@@ -5,20 +5,18 @@
 mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use husk_protocol::client::{AgentAddr, AgentClient};
 use husk_protocol::{Request, Response, StdioSpec, StreamKind};
+use husk_test_support::{require, skip, wait_for};
 
 #[test]
 fn pid1_mounts_runs_a_container_and_reboots_on_shutdown() {
-    if !can_run("pid1") {
-        return;
-    }
+    require!(can_run());
     if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIP: pid1: no unshare(1)");
-        return;
+        skip!("no unshare(1)");
     }
     let dir = tempfile::Builder::new()
         .prefix("husk-pid1")
@@ -122,17 +120,11 @@ fn pid1_mounts_runs_a_container_and_reboots_on_shutdown() {
     // Shutdown is answered, then the agent reboots: in a pid namespace
     // that kills it with SIGHUP, and unshare passes the signal on.
     assert_eq!(c.call(Request::Shutdown).unwrap(), Response::Empty);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not end after Shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let st = wait_for(
+        Duration::from_secs(10),
+        "the agent to end after Shutdown",
+        || child.try_wait().unwrap(),
+    );
     assert!(
         st.signal() == Some(libc::SIGHUP) || st.code() == Some(128 + libc::SIGHUP),
         "{st:?}"

@@ -12,6 +12,7 @@ use husk_protocol::{
     ContainerRef, ErrorCode, Hello, ProcessRef, Request, ResizeTty, Response, ResponseFrame,
     SignalProcess, StdioSpec, StreamKind, PROTOCOL_VERSION,
 };
+use husk_test_support::require;
 
 fn raw_control(agent: &Agent) -> UnixStream {
     let mut s = agent
@@ -43,9 +44,7 @@ fn code(r: &ResponseFrame) -> ErrorCode {
 
 #[test]
 fn malformed_unknown_field_and_wrong_version_frames() {
-    if !can_run("bad_frames") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let mut s = raw_control(&agent);
     let r = send_raw(&mut s, b"{{{ not json");
@@ -121,9 +120,7 @@ fn malformed_unknown_field_and_wrong_version_frames() {
 
 #[test]
 fn unknown_container_ids_are_not_found() {
-    if !can_run("unknown_ids") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let mut c = agent.client();
     let cref = || ContainerRef {
@@ -192,9 +189,7 @@ fn unknown_container_ids_are_not_found() {
 
 #[test]
 fn bad_specs_are_refused_without_leftovers() {
-    if !can_run("bad_specs") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let mut c = agent.client();
     let (spec, dir) = agent.bundle("b", &[], &["true"]);
@@ -257,9 +252,7 @@ fn bad_specs_are_refused_without_leftovers() {
 
 #[test]
 fn configure_network_errors_are_typed() {
-    if !can_run("configure_network_errors") {
-        return;
-    }
+    require!(can_run());
     use husk_protocol::{ConfigureNetwork, Ipv4Cidr, NetInterface, NetRoute};
     let agent = Agent::start();
     let mut c = agent.client();
@@ -310,9 +303,7 @@ fn configure_network_errors_are_typed() {
 /// wait is answered.
 #[test]
 fn a_parked_wait_buffers_at_most_one_frame_behind_it() {
-    if !can_run("parked_wait_buffer") {
-        return;
-    }
+    require!(can_run());
     use husk_protocol::frame::MAX_FRAME_LEN;
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
@@ -326,6 +317,8 @@ fn a_parked_wait_buffers_at_most_one_frame_behind_it() {
         request: Request::WaitProcess(pref_of("p")),
     };
     write_frame(&mut s, &wait).unwrap();
+    // Time for the agent to park the wait before what follows: no sign
+    // outside the agent shows when it has, so there is nothing to poll.
     std::thread::sleep(std::time::Duration::from_millis(200));
     // Behind the parked wait: a frame announcing the largest body, then
     // three times as much junk as it can hold.
@@ -387,9 +380,7 @@ fn pref_of(id: &str) -> ProcessRef {
 #[test]
 fn port_connections_reach_the_loopback_both_ways() {
     use std::io::Read;
-    if !can_run("port connections") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -4,17 +4,15 @@
 mod common;
 use common::*;
 use husk_protocol::{StdioSpec, StreamKind};
+use husk_test_support::{require, skip};
 use serde_json::json;
 
 /// Runs `sh -c SCRIPT` in a fresh bundle after `edit`; asserts exit 0 and
-/// no leftovers; returns stdout.
-fn sh(
-    test: &str,
-    flags: &[&str],
-    script: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> Option<String> {
-    if !can_run(test) {
+/// no leftovers; returns stdout, or `None` with the test skipped (its
+/// `SKIP` line printed) where the agent tests cannot run.
+fn sh(flags: &[&str], script: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Option<String> {
+    if let Err(why) = can_run() {
+        skip(why);
         return None;
     }
     let agent = Agent::start();
@@ -38,7 +36,7 @@ fn field<'a>(status: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn capabilities_no_new_privs_and_the_vsock_rule() {
-    let Some(out) = sh("capabilities", &[], "cat /proc/self/status", |_| {}) else {
+    let Some(out) = sh(&[], "cat /proc/self/status", |_| {}) else {
         return;
     };
     // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10).
@@ -60,7 +58,7 @@ fn capabilities_no_new_privs_and_the_vsock_rule() {
 fn vsock_sockets_are_refused_unless_allowed() {
     let script = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
                   vsock-cat 2 1024 </dev/null 2>&1; echo rc=$?";
-    let Some(out) = sh("vsock_denied", &["--probes"], script, |v| {
+    let Some(out) = sh(&["--probes"], script, |v| {
         v["process"]["noNewPrivileges"] = json!(false);
     }) else {
         return;
@@ -73,7 +71,7 @@ fn vsock_sockets_are_refused_unless_allowed() {
     assert_eq!(field(&out, "NoNewPrivs"), "0", "{out}");
     assert_eq!(field(&out, "Seccomp"), "2");
 
-    let Some(out) = sh("vsock_profile", &["--probes"], script, |v| {
+    let Some(out) = sh(&["--probes"], script, |v| {
         v["process"]["noNewPrivileges"] = json!(false);
         v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
             {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]});
@@ -87,7 +85,7 @@ fn vsock_sockets_are_refused_unless_allowed() {
         "a profile must not set no_new_privs: {out}"
     );
 
-    let Some(out) = sh("vsock_allowed", &["--probes"], script, |v| {
+    let Some(out) = sh(&["--probes"], script, |v| {
         v["annotations"] = json!({"husk.guest_vsock": "allow"});
     }) else {
         return;
@@ -100,7 +98,7 @@ fn vsock_sockets_are_refused_unless_allowed() {
 
 #[test]
 fn inheritable_and_ambient_capabilities() {
-    let Some(out) = sh("ambient", &[], "cat /proc/self/status", |v| {
+    let Some(out) = sh(&[], "cat /proc/self/status", |v| {
         v["process"]["capabilities"]["inheritable"] = json!(["CAP_KILL"]);
         v["process"]["capabilities"]["ambient"] = json!(["CAP_KILL"]);
         v["process"]["user"] = json!({"uid": 1000, "gid": 1000});
@@ -119,9 +117,7 @@ fn inheritable_and_ambient_capabilities() {
 /// is built.
 #[test]
 fn inheritable_outside_an_unset_bounding_set_is_refused_at_create() {
-    if !can_run("caps_unset_bounding") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle("b", &[], &["true"]);
     let spec = patch(spec, |v| {
@@ -155,9 +151,7 @@ fn inheritable_outside_an_unset_bounding_set_is_refused_at_create() {
 /// to empty the bounding set and then fail to set oci-spec's defaults.
 #[test]
 fn no_capabilities_object_keeps_the_agents_capabilities() {
-    if !can_run("caps_absent") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["cat", "/proc/self/status"]);
     let spec = patch(spec, |v| {
@@ -177,7 +171,6 @@ fn no_capabilities_object_keeps_the_agents_capabilities() {
 #[test]
 fn seccomp_profile_is_enforced() {
     let Some(out) = sh(
-        "seccomp",
         &[],
         "grep Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo rc=$?; chmod 777 /tmp 2>&1; echo rc2=$?",
         |v| {
@@ -206,7 +199,6 @@ fn seccomp_profile_is_enforced() {
 #[test]
 fn user_namespace_with_id_maps() {
     let Some(out) = sh(
-        "userns",
         &[],
         "cat /proc/self/uid_map /proc/self/gid_map; id -u",
         |v| {
@@ -232,14 +224,11 @@ fn user_namespace_with_id_maps() {
 
 #[test]
 fn mounts_tmpfs_and_readonly_bind() {
-    if !can_run("mounts") {
-        return;
-    }
+    require!(can_run());
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), "from host").unwrap();
     let srcp = src.path().to_str().unwrap().to_owned();
     let Some(out) = sh(
-        "mounts",
         &[],
         "cat /proc/self/mountinfo; cat /mnt/host/f; echo; touch /mnt/host/g 2>&1; echo rc=$?; touch /data/ok && echo wrote",
         |v| {
@@ -321,9 +310,7 @@ fn mounts_tmpfs_and_readonly_bind() {
 /// only the top); `rnoexec` reaches the submount as well.
 #[test]
 fn recursive_mount_attributes_reach_submounts() {
-    if !can_run("recursive mount attributes") {
-        return;
-    }
+    require!(can_run());
     let src = tempfile::tempdir().unwrap();
     let sub = src.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
@@ -337,7 +324,6 @@ fn recursive_mount_attributes_reach_submounts() {
     .unwrap();
     let srcp = src.path().to_str().unwrap().to_owned();
     let out = sh(
-        "rmounts",
         &[],
         "for d in /plain /rec; do touch $d/top 2>/dev/null && echo $d/top=rw || echo $d/top=ro; \
          touch $d/sub/f 2>/dev/null && echo $d/sub=rw || echo $d/sub=ro; done; \
@@ -380,14 +366,11 @@ fn recursive_mount_attributes_reach_submounts() {
 /// kernel refuses fails the create naming the field.
 #[test]
 fn memory_policy_is_the_processes_numa_policy() {
-    if !can_run("memory policy") {
-        return;
-    }
+    require!(can_run());
     if !std::path::Path::new("/proc/self/numa_maps").exists() {
-        eprintln!("SKIP: memory policy: this host kernel has no NUMA (no /proc/self/numa_maps)");
-        return;
+        skip!("this host kernel has no NUMA (no /proc/self/numa_maps)");
     }
-    let Some(out) = sh("mempolicy", &[], "cat /proc/self/numa_maps", |v| {
+    let Some(out) = sh(&[], "cat /proc/self/numa_maps", |v| {
         v["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND", "nodes": "0"});
     }) else {
         return;
@@ -416,7 +399,6 @@ fn memory_policy_is_the_processes_numa_policy() {
 #[test]
 fn readonly_root() {
     let Some(out) = sh(
-        "readonly_root",
         &["--readonly"],
         "touch /x 2>&1; echo rc=$?; touch /tmp/y 2>&1; echo rc2=$?",
         |_| {},
@@ -432,15 +414,10 @@ fn readonly_root() {
 
 #[test]
 fn hostname_and_domainname() {
-    let Some(out) = sh(
-        "hostname",
-        &[],
-        "hostname; cat /proc/sys/kernel/domainname",
-        |v| {
-            v["hostname"] = json!("box1");
-            v["domainname"] = json!("example.org");
-        },
-    ) else {
+    let Some(out) = sh(&[], "hostname; cat /proc/sys/kernel/domainname", |v| {
+        v["hostname"] = json!("box1");
+        v["domainname"] = json!("example.org");
+    }) else {
         return;
     };
     assert_eq!(out, "box1\nexample.org\n");
@@ -448,7 +425,7 @@ fn hostname_and_domainname() {
 
 #[test]
 fn rlimits() {
-    let Some(out) = sh("rlimits", &[], "ulimit -n; ulimit -Hn; ulimit -c", |v| {
+    let Some(out) = sh(&[], "ulimit -n; ulimit -Hn; ulimit -c", |v| {
         v["process"]["rlimits"] = json!([
             {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000},
             {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}
@@ -462,7 +439,6 @@ fn rlimits() {
 #[test]
 fn user_groups_and_umask() {
     let Some(out) = sh(
-        "user",
         &[],
         "grep -E '^(Uid|Gid|Groups):' /proc/self/status; umask",
         |v| {
@@ -480,7 +456,7 @@ fn user_groups_and_umask() {
 
 #[test]
 fn env_cwd_and_path_lookup() {
-    let Some(out) = sh("env", &[], "pwd; echo $FOO; echo $PATH; echo $HOME", |v| {
+    let Some(out) = sh(&[], "pwd; echo $FOO; echo $PATH; echo $HOME", |v| {
         v["process"]["cwd"] = json!("/tmp");
         v["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
     }) else {
@@ -492,7 +468,6 @@ fn env_cwd_and_path_lookup() {
 #[test]
 fn masked_and_readonly_paths() {
     let Some(out) = sh(
-        "masked",
         &[],
         "wc -c < /proc/timer_list; touch /proc/acpi/x 2>&1; cat /proc/self/mountinfo; echo x > /proc/sys/vm/swappiness; echo rc=$?",
         |_| {},
@@ -524,7 +499,7 @@ fn masked_and_readonly_paths() {
 
 #[test]
 fn oom_score_adj() {
-    let Some(out) = sh("oom", &[], "cat /proc/self/oom_score_adj", |v| {
+    let Some(out) = sh(&[], "cat /proc/self/oom_score_adj", |v| {
         v["process"]["oomScoreAdj"] = json!(500);
     }) else {
         return;
@@ -534,7 +509,7 @@ fn oom_score_adj() {
 
 #[test]
 fn sysctl() {
-    let Some(out) = sh("sysctl", &[], "cat /proc/sys/net/ipv4/ip_forward", |v| {
+    let Some(out) = sh(&[], "cat /proc/sys/net/ipv4/ip_forward", |v| {
         v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     }) else {
         return;
@@ -545,7 +520,6 @@ fn sysctl() {
 #[test]
 fn default_devices_symlinks_and_spec_devices() {
     let Some(out) = sh(
-        "devices",
         &[],
         "for d in null zero full random urandom tty fuse; do test -c /dev/$d && echo $d; done; \
          readlink /dev/fd; readlink /dev/stdin; readlink /dev/ptmx; head -c 4 /dev/zero | wc -c; stat -c %a /dev/fuse",
@@ -563,9 +537,7 @@ fn default_devices_symlinks_and_spec_devices() {
 
 #[test]
 fn namespaces_are_new_or_joined_by_path() {
-    if !can_run("namespaces") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("a", &[], &["sleep", "100"]);
     let mut c = agent.client();
@@ -598,15 +570,11 @@ fn namespaces_are_new_or_joined_by_path() {
 
 #[test]
 fn cgroup_limits() {
-    if !can_run("cgroup_limits") {
-        return;
-    }
+    require!(can_run());
     if !husk_agent::container::cgroups::is_cgroup2(std::path::Path::new("/sys/fs/cgroup")) {
-        eprintln!("SKIP: cgroup_limits: /sys/fs/cgroup is not cgroup2 on this host (the VM tests cover it)");
-        return;
+        skip!("/sys/fs/cgroup is not cgroup2 on this host (the VM tests cover it)");
     }
     let Some(out) = sh(
-        "cgroup_limits",
         &[],
         "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
         |v| {
@@ -630,7 +598,6 @@ fn seccomp_allowlist_default_errno_and_arg_conditions() {
         .filter(|n| !matches!(*n, "mkdir" | "mkdirat" | "chmod" | "fchmodat"))
         .collect();
     let Some(out) = sh(
-        "seccomp_allowlist",
         &[],
         "mkdir /tmp/x 2>&1; echo rc=$?; chmod 700 /tmp 2>&1; echo rc2=$?; chmod 1777 /tmp && echo ok3",
         |v| {
@@ -661,9 +628,7 @@ fn seccomp_allowlist_default_errno_and_arg_conditions() {
 
 #[test]
 fn mount_destinations_follow_symlinks_inside_the_rootfs() {
-    if !can_run("mount_symlinks") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", "cat /proc/self/mountinfo"]);
     let rootfs = dir.join("rootfs");
@@ -697,9 +662,7 @@ fn mount_destinations_follow_symlinks_inside_the_rootfs() {
 /// mounted wherever the image's link points; nothing is left behind.
 #[test]
 fn proc_on_a_symlink_is_refused() {
-    if !can_run("proc_symlink") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle("b", &[], &["true"]);
     let rootfs = dir.join("rootfs");
@@ -738,7 +701,7 @@ fn rootfs_propagation() {
         ("shared", Some("shared:")),
         ("slave", None),
     ] {
-        let Some(out) = sh("rootfs_propagation", &[], "cat /proc/self/mountinfo", |v| {
+        let Some(out) = sh(&[], "cat /proc/self/mountinfo", |v| {
             v["linux"]["rootfsPropagation"] = json!(prop);
         }) else {
             return;
@@ -762,7 +725,7 @@ fn rootfs_propagation() {
 #[test]
 fn time_namespace_with_offsets() {
     const YEAR: u64 = 365 * 24 * 3600;
-    let Some(out) = sh("time_namespace", &[], "cut -d. -f1 /proc/uptime", |c| {
+    let Some(out) = sh(&[], "cut -d. -f1 /proc/uptime", |c| {
         c["linux"]["namespaces"]
             .as_array_mut()
             .unwrap()
@@ -783,9 +746,7 @@ fn time_namespace_with_offsets() {
 /// field.
 #[test]
 fn time_offsets_need_a_time_namespace_and_a_shiftable_clock() {
-    if !can_run("time_offsets_refused") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     for (i, (ns, clock, want)) in [
         (false, "monotonic", "creates no time namespace"),
@@ -828,9 +789,7 @@ fn time_offsets_need_a_time_namespace_and_a_shiftable_clock() {
 #[test]
 fn create_and_start_container_hooks_run_in_the_container() {
     use std::os::unix::fs::PermissionsExt;
-    if !can_run("in_container_hooks") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let script = "cat /dev/shm/log; cat /dev/shm/creating.json; echo; cat /dev/shm/created.json";
     let (spec, dir) = agent.bundle("b", &[], &["sh", "-c", script]);
@@ -924,7 +883,7 @@ fn a_privileged_spec_with_every_host_device_starts() {
                   test -b /dev/husk-blk && echo blk husk-blk; \
                   grep -E '^(CapEff|Seccomp):' /proc/self/status; \
                   awk '$5 == \"/sys\" || $5 == \"/sys/fs/cgroup\" { print $5, substr($6, 1, 2) }' /proc/self/mountinfo";
-    let Some(out) = sh("privileged", &[], script, |v| {
+    let Some(out) = sh(&[], script, |v| {
         let dev = |path: &str, typ: &str, major: u32, minor: u32| {
             json!({"path": path, "type": typ, "major": major, "minor": minor,
                    "fileMode": 0o666, "uid": 0, "gid": 0})
@@ -991,9 +950,7 @@ fn a_privileged_spec_with_every_host_device_starts() {
 /// - `rprivate`: neither way.
 #[test]
 fn rootfs_propagation_between_the_agent_and_the_container() {
-    if !can_run("propagation") {
-        return;
-    }
+    require!(can_run());
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     let agent = Agent::start();
     let vol = agent.dir.path().join("vol");

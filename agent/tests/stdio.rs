@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 
 use common::*;
 use husk_protocol::{Request, ResizeTty, StdioSpec, StreamKind};
+use husk_test_support::require;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -21,9 +22,7 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 #[test]
 fn ten_mib_through_stdin_and_stdout_byte_exact() {
-    if !can_run("ten_mib") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle("b", &[], &["cat"]);
     let data = pseudo_random(10 << 20);
@@ -39,9 +38,7 @@ fn ten_mib_through_stdin_and_stdout_byte_exact() {
 
 #[test]
 fn stdout_and_stderr_are_separate() {
-    if !can_run("stderr") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle(
         "b",
@@ -57,9 +54,7 @@ fn stdout_and_stderr_are_separate() {
 
 #[test]
 fn output_before_attach_is_kept_after_exit() {
-    if !can_run("early_output") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "echo early; echo late >&2"]);
     let mut c = agent.client();
@@ -95,9 +90,7 @@ fn output_before_attach_is_kept_after_exit() {
 
 #[test]
 fn a_stdin_half_close_is_eof_after_its_bytes() {
-    if !can_run("stdin_half_close") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sh", "-c", "cat; echo done"]);
     let mut c = agent.client();
@@ -130,9 +123,7 @@ fn a_stdin_half_close_is_eof_after_its_bytes() {
 
 #[test]
 fn tty_with_resize() {
-    if !can_run("tty") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, dir) = agent.bundle(
         "b",
@@ -174,9 +165,7 @@ fn tty_with_resize() {
 
 #[test]
 fn exec_with_a_terminal() {
-    if !can_run("exec_tty") {
-        return;
-    }
+    require!(can_run());
     let agent = Agent::start();
     let (spec, _) = agent.bundle("b", &[], &["sleep", "1000"]);
     let mut c = agent.client();

@@ -557,6 +557,7 @@ mod tests {
             ack(&mut s);
             // WaitProcess: answered well after the call timeout.
             let req: RequestFrame = read_frame(&mut s).unwrap();
+            // Not synchronisation: the late answer is what is tested.
             thread::sleep(Duration::from_millis(600));
             let exited = Response::Exited { exit_status: 7 };
             write_frame(&mut s, &ResponseFrame::new(req.id, Ok(exited))).unwrap();
@@ -707,6 +708,7 @@ mod tests {
     fn an_oom_wait_is_not_bounded_by_the_call_timeout() {
         let addr = fake_agent("oom", |r| match r {
             Request::WaitOom(w) if w.container_id == "c" => {
+                // Not synchronisation: the late answer is what is tested.
                 thread::sleep(Duration::from_millis(600));
                 Some(Response::OomKills {
                     count: w.after + 1,

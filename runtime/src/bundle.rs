@@ -783,10 +783,7 @@ mod tests {
 
     #[test]
     fn share_rewrites_paths_and_unmounts() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: bind mounts need root");
-            return;
-        }
+        husk_test_support::require!(husk_test_support::root(), "bind mounts");
         let (t, b) = bundle_with(minimal());
         fs::create_dir(t.path().join("data")).unwrap();
         fs::write(t.path().join("data/f"), b"x").unwrap();
@@ -808,10 +805,7 @@ mod tests {
 
     #[test]
     fn missing_bind_source_fails_and_leaves_no_mount() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: bind mounts need root");
-            return;
-        }
+        husk_test_support::require!(husk_test_support::root(), "bind mounts");
         let mut c = minimal();
         c["root"]["readonly"] = true.into();
         let (t, b) = bundle_with(c);

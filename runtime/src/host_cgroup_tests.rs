@@ -421,25 +421,14 @@ fn v2_controllers_are_enabled_once_in_a_parent() {
     );
 }
 
-/// Whether this test is skipped: it needs root and a host with the
-/// controllers husk limits.
-fn skip_without_host_cgroups() -> Option<Layout> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: making cgroups on the host needs root");
-        return None;
-    }
-    let l = match Layout::probe() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("SKIP: cannot read the cgroup layout: {e}");
-            return None;
-        }
-    };
-    if let Err(e) = l.place(&CgroupPath::parse("/x", false).unwrap()) {
-        eprintln!("SKIP: {e}");
-        return None;
-    }
-    Some(l)
+/// This host's cgroup layout, or why a test cannot make cgroups on it: it
+/// needs root and a host with the controllers husk limits.
+fn host_cgroups() -> Result<Layout, String> {
+    husk_test_support::root().map_err(|e| format!("making cgroups on the host: {e}"))?;
+    let l = Layout::probe().map_err(|e| format!("cannot read the cgroup layout: {e}"))?;
+    l.place(&CgroupPath::parse("/x", false).unwrap())
+        .map_err(|e| e.to_string())?;
+    Ok(l)
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -455,9 +444,7 @@ fn read(dir: &Path, file: &str) -> String {
 /// what is in it and takes away the cgroup and the parents it made.
 #[test]
 fn made_joined_and_removed_on_this_host() {
-    let Some(layout) = skip_without_host_cgroups() else {
-        return;
-    };
+    let layout = husk_test_support::require!(host_cgroups());
     let parent = format!("husk-unit-{}", std::process::id());
     let _cleanup = Cleanup(parent.clone());
     let path = CgroupPath::parse(&format!("/{parent}/deep/c"), false).unwrap();
@@ -526,10 +513,11 @@ fn made_joined_and_removed_on_this_host() {
         );
     }
     // Its background child too, once it has been forked.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while procs_below(&st.dirs[..1]).len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    husk_test_support::wait_until(
+        Duration::from_secs(10),
+        "the background child in the cgroup",
+        || procs_below(&st.dirs[..1]).len() >= 2,
+    );
     assert_eq!(procs_below(&st.dirs[..1]).len(), 2);
 
     remove(&st);
@@ -543,9 +531,7 @@ fn made_joined_and_removed_on_this_host() {
 /// control files) fails naming the field, and leaves no directory behind.
 #[test]
 fn an_uncreatable_cgroup_leaves_nothing() {
-    let Some(layout) = skip_without_host_cgroups() else {
-        return;
-    };
+    let layout = husk_test_support::require!(host_cgroups());
     let parent = format!("husk-unit-bad-{}", std::process::id());
     let _cleanup = Cleanup(parent.clone());
     let path = CgroupPath::parse(&format!("/{parent}/cgroup.procs/c"), false).unwrap();

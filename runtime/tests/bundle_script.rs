@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use husk_test_support::require;
 use oci_spec::runtime::Spec;
 
 fn repo_root() -> PathBuf {
@@ -27,19 +28,16 @@ fn make_bundle(dir: &Path, flags: &[&str], args: &[&str]) {
     );
 }
 
-fn have_busybox() -> bool {
+fn busybox() -> Result<(), String> {
     if Path::new("/bin/busybox").exists() {
-        return true;
+        return Ok(());
     }
-    eprintln!("SKIP: /bin/busybox missing (apt-get install busybox-static; scripts/setup.sh does)");
-    false
+    Err("/bin/busybox missing (apt-get install busybox-static; scripts/setup.sh does)".into())
 }
 
 #[test]
 fn bundle_config_parses_with_oci_spec() {
-    if !have_busybox() {
-        return;
-    }
+    require!(busybox());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
     make_bundle(&dir, &[], &["echo", "hello world", "it's"]);
@@ -66,10 +64,10 @@ fn bundle_config_parses_with_oci_spec() {
     let sh = dir.join("rootfs/bin/sh");
     assert!(sh.symlink_metadata().is_ok(), "no /bin/sh in rootfs");
     // The shell in there runs: chroot needs root.
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: running the rootfs's /bin/sh needs root (chroot)");
-        return;
-    }
+    require!(
+        husk_test_support::root(),
+        "running the rootfs's /bin/sh (chroot)"
+    );
     let out = Command::new("chroot")
         .arg(dir.join("rootfs"))
         .args(["/bin/sh", "-c", "echo ok"])
@@ -85,9 +83,7 @@ fn bundle_config_parses_with_oci_spec() {
 
 #[test]
 fn bundle_flags_set_readonly_and_terminal() {
-    if !have_busybox() {
-        return;
-    }
+    require!(busybox());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
     make_bundle(&dir, &["--readonly", "--tty"], &[]);
@@ -100,9 +96,7 @@ fn bundle_flags_set_readonly_and_terminal() {
 
 #[test]
 fn bundle_script_refuses_an_existing_bundle() {
-    if !have_busybox() {
-        return;
-    }
+    require!(busybox());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
     make_bundle(&dir, &[], &["true"]);

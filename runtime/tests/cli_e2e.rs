@@ -4,6 +4,7 @@
 //! or the daemons.
 
 mod common;
+use husk_test_support::require;
 
 use std::fs;
 use std::io::Write;
@@ -28,7 +29,7 @@ fn wait_status(env: &Env, id: &str, want: &str) {
 
 #[test]
 fn lifecycle_create_start_exec_ps_kill_delete() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sh", "-c", "echo started; exec sleep 600"]);
     let pid_file = env.dir.path().join("pid");
@@ -110,7 +111,7 @@ fn lifecycle_create_start_exec_ps_kill_delete() {
 
 #[test]
 fn run_in_foreground_passes_stdio_and_exit_codes() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle(
         "b",
@@ -162,7 +163,7 @@ fn run_in_foreground_passes_stdio_and_exit_codes() {
 /// enabled by default), and the container's memory limit is its cgroup's.
 #[test]
 fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle(
         "b",
@@ -200,7 +201,7 @@ fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
 /// on the host when `husk run` returns, in the rootfs and in a bind mount.
 #[test]
 fn writes_made_just_before_exit_are_on_the_host_when_run_returns() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let vol = env.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
@@ -242,7 +243,7 @@ fn writes_made_just_before_exit_are_on_the_host_when_run_returns() {
 /// and `cpu.mems` lands on node 0 too.
 #[test]
 fn numa_memory_policy_and_mems_apply_on_the_guests_node() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle(
         "b",
@@ -271,7 +272,7 @@ fn numa_memory_policy_and_mems_apply_on_the_guests_node() {
 /// into a bind mount stop) until `resume`; on both engines.
 #[test]
 fn pause_parks_the_vm_until_resume() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let data = env.dir.path().join("data");
     fs::create_dir(&data).unwrap();
@@ -308,6 +309,8 @@ fn pause_parks_the_vm_until_resume() {
     env.ok(&["pause", "p1"]);
     assert_eq!(env.status_of("p1"), "paused");
     // A write already on its way to the host may still land; then nothing.
+    // Not synchronisation: the first sleep lets such a write land, the
+    // second is a while in which a running container would tick.
     std::thread::sleep(Duration::from_millis(500));
     let paused_at = count();
     std::thread::sleep(Duration::from_millis(1500));
@@ -332,7 +335,7 @@ fn pause_parks_the_vm_until_resume() {
 /// the agent does (the guest's MemTotal).
 #[test]
 fn update_changes_the_guest_cgroup_and_cannot_grow_the_vm() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sleep", "600"]);
     // A cgroup namespace: /sys/fs/cgroup is the container's own cgroup.
@@ -417,7 +420,7 @@ fn update_changes_the_guest_cgroup_and_cannot_grow_the_vm() {
 /// /dev/kvm, this machine kind), and the container runs either way.
 #[test]
 fn the_qemu_engine_uses_kvm_exactly_where_it_can() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sleep", "600"]);
     let status = env
@@ -458,7 +461,7 @@ fn the_qemu_engine_uses_kvm_exactly_where_it_can() {
 
 #[test]
 fn bad_bundles_fail_cleanly() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["true"]);
     fs::write(b.join("config.json"), b"{ not json").unwrap();
@@ -536,7 +539,7 @@ fn wrong_typed_config_field_is_named_and_leaves_nothing() {
 
 #[test]
 fn same_id_twice_and_force_delete_after_monitor_sigkill() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sleep", "600"]);
     env.ok(&["create", "--bundle", b.to_str().unwrap(), "dup"]);
@@ -547,15 +550,14 @@ fn same_id_twice_and_force_delete_after_monitor_sigkill() {
     let st: serde_json::Value = serde_json::from_str(&env.ok(&["state", "dup"])).unwrap();
     let pid = st["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(env.status_of("dup"), "stopped");
+    wait_status(&env, "dup", "stopped");
     env.ok(&["delete", "--force", "dup"]);
     env.assert_clean();
 }
 
 #[test]
 fn hooks_and_bind_mounts() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let data = env.dir.path().join("data");
     fs::create_dir(&data).unwrap();
@@ -655,7 +657,7 @@ fn hooks_and_bind_mounts() {
 /// nothing is left.
 #[test]
 fn ten_concurrent_cycles_leak_nothing() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let ids = [
         "c1", "c10", "c100", "c1000", "c2", "c20", "c200", "c3", "c30", "c300",
@@ -730,7 +732,7 @@ fn recv_console(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
 
 #[test]
 fn terminal_through_console_socket_with_resize() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &["--tty"], &["sh"]);
     let sock_path = env.dir.path().join("console.sock");
@@ -756,6 +758,8 @@ fn terminal_through_console_socket_with_resize() {
     // SAFETY: TIOCSWINSZ reads one winsize from `ws` for the open master.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
     assert_eq!(rc, 0);
+    // Time for the resize to reach the guest's terminal ahead of the input
+    // below: only `stty size` in there shows it, so there is nothing to poll.
     std::thread::sleep(Duration::from_millis(500));
     master
         .write_all(b"echo tty-$((6*7)); stty size; exit 3\n")
@@ -784,7 +788,7 @@ fn terminal_through_console_socket_with_resize() {
 
 #[test]
 fn exec_with_a_tty_through_console_socket() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sleep", "600"]);
     env.ok(&["run", "--detach", "--bundle", b.to_str().unwrap(), "x1"]);
@@ -886,7 +890,7 @@ fn the_vm_lives_in_the_containers_host_cgroup_until_delete() {
         HOST_CPU_OVERHEAD, HOST_MEMORY_OVERHEAD_MIB, HOST_PIDS_BASE, HOST_PIDS_PER_VCPU,
     };
     use husk_runtime::sizing::MEMORY_OVERHEAD_MIB;
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let mounts = common::cgroup_mounts();
     assert!(!mounts.is_empty(), "no cgroup hierarchy is mounted");
@@ -975,12 +979,11 @@ fn the_vm_lives_in_the_containers_host_cgroup_until_delete() {
     )
     .unwrap();
     env.ok(&["delete", "--force", "hc1"]);
-    let died = stray.try_wait().unwrap();
-    let died = died.or_else(|| {
-        std::thread::sleep(Duration::from_millis(500));
-        stray.try_wait().unwrap()
-    });
-    assert!(died.is_some(), "the stray in the host cgroup still runs");
+    husk_test_support::wait_until(
+        Duration::from_secs(10),
+        "the stray in the host cgroup to die",
+        || stray.try_wait().unwrap().is_some(),
+    );
     for d in dirs_of(&want) {
         assert!(!d.exists(), "{} is left", d.display());
     }

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use husk_test_support::require;
 
 use std::fs;
 use std::path::Path;
@@ -103,7 +104,7 @@ fn cid_lines(out: &str) -> Vec<&str> {
 /// The agent refusing any peer but CID 2 is unit-tested in the agent.
 #[test]
 fn a_container_cannot_drive_the_agent_over_vsock() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
 
     let b = bundle_with_attack(&env, "denied", "v1");
@@ -141,7 +142,7 @@ fn a_container_cannot_drive_the_agent_over_vsock() {
 /// leaves nothing.
 #[test]
 fn annotations_the_operator_did_not_enable_are_refused() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["true"]);
     for (key, value, why) in [

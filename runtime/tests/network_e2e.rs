@@ -5,11 +5,12 @@
 //! veth) with addresses in 10.254.0.0/16, and removes them on every path.
 
 mod common;
+use husk_test_support::{require, wait_until};
 
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Env;
 
@@ -28,13 +29,13 @@ fn sh_ok(cmd: &str) -> String {
 }
 
 /// Why the host cannot run these tests, beyond a guest.
-fn missing_tools() -> Option<String> {
+fn tools() -> Result<(), String> {
     for t in ["ip", "tc", "busybox"] {
         if !sh(&format!("command -v {t}")).status.success() {
-            return Some(format!("{t} is not installed (iproute2, busybox-static)"));
+            return Err(format!("{t} is not installed (iproute2, busybox-static)"));
         }
     }
-    None
+    Ok(())
 }
 
 /// Netns A and B joined by a veth, removed on drop.
@@ -91,14 +92,6 @@ impl Drop for Bg {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn set_netns_path(env: &Env, bundle: &Path, path: &str) {
     env.edit_config(bundle, |v| {
         for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
@@ -129,11 +122,8 @@ fn create_with_output(env: &Env, bundle: &Path, id: &str) -> std::path::PathBuf 
 
 #[test]
 fn netns_path_reaches_the_guest_both_ways() {
-    skip_without_guest!();
-    if let Some(why) = missing_tools() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require!(common::guest_ready());
+    require!(tools());
     let net = NetPair::new("n", 1400);
     let env = Env::new();
     // A server in B the container reaches (b).
@@ -176,7 +166,7 @@ fn netns_path_reaches_the_guest_both_ways() {
 
     // (a) a client in B gets the container's answer.
     let mut answer = String::new();
-    wait_for("the container's server", Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(60), "the container's server", || {
         let o = net
             .in_b("busybox nc -w 3 10.254.1.2 8080 </dev/null")
             .output()
@@ -184,7 +174,7 @@ fn netns_path_reaches_the_guest_both_ways() {
         answer = String::from_utf8_lossy(&o.stdout).into_owned();
         answer.contains("from-container")
     });
-    wait_for("the container to exit", Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the container to exit", || {
         env.status_of("n1") == "stopped"
     });
     let text = fs::read_to_string(&out).unwrap();
@@ -208,7 +198,7 @@ fn netns_path_reaches_the_guest_both_ways() {
 
 #[test]
 fn without_a_netns_path_only_loopback() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle(
         "b",
@@ -222,7 +212,7 @@ fn without_a_netns_path_only_loopback() {
     );
     let out = create_with_output(&env, &b, "l1");
     env.ok(&["start", "l1"]);
-    wait_for("the container to exit", Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(60), "the container to exit", || {
         env.status_of("l1") == "stopped"
     });
     let text = fs::read_to_string(&out).unwrap();
@@ -239,7 +229,7 @@ fn without_a_netns_path_only_loopback() {
 
 #[test]
 fn a_missing_netns_is_a_clear_error_with_nothing_left() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["true"]);
     set_netns_path(&env, &b, "/var/run/netns/hk-does-not-exist");

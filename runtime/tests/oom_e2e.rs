@@ -6,6 +6,7 @@
 //! root, the built guest, QEMU or the daemons.
 
 mod common;
+use husk_test_support::require;
 
 use std::fs;
 use std::process::{Child, Stdio};
@@ -43,7 +44,7 @@ fn event_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn an_oom_killed_container_exits_137_and_events_report_the_oom() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     // Waits for /tmp/go, then makes the shell hold a 100 MB string.
     let b = env.bundle(

@@ -15,20 +15,18 @@ use husk_protocol::frame::{read_frame, write_frame};
 use husk_protocol::{Hello, Response, ResponseFrame};
 use husk_runtime::portforward::PortForward;
 
-fn missing() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces, iptables)".into());
-    }
+fn prerequisites() -> Result<(), String> {
+    husk_test_support::root().map_err(|e| format!("{e} (network namespaces, iptables)"))?;
     for (prog, flag) in [("ip", "-V"), ("iptables", "--version")] {
         let ok = Command::new(prog)
             .arg(flag)
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            return Some(format!("{prog} is not installed"));
+            return Err(format!("{prog} is not installed"));
         }
     }
-    None
+    Ok(())
 }
 
 /// A named network namespace, deleted on drop.
@@ -105,10 +103,7 @@ impl Drop for Netns {
 
 #[test]
 fn loopback_connections_in_the_pod_namespace_reach_the_agent_by_port() {
-    if let Some(why) = missing() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    husk_test_support::require!(prerequisites());
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock).unwrap();

@@ -5,6 +5,7 @@
 //! must not change. Skips with its reason where no guest can run.
 
 mod common;
+use husk_test_support::require;
 
 use std::fs;
 
@@ -55,7 +56,7 @@ fn run_to_done(env: &Env, b: &std::path::Path, id: &str) -> String {
 
 #[test]
 fn guest_root_cannot_write_readonly_volumes_or_root_on_the_host() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let vol = env.dir.path().join("vol");
     fs::create_dir(&vol).unwrap();
@@ -139,7 +140,7 @@ fn guest_root_cannot_write_readonly_volumes_or_root_on_the_host() {
 /// reaches the submount, and a plain `bind` leaves the submount out.
 #[test]
 fn host_submounts_are_separate_guest_mounts_and_recursive_options_reach_them() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let vol = env.dir.path().join("vol");
     let sub = vol.join("sub");

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use husk_test_support::require;
 
 use std::fs;
 use std::process::Stdio;
@@ -25,7 +26,7 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 /// file, and no mount, process or state is left.
 #[test]
 fn killed_create_then_delete_keeps_the_bundle_and_volumes() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let vol = env.dir.path().join("vol");
     fs::create_dir(&vol).unwrap();
@@ -52,6 +53,7 @@ fn killed_create_then_delete_keeps_the_bundle_and_volumes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Not synchronisation: the create is killed at each of these points.
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = create.kill();
         let _ = create.wait();
@@ -88,7 +90,7 @@ fn killed_create_then_delete_keeps_the_bundle_and_volumes() {
 /// signal) is stopped by the monitor's record of what it started.
 #[test]
 fn delete_force_stops_only_what_the_container_started() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let env = Env::new();
     let b = env.bundle("b", &[], &["sleep", "600"]);
     for id in ["c1", "c10"] {

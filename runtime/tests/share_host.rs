@@ -13,15 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 use husk_runtime::bundle::{prepare_share, unmount_all, Bundle};
 use husk_runtime::shim::vm::{make_shared_mount, mounts_under, PodVm};
-
-macro_rules! skip_unless_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: bind mounts and mount_setattr need root");
-            return;
-        }
-    };
-}
+use husk_test_support::{require, root};
 
 /// A bundle in `dir` with a small rootfs and `mounts`.
 fn bundle(dir: &Path, readonly: bool, mounts: serde_json::Value) -> Bundle {
@@ -85,7 +77,7 @@ fn errno_of_write(p: &Path) -> Option<i32> {
 
 #[test]
 fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_nodev() {
-    skip_unless_root!();
+    require!(root(), "bind mounts and mount_setattr");
     let t = tempfile::tempdir().unwrap();
     let (ro, rw, ro_file, rw_last) = (
         t.path().join("ro"),
@@ -231,7 +223,7 @@ fn readonly_mounts_and_root_are_readonly_on_the_host_and_every_bind_is_nosuid_no
 
 #[test]
 fn a_readonly_rootfs_gets_its_missing_mount_destinations_inside_it() {
-    skip_unless_root!();
+    require!(root(), "bind mounts and mount_setattr");
     let t = tempfile::tempdir().unwrap();
     let outside = t.path().join("outside");
     fs::create_dir(&outside).unwrap();
@@ -340,7 +332,7 @@ fn pod_vm(dir: &Path) -> PodVm {
 
 #[test]
 fn the_shim_attaches_by_fd_into_a_live_share_and_detaches_once() {
-    skip_unless_root!();
+    require!(root(), "bind mounts and mount_setattr");
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("vm");
     fs::create_dir(&dir).unwrap();

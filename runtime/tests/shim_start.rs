@@ -163,25 +163,20 @@ fn start(generation: &str, id: &str, stdin: &[u8], ttrpc: &str) -> String {
     let _ = client.shutdown(context::with_timeout(10_000_000_000), &req);
     // The shim removes its socket as it goes (and the bundle with it here).
     let sock = stdout.strip_prefix("unix://").unwrap().to_owned();
-    for _ in 0..100 {
-        if !std::path::Path::new(&sock).exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        !std::path::Path::new(&sock).exists(),
-        "{generation}: {sock} left"
+    husk_test_support::wait_until(
+        std::time::Duration::from_secs(5),
+        &format!("{generation}: {sock} to be removed"),
+        || !std::path::Path::new(&sock).exists(),
     );
     stdout
 }
 
 #[test]
 fn start_answers_every_containerd_generation_with_a_plain_address() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: the shim's socket goes in /run/containerd/s: needs root");
-        return;
-    }
+    husk_test_support::require!(
+        husk_test_support::root(),
+        "the shim's socket goes in /run/containerd/s"
+    );
     let dir = tempfile::tempdir().unwrap();
     let ttrpc = dir.path().join("containerd.sock.ttrpc");
     let mut events = Server::new()

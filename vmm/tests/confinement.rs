@@ -199,12 +199,8 @@ fn forbidden_syscall_in_the_main_thread_kills_the_monitor_with_sigsys() {
 
 #[test]
 fn forbidden_syscall_in_a_vcpu_thread_kills_the_monitor_with_sigsys() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return skip(&format!("/dev/kvm cannot be opened ({e})"));
+    if let Err(why) = husk_test_support::kvm() {
+        return skip(why);
     }
     let Some((st, stderr, _tmp)) = probe("builtin", "vcpu", &[]) else {
         return;

@@ -18,14 +18,7 @@ use husk_vmm_contract::VmConfig;
 mod common;
 use common::*;
 
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))
-}
+use husk_test_support::kvm as kvm_usable;
 
 /// This process's vCPU threads and its KVM / guest-RAM fds (counted by
 /// name, so tests running in parallel do not disturb the count).
@@ -56,10 +49,9 @@ fn boots_the_guest_kernel_to_its_banner() {
         return skip(&why);
     }
     let Some(kernel) = kernel() else {
-        eprintln!(
-            "SKIP: no guest kernel ($HUSK_KERNEL, /usr/local/share/husk/vmlinux, /var/cache/husk/kernel/*/vmlinux)"
+        return skip(
+            "no guest kernel ($HUSK_KERNEL, /usr/local/share/husk/vmlinux, /var/cache/husk/kernel/*/vmlinux)",
         );
-        return;
     };
     let dir = tempfile::tempdir().unwrap();
 

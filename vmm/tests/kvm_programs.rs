@@ -13,15 +13,12 @@ use husk_vmm::builtin::memory::create_guest_memory;
 use husk_vmm::engine::EngineInstance;
 use vm_memory::{Bytes, GuestAddress};
 
+/// Whether `/dev/kvm` can be opened; the test skips (printing why) when not.
 fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
+    match husk_test_support::kvm() {
+        Ok(()) => true,
         Err(e) => {
-            eprintln!("SKIP: /dev/kvm cannot be opened ({e}); KVM tests need it");
+            husk_test_support::skip(format!("{e}; KVM tests need it"));
             false
         }
     }

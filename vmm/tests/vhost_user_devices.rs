@@ -33,9 +33,7 @@ const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn skip(why: &str) {
-    eprintln!("SKIPPED: {why}");
-}
+use husk_test_support::skip;
 
 /// `name` via the monitor's own lookup, then the CI's cargo-install cache.
 fn find_binary(name: &'static str) -> Option<PathBuf> {
@@ -685,9 +683,8 @@ fn virtiofs_init_lookup_open_read() {
     let Some(bin) = find_binary("virtiofsd") else {
         return skip("virtiofsd not installed");
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip("virtiofsd needs root");
+    if let Err(e) = husk_test_support::root() {
+        return skip(format!("virtiofsd {e}"));
     }
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");

@@ -920,13 +920,9 @@ mod tests {
             .map(Path::new)
             .find(|p| is_cgroup2(p))
         else {
-            eprintln!("SKIP: events file: no cgroup2 hierarchy on this host");
-            return;
+            husk_test_support::skip!("no cgroup2 hierarchy on this host");
         };
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: events file: making a cgroup needs root");
-            return;
-        }
+        husk_test_support::require!(husk_test_support::root(), "making a cgroup");
         /// The test's cgroup and its process, gone however the test ends.
         struct Scratch(PathBuf, Option<std::process::Child>);
         impl Drop for Scratch {

@@ -224,10 +224,7 @@ mod tests {
     /// (EEXIST).
     #[test]
     fn a_node_replaces_a_link_and_keeps_what_cannot_be_replaced() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: mknod needs root");
-            return;
-        }
+        husk_test_support::require!(husk_test_support::root(), "mknod");
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         fs::create_dir_all(r.join("dev/pts")).unwrap();

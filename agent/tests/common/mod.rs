@@ -15,13 +15,11 @@ use husk_protocol::{
 };
 use oci_spec::runtime::{Process, Spec};
 
-/// True when the test may run; prints why not otherwise.
-pub fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: {test}: needs root (namespaces, mounts)");
-        return false;
-    }
-    true
+/// Whether these tests can run on this host, or why not: they need root
+/// (namespaces, mounts). A test skips with
+/// `husk_test_support::require!(can_run())`.
+pub fn can_run() -> Result<(), String> {
+    husk_test_support::root().map_err(|e| format!("{e} (namespaces, mounts)"))
 }
 
 /// A running agent on a Unix socket in a temp dir.
@@ -43,10 +41,10 @@ impl Agent {
         Agent::start_with(&[])
     }
 
-    /// An agent for `test`, or None (the test is skipped) when it may not
-    /// run ([`can_run`]).
-    pub fn start_for(test: &str) -> Option<Agent> {
-        can_run(test).then(Agent::start)
+    /// An agent, or why the tests cannot run here ([`can_run`]); a test
+    /// takes it with `husk_test_support::require!(Agent::start_if_can_run())`.
+    pub fn start_if_can_run() -> Result<Agent, String> {
+        can_run().map(|()| Agent::start())
     }
 
     /// An agent with extra flags.

@@ -16,6 +16,7 @@ use containerd_shim::protos::ttrpc::{self, context, Client, Code, Server};
 use husk_protocol::client::AgentAddr;
 use husk_protocol::frame::{read_frame, write_frame};
 use husk_protocol::{ErrorCode, Hello, ProcessRef, ProtocolError, RequestFrame, ResponseFrame};
+use husk_test_support::{require, root, skip};
 
 use super::*;
 
@@ -30,15 +31,6 @@ fn ctx() -> Context {
 
 /// Why most of these tests need root.
 const SHARE_IS_A_BIND_MOUNT: &str = "a container's share is a bind mount";
-
-/// Whether the test is skipped, not being root (it needs root: `why`).
-fn skip_unless_root(why: &str) -> bool {
-    let skip = !nix::unistd::geteuid().is_root();
-    if skip {
-        eprintln!("SKIP: {why}: needs root");
-    }
-    skip
-}
 
 /// A `$t` about process `$exec_id` of task `$id` (its init when empty).
 macro_rules! req {
@@ -513,9 +505,7 @@ fn calls_about_a_answer(shim: &Shim, meanwhile: &str) {
 
 #[test]
 fn calls_about_other_tasks_answer_while_a_create_waits_for_the_agent() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (create_hold, create) = hold();
     let shim = Shim::with_agent_for_a_and_b(move |req| match req {
         Request::CreateContainer(c) if c.container_id == "b" => {
@@ -606,9 +596,7 @@ fn a_create_booting_the_vm_holds_up_only_its_own_task() {
 
 #[test]
 fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (start_hold, start) = hold();
     let (exit_hold, exit) = hold();
     let shim = Shim::with_agent_for_a_and_b(move |req| match req {
@@ -671,9 +659,7 @@ fn calls_about_other_tasks_answer_while_a_start_waits_for_the_agent() {
 
 #[test]
 fn calls_about_other_tasks_answer_while_a_delete_waits_for_the_agent() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (remove_hold, remove) = hold();
     let removals_of_b = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let removals = removals_of_b.clone();
@@ -733,9 +719,7 @@ fn calls_about_other_tasks_answer_while_a_delete_waits_for_the_agent() {
 
 #[test]
 fn a_failed_exec_start_is_tried_again_as_an_exec() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     // The agent's requests, but the waiters' (made when they like).
     let calls = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = calls.clone();
@@ -825,9 +809,7 @@ fn mounts_on(point: &Path) -> usize {
 
 #[test]
 fn a_create_leaves_no_rootfs_mount_behind() {
-    if skip_unless_root("the rootfs mounts are tmpfs mounts") {
-        return;
-    }
+    require!(root(), "the rootfs mounts are tmpfs mounts");
     let dir = tempfile::tempdir().unwrap();
     let agent = fake_agent(&dir.path().join("agent.sock"), |req| match req {
         Request::CreateContainer(_) => Response::Process { pid: 20 },
@@ -935,9 +917,7 @@ fn a_pod_asking_for_a_host_namespace_is_refused_before_its_vm_boots() {
 /// goes on.
 #[test]
 fn a_kill_of_a_process_that_just_exited_is_not_found() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (exit_hold, exit) = hold();
     let shim = Shim::with_agent_errors(move |req| match req {
         Request::CreateContainer(_) => Ok(Response::Process { pid: 10 }),
@@ -1042,9 +1022,7 @@ fn oom_killed_a(
 /// waiter asks the agent for the count first. Published once.
 #[test]
 fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (exit_hold, held) = hold();
     let exit = Arc::new(InitExit::default());
     let exited = exit.clone();
@@ -1053,6 +1031,7 @@ fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
         // and later than the exit waiter's.
         exited.wait();
         if n == 0 {
+            // Not synchronisation: the late answer is what is tested.
             thread::sleep(Duration::from_millis(500));
         }
         Response::OomKills {
@@ -1065,7 +1044,9 @@ fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
     held.entered("a's WaitProcess");
     held.release();
     assert_eq!(shim.wait("a", "").expect("wait a"), 137);
-    // The watch's late answer publishes nothing more.
+    // The watch's late answer publishes nothing more. Not synchronisation:
+    // a while past that answer (500 ms above) in which a second event
+    // would be published; an absence gives nothing to poll for.
     thread::sleep(Duration::from_millis(800));
     delete_a_expecting_one_oom_before_its_exit(&shim);
 }
@@ -1075,9 +1056,7 @@ fn an_oom_killed_init_has_its_task_oom_before_its_task_exit() {
 /// finding the same count at the exit, publishes no second one.
 #[test]
 fn an_oom_kill_in_a_running_container_is_published_as_it_happens() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let (exit_hold, held) = hold();
     let exit = Arc::new(InitExit::default());
     let exited = exit.clone();
@@ -1168,9 +1147,7 @@ fn resume(shim: &Shim, id: &str) -> ttrpc::Result<Empty> {
 /// (seen in `shim-ctr.sh`: `ctr task exec` into a paused task).
 #[test]
 fn a_wait_on_an_exec_deleted_before_it_started_ends() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let seen = Seen::default();
     let (exit_hold, exit) = hold();
     let shim = recording_agent(&seen, exit_hold, |req| {
@@ -1201,9 +1178,7 @@ fn a_wait_on_an_exec_deleted_before_it_started_ends() {
 /// task running.
 #[test]
 fn pause_and_resume_freeze_the_container_in_the_guest_and_publish_events() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let seen = Seen::default();
     let (exit_hold, exit) = hold();
     let refuse_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1303,13 +1278,10 @@ fn message<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> String {
 /// refused naming what is wrong.
 #[test]
 fn update_reaches_the_agent_and_past_the_vm_is_refused() {
-    if skip_unless_root(SHARE_IS_A_BIND_MOUNT) {
-        return;
-    }
+    require!(root(), SHARE_IS_A_BIND_MOUNT);
     let host_cpus = crate::policy::Host::read().cpus;
     if host_cpus < 2 {
-        eprintln!("SKIP: update: the cpuset fitted to a 1-vCPU VM needs a host with 2 CPUs");
-        return;
+        skip!("update: the cpuset fitted to a 1-vCPU VM needs a host with 2 CPUs");
     }
     let seen = Seen::default();
     let (exit_hold, exit) = hold();
@@ -1475,13 +1447,10 @@ impl Drop for PodCgroupCleanup {
 #[test]
 fn the_pod_vm_runs_in_the_sandbox_host_cgroup_and_cleanup_removes_it() {
     use crate::host_cgroup::{Layout, HOST_MEMORY_OVERHEAD_MIB};
-    if skip_unless_root("a host cgroup, and the share's bind mount,") {
-        return;
-    }
+    require!(root(), "a host cgroup, and the share's bind mount,");
     let layout = Layout::probe().unwrap();
     if let Err(e) = layout.place(&crate::host_cgroup::CgroupPath::parse("/x", false).unwrap()) {
-        eprintln!("SKIP: {e}");
-        return;
+        skip!("{e}");
     }
     let t = tempfile::tempdir().unwrap();
     let fake = t.path().join("husk-vmm");

@@ -15,47 +15,20 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Why this host cannot run a guest, if it cannot.
-pub fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
-    }
+/// Whether this host can run a guest, or why not: a test skips with
+/// `husk_test_support::require!(common::guest_ready())`.
+pub fn guest_ready() -> Result<(), String> {
+    husk_test_support::root()?;
     let husk = PathBuf::from(env!("CARGO_BIN_EXE_husk"));
     if !husk.with_file_name("husk-vmm").is_file() && std::env::var_os("HUSK_VMM").is_none() {
-        return Some(
-            "husk-vmm is not built next to husk (cargo test --workspace builds it)".into(),
-        );
+        return Err("husk-vmm is not built next to husk (cargo test --workspace builds it)".into());
     }
-    for (var, default) in [
-        ("HUSK_KERNEL", "/usr/local/share/husk/vmlinux"),
-        ("HUSK_INITRAMFS", "/usr/local/share/husk/initramfs.cpio"),
-    ] {
-        let p = std::env::var(var).unwrap_or_else(|_| default.into());
-        if !Path::new(&p).is_file() {
-            return Some(format!("no {p} (run scripts/setup.sh)"));
-        }
-    }
+    husk_test_support::husk_kernel()?;
+    husk_test_support::husk_initramfs()?;
     for bin in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-            .unwrap_or(false)
-            || Path::new("/usr/local/bin").join(bin).is_file();
-        if !found {
-            return Some(format!("{bin} is not installed (run scripts/setup.sh)"));
-        }
+        husk_test_support::program(bin).map_err(|e| format!("{e} (run scripts/setup.sh)"))?;
     }
-    None
-}
-
-/// Skips the calling test (returns true) when the host lacks something.
-#[macro_export]
-macro_rules! skip_without_guest {
-    () => {
-        if let Some(why) = common::missing_prerequisite() {
-            eprintln!("SKIP: {why}");
-            return;
-        }
-    };
+    Ok(())
 }
 
 /// A temp directory holding a state root and bundles; on drop, deletes any
@@ -164,16 +137,12 @@ impl Env {
     /// Waits until `husk state ID` says running, for a container a `run`
     /// started in the background (its state may not exist yet).
     pub fn wait_running(&self, id: &str, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while self
-            .run(&["state", id])
-            .stdout
-            .windows(9)
-            .all(|w| w != b"\"running\"")
-        {
-            assert!(std::time::Instant::now() < deadline, "{id} never ran");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        husk_test_support::wait_until(timeout, &format!("{id} to run"), || {
+            self.run(&["state", id])
+                .stdout
+                .windows(9)
+                .any(|w| w == b"\"running\"")
+        });
     }
 
     pub fn status_of(&self, id: &str) -> String {

@@ -23,9 +23,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Prints why a test is skipped; use as `let Some(x) = ... else { return skip(..) }`.
-pub fn skip(why: &str) {
-    eprintln!("SKIPPED: {why}");
-}
+pub use husk_test_support::skip;
 
 fn newest(glob_dir: &str, file: &str) -> Option<PathBuf> {
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(glob_dir)
@@ -72,9 +70,7 @@ pub fn agent_initramfs() -> Option<PathBuf> {
 
 /// Everything an end-to-end test needs on the host, or why it is missing.
 pub fn host_ready() -> Result<PathBuf, String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Err("needs root (virtiofsd)".into());
-    }
+    husk_test_support::root().map_err(|e| format!("{e} (virtiofsd)"))?;
     for b in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"] {
         husk_vmm::binaries::locate(b, None).map_err(|e| e.to_string())?;
     }
