@@ -10,7 +10,6 @@ pub mod binaries;
 pub mod builtin;
 pub mod confine;
 pub mod console;
-pub mod container;
 pub mod daemons;
 pub mod engine;
 pub mod monitor;
@@ -18,6 +17,7 @@ pub mod privileges;
 pub mod process;
 pub mod seccomp;
 pub mod signals;
+pub mod supervise;
 pub mod vm;
 
 pub use vm::{Vm, VmError, VmExit, VmHandle};

@@ -73,7 +73,7 @@ pub enum ThreadKind {
     /// The builtin virtio-net worker (`builtin::virtio::net`).
     NetWorker,
     /// A container-mode stdio pump or the `WaitProcess` waiter
-    /// (`container.rs`).
+    /// (`supervise.rs`).
     Pump,
     /// The console relay (`console.rs`): the console pipe into the log.
     Console,
