@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_kvm::bus::BusDevice;
+use husk_kvm::memory::create_guest_memory;
+use husk_kvm::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
+use husk_kvm::virtio::vhost_user::VhostUserDevice;
 use husk_vmm::binaries;
-use husk_vmm::builtin::bus::BusDevice;
-use husk_vmm::builtin::memory::create_guest_memory;
-use husk_vmm::builtin::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
-use husk_vmm::builtin::virtio::vhost_user::VhostUserDevice;
 use husk_vmm::daemons::confine::Confinement;
 use husk_vmm::daemons::virtiofsd_args;
 use husk_vmm_contract::config::{CachePolicy, ShareConfig, VirtiofsdSandbox};

@@ -112,7 +112,7 @@ impl Tap {
 
     /// A datagram socket standing in for a tap in tests that cannot create
     /// one: one write is one frame, one read is one frame.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn fake(fd: OwnedFd) -> Tap {
         Tap {
             fd,

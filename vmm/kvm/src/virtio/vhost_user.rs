@@ -3,9 +3,9 @@
 //! vhost-user socket.
 //!
 //! The monitor stays off the data path: the backend maps guest RAM from the
-//! memfd ([`crate::builtin::memory::create_guest_memory`]), waits on the
-//! queues' kick eventfds (which the engine also registers as ioeventfds)
-//! and signals the [`Interrupt`]'s eventfd (the engine's irqfd) itself.
+//! memfd ([`crate::memory::create_guest_memory`]), waits on the
+//! queues' kick eventfds (which the builder also registers as ioeventfds)
+//! and signals the [`Interrupt`]'s eventfd (the VM's irqfd) itself.
 //! Because the backend cannot set `InterruptStatus`, activation keeps
 //! [`INT_VRING`] set for good ([`Interrupt::set_status`]).
 //!

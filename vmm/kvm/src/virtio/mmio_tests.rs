@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use super::status::*;
 use super::*;
-use crate::builtin::memory::create_guest_memory;
-use crate::builtin::virtio::INT_VRING;
+use crate::memory::create_guest_memory;
+use crate::virtio::INT_VRING;
 
 #[derive(Debug, Default)]
 struct Seen {

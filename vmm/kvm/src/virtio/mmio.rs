@@ -1,6 +1,6 @@
 //! The virtio-mmio transport (virtio 1.x, register layout "version 2").
 //!
-//! [`MmioTransport`] is a [`BusDevice`] the engine puts in its MMIO window.
+//! [`MmioTransport`] is a [`BusDevice`] the builder puts in the MMIO window.
 //! It owns the guest-facing registers, the queues' configuration (one
 //! [`virtio_queue::Queue`] per queue) and one kick [`EventFd`] per queue,
 //! and hands the device its queues on `DRIVER_OK`.
@@ -19,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, DeviceError, Interrupt, VirtioDevice, INT_CONFIG};
-use crate::builtin::bus::BusDevice;
+use crate::bus::BusDevice;
 
 /// `MagicValue`: "virt" in little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -170,13 +170,13 @@ impl MmioTransport {
         })
     }
 
-    /// One kick eventfd per queue, in queue order: the engine registers
+    /// One kick eventfd per queue, in queue order: the builder registers
     /// each as an ioeventfd on `window base + 0x50` with datamatch = index.
     pub fn kick_events(&self) -> &[EventFd] {
         &self.kicks
     }
 
-    /// The device's interrupt line: the engine registers its eventfd as an
+    /// The device's interrupt line: the builder registers its eventfd as an
     /// irqfd on the device's GSI.
     pub fn interrupt(&self) -> Arc<Interrupt> {
         self.interrupt.clone()

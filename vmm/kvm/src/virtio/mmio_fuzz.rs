@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::status::*;
 use super::*;
-use crate::builtin::memory::create_guest_memory;
+use crate::memory::create_guest_memory;
 
 const MEM: u64 = 1 << 20;
 const FEATURES: u64 = VIRTIO_F_VERSION_1 | 1 << 3 | VIRTIO_RING_F_EVENT_IDX;
@@ -399,17 +399,18 @@ fn thread_count() -> String {
 /// which starts its worker thread on DRIVER_OK and joins it on reset and
 /// drop. Once every case is dropped the process has the fds and threads it
 /// had. In a child process running only this test, so the counts are its
-/// own (the worker is confined there as in husk-vmm).
+/// own.
 #[test]
 fn fuzz_mmio_net_leaves_no_fd_or_thread() {
     use std::os::unix::net::UnixDatagram;
 
     use proptest::test_runner::TestRunner;
 
-    use crate::builtin::virtio::net::Net;
-    use crate::builtin::virtio::tap::Tap;
+    use crate::confine::ThreadHook;
+    use crate::virtio::net::Net;
+    use crate::virtio::tap::Tap;
 
-    if !crate::seccomp::testing::in_child_process(
+    if !crate::testing::child::in_child_process(
         module_path!(),
         "fuzz_mmio_net_leaves_no_fd_or_thread",
     ) {
@@ -422,7 +423,12 @@ fn fuzz_mmio_net_leaves_no_fd_or_thread() {
         .run(&prop::collection::vec(access(), 1..32), |accesses| {
             let (dev, _host) = UnixDatagram::pair().unwrap();
             dev.set_nonblocking(true).unwrap();
-            let net = Net::new(Tap::fake(dev.into()), [0x52, 0x54, 0, 1, 2, 3], 1500);
+            let net = Net::new(
+                Tap::fake(dev.into()),
+                [0x52, 0x54, 0, 1, 2, 3],
+                1500,
+                ThreadHook::none(),
+            );
             let mem = create_guest_memory(MEM).unwrap();
             let mut t = MmioTransport::new(Box::new(net), mem).unwrap();
             for a in &accesses {
