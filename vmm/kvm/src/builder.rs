@@ -117,9 +117,6 @@ impl std::fmt::Debug for MmioDevice {
     }
 }
 
-/// virtio-mmio's `QueueNotify` register.
-const VIRTIO_MMIO_QUEUE_NOTIFY: u64 = 0x50;
-
 /// A VM ready to run: built by [`Machine::new`], given devices and an
 /// entry point, then started with [`crate::Vmm::run`].
 #[derive(Debug)]
@@ -210,8 +207,11 @@ impl Machine {
     pub fn add_mmio_device(&mut self, d: MmioDevice) -> Result<(), VmmError> {
         self.mmio.insert(d.device, d.base, VIRTIO_MMIO_SIZE)?;
         for (evt, queue) in d.ioevents {
-            self.vm
-                .register_mmio_ioevent(&evt, d.base + VIRTIO_MMIO_QUEUE_NOTIFY, queue)?;
+            self.vm.register_mmio_ioevent(
+                &evt,
+                d.base + crate::virtio::mmio::reg::QUEUE_NOTIFY,
+                queue,
+            )?;
             self.fds.push(evt);
         }
         self.vm.register_irqfd(&d.irq, d.gsi)?;

@@ -22,10 +22,13 @@ use vm_memory::GuestMemoryMmap;
 
 use super::status::*;
 use super::*;
+/// Feature masks, from virtio-bindings' bit numbers.
+const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use crate::memory::create_guest_memory;
 
 const MEM: u64 = 1 << 20;
-const FEATURES: u64 = VIRTIO_F_VERSION_1 | 1 << 3 | VIRTIO_RING_F_EVENT_IDX;
+const FEATURES: u64 = VERSION_1 | 1 << 3 | EVENT_IDX;
 const MAX_SIZES: [u16; 3] = [256, 16, 1];
 
 /// What the device saw, checked by the test.
@@ -57,7 +60,7 @@ impl VirtioDevice for Fake {
     }
     fn set_acked_features(&mut self, acked: u64) {
         let mut s = self.seen.lock().unwrap();
-        if acked & !FEATURES != 0 || acked & VIRTIO_F_VERSION_1 == 0 {
+        if acked & !FEATURES != 0 || acked & VERSION_1 == 0 {
             s.violations.push(format!("acked features {acked:#x}"));
         }
         s.acked = Some(acked);

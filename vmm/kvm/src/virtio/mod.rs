@@ -28,9 +28,9 @@ pub mod net;
 pub mod tap;
 
 /// `InterruptStatus` bit: a used buffer was added to a queue.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// `InterruptStatus` bit: the device configuration changed.
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// A device's interrupt line: the `InterruptStatus` register's bits plus
 /// the eventfd the builder registers as an irqfd on the device's GSI.
