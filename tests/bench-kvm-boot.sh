@@ -4,7 +4,7 @@
 #    with min and max);
 #  - the monitor's resident memory at that moment without guest RAM
 #    (RssAnon + RssFile; guest RAM is a memfd for both, i.e. RssShmem).
-# The builtin side is the engine alone (examples/builtin_boot: no device
+# The builtin side is the VMM alone (vmm/kvm/examples/builtin_boot: no device
 # daemons, no agent), the same thing QEMU runs here. Not a test: no
 # thresholds; exits 0 whenever it measured.
 #
@@ -24,8 +24,8 @@ KERNEL=${HUSK_KERNEL:-${HUSK_PREFIX:-/usr/local}/share/husk/vmlinux}
 [ -f "$KERNEL" ] || die "no kernel at $KERNEL (set HUSK_KERNEL)"
 MEM=256
 target=${CARGO_TARGET_DIR:-$repo/target}
-(cd "$repo" && cargo build -q --release -j2 -p husk-vmm --example builtin_boot) \
-  || die "cannot build examples/builtin_boot"
+(cd "$repo" && cargo build -q --release -j2 -p husk-kvm --example builtin_boot) \
+  || die "cannot build vmm/kvm/examples/builtin_boot"
 BUILTIN=$target/release/examples/builtin_boot
 
 # The same command line for both: what the builtin engine adds (reboot=k,

@@ -8,6 +8,8 @@ mod common;
 
 use std::process::Command;
 
+use husk_test_support::require;
+
 fn husk_check(env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
     cmd.args(["--root", "/tmp/husk-check-test-root", "check", "--json"]);
@@ -33,7 +35,7 @@ fn cpu_flag(flag: &str) -> bool {
 
 #[test]
 fn check_says_which_engine_runs_here_and_why() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let (code, r, err) = husk_check(&[]);
     assert_eq!(code, 0, "{r:#}\n{err}");
     assert_eq!(r["can_run"], true);
@@ -83,7 +85,7 @@ fn check_says_which_engine_runs_here_and_why() {
 
 #[test]
 fn a_missing_kernel_fails_the_check_and_names_it() {
-    skip_without_guest!();
+    require!(common::guest_ready());
     let (code, r, _) = husk_check(&[("HUSK_KERNEL", "/nonexistent/vmlinux")]);
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["can_run"], false);

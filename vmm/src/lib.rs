@@ -1,5 +1,5 @@
 //! husk's per-container monitor: runs one microVM (with its builtin KVM
-//! engine or QEMU), supervises its vhost-user device
+//! engine, the `husk-kvm` crate in `vmm/kvm/`, or QEMU), supervises its vhost-user device
 //! daemons (virtiofsd, vhost-device-vsock), and in container supervisor mode
 //! runs one container through the guest agent and exits with its status.
 //! See `vmm/README.md`. What the runtime and the monitor agree on (the
@@ -7,10 +7,8 @@
 //! `husk-vmm-contract` (`vmm/contract/`).
 
 pub mod binaries;
-pub mod builtin;
 pub mod confine;
 pub mod console;
-pub mod container;
 pub mod daemons;
 pub mod engine;
 pub mod monitor;
@@ -19,6 +17,7 @@ pub mod probe;
 pub mod process;
 pub mod seccomp;
 pub mod signals;
+pub mod supervise;
 pub mod vm;
 
 pub use vm::{Vm, VmError, VmExit, VmHandle};

@@ -249,7 +249,7 @@ fn real_main() -> anyhow::Result<i32> {
         );
     }
     let code = if cfg.container.is_some() {
-        husk_vmm::container::run_container(&cfg, &mut signals, ready)?
+        husk_vmm::supervise::run_container(&cfg, &mut signals, ready)?
     } else {
         husk_vmm::monitor::run_plain(&cfg, &mut signals, ready)?
     };

@@ -9,7 +9,7 @@
 //! up the queues (`process_tx` fails on the not-ready queue, and that error
 //! ends the worker's epoll loop), so connecting while the guest boots can
 //! leave the VM without an agent connection. The container path
-//! (`container.rs`) waits for the same line. The console relay
+//! (`supervise.rs`) waits for the same line. The console relay
 //! (`crate::console`) sees the line go by and signals an eventfd this loop
 //! polls; the console log is never read back.
 

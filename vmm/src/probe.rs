@@ -18,11 +18,8 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`None`: searched for as the monitor does).
 pub fn host_report(choice: EngineChoice, binaries: &BinaryPaths) -> HostReport {
     let facts = HostFacts::probe();
-    let (kind, reason) = match engine::select(choice, facts, true) {
-        Ok((k, why)) => (Some(k), why),
-        Err(e) => (None, e.to_string()),
-    };
-    let qemu = kind == Some(EngineKind::Qemu);
+    let (kind, reason) = engine::select(choice, facts);
+    let qemu = kind == EngineKind::Qemu;
     let programs = [
         (
             "virtiofsd",
@@ -49,11 +46,10 @@ pub fn host_report(choice: EngineChoice, binaries: &BinaryPaths) -> HostReport {
     HostReport {
         hardware_virtualization: facts.hardware_virtualization(),
         kvm_device: facts.kvm_device,
-        under_hypervisor: has_cpu_flag(&facts.cpuinfo, "hypervisor"),
+        under_hypervisor: husk_kvm::cpu::has_cpu_flag(&facts.cpuinfo, "hypervisor"),
         engine: match kind {
-            Some(EngineKind::Builtin) => "builtin",
-            Some(EngineKind::Qemu) => "qemu",
-            None => "none",
+            EngineKind::Builtin => "builtin",
+            EngineKind::Qemu => "qemu",
         }
         .into(),
         accel: qemu.then(|| match facts.qemu_accel() {
@@ -63,14 +59,6 @@ pub fn host_report(choice: EngineChoice, binaries: &BinaryPaths) -> HostReport {
         reason,
         programs,
     }
-}
-
-/// Whether `/proc/cpuinfo` text lists `flag` among the CPU's flags.
-pub fn has_cpu_flag(cpuinfo: &str, flag: &str) -> bool {
-    cpuinfo.lines().any(|l| {
-        l.split_once(':')
-            .is_some_and(|(k, v)| k.trim() == "flags" && v.split_whitespace().any(|f| f == flag))
-    })
 }
 
 fn program(
@@ -139,14 +127,6 @@ fn version_of(program: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_flags_are_read_from_the_flags_line_only() {
-        let info = "model name\t: hypervisor-ish svm box\nflags\t\t: fpu hypervisor sse2\n";
-        assert!(has_cpu_flag(info, "hypervisor"));
-        assert!(!has_cpu_flag(info, "svm"));
-        assert!(!has_cpu_flag(info, "fp"));
-    }
 
     /// A program's version is the first line it prints; a failing or
     /// missing one is an error naming it.

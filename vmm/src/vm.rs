@@ -96,7 +96,7 @@ impl Vm {
     pub fn start(cfg: &VmConfig) -> Result<VmHandle, VmError> {
         cfg.validate()?;
         let host = HostFacts::probe();
-        let (kind, why) = engine::select(cfg.engine, host, engine::BUILTIN_AVAILABLE)?;
+        let (kind, why) = engine::select(cfg.engine, host);
         // An operator's explicit choice needs no explaining; auto's does,
         // loudly when it falls back to emulation.
         if kind == EngineKind::Qemu && host.qemu_accel() == engine::Accel::Tcg {
@@ -107,7 +107,7 @@ impl Vm {
             tracing::debug!("{why}");
         }
         if kind == EngineKind::Builtin {
-            crate::builtin::boot::check_kernel(&cfg.kernel)
+            husk_kvm::boot::check_kernel(&cfg.kernel)
                 .map_err(|e| EngineError::Builtin(e.into()))?;
         }
         // Resolve every program before starting anything.

@@ -1,4 +1,4 @@
-//! Tier-2: the builtin engine boots the real guest kernel far enough to
+//! Tier-2: the builtin engine (husk-kvm behind husk-vmm's adapter) boots the real guest kernel far enough to
 //! print its banner on COM1, then stops without leaving threads or fds.
 //! Skips with a reason without `/dev/kvm` or a kernel.
 //!
@@ -10,8 +10,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
-use husk_vmm::builtin::virtio::tap::Tap;
+use husk_kvm::virtio::tap::Tap;
+use husk_kvm::Devices;
+use husk_vmm::engine::kvm::KvmEngine;
 use husk_vmm::engine::EngineInstance;
 use husk_vmm_contract::VmConfig;
 
@@ -65,7 +66,7 @@ fn boots_the_guest_kernel_to_its_banner() {
     cfg.cmdline = Some("loglevel=7 earlyprintk=ttyS0".into());
     let console = cfg.console_log_path();
     let started = Instant::now();
-    let mut engine = BuiltinEngine::start(
+    let mut engine = KvmEngine::start(
         &cfg,
         Devices::ConsoleOnly,
         std::fs::File::create(cfg.console_log_path()).unwrap(),

@@ -17,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_kvm::bus::BusDevice;
+use husk_kvm::memory::create_guest_memory;
+use husk_kvm::virtio::mmio::{reg, status, MmioTransport};
+use husk_kvm::virtio::vhost_user::VhostUserDevice;
 use husk_vmm::binaries;
-use husk_vmm::builtin::bus::BusDevice;
-use husk_vmm::builtin::memory::create_guest_memory;
-use husk_vmm::builtin::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
-use husk_vmm::builtin::virtio::vhost_user::VhostUserDevice;
 use husk_vmm::daemons::confine::Confinement;
 use husk_vmm::daemons::virtiofsd_args;
 use husk_vmm_contract::config::{CachePolicy, ShareConfig, VirtiofsdSandbox};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -199,7 +200,11 @@ fn negotiate(t: &mut MmioTransport) {
     w(t, reg::DRIVER_FEATURES_SEL, 0);
     w(t, reg::DRIVER_FEATURES, 0);
     w(t, reg::DRIVER_FEATURES_SEL, 1);
-    w(t, reg::DRIVER_FEATURES, (VIRTIO_F_VERSION_1 >> 32) as u32);
+    w(
+        t,
+        reg::DRIVER_FEATURES,
+        ((1u64 << VIRTIO_F_VERSION_1) >> 32) as u32,
+    );
     let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     w(t, reg::STATUS, s);
     assert_eq!(r(t, reg::STATUS), s);

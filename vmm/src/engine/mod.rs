@@ -1,11 +1,11 @@
 //! Engines run the guest once the device daemons serve their sockets.
-//! Two implement [`EngineInstance`]: QEMU as a child process and the
-//! builtin KVM engine (`crate::builtin`), in process.
+//! Two implement [`EngineInstance`]: QEMU as a child process (`qemu`) and
+//! the builtin KVM engine (`kvm`: the `husk-kvm` VMM, in process).
 
+pub mod kvm;
 pub mod qemu;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::time::Duration;
 
 use husk_vmm_contract::config::{EngineChoice, VmConfig};
@@ -16,12 +16,9 @@ use crate::process::ProcessError;
 /// An engine could not be chosen or started.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The builtin engine was asked for; it does not exist yet.
-    #[error("the builtin KVM engine is not built yet; use engine \"qemu\"")]
-    BuiltinUnavailable,
     /// The builtin engine could not build or start the VM.
     #[error("builtin KVM engine")]
-    Builtin(#[from] crate::builtin::engine::BuiltinError),
+    Builtin(#[from] husk_kvm::VmmError),
     /// The engine's program is missing.
     #[error(transparent)]
     Binary(#[from] BinaryError),
@@ -45,7 +42,7 @@ pub enum EngineError {
 /// Which engine actually runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
-    /// In-process KVM (`crate::builtin`).
+    /// In-process KVM (`husk-kvm`, see [`kvm`]).
     Builtin,
     /// `qemu-system-x86_64`, with the [`Accel`] the host allows.
     Qemu,
@@ -59,9 +56,6 @@ pub enum Accel {
     /// `-accel tcg -cpu max`: emulation, seconds to boot.
     Tcg,
 }
-
-/// Whether the builtin engine is compiled in.
-pub const BUILTIN_AVAILABLE: bool = true;
 
 /// What the host offers, read from `/proc/cpuinfo` and `/sys/module`.
 #[derive(Debug, Clone, Default)]
@@ -81,9 +75,7 @@ impl HostFacts {
         static FACTS: std::sync::OnceLock<HostFacts> = std::sync::OnceLock::new();
         FACTS.get_or_init(|| HostFacts {
             cpuinfo: std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
-            hw_kvm_module: ["kvm_intel", "kvm_amd"]
-                .iter()
-                .any(|m| Path::new("/sys/module").join(m).exists()),
+            hw_kvm_module: husk_kvm::cpu::hw_kvm_module_loaded(),
             kvm_device: std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -106,22 +98,40 @@ impl HostFacts {
     /// True when the CPU has VT-x/AMD-V (a `vmx` or `svm` flag) or a
     /// hardware KVM module is loaded. PVM-backed `/dev/kvm` does not count.
     pub fn hardware_virtualization(&self) -> bool {
-        self.hw_kvm_module
-            || self.cpuinfo.lines().any(|l| {
-                l.split_once(':').is_some_and(|(k, v)| {
-                    k.trim() == "flags" && v.split_whitespace().any(|f| f == "vmx" || f == "svm")
-                })
-            })
+        husk_kvm::cpu::hardware_virtualization(&self.cpuinfo, self.hw_kvm_module)
     }
+}
+
+/// The guest command line, for either engine: ours first, the config's extra arguments last
+/// so they can override (`loglevel=7` beats `quiet`).
+pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    // no_timer_check: the IOAPIC timer self-test counts ticks against the
+    // wall clock, and a guest whose vCPUs are descheduled (emulation on a
+    // loaded host, nested KVM) fails it and panics ("IO-APIC + timer
+    // doesn't work"); the timer works, the check is what is unreliable.
+    let mut c = String::from("console=ttyS0 panic=-1 quiet no_timer_check");
+    if cfg.vsock.agent_port != husk_protocol::DEFAULT_AGENT_PORT {
+        c.push_str(&format!(
+            " {}={}",
+            husk_protocol::AGENT_PORT_CMDLINE_KEY,
+            cfg.vsock.agent_port
+        ));
+    }
+    if let Some(extra) = cfg
+        .cmdline
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        c.push(' ');
+        c.push_str(extra);
+    }
+    c
 }
 
 /// Picks the engine, and says why in one line (the monitor logs it).
 /// `Auto` is the builtin engine on hardware virtualization, else qemu.
-pub fn select(
-    choice: EngineChoice,
-    host: &HostFacts,
-    builtin_available: bool,
-) -> Result<(EngineKind, String), EngineError> {
+pub fn select(choice: EngineChoice, host: &HostFacts) -> (EngineKind, String) {
     let qemu = |because: &str| {
         match host.qemu_accel() {
         Accel::Kvm => format!("qemu engine with KVM: {because}"),
@@ -131,28 +141,13 @@ pub fn select(
     }
     };
     match choice {
-        EngineChoice::Qemu => Ok((EngineKind::Qemu, qemu("asked for"))),
-        EngineChoice::Builtin if builtin_available => {
-            Ok((EngineKind::Builtin, "builtin KVM engine: asked for".into()))
-        }
-        EngineChoice::Builtin => Err(EngineError::BuiltinUnavailable),
-        EngineChoice::Auto => {
-            let hw = host.hardware_virtualization();
-            if hw && builtin_available {
-                return Ok((
-                    EngineKind::Builtin,
-                    "builtin KVM engine: auto, and this host has hardware virtualization".into(),
-                ));
-            }
-            Ok((
-                EngineKind::Qemu,
-                qemu(if hw {
-                    "auto, and the builtin KVM engine is not built yet"
-                } else {
-                    "auto"
-                }),
-            ))
-        }
+        EngineChoice::Qemu => (EngineKind::Qemu, qemu("asked for")),
+        EngineChoice::Builtin => (EngineKind::Builtin, "builtin KVM engine: asked for".into()),
+        EngineChoice::Auto if host.hardware_virtualization() => (
+            EngineKind::Builtin,
+            "builtin KVM engine: auto, and this host has hardware virtualization".into(),
+        ),
+        EngineChoice::Auto => (EngineKind::Qemu, qemu("auto")),
     }
 }
 
@@ -185,9 +180,9 @@ pub fn start(
     console: OwnedFd,
 ) -> Result<Box<dyn EngineInstance>, EngineError> {
     match kind {
-        EngineKind::Builtin => Ok(Box::new(crate::builtin::engine::BuiltinEngine::start(
+        EngineKind::Builtin => Ok(Box::new(kvm::KvmEngine::start(
             cfg,
-            crate::builtin::engine::Devices::FromConfig,
+            husk_kvm::Devices::FromConfig,
             console.into(),
         )?)),
         EngineKind::Qemu => Ok(Box::new(qemu::QemuEngine::start(cfg, console)?)),
@@ -204,6 +199,10 @@ mod tests {
 
     #[test]
     fn detects_hardware_virtualization() {
+        // Flags are read from `flags` lines only, as whole words.
+        assert!(husk_kvm::cpu::has_cpu_flag(PVM, "hypervisor"));
+        assert!(!husk_kvm::cpu::has_cpu_flag(PVM, "svm"), "a model name is no flag");
+        assert!(!husk_kvm::cpu::has_cpu_flag(VMX, "vm"));
         assert!(HostFacts {
             cpuinfo: VMX.into(),
             hw_kvm_module: false,
@@ -236,27 +235,19 @@ mod tests {
             hw_kvm_module: false,
             kvm_device: true,
         };
-        let (k, why) = select(EngineChoice::Auto, &hw, true).unwrap();
+        let (k, why) = select(EngineChoice::Auto, &hw);
         assert_eq!(k, EngineKind::Builtin);
         assert!(why.contains("hardware virtualization"), "{why}");
-        let (k, w) = select(EngineChoice::Auto, &hw, false).unwrap();
-        assert_eq!(k, EngineKind::Qemu);
-        assert!(w.contains("not built yet") && w.contains("KVM"), "{w}");
-        let (k, w) = select(EngineChoice::Auto, &no, true).unwrap();
+        let (k, w) = select(EngineChoice::Auto, &no);
         assert_eq!(k, EngineKind::Qemu);
         assert!(
             w.contains("no hardware virtualization") && w.contains("seconds") && !w.contains('\n'),
             "{w}"
         );
-        let (k, w) = select(EngineChoice::Qemu, &hw, true).unwrap();
+        let (k, w) = select(EngineChoice::Qemu, &hw);
         assert_eq!(k, EngineKind::Qemu);
         assert!(w.starts_with("qemu engine with KVM"), "{w}");
-        assert_eq!(
-            select(EngineChoice::Builtin, &no, true).unwrap().0,
-            EngineKind::Builtin
-        );
-        let e = select(EngineChoice::Builtin, &hw, false).unwrap_err();
-        assert!(e.to_string().contains("not built yet"));
+        assert_eq!(select(EngineChoice::Builtin, &no).0, EngineKind::Builtin);
     }
 
     #[test]

@@ -26,35 +26,8 @@ use std::time::Duration;
 use caps::Capability;
 use husk_vmm_contract::config::VmConfig;
 
-use super::{Accel, EngineError, EngineInstance, HostFacts};
+use super::{kernel_cmdline, Accel, EngineError, EngineInstance, HostFacts};
 use crate::process::{describe, Supervised};
-
-/// The guest command line: ours first, the config's extra arguments last
-/// so they can override (`loglevel=7` beats `quiet`).
-pub fn kernel_cmdline(cfg: &VmConfig) -> String {
-    // no_timer_check: the IOAPIC timer self-test counts ticks against the
-    // wall clock, and a guest whose vCPUs are descheduled (emulation on a
-    // loaded host, nested KVM) fails it and panics ("IO-APIC + timer
-    // doesn't work"); the timer works, the check is what is unreliable.
-    let mut c = String::from("console=ttyS0 panic=-1 quiet no_timer_check");
-    if cfg.vsock.agent_port != husk_protocol::DEFAULT_AGENT_PORT {
-        c.push_str(&format!(
-            " {}={}",
-            husk_protocol::AGENT_PORT_CMDLINE_KEY,
-            cfg.vsock.agent_port
-        ));
-    }
-    if let Some(extra) = cfg
-        .cmdline
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        c.push(' ');
-        c.push_str(extra);
-    }
-    c
-}
 
 /// Escapes a value for a QEMU option list (`,` is doubled).
 fn opt_path(p: &Path) -> String {

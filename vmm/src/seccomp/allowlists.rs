@@ -43,7 +43,7 @@ fn no_exec(index: u8) -> Cond {
     }
 }
 
-/// The vCPU kick (see `builtin::engine`): real-time signal SIGRTMIN.
+/// The vCPU kick (see `husk_kvm::vcpu`): real-time signal SIGRTMIN.
 fn sigrtmin() -> u64 {
     vmm_sys_util::signal::SIGRTMIN() as u64
 }

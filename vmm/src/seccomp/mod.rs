@@ -68,12 +68,13 @@ pub enum ThreadKind {
     /// or container supervisor loop, signals (read from a signalfd here,
     /// there is no signal thread), shutdown.
     Main,
-    /// A builtin-engine vCPU thread (`builtin::engine`).
+    /// A builtin-engine vCPU thread (`husk_kvm::vcpu`, confined through
+    /// `engine::kvm::confine_hook`).
     Vcpu,
-    /// The builtin virtio-net worker (`builtin::virtio::net`).
+    /// The builtin virtio-net worker (`husk_kvm::virtio::net`).
     NetWorker,
     /// A container-mode stdio pump or the `WaitProcess` waiter
-    /// (`container.rs`).
+    /// (`supervise.rs`).
     Pump,
     /// The console relay (`console.rs`): the console pipe into the log.
     Console,

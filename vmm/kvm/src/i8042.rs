@@ -1,27 +1,29 @@
 //! The i8042 keyboard controller, only for its CPU reset line (command
 //! 0xFE on port 0x64), which is how Linux reboots a PC without ACPI
-//! (`reboot=k`, and its fallback). A reboot ends the guest.
+//! (`reboot=k`, and its fallback). The reset line signals an [`EventFd`];
+//! the vCPU run loop reads it after each port write (`crate::exits`), and a
+//! reset ends the guest.
 
 use vm_superio::{I8042Device, Trigger};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::BusDevice;
-use super::engine::ExitState;
+use crate::bus::BusDevice;
 
 /// The controller's ports 0x60-0x64 (data at +0, command at +4).
 pub const I8042_BASE: u64 = 0x60;
 /// Five ports.
 pub const I8042_LEN: u64 = 5;
 
-/// The reset line: the guest stopped, cleanly.
+/// The reset line: writes its eventfd (non-blocking, created by the
+/// builder) when the guest asks for a CPU reset.
 #[derive(Debug)]
-pub struct ResetTrigger(pub std::sync::Arc<ExitState>);
+pub struct ResetTrigger(pub EventFd);
 
 impl Trigger for ResetTrigger {
-    type E = std::convert::Infallible;
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
         tracing::info!("guest reset through the i8042");
-        self.0.finish(Ok(()));
-        Ok(())
+        self.0.write(1)
     }
 }
 
@@ -39,7 +41,9 @@ impl BusDevice for I8042 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), &[v]) = (u8::try_from(offset), data) {
-            let _ = self.0.write(off, v);
+            if let Err(e) = self.0.write(off, v) {
+                tracing::error!(error = %e, "i8042: cannot signal the reset line");
+            }
         } else {
             tracing::debug!(offset, width = data.len(), "i8042: odd write ignored");
         }

@@ -1,16 +1,15 @@
-//! Tier-2 tests of the builtin engine on real KVM: small hand-assembled
-//! 16-bit programs run through the same `Machine` / `BuiltinEngine` path
-//! the engine boots Linux with. Each skips with a reason when `/dev/kvm`
+//! Tier-2 tests of the KVM VMM on real KVM: small hand-assembled
+//! 16-bit programs run through the same `Machine` / `Vmm` path
+//! husk-vmm boots Linux with. Each skips with a reason when `/dev/kvm`
 //! cannot be opened.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use husk_vmm::builtin::bus::BusDevice;
-use husk_vmm::builtin::cpu::Entry;
-use husk_vmm::builtin::engine::{BuiltinEngine, Machine};
-use husk_vmm::builtin::memory::create_guest_memory;
-use husk_vmm::engine::EngineInstance;
+use husk_kvm::bus::BusDevice;
+use husk_kvm::cpu::{CpuTopology, Entry};
+use husk_kvm::memory::create_guest_memory;
+use husk_kvm::{Machine, Vmm};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Whether `/dev/kvm` can be opened; the test skips (printing why) when not.
@@ -53,7 +52,14 @@ const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 fn machine(mem_size: u64, program: &[u8]) -> (Machine, Arc<Mutex<Recorder>>) {
     let mem = create_guest_memory(mem_size).unwrap();
     mem.write_slice(program, GuestAddress(CODE)).unwrap();
-    let mut m = Machine::new(mem, 1).unwrap();
+    let mut m = Machine::new(
+        mem,
+        CpuTopology {
+            count: 1,
+            mask_for_emulation: false,
+        },
+    )
+    .unwrap();
     let rec = Arc::new(Mutex::new(Recorder::default()));
     m.pio.insert(rec.clone(), TEST_PORT, 0x10).unwrap();
     m.set_entry(Entry::Real {
@@ -65,7 +71,7 @@ fn machine(mem_size: u64, program: &[u8]) -> (Machine, Arc<Mutex<Recorder>>) {
     (m, rec)
 }
 
-fn wait(engine: &mut BuiltinEngine) -> Result<(), String> {
+fn wait(engine: &mut Vmm) -> Result<(), String> {
     assert!(
         engine.wait_timeout(Duration::from_secs(20)),
         "guest did not stop within 20 s"
@@ -102,9 +108,9 @@ fn port_io_reaches_the_device_and_its_value_a_register() {
     ];
     p.extend_from_slice(RESET);
     let (m, rec) = machine(1 << 20, &p);
-    let mut engine = BuiltinEngine::run(m).unwrap();
+    let mut engine = Vmm::run(m).unwrap();
     assert_eq!(wait(&mut engine), Ok(()), "i8042 reset is a clean stop");
-    engine.stop(Duration::ZERO);
+    engine.stop();
     let w = writes(&rec);
     assert_eq!(w[0], (0, vec![0x42]));
     let read_back = (0x1234_5678u32 + 2).to_le_bytes()[..2].to_vec();
@@ -144,9 +150,9 @@ fn mmio_reaches_the_device_and_unmapped_mmio_is_ignored() {
     let (mut m, rec) = machine(512 << 10, &p);
     let dev = Arc::new(Mutex::new(Recorder::default()));
     m.mmio.insert(dev.clone(), 0xa_0000, 0x1000).unwrap();
-    let mut engine = BuiltinEngine::run(m).unwrap();
+    let mut engine = Vmm::run(m).unwrap();
     assert_eq!(wait(&mut engine), Ok(()));
-    engine.stop(Duration::ZERO);
+    engine.stop();
     let w = writes(&dev);
     assert_eq!(w[0], (0x10, 0xdead_beefu32.to_le_bytes().to_vec()));
     assert_eq!(
@@ -199,7 +205,7 @@ fn irqfd_interrupt_runs_the_guest_handler() {
         .write_obj(0u16, GuestAddress(u64::from(vector) * 4 + 2))
         .unwrap();
     let irq = m.irqfd(5).unwrap();
-    let mut engine = BuiltinEngine::run(m).unwrap();
+    let mut engine = Vmm::run(m).unwrap();
     let t = Instant::now();
     while writes(&rec).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(20), "guest never ready");
@@ -208,7 +214,7 @@ fn irqfd_interrupt_runs_the_guest_handler() {
     assert!(engine.try_wait().is_none(), "guest halted, waiting");
     irq.write(1).unwrap();
     assert_eq!(wait(&mut engine), Ok(()));
-    engine.stop(Duration::ZERO);
+    engine.stop();
     assert_eq!(writes(&rec), vec![(0, vec![1]), (1, vec![0x25])]);
 }
 
@@ -225,9 +231,9 @@ fn triple_fault_is_a_clean_guest_stop() {
         start_info: 0,
     })
     .unwrap();
-    let mut engine = BuiltinEngine::run(m).unwrap();
+    let mut engine = Vmm::run(m).unwrap();
     assert_eq!(wait(&mut engine), Ok(()));
-    engine.stop(Duration::ZERO);
+    engine.stop();
 }
 
 #[test]
@@ -238,10 +244,10 @@ fn stop_kicks_spinning_and_halted_vcpus() {
     let threads_before = thread_count();
     for program in [&[0xeb, 0xfe][..], &[0xfa, 0xf4, 0xeb, 0xfd][..]] {
         let (m, _rec) = machine(1 << 20, program);
-        let mut engine = BuiltinEngine::run(m).unwrap();
+        let mut engine = Vmm::run(m).unwrap();
         assert!(!engine.wait_timeout(Duration::from_millis(200)));
         let t = Instant::now();
-        engine.stop(Duration::from_secs(1));
+        engine.stop();
         assert!(
             t.elapsed() < Duration::from_secs(2),
             "stop took {:?}",
@@ -301,9 +307,9 @@ fn odd_width_and_string_io_is_ignored_not_fatal() {
     m.mem.write_slice(b"xyz", GuestAddress(0x1800)).unwrap();
     let console = Sink::default();
     m.add_serial(Box::new(console.clone())).unwrap();
-    let mut engine = BuiltinEngine::run(m).unwrap();
+    let mut engine = Vmm::run(m).unwrap();
     assert_eq!(wait(&mut engine), Ok(()));
-    engine.stop(Duration::ZERO);
+    engine.stop();
     assert_eq!(&*console.0.lock().unwrap(), b"A");
     let w = writes(&rec);
     assert_eq!(

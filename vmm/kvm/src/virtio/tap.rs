@@ -16,7 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// The size of the header in front of each frame (`virtio_net_hdr_v1`).
-pub const VNET_HDR_LEN: usize = 12;
+pub const VNET_HDR_LEN: usize =
+    std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr_v1>();
 
 /// A tap could not be opened or adopted.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +113,7 @@ impl Tap {
 
     /// A datagram socket standing in for a tap in tests that cannot create
     /// one: one write is one frame, one read is one frame.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn fake(fd: OwnedFd) -> Tap {
         Tap {
             fd,

@@ -1,6 +1,6 @@
 //! The virtio-mmio transport (virtio 1.x, register layout "version 2").
 //!
-//! [`MmioTransport`] is a [`BusDevice`] the engine puts in its MMIO window.
+//! [`MmioTransport`] is a [`BusDevice`] the builder puts in the MMIO window.
 //! It owns the guest-facing registers, the queues' configuration (one
 //! [`virtio_queue::Queue`] per queue) and one kick [`EventFd`] per queue,
 //! and hands the device its queues on `DRIVER_OK`.
@@ -14,12 +14,14 @@
 use std::sync::Arc;
 
 use tracing::debug;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, DeviceError, Interrupt, VirtioDevice, INT_CONFIG};
-use crate::builtin::bus::BusDevice;
+use crate::bus::BusDevice;
 
 /// `MagicValue`: "virt" in little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -28,84 +30,85 @@ pub const MMIO_VERSION: u32 = 2;
 /// `VendorID` we report ("HUSK" would do as well; QEMU's is "QEMU").
 pub const MMIO_VENDOR: u32 = 0x4b53_5548;
 
-/// Register offsets in the window (virtio 1.2, 4.2.2).
+/// Register offsets in the window (virtio 1.2, 4.2.2), from virtio-bindings'
+/// `virtio_mmio` (as bus offsets).
 pub mod reg {
+    use virtio_bindings::virtio_mmio as m;
+
     /// R: magic value.
-    pub const MAGIC: u64 = 0x000;
+    pub const MAGIC: u64 = m::VIRTIO_MMIO_MAGIC_VALUE as u64;
     /// R: version (2).
-    pub const VERSION: u64 = 0x004;
+    pub const VERSION: u64 = m::VIRTIO_MMIO_VERSION as u64;
     /// R: device id.
-    pub const DEVICE_ID: u64 = 0x008;
+    pub const DEVICE_ID: u64 = m::VIRTIO_MMIO_DEVICE_ID as u64;
     /// R: vendor id.
-    pub const VENDOR_ID: u64 = 0x00c;
+    pub const VENDOR_ID: u64 = m::VIRTIO_MMIO_VENDOR_ID as u64;
     /// R: 32 bits of the device features, selected by `DEVICE_FEATURES_SEL`.
-    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES: u64 = m::VIRTIO_MMIO_DEVICE_FEATURES as u64;
     /// W: which 32 bits `DEVICE_FEATURES` shows.
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DEVICE_FEATURES_SEL: u64 = m::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
     /// W: 32 bits of the driver's features, selected by `DRIVER_FEATURES_SEL`.
-    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES: u64 = m::VIRTIO_MMIO_DRIVER_FEATURES as u64;
     /// W: which 32 bits `DRIVER_FEATURES` sets.
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const DRIVER_FEATURES_SEL: u64 = m::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
     /// W: the queue the queue registers refer to.
-    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_SEL: u64 = m::VIRTIO_MMIO_QUEUE_SEL as u64;
     /// R: the selected queue's largest size (0: no such queue).
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM_MAX: u64 = m::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
     /// W: the selected queue's size.
-    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_NUM: u64 = m::VIRTIO_MMIO_QUEUE_NUM as u64;
     /// RW: the selected queue is ready.
-    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_READY: u64 = m::VIRTIO_MMIO_QUEUE_READY as u64;
     /// W: notify a queue (value = queue index).
-    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const QUEUE_NOTIFY: u64 = m::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
     /// R: interrupt status bits.
-    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_STATUS: u64 = m::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
     /// W: acknowledge interrupt status bits.
-    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const INTERRUPT_ACK: u64 = m::VIRTIO_MMIO_INTERRUPT_ACK as u64;
     /// RW: device status.
-    pub const STATUS: u64 = 0x070;
+    pub const STATUS: u64 = m::VIRTIO_MMIO_STATUS as u64;
     /// W: descriptor table address, low 32 bits.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_LOW: u64 = m::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
     /// W: descriptor table address, high 32 bits.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DESC_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
     /// W: available ring address, low 32 bits.
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_LOW: u64 = m::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
     /// W: available ring address, high 32 bits.
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DRIVER_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
     /// W: used ring address, low 32 bits.
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_LOW: u64 = m::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
     /// W: used ring address, high 32 bits.
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const QUEUE_DEVICE_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
     /// W: shared memory region select (we have none).
-    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_SEL: u64 = m::VIRTIO_MMIO_SHM_SEL as u64;
     /// R: shared memory region length, low (all ones: no such region).
-    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_LOW: u64 = m::VIRTIO_MMIO_SHM_LEN_LOW as u64;
     /// R: shared memory region base, high.
-    pub const SHM_BASE_HIGH: u64 = 0x0bc;
+    pub const SHM_BASE_HIGH: u64 = m::VIRTIO_MMIO_SHM_BASE_HIGH as u64;
     /// R: configuration generation.
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG_GENERATION: u64 = m::VIRTIO_MMIO_CONFIG_GENERATION as u64;
     /// RW: device configuration space starts here.
-    pub const CONFIG: u64 = 0x100;
+    pub const CONFIG: u64 = m::VIRTIO_MMIO_CONFIG as u64;
 }
 
-/// Device status bits (virtio 1.2, 2.1).
+/// Device status bits (virtio 1.2, 2.1), from virtio-bindings'
+/// `virtio_config`.
 pub mod status {
-    /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
-    /// The driver is ready: queues live.
-    pub const DRIVER_OK: u32 = 4;
-    /// Feature negotiation is done.
-    pub const FEATURES_OK: u32 = 8;
-    /// The device hit an error the driver must reset it for.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
-    /// The driver gave up on the device.
-    pub const FAILED: u32 = 0x80;
-}
+    use virtio_bindings::virtio_config as c;
 
-/// `VIRTIO_F_VERSION_1`: a modern (1.x) driver; required on this transport.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// `VIRTIO_RING_F_EVENT_IDX`.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = c::VIRTIO_CONFIG_S_ACKNOWLEDGE;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = c::VIRTIO_CONFIG_S_DRIVER;
+    /// The driver is ready: queues live.
+    pub const DRIVER_OK: u32 = c::VIRTIO_CONFIG_S_DRIVER_OK;
+    /// Feature negotiation is done.
+    pub const FEATURES_OK: u32 = c::VIRTIO_CONFIG_S_FEATURES_OK;
+    /// The device hit an error the driver must reset it for.
+    pub const DEVICE_NEEDS_RESET: u32 = c::VIRTIO_CONFIG_S_NEEDS_RESET;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = c::VIRTIO_CONFIG_S_FAILED;
+}
 
 /// One queue's driver-side configuration.
 #[derive(Debug)]
@@ -170,13 +173,13 @@ impl MmioTransport {
         })
     }
 
-    /// One kick eventfd per queue, in queue order: the engine registers
+    /// One kick eventfd per queue, in queue order: the builder registers
     /// each as an ioeventfd on `window base + 0x50` with datamatch = index.
     pub fn kick_events(&self) -> &[EventFd] {
         &self.kicks
     }
 
-    /// The device's interrupt line: the engine registers its eventfd as an
+    /// The device's interrupt line: the builder registers its eventfd as an
     /// irqfd on the device's GSI.
     pub fn interrupt(&self) -> Arc<Interrupt> {
         self.interrupt.clone()
@@ -396,7 +399,7 @@ impl MmioTransport {
         if self.acked_features & !self.device.avail_features() != 0 {
             return Err("features the device did not offer");
         }
-        if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+        if self.acked_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err("VIRTIO_F_VERSION_1 not acknowledged");
         }
         Ok(())
@@ -423,7 +426,7 @@ impl MmioTransport {
                 "the device cannot be activated after its reset".into(),
             ));
         }
-        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut active = Vec::new();
         for (index, (slot, kick)) in self.queues.iter().zip(&self.kicks).enumerate() {
             if !slot.queue.ready() {

@@ -6,114 +6,18 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::builtin::memory::create_guest_memory;
+use crate::confine::ThreadHook;
+use crate::memory::create_guest_memory;
+use crate::testing::{recv, NetDriver as Driver};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const DATA: u64 = 0x10_0000;
 
-/// The guest driver's view: two rings, kick eventfds, the interrupt line.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    queues: [MockSplitQueue<'a, GuestMemoryMmap>; 2],
-    kicks: [EventFd; 2],
-    next_desc: [u16; 2],
-    interrupt: Arc<Interrupt>,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> Self {
-        Driver {
-            mem,
-            queues: [
-                MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE),
-                MockSplitQueue::create(mem, GuestAddress(0x1_0000), QUEUE_SIZE),
-            ],
-            kicks: [0, 1].map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            next_desc: [0; 2],
-            interrupt: Arc::new(Interrupt::new().unwrap()),
-        }
-    }
-
-    fn activate(&self, net: &mut Net) {
-        let queues = (0..2)
-            .map(|i| ActiveQueue {
-                index: i,
-                queue: self.queues[i].create_queue::<Queue>().unwrap(),
-                kick: self.kicks[i].try_clone().unwrap(),
-            })
-            .collect();
-        net.activate(self.mem.clone(), self.interrupt.clone(), queues)
-            .unwrap();
-    }
-
-    /// Adds one chain of `(addr, len, device-writable)` buffers and kicks.
-    fn add(&mut self, q: usize, bufs: &[(u64, u32, bool)]) {
-        let first = self.next_desc[q];
-        let descs: Vec<RawDescriptor> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, write))| {
-                let idx = first + i as u16;
-                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1))
-            })
-            .collect();
-        self.queues[q].add_desc_chains(&descs, first).unwrap();
-        self.next_desc[q] += bufs.len() as u16;
-        self.kicks[q].write(1).unwrap();
-    }
-
-    fn used_idx(&self, q: usize) -> u16 {
-        self.queues[q].used().idx().load()
-    }
-
-    /// Waits until queue `q` has `n` used entries; returns them (id, len).
-    fn wait_used(&self, q: usize, n: u16) -> Vec<(u32, u32)> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.used_idx(q) < n {
-            assert!(
-                Instant::now() < deadline,
-                "queue {q}: {} of {n} used",
-                self.used_idx(q)
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        (0..n as usize)
-            .map(|i| {
-                let e = self.queues[q].used().ring().ref_at(i).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
-    }
-
-    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
-    }
-}
-
 fn fake_net() -> (Net, UnixDatagram) {
-    let (dev, host) = UnixDatagram::pair().unwrap();
-    dev.set_nonblocking(true).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    (Net::new(Tap::fake(dev.into()), MAC, 1500), host)
-}
-
-fn recv(host: &UnixDatagram) -> Vec<u8> {
-    let mut buf = vec![0; 70_000];
-    let n = host.recv(&mut buf).expect("a frame on the tap");
-    buf.truncate(n);
-    buf
+    crate::testing::fake_net(MAC, ThreadHook::none())
 }
 
 #[test]
@@ -304,39 +208,6 @@ fn reset_stops_the_worker_and_the_device_starts_again() {
     drop(net); // joins the worker
 }
 
-/// The device as husk-vmm runs it: activated from a thread under the
-/// vCPU filter (which starts the worker, confined as the net worker),
-/// frames both ways, reset, dropped. In a child process (see
-/// `seccomp::testing`).
-#[test]
-fn works_under_the_vcpu_and_worker_filters() {
-    if !crate::seccomp::testing::in_child_process(
-        module_path!(),
-        "works_under_the_vcpu_and_worker_filters",
-    ) {
-        return;
-    }
-    std::thread::spawn(|| {
-        // Built before confinement, like the monitor's devices.
-        let mem = create_guest_memory(16 << 20).unwrap();
-        let (mut net, host) = fake_net();
-        let mut d = Driver::new(&mem);
-        crate::confine::this_thread(crate::seccomp::ThreadKind::Vcpu).unwrap();
-        d.activate(&mut net);
-        let frame: Vec<u8> = (0..76u8).collect();
-        mem.write_slice(&frame, GuestAddress(DATA)).unwrap();
-        d.add(TX, &[(DATA, 76, false)]);
-        assert_eq!(recv(&host).len(), 76);
-        d.add(RX, &[(DATA + 0x1000, 2048, true)]);
-        host.send(&[0x55; VNET_HDR_LEN + 60]).unwrap();
-        assert_eq!(d.wait_used(RX, 1), vec![(0, (VNET_HDR_LEN + 60) as u32)]);
-        assert!(net.reset(), "worker joined");
-        drop(net);
-    })
-    .join()
-    .unwrap();
-}
-
 mod real_tap {
     //! A real tap in a network namespace the test makes for itself (on
     //! its own thread, via unshare), so nothing reaches host interfaces;
@@ -346,7 +217,7 @@ mod real_tap {
     use std::process::Command;
 
     use super::*;
-    use crate::builtin::virtio::tap::tests::in_private_netns;
+    use crate::virtio::tap::tests::in_private_netns;
 
     const TAP: &str = "husk-t0";
     const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -430,7 +301,7 @@ mod real_tap {
         ])?;
 
         let mem = create_guest_memory(16 << 20).unwrap();
-        let mut net = Net::new(tap, MAC, 1500);
+        let mut net = Net::new(tap, MAC, 1500, ThreadHook::none());
         let mut d = Driver::new(&mem);
         d.activate(&mut net);
 

@@ -23,7 +23,7 @@ use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::builtin::memory::create_guest_memory;
+use crate::memory::create_guest_memory;
 
 /// Guest RAM: rings at 0 (receive) and 0x1000 (transmit), indirect tables
 /// at 0x2000 and 0x3000, buffers above 0x4000.
@@ -209,6 +209,7 @@ impl Rig {
             epoll: Epoll::new().unwrap(),
             tap_polled: false,
             frame: vec![0; MAX_FRAME],
+            confine: crate::confine::ThreadHook::none(),
         };
         Rig { mem, host, worker }
     }

@@ -49,6 +49,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::{ActiveQueue, DeviceError, Interrupt, VirtioDevice, INT_VRING};
+use crate::confine::{ThreadHook, ThreadRole};
 
 /// Each queue's size.
 pub const QUEUE_SIZE: u16 = 256;
@@ -73,6 +74,7 @@ pub struct Net {
     mtu: u16,
     acked: u64,
     worker: Option<WorkerHandle>,
+    confine: ThreadHook,
 }
 
 #[derive(Debug)]
@@ -83,14 +85,16 @@ struct WorkerHandle {
 
 impl Net {
     /// A device on `tap`, showing the guest `mac` and `mtu` (the tap's own
-    /// MTU on the host side is the runtime's to set to match).
-    pub fn new(tap: Tap, mac: [u8; 6], mtu: u16) -> Net {
+    /// MTU on the host side is the runtime's to set to match). Its worker
+    /// thread is confined with `confine` first thing.
+    pub fn new(tap: Tap, mac: [u8; 6], mtu: u16, confine: ThreadHook) -> Net {
         Net {
             tap: Arc::new(tap),
             mac,
             mtu,
             acked: 0,
             worker: None,
+            confine,
         }
     }
 
@@ -198,6 +202,7 @@ impl VirtioDevice for Net {
             epoll,
             tap_polled: false,
             frame: vec![0; MAX_FRAME],
+            confine: self.confine.clone(),
         };
         for (fd, token) in [
             (worker.stop.as_raw_fd(), TOKEN_STOP),
@@ -301,16 +306,14 @@ struct Worker {
     epoll: Epoll,
     tap_polled: bool,
     frame: Vec<u8>,
+    confine: ThreadHook,
 }
 
 impl Worker {
     fn run(mut self) {
         // Confined before it reads a single descriptor.
-        if let Err(e) = crate::confine::this_thread(crate::seccomp::ThreadKind::NetWorker) {
-            warn!(
-                "net worker: {}; the device stops",
-                crate::monitor::error_chain(&e)
-            );
+        if let Err(e) = self.confine.enter(ThreadRole::NetWorker) {
+            warn!("net worker: {e}; the device stops");
             return;
         }
         self.set_tap_polling(true);

@@ -1,14 +1,12 @@
-//! Runs only the builtin engine's VM (no device daemons, no agent): boots
+//! Runs only the KVM VMM (no monitor, no device daemons, no agent): boots
 //! `KERNEL` with COM1 into `CONSOLE` until the guest stops or SIGTERM/SIGINT.
 //! For `tests/bench-kvm-boot.sh` and for poking at the boot path by hand.
 //!
 //! `builtin_boot KERNEL CONSOLE [MEMORY_MIB] [EXTRA_CMDLINE]`
 
 use std::os::fd::AsFd;
-use std::time::Duration;
 
-use husk_vmm::builtin::engine::{BuiltinEngine, Devices};
-use husk_vmm::engine::EngineInstance;
+use husk_kvm::{BuildOptions, Devices, ThreadHook, Vmm};
 use husk_vmm_contract::VmConfig;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -35,13 +33,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(m) = args.get(3) {
         cfg.memory_mib = m.parse()?;
     }
-    cfg.cmdline = args.get(4).cloned();
     cfg.vcpus = 1;
-    let mut engine = BuiltinEngine::start(
-        &cfg,
-        Devices::ConsoleOnly,
-        std::fs::File::create(cfg.console_log_path()).unwrap(),
-    )?;
+    // husk-vmm's base line (`husk_vmm::engine::kernel_cmdline` for a
+    // default config), then the extra arguments.
+    let mut cmdline = String::from("console=ttyS0 panic=-1 quiet no_timer_check");
+    if let Some(extra) = args.get(4) {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    let opts = BuildOptions {
+        devices: Devices::ConsoleOnly,
+        cmdline,
+        hardware_virtualization: husk_kvm::cpu::probe_hardware_virtualization(),
+        confine: ThreadHook::none(),
+    };
+    let mut engine = Vmm::start(&cfg, &opts, std::fs::File::create(cfg.console_log_path())?)?;
     eprintln!(
         "builtin_boot: VM built, kernel loaded, vCPUs started in {} us",
         t0.elapsed().as_micros()
@@ -53,14 +59,14 @@ fn main() -> anyhow::Result<()> {
         ];
         nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)?;
         if let Some(r) = engine.try_wait() {
-            engine.stop(Duration::ZERO);
+            engine.stop();
             match r {
                 Ok(()) => return Ok(()),
                 Err(e) => anyhow::bail!("engine failed: {e}"),
             }
         }
         if sfd.read_signal()?.is_some() {
-            engine.stop(Duration::ZERO);
+            engine.stop();
             return Ok(());
         }
     }

@@ -74,7 +74,7 @@ impl KvmVm {
                 userspace_addr: region.as_ptr() as u64,
             };
             // SAFETY: the host range is a live mapping owned by `mem`, which
-            // the caller keeps alive for as long as the VM (the engine holds
+            // the caller keeps alive for as long as the VM (the VMM holds
             // both); slots never overlap because the regions do not.
             unsafe { fd.set_user_memory_region(region_def) }
                 .map_err(ioctl("SET_USER_MEMORY_REGION"))?;

@@ -1,22 +1,23 @@
 //! The guest's virtio devices for a [`VmConfig`]: virtio-vsock and one
 //! virtio-fs per share, each a vhost-user frontend on its daemon's socket,
 //! and one in-process virtio-net per tap fd; each behind its own virtio-mmio transport in the next register window
-//! with the next GSI. The engine registers the transports' kick eventfds as
+//! with the next GSI. The builder registers the transports' kick eventfds as
 //! ioeventfds and their interrupt eventfds as irqfds (see
-//! [`super::engine::Machine::add_mmio_device`]).
+//! [`crate::Machine::add_mmio_device`]).
 
 use std::sync::{Arc, Mutex};
 
 use husk_vmm_contract::config::VmConfig;
 use vm_memory::GuestMemoryMmap;
 
-use super::engine::{BuiltinError, MmioDevice};
-use super::memory::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-use super::virtio::mmio::MmioTransport;
-use super::virtio::net::Net;
-use super::virtio::tap::Tap;
-use super::virtio::vhost_user::VhostUserDevice;
-use super::virtio::{DeviceError, VirtioDevice};
+use crate::builder::{MmioDevice, VmmError};
+use crate::confine::ThreadHook;
+use crate::memory::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::virtio::mmio::MmioTransport;
+use crate::virtio::net::Net;
+use crate::virtio::tap::Tap;
+use crate::virtio::vhost_user::VhostUserDevice;
+use crate::virtio::{DeviceError, VirtioDevice};
 
 /// The IOAPIC's last input pin; virtio GSIs count up from
 /// [`VIRTIO_IRQ_BASE`] to it.
@@ -27,10 +28,10 @@ const LAST_GSI: u32 = 23;
 pub fn place(
     devices: Vec<Box<dyn VirtioDevice>>,
     mem: &GuestMemoryMmap,
-) -> Result<Vec<MmioDevice>, BuiltinError> {
+) -> Result<Vec<MmioDevice>, VmmError> {
     let io = |what: &'static str| {
         move |source| {
-            BuiltinError::Device(DeviceError::Io {
+            VmmError::Device(DeviceError::Io {
                 what: what.into(),
                 source,
             })
@@ -41,7 +42,7 @@ pub fn place(
         let i = u32::try_from(i).unwrap_or(u32::MAX);
         let gsi = VIRTIO_IRQ_BASE.saturating_add(i);
         if gsi > LAST_GSI {
-            return Err(BuiltinError::Invalid(format!(
+            return Err(VmmError::Invalid(format!(
                 "too many virtio devices: at most {}",
                 LAST_GSI - VIRTIO_IRQ_BASE + 1
             )));
@@ -72,8 +73,12 @@ pub fn place(
 }
 
 /// The devices `cfg` asks for, connected to the daemons `Vm::start`
-/// started: vsock first, then the shares, then the taps, in order.
-pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuiltinError> {
+/// started: vsock first, then the shares, then the taps, in order. Each
+/// net worker is confined with `confine`.
+pub fn from_config(
+    cfg: &VmConfig,
+    confine: &ThreadHook,
+) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut v: Vec<Box<dyn VirtioDevice>> = vec![Box::new(VhostUserDevice::vsock(
         &cfg.vsock_backend_socket(),
         u64::from(cfg.vsock.guest_cid),
@@ -85,8 +90,8 @@ pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Builtin
         )?));
     }
     for (i, n) in cfg.net.iter().enumerate() {
-        let bad = |why: String| BuiltinError::Invalid(format!("net[{i}]: {why}"));
-        // SAFETY: `Vm::start` checked that the fd is open in this process
+        let bad = |why: String| VmmError::Invalid(format!("net[{i}]: {why}"));
+        // SAFETY: husk-vmm's `Vm::start` checked that the fd is open in this process
         // (`claim_net_fds`); it is only borrowed to be duplicated here.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n.tap_fd) }
             .try_clone_to_owned()
@@ -96,7 +101,7 @@ pub fn from_config(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Builtin
             .mac_bytes()
             .ok_or_else(|| bad(format!("bad mac {:?}", n.mac)))?;
         let mtu = u16::try_from(n.mtu).map_err(|_| bad(format!("mtu {} too large", n.mtu)))?;
-        v.push(Box::new(Net::new(tap, mac, mtu)));
+        v.push(Box::new(Net::new(tap, mac, mtu, confine.clone())));
     }
     Ok(v)
 }

@@ -3,9 +3,9 @@
 //! vhost-user socket.
 //!
 //! The monitor stays off the data path: the backend maps guest RAM from the
-//! memfd ([`crate::builtin::memory::create_guest_memory`]), waits on the
-//! queues' kick eventfds (which the engine also registers as ioeventfds)
-//! and signals the [`Interrupt`]'s eventfd (the engine's irqfd) itself.
+//! memfd ([`crate::memory::create_guest_memory`]), waits on the
+//! queues' kick eventfds (which the builder also registers as ioeventfds)
+//! and signals the [`Interrupt`]'s eventfd (the VM's irqfd) itself.
 //! Because the backend cannot set `InterruptStatus`, activation keeps
 //! [`INT_VRING`] set for good ([`Interrupt::set_status`]).
 //!
@@ -16,22 +16,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tracing::debug;
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_FS, VIRTIO_ID_VSOCK};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{ActiveQueue, DeviceError, Interrupt, VirtioDevice, INT_VRING};
 
-/// virtio device id of vsock.
-pub const VIRTIO_ID_VSOCK: u32 = 19;
-/// virtio device id of virtio-fs.
-pub const VIRTIO_ID_FS: u32 = 26;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit, never shown to the guest.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// `VHOST_F_LOG_ALL`: dirty logging for migration, never shown to the guest.
-const VHOST_F_LOG_ALL: u64 = 1 << 26;
+const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 /// Bytes in a virtio-fs tag (config space).
 pub const FS_TAG_LEN: usize = 36;
 /// Queue size we offer for the vhost-user devices (the daemons' default).

@@ -1,9 +1,9 @@
-//! Virtio devices for the builtin engine.
+//! Virtio devices for the KVM VMM.
 //!
 //! A device implements [`VirtioDevice`]; the virtio-mmio transport
 //! (`mmio.rs`) owns the guest-facing registers, the queues' configuration
 //! and one kick [`EventFd`] per queue, and hands the device its queues on
-//! `DRIVER_OK` through [`VirtioDevice::activate`]. The engine registers each
+//! `DRIVER_OK` through [`VirtioDevice::activate`]. The builder registers each
 //! kick eventfd as a KVM ioeventfd on the transport's `QueueNotify` address
 //! (datamatch = queue index) and the [`Interrupt`]'s eventfd as a KVM irqfd
 //! on the device's GSI, so a device (or a vhost-user daemon given those
@@ -28,12 +28,12 @@ pub mod net;
 pub mod tap;
 
 /// `InterruptStatus` bit: a used buffer was added to a queue.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// `InterruptStatus` bit: the device configuration changed.
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// A device's interrupt line: the `InterruptStatus` register's bits plus
-/// the eventfd the engine registers as an irqfd on the device's GSI.
+/// the eventfd the builder registers as an irqfd on the device's GSI.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,

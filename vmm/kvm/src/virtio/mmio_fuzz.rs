@@ -22,10 +22,13 @@ use vm_memory::GuestMemoryMmap;
 
 use super::status::*;
 use super::*;
-use crate::builtin::memory::create_guest_memory;
+/// Feature masks, from virtio-bindings' bit numbers.
+const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use crate::memory::create_guest_memory;
 
 const MEM: u64 = 1 << 20;
-const FEATURES: u64 = VIRTIO_F_VERSION_1 | 1 << 3 | VIRTIO_RING_F_EVENT_IDX;
+const FEATURES: u64 = VERSION_1 | 1 << 3 | EVENT_IDX;
 const MAX_SIZES: [u16; 3] = [256, 16, 1];
 
 /// What the device saw, checked by the test.
@@ -57,7 +60,7 @@ impl VirtioDevice for Fake {
     }
     fn set_acked_features(&mut self, acked: u64) {
         let mut s = self.seen.lock().unwrap();
-        if acked & !FEATURES != 0 || acked & VIRTIO_F_VERSION_1 == 0 {
+        if acked & !FEATURES != 0 || acked & VERSION_1 == 0 {
             s.violations.push(format!("acked features {acked:#x}"));
         }
         s.acked = Some(acked);
@@ -399,17 +402,18 @@ fn thread_count() -> String {
 /// which starts its worker thread on DRIVER_OK and joins it on reset and
 /// drop. Once every case is dropped the process has the fds and threads it
 /// had. In a child process running only this test, so the counts are its
-/// own (the worker is confined there as in husk-vmm).
+/// own.
 #[test]
 fn fuzz_mmio_net_leaves_no_fd_or_thread() {
     use std::os::unix::net::UnixDatagram;
 
     use proptest::test_runner::TestRunner;
 
-    use crate::builtin::virtio::net::Net;
-    use crate::builtin::virtio::tap::Tap;
+    use crate::confine::ThreadHook;
+    use crate::virtio::net::Net;
+    use crate::virtio::tap::Tap;
 
-    if !crate::seccomp::testing::in_child_process(
+    if !crate::testing::child::in_child_process(
         module_path!(),
         "fuzz_mmio_net_leaves_no_fd_or_thread",
     ) {
@@ -422,7 +426,12 @@ fn fuzz_mmio_net_leaves_no_fd_or_thread() {
         .run(&prop::collection::vec(access(), 1..32), |accesses| {
             let (dev, _host) = UnixDatagram::pair().unwrap();
             dev.set_nonblocking(true).unwrap();
-            let net = Net::new(Tap::fake(dev.into()), [0x52, 0x54, 0, 1, 2, 3], 1500);
+            let net = Net::new(
+                Tap::fake(dev.into()),
+                [0x52, 0x54, 0, 1, 2, 3],
+                1500,
+                ThreadHook::none(),
+            );
             let mem = create_guest_memory(MEM).unwrap();
             let mut t = MmioTransport::new(Box::new(net), mem).unwrap();
             for a in &accesses {

@@ -4,8 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use super::status::*;
 use super::*;
-use crate::builtin::memory::create_guest_memory;
-use crate::builtin::virtio::INT_VRING;
+/// Feature masks, from virtio-bindings' bit numbers.
+const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use crate::memory::create_guest_memory;
+use crate::virtio::INT_VRING;
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -23,7 +26,7 @@ struct Fake {
     reusable: bool,
 }
 
-const FAKE_FEATURES: u64 = VIRTIO_F_VERSION_1 | 1 << 3 | VIRTIO_RING_F_EVENT_IDX;
+const FAKE_FEATURES: u64 = VERSION_1 | 1 << 3 | EVENT_IDX;
 
 impl VirtioDevice for Fake {
     fn device_type(&self) -> u32 {
@@ -147,25 +150,18 @@ fn feature_negotiation() {
     assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
     w(&mut t, reg::DEVICE_FEATURES_SEL, 2);
     assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 0);
-    negotiate(&mut t, VIRTIO_F_VERSION_1 | 1 << 3);
+    negotiate(&mut t, VERSION_1 | 1 << 3);
     assert_eq!(r(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    assert_eq!(
-        seen.lock().unwrap().acked,
-        Some(VIRTIO_F_VERSION_1 | 1 << 3)
-    );
+    assert_eq!(seen.lock().unwrap().acked, Some(VERSION_1 | 1 << 3));
     // Features are frozen after FEATURES_OK.
     w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
     w(&mut t, reg::DRIVER_FEATURES, 0);
-    assert_eq!(t.acked_features, VIRTIO_F_VERSION_1 | 1 << 3);
+    assert_eq!(t.acked_features, VERSION_1 | 1 << 3);
 }
 
 #[test]
 fn features_not_offered_or_legacy_are_refused() {
-    for bad in [
-        VIRTIO_F_VERSION_1 | 1 << 5,
-        1 << 3,
-        VIRTIO_F_VERSION_1 | 1 << 63,
-    ] {
+    for bad in [VERSION_1 | 1 << 5, 1 << 3, VERSION_1 | 1 << 63] {
         let (mut t, seen) = transport();
         negotiate(&mut t, bad);
         assert_eq!(r(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER, "{bad:#x}");
@@ -183,7 +179,7 @@ fn features_not_offered_or_legacy_are_refused() {
 #[test]
 fn queue_setup_activate_and_notify() {
     let (mut t, seen) = transport();
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     w(&mut t, reg::QUEUE_SEL, 0);
     assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 256);
     w(&mut t, reg::QUEUE_SEL, 1);
@@ -250,7 +246,7 @@ fn status_machine_order() {
 #[test]
 fn reset_clears_everything() {
     let (mut t, seen) = transport();
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, 0, 16, 0x20000);
     w(&mut t, reg::STATUS, OK);
     assert!(t.is_activated());
@@ -264,7 +260,7 @@ fn reset_clears_everything() {
     assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
     assert_eq!(t.acked_features, 0);
     // And it comes back up.
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, 0, 16, 0x20000);
     w(&mut t, reg::STATUS, OK);
     assert!(t.is_activated());
@@ -274,11 +270,11 @@ fn reset_clears_everything() {
 #[test]
 fn device_that_cannot_restart_needs_reset() {
     let (mut t, _) = transport_with(false, false);
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, 0, 16, 0x20000);
     w(&mut t, reg::STATUS, OK);
     w(&mut t, reg::STATUS, 0);
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, 0, 16, 0x20000);
     w(&mut t, reg::STATUS, OK);
     assert!(!t.is_activated());
@@ -288,7 +284,7 @@ fn device_that_cannot_restart_needs_reset() {
 #[test]
 fn failed_activation_needs_reset() {
     let (mut t, _) = transport_with(true, true);
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, 0, 16, 0x20000);
     w(&mut t, reg::STATUS, OK);
     assert!(!t.is_activated());
@@ -326,7 +322,7 @@ fn hostile_queue_values() {
     ];
     for (what, setup) in cases {
         let (mut t, seen) = transport();
-        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        negotiate(&mut t, VERSION_1);
         setup(&mut t);
         w(&mut t, reg::STATUS, OK);
         assert!(!t.is_activated(), "{what}");
@@ -334,7 +330,7 @@ fn hostile_queue_values() {
         assert!(seen.lock().unwrap().activated.is_empty(), "{what}");
         // A reset recovers.
         w(&mut t, reg::STATUS, 0);
-        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        negotiate(&mut t, VERSION_1);
         setup_queue(&mut t, 0, 16, 0x10000);
         w(&mut t, reg::STATUS, OK);
         assert!(t.is_activated(), "{what}: after reset");
@@ -344,7 +340,7 @@ fn hostile_queue_values() {
 #[test]
 fn no_ready_queue_needs_reset() {
     let (mut t, _) = transport();
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     w(&mut t, reg::STATUS, OK);
     assert_ne!(r(&mut t, reg::STATUS) & DEVICE_NEEDS_RESET, 0);
 }
@@ -373,7 +369,7 @@ fn hostile_accesses_are_ignored() {
     // Queue registers before FEATURES_OK, and of queues that do not exist.
     setup_queue(&mut t, 0, 16, 0x10000);
     assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
-    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    negotiate(&mut t, VERSION_1);
     setup_queue(&mut t, u32::MAX, 16, 0x10000);
     assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
     assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);

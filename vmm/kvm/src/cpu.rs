@@ -77,6 +77,39 @@ pub struct CpuTopology {
     pub mask_for_emulation: bool,
 }
 
+/// True when the host has VT-x/AMD-V: `cpuinfo` (the text of
+/// `/proc/cpuinfo`) has a `vmx` or `svm` flag, or a hardware KVM module
+/// (`kvm_intel`, `kvm_amd`) is loaded. PVM-backed `/dev/kvm` does not
+/// count; it gets [`CpuTopology::mask_for_emulation`].
+pub fn hardware_virtualization(cpuinfo: &str, hw_kvm_module: bool) -> bool {
+    hw_kvm_module || has_cpu_flag(cpuinfo, "vmx") || has_cpu_flag(cpuinfo, "svm")
+}
+
+/// Whether `cpuinfo` (the text of `/proc/cpuinfo`) lists `flag` among the
+/// CPU's flags (its `flags` lines only, whole words).
+pub fn has_cpu_flag(cpuinfo: &str, flag: &str) -> bool {
+    cpuinfo.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim() == "flags" && v.split_whitespace().any(|f| f == flag)
+        })
+    })
+}
+
+/// Whether a hardware KVM module is loaded here.
+pub fn hw_kvm_module_loaded() -> bool {
+    ["kvm_intel", "kvm_amd"]
+        .iter()
+        .any(|m| std::path::Path::new("/sys/module").join(m).exists())
+}
+
+/// [`hardware_virtualization`] for this host, read now.
+pub fn probe_hardware_virtualization() -> bool {
+    hardware_virtualization(
+        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+        hw_kvm_module_loaded(),
+    )
+}
+
 /// The same features for Linux's `clearcpuid=`.
 pub const EMULATION_CLEARCPUID: &str = "xsave,cx16,popcnt,smap,smep";
 

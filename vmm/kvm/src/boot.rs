@@ -248,7 +248,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<Entry, BootErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builtin::memory::create_guest_memory;
+    use crate::memory::create_guest_memory;
 
     #[test]
     fn cmdline_with_devices() {
