@@ -131,7 +131,7 @@ fn dispatch(rt: &Runtime, cmd: Command, systemd_cgroup: bool) -> anyhow::Result<
             std::fs::write(&path, ops::default_spec())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        Command::Features => print_json(&ops::features())?,
+        Command::Features => print_json(&ops::features()?)?,
         Command::Pause { id } => ops::pause(rt, &id)?,
         Command::Resume { id } => ops::resume(rt, &id)?,
         Command::Update(a) => {
