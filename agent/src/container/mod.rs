@@ -17,7 +17,6 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod stdio;
 pub mod sync;
-pub mod syscalls;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
