@@ -298,9 +298,11 @@ mod tests {
                 let code = (|| {
                     // Without the rule this host opens vsock sockets, so
                     // the test cannot pass by accident.
-                    // SAFETY: plain socket(2) call.
-                    let before = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
-                    if before < 0 {
+                    use nix::errno::Errno;
+                    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+                    let open = |family| socket(family, SockType::Stream, SockFlag::empty(), None);
+                    let before = open(AddressFamily::Vsock);
+                    if before.is_err() {
                         crate::sys::exit_now(2);
                     }
                     // Unprivileged test runs cannot install without NNP.
@@ -308,14 +310,11 @@ mod tests {
                         nix::sys::prctl::set_no_new_privs().ok()?;
                     }
                     install(&[prog]).ok()?;
-                    // SAFETY: plain socket(2) calls; fds are closed by exit.
-                    let v = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
-                    let errno = std::io::Error::last_os_error().raw_os_error();
-                    // SAFETY: as above.
-                    let u = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                    let v = open(AddressFamily::Vsock);
+                    let u = open(AddressFamily::Unix);
                     let nnp = nix::sys::prctl::get_no_new_privs().ok()?;
                     let nnp_ok = !nix::unistd::geteuid().is_root() || !nnp;
-                    Some(v == -1 && errno == Some(libc::EAFNOSUPPORT) && u >= 0 && nnp_ok)
+                    Some(v.err() == Some(Errno::EAFNOSUPPORT) && u.is_ok() && nnp_ok)
                 })();
                 crate::sys::exit_now(if code == Some(true) { 0 } else { 1 })
             }
