@@ -672,6 +672,13 @@ impl Container {
     }
 }
 
+/// `/proc/PID/stat` of `pid`, parsed; `None` when it is gone.
+pub fn proc_stat(pid: i32) -> Option<procfs_core::process::Stat> {
+    use procfs_core::FromRead;
+    let f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    procfs_core::process::Stat::from_read(f).ok()
+}
+
 /// `roots` and all their descendants, from /proc.
 pub fn descendants(roots: &[i32]) -> Vec<i32> {
     members(roots, &[])
@@ -682,9 +689,12 @@ pub fn descendants(roots: &[i32]) -> Vec<i32> {
 pub fn members(roots: &[i32], sessions: &[i32]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut todo: Vec<i32> = roots.to_vec();
-    if let Ok(all) = procfs::process::all_processes() {
+    if let Ok(rd) = fs::read_dir("/proc") {
+        let pids = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
         // A process gone since the listing has no stat: skipped.
-        for stat in all.flatten().filter_map(|p| p.stat().ok()) {
+        for stat in pids.filter_map(proc_stat) {
             children.entry(stat.ppid).or_default().push(stat.pid);
             if sessions.contains(&stat.session) {
                 todo.push(stat.pid);

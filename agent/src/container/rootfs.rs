@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, fchdir, pivot_root};
 use oci_spec::runtime::Spec;
-use procfs::process::{MountInfo, MountOptFields};
+use procfs_core::process::{MountInfo, MountOptFields};
 
 use super::mounts::{mount_entry, propagation_flags, remount_bind, Kernel};
 use super::{devices, sys, SetupError};

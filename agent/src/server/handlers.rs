@@ -756,9 +756,7 @@ fn no_process(cid: &str, exec: Option<&str>) -> ProtocolError {
 
 fn is_alive(pid: i32) -> bool {
     // A zombie still answers kill(0); look at its state instead.
-    procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| s.state != 'Z')
+    crate::container::proc_stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
 #[cfg(test)]
