@@ -24,11 +24,9 @@ pub enum InitError {
 }
 
 fn is_mountpoint(target: &str) -> bool {
-    let Ok(s) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    s.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(target))
+    crate::container::rootfs::own_mountinfo()
+        .iter()
+        .any(|m| m.mount_point == Path::new(target))
 }
 
 fn mnt(

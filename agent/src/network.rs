@@ -6,7 +6,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use husk_protocol::{ConfigureNetwork, ErrorCode, Ipv4Cidr, NetRoute, ProtocolError};
 
@@ -50,16 +50,18 @@ struct Ctl(OwnedFd);
 
 impl Ctl {
     fn new() -> Result<Self, NetError> {
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(NetError::Sys {
-                what: "socket(AF_INET)".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-        Ok(Ctl(unsafe { OwnedFd::from_raw_fd(fd) }))
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map(Ctl)
+        .map_err(|e| NetError::Sys {
+            what: "socket(AF_INET)".into(),
+            source: e.into(),
+        })
     }
 
     fn ioctl<T>(

@@ -48,6 +48,7 @@
 //! the errors naming `linux.cgroupsPath` and the join between fork and
 //! exec would be ours anyway. What is left is a few file writes.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -55,6 +56,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxResources, Spec};
+use procfs::process::MountInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::sizing::VmSize;
@@ -348,23 +350,9 @@ impl Layout {
     /// `/proc/self/cgroup`, reading a v2 mount's `cgroup.controllers`
     /// through `read`.
     pub fn parse(mountinfo: &str, cgroup: &str, read: impl Fn(&Path) -> Option<String>) -> Layout {
-        // (mount point, mount root, fstype, super options)
-        let mounts: Vec<(PathBuf, String, String, Vec<String>)> = mountinfo
-            .lines()
-            .filter_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                let pre: Vec<&str> = pre.split(' ').collect();
-                let post: Vec<&str> = post.split(' ').collect();
-                let (root, point) = (pre.get(3)?, pre.get(4)?);
-                let (fstype, opts) = (post.first()?, post.get(2).unwrap_or(&""));
-                Some((
-                    PathBuf::from(unescape(point)),
-                    unescape(root),
-                    (*fstype).to_owned(),
-                    opts.split(',').map(str::to_owned).collect(),
-                ))
-            })
-            .filter(|m| m.2 == "cgroup" || m.2 == "cgroup2")
+        let mounts: Vec<MountInfo> = crate::mounts::parse_mountinfo(mountinfo)
+            .into_iter()
+            .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
             .collect();
         let mut hierarchies = Vec::new();
         for line in cgroup.lines() {
@@ -378,14 +366,20 @@ impl Layout {
                 .map(str::to_owned)
                 .collect();
             let unified = controllers.is_empty();
-            let found = mounts.iter().find(|(_, _, fstype, opts)| {
+            let found = mounts.iter().find(|m| {
                 if unified {
-                    fstype == "cgroup2"
+                    m.fs_type == "cgroup2"
                 } else {
-                    fstype == "cgroup" && controllers.iter().all(|c| opts.contains(c))
+                    m.fs_type == "cgroup"
+                        && controllers.iter().all(|c| has_option(&m.super_options, c))
                 }
             });
-            let Some((mount, mount_root, _, _)) = found else {
+            let Some(MountInfo {
+                mount_point: mount,
+                root: mount_root,
+                ..
+            }) = found
+            else {
                 continue;
             };
             let controllers = if unified {
@@ -466,22 +460,13 @@ impl Layout {
     }
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let n = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(n);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// Whether mount options `opts` hold `opt` (`cpu`, or `name=systemd`
+/// as a key with its value).
+fn has_option(opts: &HashMap<String, Option<String>>, opt: &str) -> bool {
+    match opt.split_once('=') {
+        Some((k, v)) => opts.get(k).is_some_and(|x| x.as_deref() == Some(v)),
+        None => opts.contains_key(opt),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A cgroup's directory on one hierarchy.

@@ -330,13 +330,6 @@ fn a_missing_controller_is_refused_naming_the_field() {
     assert!(e.contains("no cgroup hierarchy"), "{e}");
 }
 
-#[test]
-fn mountinfo_escapes_are_undone() {
-    assert_eq!(unescape("/a\\040b"), "/a b");
-    assert_eq!(unescape("/a\\134b"), "/a\\b");
-    assert_eq!(unescape("/plain\\04"), "/plain\\04");
-}
-
 fn size(memory_mib: u32, vcpus: u32) -> VmSize {
     let mut s = crate::sizing::size_vm(&Spec::default(), |_| None).unwrap();
     s.memory_mib = memory_mib;

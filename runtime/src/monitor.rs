@@ -235,11 +235,7 @@ pub fn launch_monitor(
 /// Duplicates `fd` to a number >= 10 (close-on-exec), so a child's pre-exec
 /// `dup2` onto a small fixed number cannot clobber it.
 fn high_fd(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd; the result is checked and owned.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let r = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
     // SAFETY: `r` is a new fd nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }

@@ -286,14 +286,33 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The mounts of this mount namespace, from `/proc/self/mountinfo` (none
+/// when it cannot be read).
+pub fn own_mountinfo() -> Vec<procfs::process::MountInfo> {
+    parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// The mounts in the text of a `mountinfo` file, in its order (a mount
+/// after the one it covers); lines procfs cannot parse are skipped. procfs
+/// leaves the path fields as the kernel escapes them: the mount point and
+/// root come back decoded.
+pub fn parse_mountinfo(text: &str) -> Vec<procfs::process::MountInfo> {
+    text.lines()
+        .filter_map(|l| procfs::process::MountInfo::from_line(l).ok())
+        .map(|mut m| {
+            m.mount_point = unescape(&m.mount_point.to_string_lossy());
+            m.root = unescape(&m.root).to_string_lossy().into_owned();
+            m
+        })
+        .collect()
+}
+
 /// Every mount point at or below `dir` in this mount namespace, deepest
 /// first (from `/proc/self/mountinfo`).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
+    let mut v: Vec<PathBuf> = own_mountinfo()
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     v.sort();
@@ -316,25 +335,18 @@ pub struct Submount {
 /// The mounts strictly below `dir` in this mount namespace, parents before
 /// their children; of two mounts on one point, the one on top.
 pub fn submounts(dir: &Path) -> Vec<Submount> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut found: Vec<Submount> = Vec::new();
-    for line in info.lines() {
-        let mut fields = line.split(' ');
-        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else {
-            continue;
-        };
-        let point = unescape(point);
-        let Ok(rel) = point.strip_prefix(dir) else {
+    for m in own_mountinfo() {
+        let Ok(rel) = m.mount_point.strip_prefix(dir) else {
             continue;
         };
         if rel.as_os_str().is_empty() {
             continue;
         }
-        let has = |o: &str| opts.split(',').any(|x| x == o);
         let m = Submount {
             rel: rel.to_owned(),
-            readonly: has("ro"),
-            noexec: has("noexec"),
+            readonly: m.mount_options.contains_key("ro"),
+            noexec: m.mount_options.contains_key("noexec"),
         };
         // mountinfo lists a mount after the one it covers.
         found.retain(|f| f.rel != m.rel);
@@ -377,6 +389,23 @@ mod tests {
     fn mountinfo_escapes_are_decoded() {
         assert_eq!(unescape("/a\\040b\\134c\\011"), Path::new("/a b\\c\t"));
         assert_eq!(unescape("/x\\9"), Path::new("/x\\9"));
+        assert_eq!(unescape("/a\\040b"), Path::new("/a b"));
+        assert_eq!(unescape("/a\\134b"), Path::new("/a\\b"));
+        assert_eq!(unescape("/plain\\04"), Path::new("/plain\\04"));
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_decoded_paths() {
+        let m = parse_mountinfo(
+            "not a mountinfo line\n\
+             36 25 0:32 /a\\040dir /mnt/my\\040share rw,noexec shared:7 - ext4 /dev/vda rw,name=x\n",
+        );
+        assert_eq!(m.len(), 1, "the junk line is skipped");
+        assert_eq!(m[0].mount_point, Path::new("/mnt/my share"));
+        assert_eq!(m[0].root, "/a dir");
+        assert_eq!(m[0].fs_type, "ext4");
+        assert!(m[0].mount_options.contains_key("noexec"));
+        assert_eq!(m[0].super_options.get("name"), Some(&Some("x".into())));
     }
 
     #[test]

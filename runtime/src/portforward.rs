@@ -170,23 +170,7 @@ fn serve(conn: TcpStream, own_port: u16, agent: &AgentAddr) {
 
 /// The port a redirected connection was made to (`SO_ORIGINAL_DST`).
 fn original_port(conn: &TcpStream) -> io::Result<u16> {
-    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `addr` and `len` are valid out-buffers for the call and `len`
-    // holds `addr`'s size; the kernel writes at most that much.
-    let r = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let addr = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::OriginalDst)?;
     Ok(u16::from_be(addr.sin_port))
 }
 

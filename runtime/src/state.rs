@@ -138,7 +138,7 @@ pub struct StateRoot {
 /// A container's lock ([`StateRoot::lock`]), released on drop.
 #[derive(Debug)]
 pub struct StateLock {
-    _dir: fs::File,
+    _dir: nix::fcntl::Flock<fs::File>,
 }
 
 impl StateRoot {
@@ -228,21 +228,22 @@ impl StateRoot {
     /// (or removing) it, so none writes back a stale copy over another's
     /// change or into a directory being removed. Released on drop.
     pub fn lock(&self, id: &str) -> Result<StateLock, StateError> {
-        self.lock_with(id, 0)
+        self.lock_with(id, false)
             .map(|l| l.expect("a blocking lock is taken"))
     }
 
     /// Like [`StateRoot::lock`] without waiting: `None` when another
     /// command holds it.
     pub fn try_lock(&self, id: &str) -> Result<Option<StateLock>, StateError> {
-        self.lock_with(id, libc::LOCK_NB)
+        self.lock_with(id, true)
     }
 
-    fn lock_with(&self, id: &str, flags: i32) -> Result<Option<StateLock>, StateError> {
-        use std::os::fd::AsRawFd;
+    fn lock_with(&self, id: &str, nonblock: bool) -> Result<Option<StateLock>, StateError> {
+        use nix::errno::Errno;
+        use nix::fcntl::{Flock, FlockArg};
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.dir(id)?;
-        let f = match fs::OpenOptions::new()
+        let mut f = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(&dir)
@@ -253,19 +254,20 @@ impl StateRoot {
             }
             Err(source) => return Err(StateError::Io { path: dir, source }),
         };
+        let arg = if nonblock {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockExclusive
+        };
         loop {
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | flags) } == 0 {
-                return Ok(Some(StateLock { _dir: f }));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EWOULDBLOCK) => return Ok(None),
-                _ => {
+            match Flock::lock(f, arg) {
+                Ok(locked) => return Ok(Some(StateLock { _dir: locked })),
+                Err((back, Errno::EINTR)) => f = back,
+                Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => {
                     return Err(StateError::Io {
                         path: dir,
-                        source: e,
+                        source: e.into(),
                     })
                 }
             }

@@ -17,7 +17,6 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod stdio;
 pub mod sync;
-pub mod syscalls;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -673,6 +672,13 @@ impl Container {
     }
 }
 
+/// `/proc/PID/stat` of `pid`, parsed; `None` when it is gone.
+pub fn proc_stat(pid: i32) -> Option<procfs_core::process::Stat> {
+    use procfs_core::FromRead;
+    let f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    procfs_core::process::Stat::from_read(f).ok()
+}
+
 /// `roots` and all their descendants, from /proc.
 pub fn descendants(roots: &[i32]) -> Vec<i32> {
     members(roots, &[])
@@ -684,24 +690,14 @@ pub fn members(roots: &[i32], sessions: &[i32]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut todo: Vec<i32> = roots.to_vec();
     if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                continue;
-            };
-            // state, ppid, pgrp, session.
-            let f: Vec<&str> = rest.split_whitespace().take(4).collect();
-            if let Some(ppid) = f.get(1).and_then(|s| s.parse().ok()) {
-                children.entry(ppid).or_default().push(pid);
-            }
-            let session = f.get(3).and_then(|s| s.parse::<i32>().ok());
-            if session.is_some_and(|s| sessions.contains(&s)) {
-                todo.push(pid);
+        let pids = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+        // A process gone since the listing has no stat: skipped.
+        for stat in pids.filter_map(proc_stat) {
+            children.entry(stat.ppid).or_default().push(stat.pid);
+            if sessions.contains(&stat.session) {
+                todo.push(stat.pid);
             }
         }
     }

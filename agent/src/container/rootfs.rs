@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, fchdir, pivot_root};
 use oci_spec::runtime::Spec;
+use procfs_core::process::{MountInfo, MountOptFields};
 
 use super::mounts::{mount_entry, propagation_flags, remount_bind, Kernel};
 use super::{devices, sys, SetupError};
@@ -120,7 +121,7 @@ pub fn setup(
 fn parent_mount_private(rootfs: &Path) -> Result<(), SetupError> {
     let info =
         fs::read_to_string("/proc/self/mountinfo").map_err(sys("read /proc/self/mountinfo"))?;
-    let Some((point, shared)) = mount_holding(&info, rootfs) else {
+    let Some((point, shared)) = mount_holding(&parse_mountinfo(&info), rootfs) else {
         return Ok(());
     };
     if !shared {
@@ -139,31 +140,47 @@ fn parent_mount_private(rootfs: &Path) -> Result<(), SetupError> {
     )))
 }
 
-/// The mount point in `mountinfo` that holds `path` (the longest mount
+/// The mounts of this mount namespace, from `/proc/self/mountinfo` (none
+/// when it cannot be read).
+pub fn own_mountinfo() -> Vec<MountInfo> {
+    parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// The mounts in the text of a `mountinfo` file, in its order (a mount
+/// after the one it covers); lines procfs cannot parse are skipped. procfs
+/// leaves the path fields as the kernel escapes them: the mount point and
+/// root come back decoded.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|l| MountInfo::from_line(l).ok())
+        .map(|mut m| {
+            m.mount_point = PathBuf::from(unescape_mountinfo(&m.mount_point.to_string_lossy()));
+            m.root = unescape_mountinfo(&m.root);
+            m
+        })
+        .collect()
+}
+
+/// The mount point among `mounts` that holds `path` (the longest mount
 /// point that is `path` or one of its ancestors; the last mounted of
 /// equal ones), and whether it is shared.
-pub fn mount_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
-    let mut best: Option<(PathBuf, bool)> = None;
-    for line in mountinfo.lines() {
-        let (fields, _) = line.split_once(" - ").unwrap_or((line, ""));
-        let mut f = fields.split(' ');
-        let Some(point) = f.nth(4).map(unescape_mountinfo) else {
-            continue;
-        };
-        let point = PathBuf::from(point);
-        if !path.starts_with(&point) {
+pub fn mount_holding(mounts: &[MountInfo], path: &Path) -> Option<(PathBuf, bool)> {
+    let mut best: Option<(&Path, bool)> = None;
+    for m in mounts {
+        let point = m.mount_point.as_path();
+        if !path.starts_with(point) {
             continue;
         }
-        // Optional fields follow the mount options (the sixth field).
-        let shared = f.skip(1).any(|o| o.starts_with("shared:"));
-        let longer = best
-            .as_ref()
-            .is_none_or(|(b, _)| point.as_os_str().len() >= b.as_os_str().len());
+        let shared = m
+            .opt_fields
+            .iter()
+            .any(|o| matches!(o, MountOptFields::Shared(_)));
+        let longer = best.is_none_or(|(b, _)| point.as_os_str().len() >= b.as_os_str().len());
         if longer {
             best = Some((point, shared));
         }
     }
-    best
+    best.map(|(p, shared)| (p.to_owned(), shared))
 }
 
 /// A mountinfo path with its octal escapes (`\040` for a space) undone.
@@ -287,7 +304,8 @@ mod tests {
 32 22 0:42 / /tmp/a\\040b rw - tmpfs tmpfs rw
 33 31 0:43 / /run/husk/share rw - tmpfs tmpfs rw
 ";
-        let at = |p: &str| mount_holding(info, Path::new(p));
+        let mounts = parse_mountinfo(info);
+        let at = |p: &str| mount_holding(&mounts, Path::new(p));
         assert_eq!(at("/srv/x"), Some(("/".into(), true)));
         assert_eq!(at("/run/x"), Some(("/run".into(), false)));
         // The last of the mounts stacked on one point is the one seen.
@@ -299,6 +317,6 @@ mod tests {
         assert_eq!(at("/running"), Some(("/".into(), true)));
         // An escaped space.
         assert_eq!(at("/tmp/a b/rootfs"), Some(("/tmp/a b".into(), false)));
-        assert_eq!(mount_holding("", Path::new("/x")), None);
+        assert_eq!(mount_holding(&[], Path::new("/x")), None);
     }
 }

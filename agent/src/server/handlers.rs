@@ -727,14 +727,7 @@ fn no_process(cid: &str, exec: Option<&str>) -> ProtocolError {
 
 fn is_alive(pid: i32) -> bool {
     // A zombie still answers kill(0); look at its state instead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            s.rfind(')')
-                .and_then(|i| s[i + 1..].split_whitespace().next())
-                != Some("Z")
-        }
-        Err(_) => false,
-    }
+    crate::container::proc_stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
 #[cfg(test)]

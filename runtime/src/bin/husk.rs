@@ -156,7 +156,7 @@ fn dispatch(
             std::fs::write(&path, ops::default_spec())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        Command::Features => print_json(&ops::features())?,
+        Command::Features => print_json(&ops::features()?)?,
         Command::GenerateDocs { out } => {
             husk_runtime::docs::generate(&out)?;
         }

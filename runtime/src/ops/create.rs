@@ -374,32 +374,42 @@ fn spawn_monitor(
 
 /// The current time as RFC 3339 UTC with nanoseconds.
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm); avoids a date crate.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `t` as RFC 3339 UTC with all nine digits of nanoseconds
+/// (`2026-01-02T03:04:05.000000006Z`), the form state and log lines use.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    // The description has no component a UTC date-time lacks (and a year
+    // past 9999 is written with five digits), so formatting cannot fail.
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_of_known_instants() {
+        use time::OffsetDateTime;
+        let t = |secs: i64, nanos: i128| {
+            super::rfc3339(
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(secs) * 1_000_000_000 + nanos)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(t(0, 0), "1970-01-01T00:00:00.000000000Z");
+        // 2000-02-29 (a leap day in a year divisible by 400), 23:59:59.
+        assert_eq!(t(951_868_799, 6), "2000-02-29T23:59:59.000000006Z");
+        assert_eq!(
+            t(1_798_761_600, 123_456_789),
+            "2027-01-01T00:00:00.123456789Z"
+        );
+    }
+
     #[test]
     fn rfc3339_shape() {
         let s = super::now_rfc3339();

@@ -463,12 +463,8 @@ pub fn alive(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return false;
     }
-    !fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
+    // A zombie (or a pid gone since) has no start time.
+    husk_vmm_contract::journal::start_time(pid).is_some()
 }
 
 /// Waits for `pid` to end; SIGTERM after `grace`, SIGKILL after as long again.

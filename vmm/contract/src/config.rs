@@ -622,14 +622,12 @@ impl VmConfig {
     /// child) inherits it, not the device daemons.
     pub fn claim_net_fds(&self) -> Result<(), ConfigError> {
         for (i, n) in self.net.iter().enumerate() {
-            // SAFETY: fcntl on a plain fd number touches no memory; a closed
-            // fd gives EBADF.
-            let r = unsafe { libc::fcntl(n.tap_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            if r < 0 {
+            // A closed fd gives EBADF.
+            let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+            if let Err(e) = nix::fcntl::fcntl(n.tap_fd, cloexec) {
                 return Err(ConfigError::Invalid(format!(
-                    "net[{i}].tap_fd {} is not an open fd of the monitor: {}",
+                    "net[{i}].tap_fd {} is not an open fd of the monitor: {e}",
                     n.tap_fd,
-                    std::io::Error::last_os_error()
                 )));
             }
         }

@@ -39,15 +39,11 @@ impl Recorded {
 /// The start time of `pid` in clock ticks since boot; `None` when it is
 /// gone or a zombie.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: split after the
-    // last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let state = rest.split(' ').next()?;
-    if state == "Z" || state == "X" {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    if stat.state == 'Z' || stat.state == 'X' {
         return None;
     }
-    rest.split(' ').nth(19)?.parse().ok()
+    Some(stat.starttime)
 }
 
 /// Appends `pid` (which must be alive) to `state_dir`'s list.
@@ -149,6 +145,26 @@ mod tests {
         other.wait().unwrap();
         assert!(!recs[0].alive());
         assert_eq!(read(Path::new("/nonexistent")), Vec::new());
+    }
+
+    /// A live process has its start time; once it is a zombie, or
+    /// reaped, it has none.
+    #[test]
+    fn start_time_is_none_for_zombies_and_the_gone() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let mine = start_time(me).expect("this process's start time");
+        assert_eq!(start_time(me), Some(mine));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // Until it is waited for, the exited child stays a zombie.
+        let zombie = nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
+            nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+        );
+        assert!(zombie.is_ok(), "{zombie:?}");
+        assert_eq!(start_time(pid), None);
+        child.wait().unwrap();
+        assert_eq!(start_time(pid), None);
     }
 }
 
