@@ -54,8 +54,7 @@ mod tests {
         assert!(page("husk-create.1").contains("bundle"));
         assert!(page("husk-check.1").contains("json"));
         assert!(!t.path().join("man1/husk-generate-docs.1").exists());
-        let bash =
-            std::fs::read_to_string(t.path().join("completions/husk.bash")).unwrap();
+        let bash = std::fs::read_to_string(t.path().join("completions/husk.bash")).unwrap();
         for c in ["create", "exec", "check", "update"] {
             assert!(bash.contains(c), "bash completion lacks {c}");
         }

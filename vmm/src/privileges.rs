@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn drops_all_but_kept_in_this_thread_only() {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIPPED: needs root (capabilities to drop)");
+            husk_test_support::skip("needs root (capabilities to drop)");
             return;
         }
         std::thread::spawn(|| {

@@ -89,9 +89,8 @@ pub fn hardware_virtualization(cpuinfo: &str, hw_kvm_module: bool) -> bool {
 /// CPU's flags (its `flags` lines only, whole words).
 pub fn has_cpu_flag(cpuinfo: &str, flag: &str) -> bool {
     cpuinfo.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim() == "flags" && v.split_whitespace().any(|f| f == flag)
-        })
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.trim() == "flags" && v.split_whitespace().any(|f| f == flag))
     })
 }
 

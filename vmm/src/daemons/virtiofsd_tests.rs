@@ -62,7 +62,7 @@ fn a_failing_namespace_sandbox_fails_the_start_unless_weaker_is_chosen() {
         .status()
         .map_or(true, |s| !s.success())
     {
-        eprintln!("SKIPPED: the fake virtiofsd needs python3");
+        husk_test_support::skip("the fake virtiofsd needs python3");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

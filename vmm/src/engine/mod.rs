@@ -201,7 +201,10 @@ mod tests {
     fn detects_hardware_virtualization() {
         // Flags are read from `flags` lines only, as whole words.
         assert!(husk_kvm::cpu::has_cpu_flag(PVM, "hypervisor"));
-        assert!(!husk_kvm::cpu::has_cpu_flag(PVM, "svm"), "a model name is no flag");
+        assert!(
+            !husk_kvm::cpu::has_cpu_flag(PVM, "svm"),
+            "a model name is no flag"
+        );
         assert!(!husk_kvm::cpu::has_cpu_flag(VMX, "vm"));
         assert!(HostFacts {
             cpuinfo: VMX.into(),

@@ -259,14 +259,14 @@ pub(crate) mod tests {
     pub(crate) fn in_private_netns(test: &'static str, f: impl FnOnce() + Send + 'static) -> bool {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-            eprintln!("SKIP {test}: needs root and /dev/net/tun");
+            husk_test_support::skip(format!("{test}: needs root and /dev/net/tun"));
             return false;
         }
         std::thread::spawn(move || {
             // SAFETY: unshare only moves this thread to a new namespace.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 let e = io::Error::last_os_error();
-                eprintln!("SKIP {test}: unshare(CLONE_NEWNET): {e}");
+                husk_test_support::skip(format!("{test}: unshare(CLONE_NEWNET): {e}"));
                 return false;
             }
             f();
