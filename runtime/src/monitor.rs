@@ -226,7 +226,16 @@ pub fn launch_monitor(
     let line =
         read_line(rd, launch.ready_timeout).map_err(|why| LaunchError::NoReport { pid, why })?;
     match ReadyReport::parse(&line) {
-        Ok(ReadyReport::Ready { pid: reported_pid }) => Ok(Launched { pid, reported_pid }),
+        Ok(ReadyReport::Ready {
+            pid: reported_pid,
+            boot,
+        }) => {
+            // `husk --debug` shows where the boot's time went.
+            for s in &boot {
+                tracing::debug!(monitor = pid, ms = s.ms, "boot: {}", s.stage);
+            }
+            Ok(Launched { pid, reported_pid })
+        }
         Ok(ReadyReport::Failed { error }) => Err(LaunchError::Failed { pid, error }),
         Err(_) => Err(LaunchError::BadReport { pid, line }),
     }

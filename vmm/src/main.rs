@@ -195,6 +195,7 @@ fn init_logging(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn real_main() -> anyhow::Result<i32> {
+    husk_vmm::monitor::boot_clock_start();
     let args = Args::parse();
     // Block signals before anything could start a thread.
     let mut signals = Signals::block().context("cannot set up signal handling")?;

@@ -19,11 +19,34 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use husk_vmm_contract::config::VmConfig;
-use husk_vmm_contract::ReadyReport;
+use husk_vmm_contract::{BootStage, ReadyReport};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::signals::{is_stop_signal, pause_request, Signals};
 use crate::vm::{Vm, VmError, AGENT_READY_LINE};
+
+/// When the monitor started and the boot stages done since, for the ready
+/// report ([`boot_stage`]).
+static BOOT: std::sync::Mutex<Vec<BootStage>> = std::sync::Mutex::new(Vec::new());
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Starts the boot clock; main calls it first.
+pub fn boot_clock_start() {
+    STARTED.get_or_init(Instant::now);
+}
+
+/// Records that boot stage `stage` is done now (logged at debug, and sent
+/// in the ready report).
+pub fn boot_stage(stage: &str) {
+    let ms = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(ms, "boot: {stage}");
+    if let Ok(mut b) = BOOT.lock() {
+        b.push(BootStage {
+            stage: stage.to_owned(),
+            ms,
+        });
+    }
+}
 
 /// The exit status for a monitor failure (bad config, a daemon or the engine
 /// failing, no agent).
@@ -63,8 +86,10 @@ impl ReadyFd {
 
     /// Reports success (with the container's guest pid in container mode).
     pub fn ok(&mut self, pid: Option<i32>) {
+        let boot = BOOT.lock().map(|b| b.clone()).unwrap_or_default();
         self.send(ReadyReport::Ready {
             pid: pid.map(i64::from),
+            boot,
         });
     }
 
@@ -126,6 +151,7 @@ pub fn run_plain(
         if !announced {
             if vm.agent_announced() {
                 announced = true;
+                boot_stage("agent listening");
                 tracing::info!("the agent listens");
                 ready.ok(None);
             } else if Instant::now() >= deadline {

@@ -171,6 +171,7 @@ pub fn supervise_container(
         }
     };
     tracing::info!(pid = setup.pid, elapsed = ?started.elapsed(), "container created");
+    crate::monitor::boot_stage("container created");
     ready.ok(Some(setup.pid));
     supervise(ccfg, guest, signals, setup)
 }
@@ -227,6 +228,7 @@ fn setup(
             Err(_) => thread::sleep(Duration::from_millis(50)),
         }
     };
+    crate::monitor::boot_stage("agent answered");
     let fail = |what: &str, e: ClientError| Abort::Failed(format!("{what}: {}", error_chain(&e)));
     let cid = ccfg.create.container_id.clone();
     if let Some(net) = &ccfg.network {

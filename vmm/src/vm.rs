@@ -160,11 +160,13 @@ impl Vm {
             )?);
         }
         tracing::debug!(elapsed = ?started.elapsed(), "device daemons ready");
+        crate::monitor::boot_stage("device daemons ready");
         let (relay, console_pipe) = ConsoleRelay::start(&cfg.console_log_path(), &cfg.console)
             .map_err(EngineError::from)?;
         h.console = Some(relay);
         h.engine = Some(engine::start(kind, cfg, console_pipe)?);
         tracing::info!(engine = ?kind, pid = ?h.engine_pid(), "guest started");
+        crate::monitor::boot_stage("engine started");
         Ok(h)
     }
 }

@@ -363,7 +363,11 @@ fn spawn_monitor(
         .ok_or_else(|| {
             format!(
                 "no guest pid in the readiness report {:?}",
-                ReadyReport::Ready { pid: None }.to_line()
+                ReadyReport::Ready {
+                    pid: None,
+                    boot: vec![],
+                }
+                .to_line()
             )
         })
         .and_then(|p| husk_protocol::check_guest_pid(p).map_err(|e| e.to_string()))

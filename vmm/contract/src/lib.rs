@@ -19,7 +19,7 @@ pub mod journal;
 pub mod ready;
 
 pub use config::{ContainerConfig, EngineChoice, NetConfig, ShareConfig, VmConfig};
-pub use ready::ReadyReport;
+pub use ready::{BootStage, ReadyReport};
 
 /// The fd a launched monitor writes its [`ReadyReport`] on
 /// (`husk-vmm --ready-fd`, or `container.ready_fd` in the config).

@@ -7,6 +7,9 @@
 //! On the wire (keys in this order, nothing else):
 //! - `{"ok":true}`: the agent listens (plain mode);
 //! - `{"ok":true,"pid":N}`: the container is created, its init is guest pid N;
+//! - either with `"boot":[{"stage":"...","ms":T},...]`: the boot's stages,
+//!   each with the milliseconds since the monitor started (`husk --debug`
+//!   logs them);
 //! - `{"error":"...","ok":false}`: the monitor failed, and why.
 //!
 //! A reader ignores fields it does not know, so a newer monitor can add one.
@@ -24,6 +27,8 @@ pub enum ReadyReport {
         /// guest chose it: a reader checks it
         /// (`husk_protocol::check_guest_pid`) before it uses it.
         pid: Option<i64>,
+        /// The boot's stages, in order.
+        boot: Vec<BootStage>,
     },
     /// The monitor failed and is stopping (or gone).
     Failed {
@@ -46,9 +51,22 @@ impl ReadyReport {
     }
 }
 
+/// One step of a monitor's boot and when it was done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootStage {
+    /// What was done ("device daemons ready", "agent answered", ...).
+    pub stage: String,
+    /// Milliseconds since the monitor started.
+    pub ms: f64,
+}
+
+impl Eq for BootStage {}
+
 /// The JSON shape: its fields are in the order the keys are written.
 #[derive(Serialize, Deserialize)]
 struct Wire {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    boot: Vec<BootStage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     ok: bool,
@@ -59,12 +77,14 @@ struct Wire {
 impl From<ReadyReport> for Wire {
     fn from(r: ReadyReport) -> Wire {
         match r {
-            ReadyReport::Ready { pid } => Wire {
+            ReadyReport::Ready { pid, boot } => Wire {
+                boot,
                 error: None,
                 ok: true,
                 pid,
             },
             ReadyReport::Failed { error } => Wire {
+                boot: Vec::new(),
                 error: Some(error),
                 ok: false,
                 pid: None,
@@ -77,7 +97,10 @@ impl TryFrom<Wire> for ReadyReport {
     type Error = String;
     fn try_from(w: Wire) -> Result<ReadyReport, String> {
         match (w.ok, w.error) {
-            (true, _) => Ok(ReadyReport::Ready { pid: w.pid }),
+            (true, _) => Ok(ReadyReport::Ready {
+                pid: w.pid,
+                boot: w.boot,
+            }),
             (false, Some(error)) => Ok(ReadyReport::Failed { error }),
             (false, None) => Err("\"ok\": false without an \"error\"".into()),
         }
@@ -91,9 +114,18 @@ mod tests {
     #[test]
     fn the_wire_form_is_the_monitors_json_line() {
         let cases = [
-            (ReadyReport::Ready { pid: None }, r#"{"ok":true}"#),
             (
-                ReadyReport::Ready { pid: Some(7) },
+                ReadyReport::Ready {
+                    pid: None,
+                    boot: vec![],
+                },
+                r#"{"ok":true}"#,
+            ),
+            (
+                ReadyReport::Ready {
+                    pid: Some(7),
+                    boot: vec![],
+                },
                 r#"{"ok":true,"pid":7}"#,
             ),
             (
@@ -115,8 +147,14 @@ mod tests {
             serde_json::json!({"ok": false, "error": "why"}),
         ];
         let typed = [
-            ReadyReport::Ready { pid: None },
-            ReadyReport::Ready { pid: Some(7) },
+            ReadyReport::Ready {
+                pid: None,
+                boot: vec![],
+            },
+            ReadyReport::Ready {
+                pid: Some(7),
+                boot: vec![],
+            },
             ReadyReport::Failed {
                 error: "why".into(),
             },
@@ -126,11 +164,38 @@ mod tests {
         }
     }
 
+    /// The boot's stages travel in order with their times.
+    #[test]
+    fn boot_stages_round_trip() {
+        let r = ReadyReport::Ready {
+            pid: Some(9),
+            boot: vec![
+                super::BootStage {
+                    stage: "device daemons ready".into(),
+                    ms: 12.5,
+                },
+                super::BootStage {
+                    stage: "container created".into(),
+                    ms: 900.0,
+                },
+            ],
+        };
+        let line = r.to_line();
+        assert!(
+            line.starts_with(r#"{"boot":[{"stage":"device daemons ready","ms":12.5},"#),
+            "{line}"
+        );
+        assert_eq!(ReadyReport::parse(&line).unwrap(), r);
+    }
+
     #[test]
     fn a_reader_ignores_new_fields_and_refuses_what_is_not_a_report() {
         assert_eq!(
             ReadyReport::parse("{\"ok\":true,\"pid\":3,\"engine\":\"qemu\"}\n").unwrap(),
-            ReadyReport::Ready { pid: Some(3) }
+            ReadyReport::Ready {
+                pid: Some(3),
+                boot: vec![]
+            }
         );
         for bad in [
             "",
