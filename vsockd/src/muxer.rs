@@ -314,9 +314,11 @@ impl Muxer {
     /// Closes the host side of `key` and forgets it (no packet to the guest).
     fn remove(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
             self.targets.remove(&c.token);
         }
     }
@@ -330,9 +332,11 @@ impl Muxer {
             c.need_rst = true;
             c.need_request = false;
             c.need_response = false;
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
             c.interest = 0;
             self.targets.remove(&c.token);
         }
@@ -554,8 +558,8 @@ impl Muxer {
             return;
         };
         while c.wants_read() {
-            let room = (STAGE_CAP - c.to_guest.len())
-                .min(c.peer_credit() as usize - c.to_guest.len());
+            let room =
+                (STAGE_CAP - c.to_guest.len()).min(c.peer_credit() as usize - c.to_guest.len());
             let start = c.to_guest.len();
             c.to_guest.resize(start + room, 0);
             let r = c.stream.read(&mut c.to_guest[start..]);
@@ -616,7 +620,11 @@ impl Muxer {
         } else if c.state != State::Connected {
             return None;
         } else if !c.to_guest.is_empty() && c.peer_credit() > 0 {
-            let n = c.to_guest.len().min(c.peer_credit() as usize).min(max_payload);
+            let n = c
+                .to_guest
+                .len()
+                .min(c.peer_credit() as usize)
+                .min(max_payload);
             if n == 0 {
                 return None;
             }
@@ -760,9 +768,7 @@ impl Muxer {
         match p.stream.read(&mut buf[..room]) {
             Ok(0) => return self.drop_pending(token),
             Ok(n) => p.line.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                return
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => return,
             Err(_) => return self.drop_pending(token),
         }
         let Some(nl) = p.line.iter().position(|&b| b == b'\n') else {

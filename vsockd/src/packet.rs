@@ -158,11 +158,16 @@ pub enum PacketError {
     },
 }
 
-fn read_at<M: GuestMemory + ?Sized>(mem: &M, buf: &mut [u8], addr: GuestAddress) -> Result<(), PacketError> {
-    mem.read_slice(buf, addr).map_err(|_| PacketError::BadAddress {
-        addr: addr.raw_value(),
-        len: buf.len(),
-    })
+fn read_at<M: GuestMemory + ?Sized>(
+    mem: &M,
+    buf: &mut [u8],
+    addr: GuestAddress,
+) -> Result<(), PacketError> {
+    mem.read_slice(buf, addr)
+        .map_err(|_| PacketError::BadAddress {
+            addr: addr.raw_value(),
+            len: buf.len(),
+        })
 }
 
 /// Reads the header and payload of a TX chain. Descriptors past the
@@ -189,12 +194,10 @@ where
             read_at(mem, &mut hdr_buf[got..got + n], addr)?;
             got += n;
             len -= n;
-            addr = addr
-                .checked_add(n as u64)
-                .ok_or(PacketError::BadAddress {
-                    addr: addr.raw_value(),
-                    len: n,
-                })?;
+            addr = addr.checked_add(n as u64).ok_or(PacketError::BadAddress {
+                addr: addr.raw_value(),
+                len: n,
+            })?;
             if got < HEADER_SIZE {
                 continue;
             }
@@ -290,12 +293,10 @@ where
             *src = &src[n..];
             room -= n;
             done += n;
-            addr = addr
-                .checked_add(n as u64)
-                .ok_or(PacketError::BadAddress {
-                    addr: addr.raw_value(),
-                    len: n,
-                })?;
+            addr = addr.checked_add(n as u64).ok_or(PacketError::BadAddress {
+                addr: addr.raw_value(),
+                len: n,
+            })?;
         }
     }
     if done < need {
