@@ -177,17 +177,22 @@ impl VhostUserBackendMut for VsockBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        let Some(mem) = self.mem.clone() else {
-            return Ok(());
-        };
         let [rx, tx, _evt] = vrings else {
             return Err(io::Error::other(format!("{} vrings, want 3", vrings.len())));
         };
+        if device_event == HOST_EVENT {
+            // Served even before the frontend sent a memory table: the
+            // epoll fd is level-triggered and would wake this thread again
+            // and again. What it makes due waits for the RX queue.
+            self.muxer.host_events();
+        }
+        let Some(mem) = self.mem.clone() else {
+            return Ok(());
+        };
         match device_event {
-            RX => {}
+            RX | HOST_EVENT => {}
             TX => self.process_tx(tx, &mem)?,
             EVT => return Ok(()),
-            HOST_EVENT => self.muxer.host_events(),
             other => return Err(io::Error::other(format!("unknown event {other}"))),
         }
         self.process_rx(rx, &mem)

@@ -35,7 +35,15 @@ pub fn missing_prerequisite() -> Option<String> {
             return Some(format!("no {p} (run scripts/setup.sh)"));
         }
     }
-    for bin in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"] {
+    // The monitor runs the husk-vsockd next to it first.
+    let vmm = std::env::var_os("HUSK_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| husk.with_file_name("husk-vmm"));
+    let beside = vmm.with_file_name("husk-vsockd").is_file();
+    for bin in ["qemu-system-x86_64", "virtiofsd", "husk-vsockd"] {
+        if bin == "husk-vsockd" && beside {
+            continue;
+        }
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
             .unwrap_or(false)
