@@ -82,6 +82,61 @@ pub enum MuxerError {
 /// (host port, guest port).
 type Key = (u32, u32);
 
+/// Host data read ahead for the guest: taken from the front, read into at
+/// the back, compacted only when read into (not once per packet).
+#[derive(Debug, Default)]
+struct Stage {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+impl Stage {
+    fn from_vec(buf: Vec<u8>) -> Self {
+        Stage { buf, off: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.off
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.off = 0;
+    }
+
+    /// The first `n` bytes (at most `len()`), removed.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.len());
+        let v = self.buf[self.off..self.off + n].to_vec();
+        self.off += n;
+        if self.off == self.buf.len() {
+            self.clear();
+        }
+        v
+    }
+
+    /// `room` writable bytes at the back, for [`Stage::commit`].
+    fn spare(&mut self, room: usize) -> &mut [u8] {
+        if self.off > 0 {
+            self.buf.drain(..self.off);
+            self.off = 0;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + room, 0);
+        &mut self.buf[start..]
+    }
+
+    /// Keeps `n` of the `room` bytes [`Stage::spare`] offered.
+    fn commit(&mut self, room: usize, n: usize) {
+        let len = self.buf.len();
+        self.buf.truncate(len - room + n.min(room));
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Host-initiated; `REQUEST` queued or sent, awaiting `RESPONSE`.
@@ -109,7 +164,7 @@ struct Conn {
     /// `fwd_cnt` as last told the guest.
     adv_fwd_cnt: u32,
     /// Host data read but not yet sent to the guest (≤ STAGE_CAP).
-    to_guest: Vec<u8>,
+    to_guest: Stage,
     /// Bytes sent to the guest, ever (wrapping).
     tx_cnt: u32,
     peer_buf_alloc: u32,
@@ -141,7 +196,7 @@ impl Conn {
             to_host: VecDeque::new(),
             fwd_cnt: 0,
             adv_fwd_cnt: 0,
-            to_guest: Vec::new(),
+            to_guest: Stage::default(),
             tx_cnt: 0,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
@@ -560,14 +615,12 @@ impl Muxer {
         while c.wants_read() {
             let room =
                 (STAGE_CAP - c.to_guest.len()).min(c.peer_credit() as usize - c.to_guest.len());
-            let start = c.to_guest.len();
-            c.to_guest.resize(start + room, 0);
-            let r = c.stream.read(&mut c.to_guest[start..]);
+            let r = c.stream.read(c.to_guest.spare(room));
             let n = match &r {
                 Ok(n) => *n,
                 Err(_) => 0,
             };
-            c.to_guest.truncate(start + n);
+            c.to_guest.commit(room, n);
             match r {
                 Ok(0) => c.host_eof = true,
                 Ok(_) => {}
@@ -628,7 +681,7 @@ impl Muxer {
             if n == 0 {
                 return None;
             }
-            payload = c.to_guest.drain(..n).collect();
+            payload = c.to_guest.take(n);
             c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
             h.op = op::RW;
         } else if c.eof_due() {
@@ -792,7 +845,7 @@ impl Muxer {
         let mut c = Conn::new(p.stream, token, State::Connecting);
         c.need_request = true;
         // Anything the client sent after the line goes to the guest first.
-        c.to_guest = rest;
+        c.to_guest = Stage::from_vec(rest);
         // Registered with IN; refresh() sets the Connecting interest.
         c.interest = EventSet::IN.bits();
         self.targets.insert(token, Target::Conn(key));

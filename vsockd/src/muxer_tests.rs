@@ -363,3 +363,15 @@ fn reset_forgets_everything() {
     c.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 }
+
+#[test]
+fn stage_takes_from_the_front_and_reads_at_the_back() {
+    let mut st = Stage::from_vec(b"abcdef".to_vec());
+    assert_eq!(st.take(2), b"ab");
+    assert_eq!(st.len(), 4);
+    let room = st.spare(3);
+    room[..2].copy_from_slice(b"gh");
+    st.commit(3, 2);
+    assert_eq!(st.take(100), b"cdefgh");
+    assert!(st.is_empty());
+}
