@@ -421,11 +421,14 @@ pub fn virtiofsd_filters(sandbox: VirtiofsdSandbox) -> Result<Vec<BpfProgram>, C
 /// Every syscall husk-vsockd makes, the only ones its filter lets through
 /// (anything else fails with EPERM). Measured with `strace -f` over
 /// `tests/vhost_user_devices.rs::husk_vsockd_serves_the_builtin_frontend`
-/// (start, both connection kinds, data, half-close, a driver reset) and a
-/// container run, plus the paths those do not take: a frontend
+/// (start, both connection kinds, data, half-close, a driver reset) and
+/// `husk run` (which spawns it through `process::Supervised`), plus the
+/// paths those do not take: a frontend
 /// reconnecting (threads, memory tables), exits and panics.
 const VSOCKD_ALLOWED: &[i64] = &[
-    // exec and the loader
+    // the monitor's own pre-exec steps after the filters (`process.rs`:
+    // is the parent still there?), exec and the loader
+    libc::SYS_getppid,
     libc::SYS_execve,
     libc::SYS_brk,
     libc::SYS_arch_prctl,
