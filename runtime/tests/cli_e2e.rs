@@ -912,7 +912,7 @@ fn the_vm_lives_in_the_containers_host_cgroup_until_delete() {
     let monitor = st["pid"].as_i64().unwrap() as i32;
     let procs = vm_processes(&env.root().join("hc1"));
     let names: Vec<&str> = procs.iter().map(|(_, n)| n.as_str()).collect();
-    for must in ["husk-vmm", "virtiofsd", "vhost-device-vs"] {
+    for must in ["husk-vmm", "virtiofsd", "husk-vsockd"] {
         assert!(names.contains(&must), "no {must} among {procs:?}");
     }
     assert!(procs.iter().any(|(p, _)| *p == monitor), "{procs:?}");
