@@ -872,7 +872,7 @@ fn read_trim(p: PathBuf) -> String {
 }
 
 /// The VM's host processes (the monitor, qemu where it is the engine,
-/// virtiofsd, vhost-device-vsock) live in the container's host cgroup on
+/// virtiofsd, husk-vsockd) live in the container's host cgroup on
 /// every mounted hierarchy (v1, v2 or hybrid) from `create` on, with the
 /// memory, CPU and pids limits derived from the VM's size; `delete` kills
 /// what is left in it after a crashed monitor and removes it. systemd's
