@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the vhost-user device daemons both engines use, at pinned
-# versions, with cargo install; skipped when that version is already there.
+# Installs the third-party vhost-user device daemon both engines use
+# (virtiofsd), at a pinned version, with cargo install; skipped when that
+# version is already there. The vsock backend, husk-vsockd, is built with
+# the workspace and installed by setup.sh next to husk-vmm.
 #
 # usage: install-daemons.sh BINDIR
 set -euo pipefail
@@ -9,7 +11,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bindir=${1:?usage: $0 BINDIR}
 
 VIRTIOFSD_VERSION=1.14.0
-VSOCK_VERSION=0.3.0
 apt_need libcap-ng-dev libseccomp-dev pkg-config
 
 # install_pinned CRATE VERSION: cargo install into a cache-side root, then
@@ -29,4 +30,3 @@ install_pinned() {
   echo "$version" > "$stamp"
 }
 install_pinned virtiofsd "$VIRTIOFSD_VERSION"
-install_pinned vhost-device-vsock "$VSOCK_VERSION"

@@ -19,7 +19,7 @@ prefix=${HUSK_PREFIX:-/usr/local}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
 [ -n "$version" ] || die "no workspace version in Cargo.toml"
 release=$root/target/release
-for b in husk husk-vmm containerd-shim-husk-v2; do
+for b in husk husk-vmm husk-vsockd containerd-shim-husk-v2; do
   [ -x "$release/$b" ] || die "$release/$b missing: run scripts/setup.sh first"
 done
 for f in vmlinux vmlinux.config initramfs.cpio; do
@@ -34,12 +34,11 @@ install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/lib/husk/bin" "$pkg/usr/share/
   "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vendor-completions" \
   "$pkg/usr/share/fish/vendor_completions.d"
 install -m 0755 "$release/husk" "$release/containerd-shim-husk-v2" "$pkg/usr/bin/"
-install -m 0755 "$release/husk-vmm" "$pkg/usr/lib/husk/bin/"
-# The device daemons the monitor runs, as setup.sh installed them.
-for d in virtiofsd vhost-device-vsock; do
-  [ -x "$prefix/bin/$d" ] || die "$prefix/bin/$d missing: run scripts/setup.sh first"
-  install -m 0755 "$prefix/bin/$d" "$pkg/usr/lib/husk/bin/$d"
-done
+# The monitor and the device daemons it runs, which it finds next to
+# itself: husk-vsockd from this build, virtiofsd as setup.sh installed it.
+install -m 0755 "$release/husk-vmm" "$release/husk-vsockd" "$pkg/usr/lib/husk/bin/"
+[ -x "$prefix/bin/virtiofsd" ] || die "$prefix/bin/virtiofsd missing: run scripts/setup.sh first"
+install -m 0755 "$prefix/bin/virtiofsd" "$pkg/usr/lib/husk/bin/virtiofsd"
 for f in vmlinux vmlinux.config initramfs.cpio; do
   install -m 0644 "$prefix/share/husk/$f" "$pkg/usr/share/husk/$f"
 done

@@ -25,7 +25,7 @@ log "1/6 apt packages"
 apt_need build-essential pkg-config qemu-system-x86 busybox-static jq file cpio \
   libcap-ng-dev libseccomp-dev iproute2 iptables runc containerd
 
-log "2/6 device daemons (virtiofsd, vhost-device-vsock)"
+log "2/6 device daemon (virtiofsd)"
 "$root/scripts/install-daemons.sh" "$prefix/bin"
 
 log "3/6 guest kernel"
@@ -38,7 +38,7 @@ log "5/6 guest initramfs"
 initramfs=$("$root/guest-kernel/build-initramfs.sh" | tail -n1)
 
 log "6/6 install to $prefix"
-for b in husk husk-vmm husk-agent containerd-shim-husk-v2; do
+for b in husk husk-vmm husk-vsockd husk-agent containerd-shim-husk-v2; do
   install -m 0755 "$root/target/release/$b" "$prefix/bin/$b"
 done
 install -d "$prefix/share/husk"
@@ -47,7 +47,7 @@ install -m 0644 "$initramfs" "$prefix/share/husk/initramfs.cpio"
 # The kernel's .config, so that `husk check` can say whether it has what
 # husk needs.
 install -m 0644 "$(dirname "$vmlinux")/config" "$prefix/share/husk/vmlinux.config"
-log "installed: $prefix/bin/{husk,husk-vmm,husk-agent}, $prefix/share/husk/{vmlinux,vmlinux.config,initramfs.cpio}"
+log "installed: $prefix/bin/{husk,husk-vmm,husk-vsockd,husk-agent}, $prefix/share/husk/{vmlinux,vmlinux.config,initramfs.cpio}"
 "$prefix/bin/husk" check || die "husk check says this host cannot run containers (above)"
 deb=$("$root/scripts/package.sh" | tail -n1)
 log "Debian package: $deb (dpkg -i it on another Debian 12 machine, then husk check)"

@@ -876,7 +876,7 @@ fn read_trim(p: PathBuf) -> String {
 }
 
 /// The VM's host processes (the monitor, qemu where it is the engine,
-/// virtiofsd, vhost-device-vsock) live in the container's host cgroup on
+/// virtiofsd, husk-vsockd) live in the container's host cgroup on
 /// every mounted hierarchy (v1, v2 or hybrid) from `create` on, with the
 /// memory, CPU and pids limits derived from the VM's size; `delete` kills
 /// what is left in it after a crashed monitor and removes it. systemd's
@@ -916,7 +916,7 @@ fn the_vm_lives_in_the_containers_host_cgroup_until_delete() {
     let monitor = st["pid"].as_i64().unwrap() as i32;
     let procs = vm_processes(&env.root().join("hc1"));
     let names: Vec<&str> = procs.iter().map(|(_, n)| n.as_str()).collect();
-    for must in ["husk-vmm", "virtiofsd", "vhost-device-vs"] {
+    for must in ["husk-vmm", "virtiofsd", "husk-vsockd"] {
         assert!(names.contains(&must), "no {must} among {procs:?}");
     }
     assert!(procs.iter().any(|(p, _)| *p == monitor), "{procs:?}");

@@ -18,7 +18,7 @@ trap cleanup EXIT
 deb=$("$root/scripts/package.sh" "$tmp" 2>/dev/null | tail -n1)
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/husk ./usr/bin/containerd-shim-husk-v2 ./usr/lib/husk/bin/husk-vmm \
-  ./usr/lib/husk/bin/virtiofsd ./usr/share/husk/vmlinux ./usr/share/husk/initramfs.cpio \
+  ./usr/lib/husk/bin/virtiofsd ./usr/lib/husk/bin/husk-vsockd ./usr/share/husk/vmlinux ./usr/share/husk/initramfs.cpio \
   ./etc/husk/husk.toml ./usr/share/man/man1/husk.1.gz ./usr/share/man/man1/husk-run.1.gz \
   ./usr/share/bash-completion/completions/husk ./usr/share/doc/husk/examples/containerd-husk.toml; do
   grep -q " $f\$" <<<"$contents" || { echo "FAIL: $f is not in the package"; exit 1; }
@@ -28,7 +28,9 @@ dpkg -i "$deb" >/dev/null
 clean_env=(env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/root)
 check=$("${clean_env[@]}" husk --root "$tmp/state" check) || { echo "FAIL: husk check after install:"; echo "$check"; exit 1; }
 grep -q "/usr/share/husk/vmlinux" <<<"$check" || { echo "FAIL: husk check does not use the package's kernel:"; echo "$check"; exit 1; }
-grep -q "/usr/lib/husk/bin/husk-vmm" <<<"$check" || { echo "FAIL: husk check does not use the package's monitor:"; echo "$check"; exit 1; }
+for p in husk-vmm husk-vsockd virtiofsd; do
+  grep -q "/usr/lib/husk/bin/$p" <<<"$check" || { echo "FAIL: husk check does not use the package's $p:"; echo "$check"; exit 1; }
+done
 echo "ok   husk check: $(head -1 <<<"$check")"
 "$here/make-bundle.sh" "$tmp/b" sh -c 'echo from-the-package' >/dev/null
 out=$("${clean_env[@]}" husk --root "$tmp/state" run --bundle "$tmp/b" pkg-$$ </dev/null) \

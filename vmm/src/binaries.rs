@@ -1,4 +1,4 @@
-//! Finding the helper programs (qemu, virtiofsd, vhost-device-vsock).
+//! Finding the helper programs (qemu, virtiofsd, husk-vsockd).
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -58,6 +58,23 @@ pub fn locate(name: &'static str, explicit: Option<&Path>) -> Result<PathBuf, Bi
     locate_in(name, &dirs)
 }
 
+/// Finds a device daemon the monitor runs (`husk-vsockd`, `virtiofsd`):
+/// `explicit` if given, else the one next to the running program (the
+/// monitor and its daemons are installed together: `/usr/local/bin` by
+/// setup.sh, `/usr/lib/husk/bin` by the package), else as [`locate`] does.
+pub fn locate_own(name: &'static str, explicit: Option<&Path>) -> Result<PathBuf, BinaryError> {
+    if explicit.is_some() {
+        return locate(name, explicit);
+    }
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned));
+    if let Some(p) = own_dir.map(|d| d.join(name)).filter(|p| is_executable(p)) {
+        return Ok(p);
+    }
+    locate(name, None)
+}
+
 /// [`locate`] over explicit directories.
 pub fn locate_in(name: &'static str, dirs: &[PathBuf]) -> Result<PathBuf, BinaryError> {
     dirs.iter()
@@ -108,6 +125,10 @@ mod tests {
         let err = locate_in("nope", &[first]).unwrap_err().to_string();
         assert!(err.contains("cannot find nope"), "{err}");
         let err = locate("prog", Some(&plain)).unwrap_err().to_string();
+        assert!(err.contains("not an executable"), "{err}");
+        // An own helper: the explicit path wins, and must be executable.
+        assert_eq!(locate_own("prog", Some(&exe)).unwrap(), exe);
+        let err = locate_own("prog", Some(&plain)).unwrap_err().to_string();
         assert!(err.contains("not an executable"), "{err}");
     }
 }

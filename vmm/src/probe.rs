@@ -28,7 +28,7 @@ pub fn host_report(choice: EngineChoice, binaries: &BinaryPaths) -> HostReport {
             binaries.virtiofsd.as_deref(),
         ),
         (
-            "vhost-device-vsock",
+            crate::daemons::VSOCK_PROGRAM,
             "the vsock daemon (the agent's connections)",
             true,
             binaries.vhost_device_vsock.as_deref(),
@@ -41,7 +41,11 @@ pub fn host_report(choice: EngineChoice, binaries: &BinaryPaths) -> HostReport {
         ),
     ]
     .into_iter()
-    .map(|(name, role, required, explicit)| program(name, role, required, explicit))
+    .map(|(name, role, required, explicit)| {
+        // The daemons are looked for as the monitor does: next to it first.
+        let own = name != "qemu-system-x86_64";
+        program(name, role, required, explicit, own)
+    })
     .collect();
     HostReport {
         hardware_virtualization: facts.hardware_virtualization(),
@@ -66,6 +70,7 @@ fn program(
     role: &str,
     required: bool,
     explicit: Option<&Path>,
+    own: bool,
 ) -> ProgramReport {
     let mut r = ProgramReport {
         name: name.into(),
@@ -75,7 +80,12 @@ fn program(
         version: None,
         error: None,
     };
-    match crate::binaries::locate(name, explicit) {
+    let found = if own {
+        crate::binaries::locate_own(name, explicit)
+    } else {
+        crate::binaries::locate(name, explicit)
+    };
+    match found {
         Ok(p) => {
             match version_of(&p) {
                 Ok(v) => r.version = Some(v),
@@ -144,7 +154,13 @@ mod tests {
         assert_eq!(version_of(&ok).unwrap(), "tool 1.2.3");
         let e = version_of(&bad).unwrap_err();
         assert!(e.contains("bad --version failed"), "{e}");
-        let r = program("prog", "a test", true, Some(&t.path().join("missing")));
+        let r = program(
+            "prog",
+            "a test",
+            true,
+            Some(&t.path().join("missing")),
+            false,
+        );
         assert!(r.path.is_none() && r.version.is_none());
         assert!(r.error.unwrap().contains("not an executable file"));
     }

@@ -111,8 +111,8 @@ impl Vm {
                 .map_err(|e| EngineError::Builtin(e.into()))?;
         }
         // Resolve every program before starting anything.
-        let vsock_bin = crate::binaries::locate(
-            "vhost-device-vsock",
+        let vsock_bin = crate::binaries::locate_own(
+            crate::daemons::VSOCK_PROGRAM,
             cfg.binaries.vhost_device_vsock.as_deref(),
         )
         .map_err(DaemonError::from)?;
@@ -120,7 +120,7 @@ impl Vm {
             None
         } else {
             Some(
-                crate::binaries::locate("virtiofsd", cfg.binaries.virtiofsd.as_deref())
+                crate::binaries::locate_own("virtiofsd", cfg.binaries.virtiofsd.as_deref())
                     .map_err(DaemonError::from)?,
             )
         };

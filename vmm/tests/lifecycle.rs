@@ -114,7 +114,7 @@ fn dying_daemon_stops_everything() {
         let procs = processes_mentioning(needle.to_str().unwrap());
         let (pid, _) = procs
             .iter()
-            .find(|(_, c)| c.contains("vhost-device-vsock"))
+            .find(|(_, c)| c.contains("husk-vsockd"))
             .expect("daemon running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid as i32),
@@ -127,7 +127,7 @@ fn dying_daemon_stops_everything() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("device daemon died: vhost-device-vsock exited with signal 9"),
+        stderr.contains("device daemon died: husk-vsockd exited with signal 9"),
         "{stderr}"
     );
     assert_nothing_left(&state);
@@ -216,7 +216,7 @@ fn clear_errors() {
             "--qemu",
             "/bin/true",
         ],
-        "vhost-device-vsock exited with exit code 1 before serving",
+        "husk-vsockd exited with exit code 1 before serving",
     );
     let cfg = tmp.path().join("c.json");
     std::fs::write(&cfg, r#"{"kernel":"/k","state_dir":"/s","vcpu":2}"#).unwrap();
@@ -230,8 +230,10 @@ const FAKE_VIRTIOFSD: &str = include_str!("fixtures/fake-virtiofsd.sh");
 
 #[test]
 fn virtiofsd_sandbox_fails_closed_unless_the_operator_opts_in() {
-    let Ok(vsock) = husk_vmm::binaries::locate("vhost-device-vsock", None) else {
-        return skip("vhost-device-vsock not installed");
+    let beside = Path::new(VMM).with_file_name("husk-vsockd");
+    let Ok(vsock) = husk_vmm::binaries::locate("husk-vsockd", beside.is_file().then_some(&*beside))
+    else {
+        return skip("husk-vsockd not built");
     };
     if Command::new("python3").arg("-c").arg("").status().is_err() {
         return skip("the fake virtiofsd needs python3");

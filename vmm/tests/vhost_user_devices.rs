@@ -550,6 +550,187 @@ fn vsock_guest_connects_to_host_listener() {
     assert!(!log.contains("error reading TX packet"), "{log}");
 }
 
+/// `husk-vsockd`: `$HUSK_VSOCKD`, the one this test build sits next to
+/// (`target/<profile>/`), or the monitor's lookup.
+fn find_vsockd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HUSK_VSOCKD") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let beside = exe.parent()?.parent()?.join("husk-vsockd");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    find_binary("husk-vsockd")
+}
+
+impl VsockGuest<'_> {
+    /// Sends one packet on TX with the header in one descriptor and the
+    /// payload spread over `parts` descriptors (as Linux 6.12 does for a
+    /// large skb), uneven sizes.
+    fn send_parts(&mut self, t: &mut MmioTransport, hdr: VsockHdr, payload: &[u8], parts: usize) {
+        let a = self.next_tx_buf();
+        self.mem
+            .write_slice(&hdr.encode(), GuestAddress(a))
+            .unwrap();
+        let mut bufs = vec![(a, VSOCK_HDR_LEN as u32, false)];
+        let mut rest = payload;
+        for i in 0..parts {
+            let n = if i + 1 == parts {
+                rest.len()
+            } else {
+                (rest.len() / (parts - i)).saturating_sub(i * 7)
+            };
+            let b = self.next_tx_buf();
+            self.mem.write_slice(&rest[..n], GuestAddress(b)).unwrap();
+            bufs.push((b, n as u32, false));
+            rest = &rest[n..];
+        }
+        self.tx.add(&bufs);
+        w(t, reg::QUEUE_NOTIFY, 1);
+        if self.tx.wait_used(TIMEOUT).is_none() {
+            panic!("the daemon never used TX packet {hdr:?}");
+        }
+    }
+}
+
+#[test]
+fn husk_vsockd_serves_the_builtin_frontend() {
+    let Some(bin) = find_vsockd() else {
+        return skip("husk-vsockd not built (cargo build -p husk-vsockd)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vhost-vsock.sock");
+    let uds = dir.path().join("vsock.uds");
+    let listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--guest-cid")
+        .arg(GUEST_CID.to_string())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--uds-path")
+        .arg(&uds)
+        .env("RUST_LOG", "debug");
+    Confinement::vsock().unwrap().install(&mut cmd);
+    let daemon = Daemon::spawn(cmd, dir, &sock);
+
+    let mem = create_guest_memory(16 << 20).unwrap();
+    let dev = VhostUserDevice::vsock(&sock, GUEST_CID).unwrap();
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
+    assert_eq!(r(&mut t, reg::DEVICE_ID), 19);
+    let mut cid = [0u8; 8];
+    t.read(reg::CONFIG, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+
+    // A host client before the driver is up: its CONNECT waits for it.
+    let mut early = UnixStream::connect(&uds).unwrap();
+    early.write_all(b"CONNECT 6000\n").unwrap();
+
+    negotiate(&mut t);
+    let mut g = VsockGuest::start(&mem, &mut t);
+    let (req, _) = g.recv_op(&mut t, OP_REQUEST);
+    assert_eq!(
+        (req.src_cid, req.dst_cid, req.dst_port),
+        (2, GUEST_CID, 6000)
+    );
+    let mut resp = g.hdr(OP_RESPONSE, 0);
+    (resp.src_port, resp.dst_port) = (6000, req.src_port);
+    g.send(&mut t, resp, &[], false);
+    let mut ok = [0u8; 32];
+    early.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let n = early.read(&mut ok).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&ok[..n]).unwrap(),
+        format!("OK {}\n", req.src_port)
+    );
+    // The client goes away: the guest hears SHUTDOWN(SEND), resets.
+    drop(early);
+    let (sh, _) = g.recv_op(&mut t, OP_SHUTDOWN);
+    assert_eq!((sh.dst_port, sh.flags), (6000, 2));
+    let mut rst = g.hdr(OP_RST, 0);
+    (rst.src_port, rst.dst_port) = (6000, sh.src_port);
+    g.send(&mut t, rst, &[], false);
+
+    // Guest connect: REQUEST on TX, the daemon connects to U_1234, RESPONSE on RX.
+    let req = g.hdr(OP_REQUEST, 0);
+    g.send(&mut t, req, &[], false);
+    let mut host = accept_with_timeout(&listener);
+    let (resp, _) = g.recv_op(&mut t, OP_RESPONSE);
+    assert_eq!(
+        (resp.src_cid, resp.dst_cid, resp.src_port, resp.dst_port),
+        (2, GUEST_CID, HOST_PORT, GUEST_PORT)
+    );
+
+    // Guest -> host: one descriptor, two, and a payload over three and
+    // over eight descriptors.
+    let mut want = Vec::new();
+    let one = b"hello from the guest, one descriptor";
+    g.send(&mut t, g.hdr(OP_RW, one.len() as u32), one, false);
+    want.extend_from_slice(one);
+    let two = vec![0x5au8; 3000];
+    g.send(&mut t, g.hdr(OP_RW, two.len() as u32), &two, true);
+    want.extend_from_slice(&two);
+    for parts in [3, 8] {
+        let data: Vec<u8> = (0..3500u32)
+            .map(|i| (i * parts as u32 % 251) as u8)
+            .collect();
+        g.send_parts(&mut t, g.hdr(OP_RW, data.len() as u32), &data, parts);
+        want.extend_from_slice(&data);
+    }
+    let mut got = vec![0u8; want.len()];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+
+    // Host -> guest.
+    let back = b"hello from the host";
+    host.write_all(back).unwrap();
+    let mut received = Vec::new();
+    while received.len() < back.len() {
+        let (h, d) = g.recv_op(&mut t, OP_RW);
+        assert_eq!((h.src_port, h.dst_port), (HOST_PORT, GUEST_PORT));
+        received.extend_from_slice(&d);
+    }
+    assert_eq!(received, back);
+
+    // The host half-closes: the guest gets SHUTDOWN(SEND) and can still send.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    let (sh, _) = g.recv_op(&mut t, OP_SHUTDOWN);
+    assert_eq!(sh.flags, 2);
+    g.send(&mut t, g.hdr(OP_RW, 4), b"more", false);
+    let mut more = [0u8; 4];
+    host.read_exact(&mut more).unwrap();
+    assert_eq!(&more, b"more");
+
+    // The guest closes: the host sees EOF and the guest its RST.
+    let mut h = g.hdr(OP_SHUTDOWN, 0);
+    h.flags = 3;
+    g.send(&mut t, h, &[], false);
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    g.recv_op(&mut t, OP_RST);
+
+    // Reset, then the driver again on fresh rings: connect once more.
+    w(&mut t, reg::STATUS, 0);
+    assert_eq!(r(&mut t, reg::STATUS), 0);
+    drop(g);
+    mem.write_slice(&[0u8; 0x3_0000], GuestAddress(0x1_0000))
+        .unwrap();
+    negotiate(&mut t);
+    let mut g = VsockGuest::start(&mem, &mut t);
+    let mut req = g.hdr(OP_REQUEST, 0);
+    req.src_port = GUEST_PORT + 1;
+    g.send(&mut t, req, &[], false);
+    let _host2 = accept_with_timeout(&listener);
+    let (resp, _) = g.recv_op(&mut t, OP_RESPONSE);
+    assert_eq!(resp.dst_port, GUEST_PORT + 1);
+    w(&mut t, reg::STATUS, 0);
+
+    drop(t);
+    let log = daemon.log_text();
+    assert!(!log.contains("dropping a TX chain"), "{log}");
+}
+
 // ---------------------------------------------------------------- virtio-fs
 
 /// FUSE wire structs (`include/uapi/linux/fuse.h`, protocol 7.31), written

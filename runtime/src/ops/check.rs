@@ -306,7 +306,7 @@ pub fn engine(h: &HostReport) -> Check {
 fn program(p: &husk_vmm_contract::host::ProgramReport) -> Check {
     let name: &'static str = match p.name.as_str() {
         "virtiofsd" => "virtiofsd",
-        "vhost-device-vsock" => "vhost-device-vsock",
+        "husk-vsockd" => "husk-vsockd",
         "qemu-system-x86_64" => "qemu",
         _ => "helper program",
     };

@@ -79,7 +79,8 @@ fn filters_compile() {
     let v = Confinement::virtiofsd(VirtiofsdSandbox::Namespace).unwrap();
     assert_eq!(v.filters().len(), 3);
     let s = Confinement::vsock().unwrap();
-    assert_eq!(s.filters().len(), 3);
+    // The three refusal filters and husk-vsockd's allowlist.
+    assert_eq!(s.filters().len(), 4);
     for p in v.filters().iter().chain(s.filters()) {
         assert!(!p.is_empty() && p.len() < 4096);
     }
@@ -278,6 +279,13 @@ fn vsock_filter_allows_reading_and_unix_sockets_only() {
         // SAFETY: a raw syscall on integers and NUL-terminated paths that outlive it.
         let ptrace = errno_of(unsafe { libc::syscall(libc::SYS_ptrace, 0, 0, 0, 0) });
         assert_eq!(ptrace, libc::EPERM);
+        // Harmless but not on husk-vsockd's allowlist.
+        // SAFETY: a raw syscall on integers.
+        let kill = errno_of(unsafe { libc::syscall(libc::SYS_kill, std::process::id(), 0) });
+        assert_eq!(kill, libc::EPERM);
+        // SAFETY: as above.
+        let uid = errno_of(unsafe { libc::syscall(libc::SYS_getuid) });
+        assert_eq!(uid, libc::EPERM);
     });
 }
 
@@ -317,7 +325,7 @@ fn a_confined_child_has_no_new_privs_filters_and_its_capabilities() {
     assert_eq!(s["NoNewPrivs"], "1");
     assert_eq!(s["Seccomp"], "2");
     if let Some(n) = s.get("Seccomp_filters") {
-        assert_eq!(n, "3");
+        assert_eq!(n, "4");
     }
 
     let conf = Confinement::virtiofsd(VirtiofsdSandbox::Namespace).unwrap();

@@ -1,5 +1,5 @@
 //! The vhost-user device daemons, one set per VM: one `virtiofsd` per share
-//! and one `vhost-device-vsock`. The monitor starts them before the engine,
+//! and one `husk-vsockd`. The monitor starts them before the engine,
 //! waits for their sockets, and stops them on every exit path.
 
 pub mod confine;
@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 pub use virtiofsd::{start_virtiofsd, virtiofsd_args};
-pub use vsock::{start_vsock, vsock_args};
+pub use vsock::{start_vsock, vsock_args, PROGRAM as VSOCK_PROGRAM};
 
 use crate::binaries::BinaryError;
 use crate::process::{describe, ProcessError, Supervised};
@@ -115,7 +115,7 @@ pub fn remove_socket(path: &Path) {
     }
 }
 
-/// Removes `uds` and the `UDS_PORT` sockets vhost-device-vsock creates for
+/// Removes `uds` and the `UDS_PORT` sockets the vsock backend creates for
 /// guest-initiated connections.
 pub fn remove_vsock_sockets(uds: &Path) {
     remove_socket(uds);
