@@ -10,6 +10,24 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Condvar;
 
+/// The ready line: the container's pid, and the boot stages the
+/// supervisor passed (the guest was already started), in order.
+fn assert_ready_with_stages(line: &str) {
+    let Ok(husk_vmm_contract::ReadyReport::Ready { pid, boot }) =
+        husk_vmm_contract::ReadyReport::parse(line)
+    else {
+        panic!("not a ready line: {line:?}")
+    };
+    assert_eq!(pid, Some(42));
+    // Other tests in this process record stages too: these two, in order.
+    let at = |stage: &str| boot.iter().position(|s| s.stage == stage);
+    let (answered, created) = (at("agent answered"), at("container created"));
+    assert!(
+        answered.is_some() && answered < created,
+        "no agent answered, then container created: {line}"
+    );
+}
+
 #[derive(Default)]
 struct State {
     out: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
@@ -251,7 +269,7 @@ fn runs_a_container_end_to_end_against_a_fake_agent() {
     assert_eq!(guest.events, ["stopped", "shutdown"]);
     let mut line = String::new();
     io.ready_r.read_to_string(&mut line).unwrap();
-    assert_eq!(line, "{\"ok\":true,\"pid\":42}\n");
+    assert_ready_with_stages(&line);
     assert!(io.out.join().unwrap() == input, "stdout differs from stdin");
     assert_eq!(io.err.join().unwrap(), b"to-stderr\n");
     let log = st.log.lock().unwrap().join("\n");
@@ -303,7 +321,7 @@ fn runs_a_container_under_the_main_and_pump_filters() {
     assert_eq!(status, 7);
     let mut line = String::new();
     io.ready_r.read_to_string(&mut line).unwrap();
-    assert_eq!(line, "{\"ok\":true,\"pid\":42}\n");
+    assert_ready_with_stages(&line);
     assert!(io.out.join().unwrap() == input, "stdout differs from stdin");
     assert_eq!(io.err.join().unwrap(), b"to-stderr\n");
     assert_eq!(st.log.lock().unwrap().len(), 5);

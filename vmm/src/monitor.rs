@@ -86,7 +86,11 @@ impl ReadyFd {
 
     /// Reports success (with the container's guest pid in container mode).
     pub fn ok(&mut self, pid: Option<i32>) {
-        let boot = BOOT.lock().map(|b| b.clone()).unwrap_or_default();
+        // One monitor boots one VM: the stages are this process's.
+        let boot = BOOT
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
         self.send(ReadyReport::Ready {
             pid: pid.map(i64::from),
             boot,
