@@ -1,6 +1,6 @@
 //! The container's cgroup on the host: the VM's host processes (the
 //! monitor, and what it starts: the qemu engine or the builtin engine's
-//! threads, virtiofsd, vhost-device-vsock) live in the cgroup
+//! threads, virtiofsd, husk-vsockd) live in the cgroup
 //! `linux.cgroupsPath` names, on every hierarchy the host has mounted, with
 //! limits derived from the VM's size ([`HostLimits`]). The container's own
 //! `linux.resources` are still enforced in the guest, by the agent; this
@@ -80,7 +80,7 @@ pub const DEFAULT_PREFIX: &str = "husk";
 
 /// Host memory the VM's processes need beyond guest RAM, MiB: the engine
 /// (qemu's heap, and under TCG its translation cache: the largest part),
-/// the monitor, virtiofsd and vhost-device-vsock, the kernel's memory for
+/// the monitor, virtiofsd and husk-vsockd, the kernel's memory for
 /// them (page tables over the guest's RAM, sockets), and what virtiofsd
 /// has in the page cache (reclaimable, so it only makes the kernel reclaim
 /// sooner). Measured (QEMU TCG, debug build, a busybox container writing

@@ -1,6 +1,6 @@
 //! husk's per-container monitor: runs one microVM (with its builtin KVM
 //! engine, the `husk-kvm` crate in `vmm/kvm/`, or QEMU), supervises its vhost-user device
-//! daemons (virtiofsd, vhost-device-vsock), and in container supervisor mode
+//! daemons (virtiofsd, husk-vsockd), and in container supervisor mode
 //! runs one container through the guest agent and exits with its status.
 //! See `vmm/README.md`. What the runtime and the monitor agree on (the
 //! config, the fds, the ready report, the state-directory records) is in

@@ -64,7 +64,7 @@ struct Args {
     /// Path of virtiofsd.
     #[arg(long)]
     virtiofsd: Option<PathBuf>,
-    /// Path of vhost-device-vsock.
+    /// Path of the vsock daemon (husk-vsockd; the flag keeps its old name).
     #[arg(long)]
     vhost_device_vsock: Option<PathBuf>,
     /// virtiofsd's sandbox: namespace (default), or the weaker chroot or

@@ -492,7 +492,7 @@ fn hostile_guest_root_cannot_make_setuid_files_or_devices_on_the_host() {
         let Some(name) = s.get("Name").cloned() else {
             continue;
         };
-        if !name.starts_with("virtiofsd") && !name.starts_with("vhost-device-v") {
+        if !name.starts_with("virtiofsd") && !name.starts_with("husk-vsockd") {
             continue;
         }
         eprintln!(

@@ -5,8 +5,10 @@
 //! memfd-backed guest RAM the daemon maps too, kicks through `QueueNotify`
 //! and reads the used rings the daemon fills.
 //!
-//! Needs `vhost-device-vsock` and `virtiofsd` (skipped with a printed reason
-//! when missing, or for virtiofsd when not root). Both run confined as the
+//! Needs `husk-vsockd` and `virtiofsd` (skipped with a printed reason
+//! when missing, or for virtiofsd when not root). vhost-device-vsock 0.3.0,
+//! which husk ran before husk-vsockd, is no longer tested: husk does not
+//! run it. Both run confined as the
 //! monitor runs them (`husk_vmm::daemons::confine`), so this also shows the
 //! daemons still serve their devices under their seccomp filters and
 //! capability sets.
@@ -427,127 +429,6 @@ fn accept_with_timeout(l: &UnixListener) -> UnixStream {
             Err(e) => panic!("accept: {e}"),
         }
     }
-}
-
-#[test]
-fn vsock_guest_connects_to_host_listener() {
-    let Some(bin) = find_binary("vhost-device-vsock") else {
-        return skip("vhost-device-vsock not installed");
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vhost-vsock.sock");
-    let uds = dir.path().join("vsock.uds");
-    let listener = UnixListener::bind(format!("{}_{HOST_PORT}", uds.display())).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.arg("--guest-cid")
-        .arg(GUEST_CID.to_string())
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--uds-path")
-        .arg(&uds)
-        .env("RUST_LOG", "debug");
-    Confinement::vsock().unwrap().install(&mut cmd);
-    let daemon = Daemon::spawn(cmd, dir, &sock);
-
-    let mem = create_guest_memory(16 << 20).unwrap();
-    let dev = VhostUserDevice::vsock(&sock, GUEST_CID).unwrap();
-    let mut t = MmioTransport::new(Box::new(dev), mem.clone()).unwrap();
-    assert_eq!(r(&mut t, reg::DEVICE_ID), 19);
-    let mut cid = [0u8; 8];
-    t.read(reg::CONFIG, &mut cid);
-    assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
-
-    negotiate(&mut t);
-    let mut g = VsockGuest::start(&mem, &mut t);
-    assert_eq!(
-        r(&mut t, reg::INTERRUPT_STATUS) & 1,
-        1,
-        "INT_VRING kept set for the backend"
-    );
-    w(&mut t, reg::QUEUE_NOTIFY, 0);
-
-    // Connect: REQUEST on TX, the daemon connects to U_1234, RESPONSE on RX.
-    let req = g.hdr(OP_REQUEST, 0);
-    g.send(&mut t, req, &[], false);
-    let mut host = accept_with_timeout(&listener);
-    let (resp, _) = g.recv_op(&mut t, OP_RESPONSE);
-    assert_eq!(
-        (resp.src_cid, resp.dst_cid, resp.src_port, resp.dst_port),
-        (2, GUEST_CID, HOST_PORT, GUEST_PORT)
-    );
-    // The backend signalled the irqfd itself.
-    let irq = t.interrupt();
-    let start = Instant::now();
-    while irq.eventfd().read().is_err() {
-        assert!(start.elapsed() < TIMEOUT, "no interrupt from the backend");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-
-    // Guest -> host, header and payload in one descriptor.
-    let one = b"hello from the guest, one descriptor";
-    let h = g.hdr(OP_RW, one.len() as u32);
-    g.send(&mut t, h, one, false);
-    let mut got = vec![0u8; one.len()];
-    host.read_exact(&mut got).unwrap();
-    assert_eq!(got, one);
-
-    // Guest -> host, header and payload in two descriptors. That works in
-    // vhost-device-vsock 0.3.0; a payload spread over two or more
-    // descriptors does not (tried: header + 2000 + 1000 bytes): the daemon
-    // logs `error reading TX packet: DescriptorLengthTooSmall`, forwards
-    // nothing and never returns the chain to the used ring.
-    let two = vec![0x5au8; 3000];
-    let h = g.hdr(OP_RW, two.len() as u32);
-    g.send(&mut t, h, &two, true);
-    let mut got = vec![0u8; two.len()];
-    host.read_exact(&mut got).unwrap();
-    assert_eq!(got, two);
-
-    // Host -> guest.
-    let back = b"hello from the host";
-    host.write_all(back).unwrap();
-    let mut received = Vec::new();
-    while received.len() < back.len() {
-        let (h, d) = g.recv_op(&mut t, OP_RW);
-        assert_eq!((h.src_port, h.dst_port), (HOST_PORT, GUEST_PORT));
-        received.extend_from_slice(&d);
-    }
-    assert_eq!(received, back);
-
-    // Guest shuts the connection down: the host sees EOF.
-    let mut h = g.hdr(OP_SHUTDOWN, 0);
-    h.flags = 3;
-    g.send(&mut t, h, &[], false);
-    let mut rest = Vec::new();
-    host.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
-    let rst = g.hdr(OP_RST, 0);
-    g.send(&mut t, rst, &[], false);
-
-    // Reset stops the rings in the backend (GET_VRING_BASE) and clears the
-    // sticky interrupt bit.
-    w(&mut t, reg::STATUS, 0);
-    assert_eq!(r(&mut t, reg::STATUS), 0);
-    assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
-
-    // A driver that comes back (a rebooted guest) gets fresh rings and the
-    // same backend: connect once more.
-    drop(g);
-    mem.write_slice(&[0u8; 0x3_0000], GuestAddress(0x1_0000))
-        .unwrap();
-    negotiate(&mut t);
-    let mut g = VsockGuest::start(&mem, &mut t);
-    let mut req = g.hdr(OP_REQUEST, 0);
-    req.src_port = GUEST_PORT + 1;
-    g.send(&mut t, req, &[], false);
-    let _host2 = accept_with_timeout(&listener);
-    let (resp, _) = g.recv_op(&mut t, OP_RESPONSE);
-    assert_eq!(resp.dst_port, GUEST_PORT + 1);
-    w(&mut t, reg::STATUS, 0);
-
-    drop(t);
-    let log = daemon.log_text();
-    assert!(!log.contains("error reading TX packet"), "{log}");
 }
 
 /// `husk-vsockd`: `$HUSK_VSOCKD`, the one this test build sits next to

@@ -76,7 +76,7 @@ impl Report {
             s.push_str("effective configuration (flags > environment > file > built-in):\n");
             for e in &config.effective {
                 s.push_str(&format!(
-                    "  {:<20} {:<28} {}\n",
+                    "  {:<18} {}  ({})\n",
                     e.key,
                     e.value.as_deref().unwrap_or("-"),
                     e.source
