@@ -332,7 +332,10 @@ pub fn events(
                 // A paused VM answers nothing: no stats until it resumes.
                 let now = rt.root.load(id).ok().map(|st| live_status(rt, &st));
                 match now {
-                    None | Some(Status::Stopped) => return Ok(()),
+                    // The stop is recorded the moment the init exits, before
+                    // the watcher's last answer (the kills up to the exit)
+                    // has come: wait for it.
+                    None | Some(Status::Stopped) => return last_kills(&rx, id, out),
                     Some(Status::Paused) => continue,
                     Some(_) => {}
                 }
@@ -353,9 +356,54 @@ pub fn events(
     }
 }
 
+/// How long `events` waits, once the container stopped, for the
+/// watcher's last answer.
+const LAST_ANSWER: Duration = Duration::from_secs(10);
+
+/// Prints the OOM kills the watcher still reports once the container
+/// stopped, until its last answer (or [`LAST_ANSWER`]).
+fn last_kills(rx: &mpsc::Receiver<Watch>, id: &str, out: &mut dyn Write) -> Result<(), OpError> {
+    let end = Instant::now() + LAST_ANSWER;
+    while let Ok(Watch::Oom(n)) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        for _ in 0..n {
+            print(
+                out,
+                &Event {
+                    kind: "oom",
+                    id,
+                    data: None,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once the container stopped, the kills the watcher still reports are
+    /// printed before `events` returns; it returns at the watcher's end.
+    #[test]
+    fn kills_reported_after_the_stop_are_not_lost() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(Watch::Oom(2)).unwrap();
+        tx.send(Watch::Stopped).unwrap();
+        let mut out = Vec::new();
+        last_kills(&rx, "c", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.lines().all(|l| l.contains(r#""type":"oom""#)),
+            "{text}"
+        );
+        // A watcher already gone: nothing more, at once.
+        drop(tx);
+        let mut out = Vec::new();
+        last_kills(&rx, "c", &mut out).unwrap();
+        assert!(out.is_empty());
+    }
 
     fn shown(w: Vec<Watch>) -> Vec<String> {
         w.into_iter()
