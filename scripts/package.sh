@@ -86,6 +86,6 @@ Description: microVM-backed OCI container runtime
 CONTROL
 mkdir -p "$out"
 deb=$out/husk_${version}_amd64.deb
-fakeroot dpkg-deb --build -Zxz "$pkg" "$deb" >&2
+dpkg-deb --root-owner-group --build -Zxz "$pkg" "$deb" >&2
 log "built $deb ($(du -h "$deb" | cut -f1))"
 echo "$deb"
