@@ -307,18 +307,7 @@ pub fn events(
     let mut next = Instant::now() + opts.interval;
     loop {
         match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(Watch::Oom(n)) => {
-                for _ in 0..n {
-                    print(
-                        out,
-                        &Event {
-                            kind: "oom",
-                            id,
-                            data: None,
-                        },
-                    )?;
-                }
-            }
+            Ok(Watch::Oom(n)) => print_ooms(out, id, n)?,
             Ok(Watch::Stopped) => return Ok(()),
             Ok(Watch::Failed(e)) => {
                 if ended(rt, id) {
@@ -365,16 +354,22 @@ const LAST_ANSWER: Duration = Duration::from_secs(10);
 fn last_kills(rx: &mpsc::Receiver<Watch>, id: &str, out: &mut dyn Write) -> Result<(), OpError> {
     let end = Instant::now() + LAST_ANSWER;
     while let Ok(Watch::Oom(n)) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-        for _ in 0..n {
-            print(
-                out,
-                &Event {
-                    kind: "oom",
-                    id,
-                    data: None,
-                },
-            )?;
-        }
+        print_ooms(out, id, n)?;
+    }
+    Ok(())
+}
+
+/// Prints `n` runc `oom` events for container `id`.
+fn print_ooms(out: &mut dyn Write, id: &str, n: u64) -> Result<(), OpError> {
+    for _ in 0..n {
+        print(
+            out,
+            &Event {
+                kind: "oom",
+                id,
+                data: None,
+            },
+        )?;
     }
     Ok(())
 }
