@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 . "$root/scripts/lib.sh"
 
-apt_need cpio
+apt_need cpio binutils
 
 agent=${1:-}
 if [ -z "$agent" ]; then
@@ -39,7 +39,10 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{dev,proc,sys,run,tmp,mnt}
-install -m 0755 "$agent" "$stage/init"
+# Stripped (7.6 -> 6.1 MB): the initramfs stays in guest RAM as the root
+# filesystem, and every boot copies it there; panics still name their file
+# and line.
+install -s -m 0755 "$agent" "$stage/init"
 mkdir -p "$out.tmp"
 # Sorted names and fixed mtimes make the archive reproducible.
 (cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \

@@ -97,9 +97,14 @@ wait_line() {
   echo timeout
 }
 
+# uptime_at_listen FILE: the guest's own clock (ms since its kernel started)
+# in the agent's ready line.
+uptime_at_listen() { grep -a 'husk-agent listening' "$1" | grep -o 'uptime_ms=[0-9]*' | cut -d= -f2; }
+
 boot() {
   header "boot: process start to the guest's first console line / agent ready (ms)"
-  local t vk=() va=() qk=() qa=()
+  local t vk=() va=() vg=() qk=() qa=() qg=()
+  local accel; accel=$(grep -qE 'vmx|svm' /proc/cpuinfo && echo kvm || echo tcg)
   for i in $(seq "$N"); do
     local d=$work/vm$i; mkdir -p "$d"
     t=$(now)
@@ -107,21 +112,50 @@ boot() {
     local pid=$!
     vk+=("$(wait_line "$d/console.log" 'Linux version' "$t")")
     va+=("$(wait_line "$d/console.log" 'husk-agent listening' "$t")")
+    vg+=("$(uptime_at_listen "$d/console.log")")
     kill "$pid"; wait "$pid" 2>/dev/null
-    local accel; accel=$(grep -qE 'vmx|svm' /proc/cpuinfo && echo kvm || echo tcg)
+    # Bare QEMU: the same kernel and initramfs, QEMU's defaults otherwise
+    # (what anyone starting it by hand gets), no devices.
     t=$(now)
     qemu-system-x86_64 -accel "$accel" -cpu max -M microvm,acpi=off -m 256 -smp 1 -no-reboot \
       -nodefaults -no-user-config -display none -monitor none -serial "file:$d/q.log" \
-      -kernel "$KERNEL" -initrd "$INITRAMFS" -append 'console=ttyS0 panic=-1 quiet loglevel=6' &
+      -kernel "$KERNEL" -initrd "$INITRAMFS" -append 'console=ttyS0 panic=-1 quiet loglevel=6' 2>/dev/null &
     pid=$!
     qk+=("$(wait_line "$d/q.log" 'Linux version' "$t")")
     qa+=("$(wait_line "$d/q.log" 'husk-agent listening' "$t")")
+    qg+=("$(uptime_at_listen "$d/q.log")")
     kill "$pid"; wait "$pid" 2>/dev/null
   done
   row "husk-vmm ($engine): first console line" ms "${vk[@]}"
   row "qemu -M microvm alone, same kernel+initramfs: first line" ms "${qk[@]}"
   row "husk-vmm: agent listening (with virtio-fs + vsock daemons)" ms "${va[@]}"
   row "qemu -M microvm alone: agent listening (no devices)" ms "${qa[@]}"
+  row "husk-vmm: guest clock at agent listening (kernel start = 0)" ms "${vg[@]}"
+  row "qemu -M microvm alone: guest clock at agent listening" ms "${qg[@]}"
+  local r; r=$(awk -v h="$(printf '%s\n' "${va[@]}" | sort -n | sed -n "$(( (N + 1) / 2 ))p")" \
+    -v q="$(printf '%s\n' "${qa[@]}" | sort -n | sed -n "$(( (N + 1) / 2 ))p")" 'BEGIN { printf "%.2f", h / q }')
+  echo "husk-vmm / bare qemu, agent listening (medians): $r"
+  boot_stages
+}
+
+# boot_stages: where a container's create spends its time, from the boot
+# stages the monitor reports (`husk --debug create`), ms since husk-vmm
+# started.
+boot_stages() {
+  bundle bs sleep 3600
+  local -A st=()
+  local names=("device daemons ready" "engine started" "agent answered" "container created")
+  for i in $(seq "$N"); do
+    husk --debug --root "$ROOT" create -b "$work/bs" "bs$i" </dev/null >/dev/null 2>"$work/bs.log" || { echo "husk create failed"; return; }
+    husk --root "$ROOT" delete -f "bs$i"
+    for n in "${names[@]}"; do
+      st[$n]+=" $(grep "boot: $n\"" "$work/bs.log" | sed 's/.*ms="\([0-9]*\).*/\1/')"
+    done
+  done
+  for n in "${names[@]}"; do
+    # shellcheck disable=SC2086
+    row "husk create, boot stage: $n" ms ${st[$n]}
+  done
 }
 
 # rss_kib PID: resident KiB; pss_kib PID: proportional KiB.

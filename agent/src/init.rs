@@ -154,6 +154,16 @@ pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
 }
 
+/// Milliseconds since the guest kernel started (its `/proc/uptime`, 10 ms
+/// steps), for the ready line: the monitor measures the host's side of the
+/// boot, this is the guest's.
+pub fn uptime_ms() -> Option<u64> {
+    use procfs_core::FromRead;
+    let f = fs::File::open("/proc/uptime").ok()?;
+    let up = procfs_core::Uptime::from_read(f).ok()?;
+    Some(up.uptime_duration().as_millis() as u64)
+}
+
 /// The vsock port to listen on: `husk.agent_port=` or the default.
 pub fn agent_port() -> u32 {
     fs::read_to_string("/proc/cmdline")

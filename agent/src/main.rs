@@ -66,7 +66,8 @@ fn run(pid1: bool) -> anyhow::Result<()> {
         );
     }
     let listener = bind(&listen).context("listen")?;
-    tracing::info!(%listen, pid1, "husk-agent listening");
+    let uptime_ms = husk_agent::init::uptime_ms();
+    tracing::info!(%listen, pid1, uptime_ms, "husk-agent listening");
     let mut server = Server::new(Config { pid1, cgroup_root }, listener)?;
     let exit = server.run()?;
     tracing::info!(?exit, "husk-agent exiting");

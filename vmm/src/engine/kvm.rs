@@ -9,7 +9,7 @@ use std::time::Duration;
 use husk_kvm::{BuildOptions, Devices, ThreadHook, ThreadRole, Vmm, VmmError};
 use husk_vmm_contract::config::VmConfig;
 
-use super::{kernel_cmdline, EngineInstance, HostFacts};
+use super::{kernel_cmdline, Accel, EngineInstance, HostFacts};
 use crate::seccomp::ThreadKind;
 
 /// Confines the VMM's threads as the monitor's other threads are:
@@ -39,7 +39,7 @@ impl KvmEngine {
     ) -> Result<Self, VmmError> {
         let opts = BuildOptions {
             devices,
-            cmdline: kernel_cmdline(cfg),
+            cmdline: kernel_cmdline(cfg, Accel::Kvm),
             hardware_virtualization: HostFacts::probe().hardware_virtualization(),
             confine: confine_hook(),
         };

@@ -102,14 +102,38 @@ impl HostFacts {
     }
 }
 
-/// The guest command line, for either engine: ours first, the config's extra arguments last
-/// so they can override (`loglevel=7` beats `quiet`).
-pub fn kernel_cmdline(cfg: &VmConfig) -> String {
-    // no_timer_check: the IOAPIC timer self-test counts ticks against the
-    // wall clock, and a guest whose vCPUs are descheduled (emulation on a
-    // loaded host, nested KVM) fails it and panics ("IO-APIC + timer
-    // doesn't work"); the timer works, the check is what is unreliable.
-    let mut c = String::from("console=ttyS0 panic=-1 quiet no_timer_check");
+/// Boot options every guest gets, whatever the engine.
+///
+/// - `no_timer_check`: the IOAPIC timer self-test counts ticks against the
+///   wall clock, and a guest whose vCPUs are descheduled (emulation on a
+///   loaded host, nested KVM) fails it and panics ("IO-APIC + timer doesn't
+///   work"); the timer works, the check is what is unreliable.
+/// - `tsc=reliable`: the TSC is the VMM's (constant, synchronised across
+///   vCPUs), so the clocksource watchdog that would vet it against the
+///   jiffies has nothing to find, and the guest switches to it at once.
+/// - `pty.legacy_count=0`: no BSD `/dev/ptyXX` devices (nothing in a
+///   container uses them; the agent and every libc use /dev/ptmx). Making
+///   the 256 of them took 117 ms of a TCG boot (`initcall_debug`).
+const GUEST_BOOT_OPTIONS: &str =
+    "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable pty.legacy_count=0";
+
+/// Only where the guest's CPU is emulated (qemu TCG): `nolapic_timer`. TCG
+/// has no TSC-deadline timer, so the kernel calibrates the local APIC timer
+/// against the PIT, a fixed 100 ms of ticks that took 250 ms under TCG
+/// (`initcall_debug`: the gap before "smpboot: CPU0"); the PIT (microvm
+/// keeps it on) drives the clock events instead. Under KVM the guest sees
+/// TSC-deadline and skips that calibration, so the APIC timer stays.
+const EMULATED_CPU_BOOT_OPTIONS: &str = "nolapic_timer";
+
+/// The guest command line for a guest run by `accel` (the builtin engine is
+/// always [`Accel::Kvm`]): our options first, the config's extra arguments
+/// last so they can override (`loglevel=7` beats `quiet`).
+pub fn kernel_cmdline(cfg: &VmConfig, accel: Accel) -> String {
+    let mut c = String::from(GUEST_BOOT_OPTIONS);
+    if accel == Accel::Tcg {
+        c.push(' ');
+        c.push_str(EMULATED_CPU_BOOT_OPTIONS);
+    }
     if cfg.vsock.agent_port != husk_protocol::DEFAULT_AGENT_PORT {
         c.push_str(&format!(
             " {}={}",

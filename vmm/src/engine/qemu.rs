@@ -97,6 +97,7 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, console_fd: i32, drop_root: bool)
     // cgroup (guest RAM + the overhead in `host_cgroup`), so it is capped
     // at 128 MiB: a long, busy guest flushes it instead of growing qemu
     // towards that cgroup's limit.
+    let accel_kind = accel;
     let (accel, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg,tb-size=128", "max"),
@@ -107,7 +108,8 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, console_fd: i32, drop_root: bool)
         "-cpu".into(),
         cpu.into(),
         // acpi=off makes QEMU put virtio_mmio.device= on the guest command
-        // line (our kernel has no ACPI); PIT/PIC stay on so TCG can calibrate.
+        // line (our kernel has no ACPI); PIT/PIC stay on: TCG calibrates the
+        // TSC with the PIT and ticks with it (`nolapic_timer`).
         "-M".into(),
         "microvm,acpi=off,memory-backend=mem".into(),
         "-object".into(),
@@ -178,7 +180,7 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, console_fd: i32, drop_root: bool)
         out.push(i.clone().into());
     }
     out.push("-append".into());
-    out.push(kernel_cmdline(cfg).into());
+    out.push(kernel_cmdline(cfg, accel_kind).into());
     out
 }
 
@@ -370,14 +372,15 @@ mod tests {
         assert_eq!(a[a.len() - 2], "-append");
         assert_eq!(
             a[a.len() - 1],
-            "console=ttyS0 panic=-1 quiet no_timer_check husk.agent_port=2000 loglevel=7"
+            "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable pty.legacy_count=0 \
+             nolapic_timer husk.agent_port=2000 loglevel=7"
         );
 
         cfg.vsock.agent_port = husk_protocol::DEFAULT_AGENT_PORT;
         cfg.cmdline = None;
         assert_eq!(
-            kernel_cmdline(&cfg),
-            "console=ttyS0 panic=-1 quiet no_timer_check"
+            kernel_cmdline(&cfg, Accel::Kvm),
+            "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable pty.legacy_count=0"
         );
         cfg.net.clear();
         let none: Vec<String> = qemu_args(&cfg, Accel::Tcg, 9, false)
