@@ -5,7 +5,7 @@
 # Not a test: no thresholds; exits 0 whenever it measured.
 #
 # usage: tests/bench.sh [-n N] [SECTION...]
-#   sections: lifecycle boot memory io density net (default: all)
+#   sections: lifecycle boot memory io fsmodes density net (default: all)
 #   -n N      repetitions per row (default 5)
 # Needs root and scripts/setup.sh's install (husk, the guest, runc, crun).
 set -uo pipefail
@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 N=5
 if [ "${1:-}" = -n ]; then N=$2; shift 2; fi
-sections=${*:-lifecycle boot memory io density net}
+sections=${*:-lifecycle boot memory io fsmodes density net}
 [ "$(id -u)" -eq 0 ] || die "run as root"
 apt_need runc crun bc
 SHARE=${HUSK_PREFIX:-/usr/local}/share/husk
@@ -227,6 +227,81 @@ io() {
   row "host directory create+stat+unlink, same loop (host sh)" ops/s "${hs[@]}"
   row "vsock stream guest->host (exec stdout, 256 MiB)" MiB/s "${vs[@]}"
   row "vsock stream host->guest (exec stdin, 256 MiB)" MiB/s "${vr[@]}"
+}
+
+# fs_workload PREFIX: the virtio-fs rows of one configuration, in the
+# running container "fs" with the host directory $work/fsdata at /data:
+# sequential write (fsync'd), a cold read of a file the host wrote (host
+# cache dropped; the guest never saw it), the same file read again (warm:
+# whatever the guest's cache keeps), small-file create+stat+unlink.
+fs_workload() {
+  local x="husk --root $ROOT exec fs sh -c" t i w=() c=() r=() o=() e=()
+  for i in $(seq "$N"); do
+    t=$(now); $x "dd if=/dev/zero of=/data/w bs=1M count=128 conv=fsync 2>/dev/null"
+    w+=("$(( 128000 / $(ms_since "$t") ))")
+    dd if=/dev/urandom of="$work/fsdata/h$i" bs=1M count=128 2>/dev/null
+    echo 3 >/proc/sys/vm/drop_caches
+    t=$(now); $x "dd if=/data/h$i of=/dev/null bs=1M 2>/dev/null"
+    c+=("$(( 128000 / $(ms_since "$t") ))")
+    t=$(now); $x "dd if=/data/h$i of=/dev/null bs=1M 2>/dev/null"
+    r+=("$(( 128000 / $(ms_since "$t") ))")
+    t=$(now); $x 'cd /data && i=0; while [ $i -lt 300 ]; do echo x > s$i; stat s$i >/dev/null; rm s$i; i=$((i+1)); done'
+    o+=("$(( 300000 / $(ms_since "$t") ))")
+    t=$(now); $x 'i=0; while [ $i -lt 100 ]; do /bin/busybox true; i=$((i+1)); done'
+    e+=("$(( 100000 / $(ms_since "$t") ))")
+  done
+  row "$1: seq write 128 MiB, fsync" MiB/s "${w[@]}"
+  row "$1: seq read 128 MiB, cold" MiB/s "${c[@]}"
+  row "$1: seq read 128 MiB, again" MiB/s "${r[@]}"
+  row "$1: create+stat+unlink" ops/s "${o[@]}"
+  row "$1: exec /bin/busybox from the rootfs" execs/s "${e[@]}"
+  rm -f "$work"/fsdata/*
+}
+
+# fsmodes: virtio-fs configurations side by side (HUSK_VIRTIOFS_CACHE,
+# HUSK_VIRTIOFS_WRITEBACK, HUSK_VIRTIOFSD_THREADS), with the host directory
+# and the guest's own memory (tmpfs) as the ceilings, same run.
+fsmodes() {
+  header "virtio-fs configurations (MiB/s, ops/s; one 128 MiB file per read)"
+  mkdir -p "$work/fsdata"
+  bundle fs sleep 3600
+  jq --arg d "$work/fsdata" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
+    "$work/fs/config.json" > "$work/fs/c.json" && mv "$work/fs/c.json" "$work/fs/config.json"
+  local mode label first=1
+  for mode in ${HUSK_BENCH_FSMODES:-metadata:: auto:: never:: always:: auto:true: always:true: auto::4}; do
+    IFS=: read -r cache wb threads <<<"$mode"
+    label="cache=$cache${wb:+ writeback}${threads:+ threads=$threads}"
+    [ "$cache" = metadata ] && [ -z "$wb$threads" ] && label="$label (default)"
+    if ! env HUSK_VIRTIOFS_CACHE="$cache" HUSK_VIRTIOFS_WRITEBACK="${wb:-false}" ${threads:+HUSK_VIRTIOFSD_THREADS=$threads} \
+      husk --root "$ROOT" run -d -b "$work/fs" fs </dev/null >/dev/null 2>"$work/err"; then
+      echo "husk run with $label failed: $(tail -n1 "$work/err")"; continue
+    fi
+    if [ "$first" = 1 ]; then
+      first=0
+      local g=() t i
+      for i in $(seq "$N"); do
+        husk --root "$ROOT" exec fs sh -c 'dd if=/dev/zero of=/tmp/m bs=1M count=128 2>/dev/null'
+        t=$(now); husk --root "$ROOT" exec fs sh -c 'dd if=/tmp/m of=/dev/null bs=1M 2>/dev/null; rm /tmp/m'
+        g+=("$(( 128000 / $(ms_since "$t") ))")
+      done
+      row "guest tmpfs read 128 MiB (the guest's memory copy)" MiB/s "${g[@]}"
+    fi
+    fs_workload "$label"
+    husk --root "$ROOT" delete -f fs
+  done
+  local hw=() hr=() ho=()
+  for i in $(seq "$N"); do
+    t=$(now); dd if=/dev/zero of="$work/fsdata/w" bs=1M count=128 conv=fsync 2>/dev/null
+    hw+=("$(( 128000 / $(ms_since "$t") ))")
+    echo 3 >/proc/sys/vm/drop_caches
+    t=$(now); dd if="$work/fsdata/w" of=/dev/null bs=1M 2>/dev/null
+    hr+=("$(( 128000 / $(ms_since "$t") ))")
+    t=$(now); (cd "$work/fsdata" && i=0; while [ $i -lt 300 ]; do echo x > s$i; stat s$i >/dev/null; rm s$i; i=$((i+1)); done)
+    ho+=("$(( 300000 / $(ms_since "$t") ))")
+  done
+  row "host directory: seq write 128 MiB, fsync" MiB/s "${hw[@]}"
+  row "host directory: seq read 128 MiB, cold" MiB/s "${hr[@]}"
+  row "host directory: create+stat+unlink (host sh)" ops/s "${ho[@]}"
 }
 
 density() {

@@ -21,6 +21,9 @@
 //! | `max_vcpus` | `HUSK_MAX_VCPUS` | the most vCPUs |
 //! | `cgroup_parent` | `HUSK_CGROUP_PARENT` | the host cgroup VMs go under without a `linux.cgroupsPath` |
 //! | `virtiofsd_sandbox` | `HUSK_VIRTIOFSD_SANDBOX` | virtiofsd's sandbox: `namespace` (default), `chroot` or `none` |
+//! | `virtiofs_cache` | `HUSK_VIRTIOFS_CACHE` | the shares' cache policy: `metadata` (default: data is direct I/O), `auto`, `never` or `always` |
+//! | `virtiofs_writeback` | `HUSK_VIRTIOFS_WRITEBACK` | the guest's writeback cache on writable shares (default `false`: host processes see writes late, a killed VM loses them) |
+//! | `virtiofsd_threads` | `HUSK_VIRTIOFSD_THREADS` | virtiofsd's worker threads per share (default: virtiofsd's, none) |
 //!
 //! An unknown key, or a value that is not a string, integer, boolean or
 //! list of strings, is an error naming the key and the file.
@@ -36,7 +39,7 @@ pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 pub const DEFAULT_CONFIG: &str = "/etc/husk/husk.toml";
 
 /// Every key: (file key, environment variable, the built-in default).
-pub const KEYS: [(&str, &str, &str); 9] = [
+pub const KEYS: [(&str, &str, &str); 12] = [
     ("engine", "HUSK_ENGINE", "auto"),
     ("kernel", "HUSK_KERNEL", crate::sizing::DEFAULT_KERNEL),
     (
@@ -58,6 +61,13 @@ pub const KEYS: [(&str, &str, &str); 9] = [
         crate::host_cgroup::DEFAULT_PARENT,
     ),
     ("virtiofsd_sandbox", "HUSK_VIRTIOFSD_SANDBOX", "namespace"),
+    ("virtiofs_cache", "HUSK_VIRTIOFS_CACHE", "metadata"),
+    ("virtiofs_writeback", "HUSK_VIRTIOFS_WRITEBACK", "false"),
+    (
+        "virtiofsd_threads",
+        "HUSK_VIRTIOFSD_THREADS",
+        "virtiofsd's default (no pool)",
+    ),
 ];
 
 /// A configuration file could not be used.

@@ -202,7 +202,23 @@ fn the_guest_has_the_vcpus_and_memory_the_spec_asks_for() {
 #[test]
 fn writes_made_just_before_exit_are_on_the_host_when_run_returns() {
     require!(common::guest_ready());
-    let env = Env::new();
+    writes_before_exit_are_on_the_host(Env::new());
+}
+
+/// The same with the guest's writeback cache and `cache=always` (the
+/// fastest virtio-fs settings, not the default): the writes sit in the
+/// guest's page cache until the agent's Shutdown syncs them.
+#[test]
+fn writeback_cache_writes_made_just_before_exit_are_on_the_host() {
+    require!(common::guest_ready());
+    writes_before_exit_are_on_the_host(
+        Env::new()
+            .with_var("HUSK_VIRTIOFS_CACHE", "always")
+            .with_var("HUSK_VIRTIOFS_WRITEBACK", "true"),
+    );
+}
+
+fn writes_before_exit_are_on_the_host(env: Env) {
     let vol = env.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     let b = env.bundle(

@@ -11,7 +11,7 @@ use husk_vmm::monitor::{error_chain, ReadyFd, EXIT_FAILURE};
 use husk_vmm::seccomp::SeccompMode;
 use husk_vmm::signals::Signals;
 use husk_vmm_contract::config::{
-    ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig,
+    CachePolicy, ContainerConfig, EngineChoice, ShareConfig, VirtiofsdSandbox, VmConfig,
 };
 
 /// Runs one husk microVM and its device daemons; with a container section,
@@ -71,6 +71,18 @@ struct Args {
     /// none, which only an explicit choice here or in the config gives.
     #[arg(long, env = "HUSK_VIRTIOFSD_SANDBOX")]
     virtiofsd_sandbox: Option<VirtiofsdSandbox>,
+    /// virtio-fs cache policy for every share: metadata (the default), auto,
+    /// never or always.
+    #[arg(long, env = "HUSK_VIRTIOFS_CACHE")]
+    virtiofs_cache: Option<CachePolicy>,
+    /// The guest's writeback cache on every writable share (off by
+    /// default: writes reach the host late; see `ShareConfig::writeback`).
+    #[arg(long, env = "HUSK_VIRTIOFS_WRITEBACK")]
+    virtiofs_writeback: Option<bool>,
+    /// virtiofsd's worker threads for every share (virtiofsd's default
+    /// when unset).
+    #[arg(long, env = "HUSK_VIRTIOFSD_THREADS")]
+    virtiofsd_threads: Option<u32>,
     /// Seconds to wait for the agent.
     #[arg(long)]
     boot_timeout: Option<u64>,
@@ -145,6 +157,13 @@ fn build_config(a: &Args) -> anyhow::Result<VmConfig> {
     }
     if !a.shares.is_empty() {
         cfg.shares = a.shares.clone();
+    }
+    for share in &mut cfg.shares {
+        set!(a.virtiofs_cache, share.cache);
+        set!(a.virtiofs_writeback, share.writeback);
+        if a.virtiofsd_threads.is_some() {
+            share.threads = a.virtiofsd_threads;
+        }
     }
     if a.qemu.is_some() {
         cfg.binaries.qemu = a.qemu.clone();

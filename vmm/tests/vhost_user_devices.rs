@@ -764,6 +764,8 @@ fn virtiofs_init_lookup_open_read() {
         host_dir: share.clone(),
         cache: CachePolicy::Auto,
         readonly: false,
+        writeback: false,
+        threads: None,
     };
     let mut cmd = Command::new(bin);
     cmd.args(virtiofsd_args(

@@ -172,6 +172,8 @@ fn build(
         host_dir: share_dir,
         cache: Default::default(),
         readonly: false,
+        writeback: false,
+        threads: None,
     }];
     vm.container = Some(ContainerConfig {
         create: CreateContainer {

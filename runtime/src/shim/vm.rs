@@ -176,6 +176,8 @@ impl PodVm {
             host_dir: self.share.clone(),
             cache: Default::default(),
             readonly: false,
+            writeback: false,
+            threads: None,
         }];
         let net = match crate::network::netns_path(spec) {
             Some(ns) => crate::network::setup(&ns).map_err(|e| {

@@ -43,6 +43,8 @@ pub fn guest_ready() -> Result<(), String> {
 /// container left and checks nothing remains.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Environment variables every husk command of this env gets.
+    vars: Vec<(&'static str, String)>,
 }
 
 impl Env {
@@ -53,7 +55,16 @@ impl Env {
             .tempdir_in("/tmp")
             .unwrap();
         fs::create_dir(dir.path().join("r")).unwrap();
-        Env { dir }
+        Env {
+            dir,
+            vars: Vec::new(),
+        }
+    }
+
+    /// This env with `key=value` in every husk command's environment.
+    pub fn with_var(mut self, key: &'static str, value: &str) -> Env {
+        self.vars.push((key, value.to_owned()));
+        self
     }
 
     pub fn root(&self) -> PathBuf {
@@ -100,6 +111,7 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
         c.arg("--root").arg(self.root());
         c.env("HUSK_CGROUP_PARENT", self.cgroup_parent());
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c.stdin(Stdio::null());
         c
     }

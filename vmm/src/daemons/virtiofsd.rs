@@ -30,8 +30,21 @@ pub fn virtiofsd_args(
         share.cache.as_arg().into(),
         format!("--modcaps={}", virtiofsd_modcaps()).into(),
     ];
+    // Direct I/O refuses MAP_SHARED of a file (ENODEV) unless virtiofsd
+    // allows it; a shared mapping is then cached in the guest and seen by
+    // host processes when it is written back: what `auto` gives every
+    // file, only for mapped ones.
+    if share.cache.is_direct_io() {
+        a.push("--allow-mmap".into());
+    }
     if share.readonly {
         a.push("--readonly".into());
+    }
+    if share.writeback && !share.readonly {
+        a.push("--writeback".into());
+    }
+    if let Some(n) = share.threads {
+        a.push(format!("--thread-pool-size={n}").into());
     }
     a
 }

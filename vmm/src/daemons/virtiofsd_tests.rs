@@ -15,6 +15,8 @@ fn args() {
         host_dir: "/b/rootfs".into(),
         cache: CachePolicy::Auto,
         readonly: true,
+        writeback: false,
+        threads: None,
     };
     let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), VirtiofsdSandbox::Chroot);
     assert_eq!(
@@ -49,6 +51,36 @@ fn args() {
     }
 }
 
+#[test]
+fn writeback_and_threads_reach_virtiofsd_and_a_read_only_share_gets_no_writeback() {
+    let mut share: ShareConfig = "data=/d".parse().unwrap();
+    share.cache = "always".parse().unwrap();
+    share.writeback = true;
+    share.threads = Some(4);
+    let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), VirtiofsdSandbox::Namespace);
+    let a = strs(&a);
+    assert!(a.windows(2).any(|w| w == ["--cache", "always"]), "{a:?}");
+    assert!(!a.contains(&"--allow-mmap"), "{a:?}");
+    assert!(a.contains(&"--writeback"), "{a:?}");
+    assert!(a.contains(&"--thread-pool-size=4"), "{a:?}");
+    share.readonly = true;
+    share.threads = None;
+    let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), VirtiofsdSandbox::Namespace);
+    let a = strs(&a);
+    assert!(!a.contains(&"--writeback"), "{a:?}");
+    assert!(
+        !a.iter().any(|s| s.starts_with("--thread-pool-size")),
+        "{a:?}"
+    );
+    assert!("sometimes".parse::<CachePolicy>().is_err());
+    // The default: data as direct I/O, shared mappings still allowed.
+    let share: ShareConfig = "rootfs=/r".parse().unwrap();
+    let a = virtiofsd_args(&share, Path::new("/s/fs.sock"), VirtiofsdSandbox::Namespace);
+    let a = strs(&a);
+    assert!(a.windows(2).any(|w| w == ["--cache", "metadata"]), "{a:?}");
+    assert!(a.contains(&"--allow-mmap"), "{a:?}");
+}
+
 /// A stand-in for virtiofsd that cannot set up `--sandbox namespace` (as on
 /// a host without the privileges for it) and serves its socket otherwise;
 /// it records its arguments in `args` next to itself.
@@ -78,6 +110,8 @@ fn a_failing_namespace_sandbox_fails_the_start_unless_weaker_is_chosen() {
         host_dir,
         cache: CachePolicy::Auto,
         readonly: false,
+        writeback: false,
+        threads: None,
     });
     cfg.ensure_state_dir().unwrap();
     let program = crate::binaries::locate("virtiofsd", cfg.binaries.virtiofsd.as_deref()).unwrap();
