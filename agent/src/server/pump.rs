@@ -8,12 +8,18 @@ use husk_protocol::StreamKind;
 use nix::errno::Errno;
 use nix::sys::socket::{shutdown, Shutdown};
 
-// 32 KiB per read and write. The host's vsock backend (husk-vsockd)
-// takes a packet whose payload spans several descriptors, so large writes
-// are fine (vhost-device-vsock 0.3.0 refused them and forced one page per
-// write, ~5x slower guest->host); 32 KiB keeps this file's pipe test within
-// its 1 MiB pipes.
-const CHUNK: usize = 32 * 1024;
+// 64 KiB per read and write: the largest vsock packet the guest sends
+// (VIRTIO_VSOCK_MAX_PKT_BUF_SIZE), so one write is one packet and one
+// notification of the device. The host's vsock backend (husk-vsockd) takes
+// a packet whose payload spans several descriptors (vhost-device-vsock
+// 0.3.0 refused them and forced one page per write). Under emulation the
+// guest's CPU is what limits a stream, so the pump also reuses its buffer
+// instead of allocating (and zeroing) one per read.
+const CHUNK: usize = 64 * 1024;
+
+// Reads and writes per `service` call (1 MiB at most), so one busy stream
+// cannot starve the others.
+const ROUNDS: usize = 32;
 
 /// What a pump is attached to, for RemoveContainer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +39,10 @@ pub struct Pump {
     pub src: OwnedFd,
     /// Write side.
     pub dst: OwnedFd,
-    /// Bytes read and not yet written.
+    /// Bytes read; those from `pos` on are not written yet.
     pub buf: Vec<u8>,
+    /// How much of `buf` is written.
+    pub pos: usize,
     /// The source reached EOF (or EIO for a pty whose slave closed).
     pub src_eof: bool,
     /// Shut down the write side of `dst` (a socket) at the end, so the host
@@ -63,37 +71,41 @@ pub enum PumpState {
 impl Pump {
     /// Whether to poll the source for input.
     pub fn wants_read(&self) -> bool {
-        !self.src_eof && self.buf.is_empty()
+        !self.src_eof && !self.has_pending()
     }
 
     /// Whether to poll the destination for output room.
     pub fn wants_write(&self) -> bool {
-        !self.buf.is_empty()
+        self.has_pending()
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pos < self.buf.len()
     }
 
     /// Moves what it can without blocking.
     pub fn service(&mut self) -> PumpState {
-        // Bounded, so one busy stream cannot starve the others.
-        for _ in 0..64 {
-            if self.buf.is_empty() {
+        for _ in 0..ROUNDS {
+            if !self.has_pending() {
                 if self.src_eof {
                     return self.finish();
                 }
-                let mut chunk = vec![0u8; CHUNK];
-                match nix::unistd::read(self.src.as_raw_fd(), &mut chunk) {
+                // Zeroes only what the last short read left unused.
+                self.buf.resize(CHUNK, 0);
+                self.pos = 0;
+                let r = nix::unistd::read(self.src.as_raw_fd(), &mut self.buf);
+                self.buf.truncate(*r.as_ref().unwrap_or(&0));
+                match r {
                     Ok(0) | Err(Errno::EIO) | Err(Errno::ECONNRESET) => self.src_eof = true,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        self.buf = chunk;
-                    }
+                    Ok(_) => {}
                     Err(Errno::EAGAIN) => return PumpState::Open,
                     Err(Errno::EINTR) => {}
                     Err(_) => self.src_eof = true,
                 }
             } else {
-                match nix::unistd::write(&self.dst, &self.buf) {
+                match nix::unistd::write(&self.dst, &self.buf[self.pos..]) {
                     Ok(n) => {
-                        self.buf.drain(..n);
+                        self.pos += n;
                     }
                     Err(Errno::EAGAIN) => return PumpState::Open,
                     Err(Errno::EINTR) => {}
@@ -104,7 +116,7 @@ impl Pump {
         // EOF seen on the last round with nothing left to write: finish
         // now, since such a pump wants neither read nor write and would
         // never be polled again (its destination would stay open forever).
-        if self.src_eof && self.buf.is_empty() {
+        if self.src_eof && !self.has_pending() {
             return self.finish();
         }
         PumpState::Open
@@ -151,15 +163,16 @@ mod tests {
             nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
         )
         .unwrap();
-        // Round 1 writes the buffered chunk, rounds 2..=62 read and write
-        // 31 chunks, round 64 reads EOF.
-        let data = vec![7u8; 31 * CHUNK];
+        // Round 1 writes the buffered chunk, rounds 2..ROUNDS read and
+        // write ROUNDS / 2 - 1 chunks, the last round reads EOF.
+        let data = vec![7u8; (ROUNDS / 2 - 1) * CHUNK];
         assert_eq!(nix::unistd::write(&src_w, &data).unwrap(), data.len());
         drop(src_w);
         let mut p = Pump {
             src: src_r,
             dst: dst_w,
             buf: vec![1u8; CHUNK],
+            pos: 0,
             src_eof: false,
             shutdown_dst: false,
             key: Some(PumpKey {
@@ -172,6 +185,6 @@ mod tests {
         assert_eq!(p.service(), PumpState::Done);
         let mut got = vec![0u8; 33 * CHUNK];
         let n = nix::unistd::read(dst_r.as_raw_fd(), &mut got).unwrap();
-        assert_eq!(n, 32 * CHUNK);
+        assert_eq!(n, ROUNDS / 2 * CHUNK);
     }
 }
