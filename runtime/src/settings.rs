@@ -21,7 +21,7 @@
 //! | `max_vcpus` | `HUSK_MAX_VCPUS` | the most vCPUs |
 //! | `cgroup_parent` | `HUSK_CGROUP_PARENT` | the host cgroup VMs go under without a `linux.cgroupsPath` |
 //! | `virtiofsd_sandbox` | `HUSK_VIRTIOFSD_SANDBOX` | virtiofsd's sandbox: `namespace` (default), `chroot` or `none` |
-//! | `virtiofs_cache` | `HUSK_VIRTIOFS_CACHE` | the shares' cache policy: `metadata` (default: data is direct I/O), `auto`, `never` or `always` |
+//! | `virtiofs_cache` | `HUSK_VIRTIOFS_CACHE` | the shares' cache policy: `never` (default: nothing cached in the guest, data is direct I/O), `auto`, `metadata` or `always` |
 //! | `virtiofs_writeback` | `HUSK_VIRTIOFS_WRITEBACK` | the guest's writeback cache on writable shares (default `false`: host processes see writes late, a killed VM loses them) |
 //! | `virtiofsd_threads` | `HUSK_VIRTIOFSD_THREADS` | virtiofsd's worker threads per share (default: virtiofsd's, none) |
 //!
@@ -61,7 +61,7 @@ pub const KEYS: [(&str, &str, &str); 12] = [
         crate::host_cgroup::DEFAULT_PARENT,
     ),
     ("virtiofsd_sandbox", "HUSK_VIRTIOFSD_SANDBOX", "namespace"),
-    ("virtiofs_cache", "HUSK_VIRTIOFS_CACHE", "metadata"),
+    ("virtiofs_cache", "HUSK_VIRTIOFS_CACHE", "never"),
     ("virtiofs_writeback", "HUSK_VIRTIOFS_WRITEBACK", "false"),
     (
         "virtiofsd_threads",

@@ -71,8 +71,8 @@ struct Args {
     /// none, which only an explicit choice here or in the config gives.
     #[arg(long, env = "HUSK_VIRTIOFSD_SANDBOX")]
     virtiofsd_sandbox: Option<VirtiofsdSandbox>,
-    /// virtio-fs cache policy for every share: metadata (the default), auto,
-    /// never or always.
+    /// virtio-fs cache policy for every share: never (the default), auto,
+    /// metadata or always.
     #[arg(long, env = "HUSK_VIRTIOFS_CACHE")]
     virtiofs_cache: Option<CachePolicy>,
     /// The guest's writeback cache on every writable share (off by

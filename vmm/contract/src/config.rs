@@ -97,29 +97,34 @@ impl std::str::FromStr for EngineChoice {
 
 /// virtiofsd's `--cache` policy for a share.
 ///
-/// The default is [`CachePolicy::Metadata`]: file data is never cached in
-/// the guest (reads and writes go to virtiofsd as direct I/O, in requests
-/// as large as the guest's), metadata is. Measured under TCG
-/// (`tests/bench.sh fsmodes`): 3x the sequential read and 2x the write of
-/// `auto`, same small-file and exec rates, because the guest's own copy
-/// through its page cache is the slow part there; and every `write(2)` is
-/// on the host when it returns, so a VM stopped or killed loses nothing
-/// and host processes see writes at once. On a host where the guest's
-/// memory copies are cheap (hardware virtualization), `auto` re-reads hot
-/// files from the guest's cache faster; `virtiofs_cache` chooses.
+/// The default is [`CachePolicy::Never`]: file data is direct I/O (never
+/// in the guest's page cache, read and written in requests as large as the
+/// guest's), and nothing about the directory is cached in the guest.
+/// Measured under TCG (`tests/bench.sh fsmodes`): 3x the sequential read
+/// and 2.5x the write of `auto`, same exec rate, about two thirds of its
+/// small-file rate; the guest's own copy through its page cache is the slow
+/// part there. It keeps both promises a container runtime makes about a
+/// host directory: every `write(2)` is on the host when it returns (a VM
+/// stopped or killed loses nothing), and what the host changes is seen at
+/// once (kubelet updates a ConfigMap volume by swapping a symlink with a
+/// rename: `metadata` and `always` cache the old entry for a day, `auto`
+/// for a second).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CachePolicy {
-    /// Close-to-open consistency (attributes cached about a second, data
-    /// cached in the guest and revalidated on open): host-side changes
-    /// are seen by the next open.
+    /// Close-to-open consistency (entries and attributes cached for a
+    /// second, data cached in the guest and dropped at each open).
     Auto,
-    /// No guest caching at all: every lookup and access goes to the host.
-    Never,
-    /// Only metadata cached; data is direct I/O. The default.
+    /// No guest caching: every lookup and access goes to the host; data is
+    /// direct I/O. The default.
     #[default]
+    Never,
+    /// Entries and attributes cached for a day (host-side renames and
+    /// replacements are missed), data is direct I/O.
     Metadata,
-    /// Cache everything; only for directories nothing else writes.
+    /// Everything cached, for a day: only for directories nothing else
+    /// changes. Executables stay in the guest's page cache across opens,
+    /// which makes starting processes many times faster.
     Always,
 }
 
