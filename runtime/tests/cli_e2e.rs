@@ -218,6 +218,39 @@ fn writeback_cache_writes_made_just_before_exit_are_on_the_host() {
     );
 }
 
+/// What the host changes in a bind-mounted directory is seen by the next
+/// access in the guest: a file replaced by a rename (how kubelet updates a
+/// ConfigMap volume) and a file appended to. The default virtio-fs policy
+/// caches nothing in the guest; `metadata` or `always` would keep the old
+/// entry for a day.
+#[test]
+fn host_changes_to_a_bind_mount_are_seen_at_once() {
+    require!(common::guest_ready());
+    let env = Env::new();
+    let vol = env.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("f"), "one\n").unwrap();
+    let b = env.bundle("b", &[], &["sleep", "600"]);
+    env.edit_config(&b, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rw"]}));
+    });
+    env.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), "coh"]);
+    let cat = || env.ok(&["exec", "coh", "cat", "/vol/f"]);
+    assert_eq!(cat(), "one\n");
+    std::fs::write(vol.join("f.new"), "two\n").unwrap();
+    std::fs::rename(vol.join("f.new"), vol.join("f")).unwrap();
+    assert_eq!(cat(), "two\n", "a file replaced by a rename on the host");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(vol.join("f"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"three\n"))
+        .unwrap();
+    assert_eq!(cat(), "two\nthree\n", "a file appended to on the host");
+    env.ok(&["delete", "-f", "coh"]);
+    env.assert_clean();
+}
+
 fn writes_before_exit_are_on_the_host(env: Env) {
     let vol = env.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
