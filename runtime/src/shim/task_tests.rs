@@ -1158,6 +1158,11 @@ fn a_wait_on_an_exec_deleted_before_it_started_ends() {
     shim.exec("a", "x1", "").unwrap();
     let r = req!(WaitRequest, "a", "x1");
     let waiting = shim.in_background(move |task| task.wait(ctx(), &r));
+    // The Wait must be blocked in the shim before the delete (one that
+    // arrives after it is rightly NOT_FOUND), and a blocked Wait shows
+    // nothing a client can see: give its connection and call the time they
+    // take (milliseconds) many times over. Seen racing once in a full run.
+    thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(code(shim.start("a", "x1")), Code::FAILED_PRECONDITION);
     shim.delete_of("a", "x1").expect("delete x1");
     let waited = waiting.join().unwrap().expect("the wait on x1 ends");
