@@ -409,11 +409,13 @@ fn relay(rd: OwnedFd, mut log: BoundedLog, ready: &Ready, stop: &EventFd) {
                 break;
             }
         };
-        if watch.feed(&buf[..n]) {
-            ready.set();
-        }
+        // Logged before the ready line is announced, so that whoever hears
+        // of it finds the whole line in the log.
         if let Err(e) = log.write(&buf[..n], Instant::now()) {
             tracing::warn!(error = %e, "console relay: cannot write the log");
+        }
+        if watch.feed(&buf[..n]) {
+            ready.set();
         }
     }
     if log.dropped_total() > 0 {
