@@ -19,6 +19,9 @@ stats() {
   local s; s=$(printf '%s\n' "$@" | sort -n)
   echo "$(sed -n "$(( ($# + 1) / 2 ))p" <<<"$s") $(head -1 <<<"$s") $(tail -1 <<<"$s")"
 }
+# uptime_at_listen FILE: the guest's own clock (ms since its kernel
+# started) in the agent's ready line of console log FILE.
+uptime_at_listen() { grep -a 'husk-agent listening' "$1" | grep -o 'uptime_ms=[0-9]*' | cut -d= -f2 | head -1; }
 # KiB resident in PID's mappings other than the guest RAM memfd.
 rss_without_guest() {
   awk '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:/) } /^Rss:/ { if (!g) s += $2 } END { print s + 0 }' "/proc/$1/smaps"
@@ -34,12 +37,13 @@ declare -A R
 measure() {
   local engine=$1 i t mon q
   export HUSK_ENGINE=$engine
-  local cr=() rn=() rss=() fw=() fr=()
+  local cr=() gu=() rn=() rss=() fw=() fr=()
   for i in $(seq "$N"); do
     t=$(now); h run -b "$work/true" "t$i" </dev/null >/dev/null 2>&1 || echo "run t$i failed on $engine"
     rn+=("$(ms_since "$t")")
     t=$(now); h create -b "$work/idle" "c$i" </dev/null >/dev/null 2>&1 || { echo "create c$i failed on $engine"; continue; }
     cr+=("$(ms_since "$t")")
+    gu+=("$(uptime_at_listen "$ROOT/c$i/console.log")")
     h start "c$i"
     mon=$(h state "c$i" | jq .pid)
     local kib; kib=$(rss_without_guest "$mon")
@@ -55,6 +59,7 @@ measure() {
     h delete -f "c$i"
   done
   R[$engine,create]=$(stats "${cr[@]}")
+  R[$engine,guest]=$(stats "${gu[@]}")
   R[$engine,run]=$(stats "${rn[@]}")
   R[$engine,rss]=$(stats "${rss[@]}")
   R[$engine,fsw]=$(stats "${fw[@]}")
@@ -73,6 +78,7 @@ line() {
     "$(awk -v b="$bm" -v q="$qm" 'BEGIN { if (q > 0) printf "%.2f", b / q; else print "-" }')"
 }
 line "husk create: boot to agent listening + create" create ms
+line "  of which the guest: its clock at agent listening" guest ms
 line "husk run /bin/true: create to exit" run ms
 line "monitor + engine RSS without guest RAM" rss KiB
 line "virtio-fs sequential write 64 MiB (in guest)" fsw MiB/s
