@@ -2,7 +2,8 @@
 # Runs inside the nested tier's L1 (see bench.sh): the builtin engine next
 # to QEMU with KVM (`--engine qemu`, `-accel kvm`), same guest kernel,
 # initramfs and bundle, same run. Each row: median (min-max) per engine
-# and the builtin/qemu ratio of the medians.
+# and the builtin/qemu ratio of the medians. With a second argument
+# `density`, then the density run (see density() below).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -19,6 +20,9 @@ stats() {
   local s; s=$(printf '%s\n' "$@" | sort -n)
   echo "$(sed -n "$(( ($# + 1) / 2 ))p" <<<"$s") $(head -1 <<<"$s") $(tail -1 <<<"$s")"
 }
+# uptime_at_listen FILE: the guest's own clock (ms since its kernel
+# started) in the agent's ready line of console log FILE.
+uptime_at_listen() { grep -a 'husk-agent listening' "$1" | grep -o 'uptime_ms=[0-9]*' | cut -d= -f2 | head -1; }
 # KiB resident in PID's mappings other than the guest RAM memfd.
 rss_without_guest() {
   awk '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:/) } /^Rss:/ { if (!g) s += $2 } END { print s + 0 }' "/proc/$1/smaps"
@@ -34,12 +38,13 @@ declare -A R
 measure() {
   local engine=$1 i t mon q
   export HUSK_ENGINE=$engine
-  local cr=() rn=() rss=() fw=() fr=()
+  local cr=() gu=() rn=() rss=() fw=() fr=()
   for i in $(seq "$N"); do
     t=$(now); h run -b "$work/true" "t$i" </dev/null >/dev/null 2>&1 || echo "run t$i failed on $engine"
     rn+=("$(ms_since "$t")")
     t=$(now); h create -b "$work/idle" "c$i" </dev/null >/dev/null 2>&1 || { echo "create c$i failed on $engine"; continue; }
     cr+=("$(ms_since "$t")")
+    gu+=("$(uptime_at_listen "$ROOT/c$i/console.log")")
     h start "c$i"
     mon=$(h state "c$i" | jq .pid)
     local kib; kib=$(rss_without_guest "$mon")
@@ -55,12 +60,14 @@ measure() {
     h delete -f "c$i"
   done
   R[$engine,create]=$(stats "${cr[@]}")
+  R[$engine,guest]=$(stats "${gu[@]}")
   R[$engine,run]=$(stats "${rn[@]}")
   R[$engine,rss]=$(stats "${rss[@]}")
   R[$engine,fsw]=$(stats "${fw[@]}")
   R[$engine,fsr]=$(stats "${fr[@]}")
 }
 
+if [ "$N" -gt 0 ]; then
 echo "nested benchmark: $(nproc) L1 vCPUs (TCG-emulated AMD-V), N=$N"
 measure builtin
 measure qemu
@@ -73,8 +80,51 @@ line() {
     "$(awk -v b="$bm" -v q="$qm" 'BEGIN { if (q > 0) printf "%.2f", b / q; else print "-" }')"
 }
 line "husk create: boot to agent listening + create" create ms
+line "  of which the guest: its clock at agent listening" guest ms
 line "husk run /bin/true: create to exit" run ms
 line "monitor + engine RSS without guest RAM" rss KiB
 line "virtio-fs sequential write 64 MiB (in guest)" fsw MiB/s
 line "virtio-fs sequential read 64 MiB, cold (in guest)" fsr MiB/s
+fi
+
+# density: idle `sleep 3600` containers with 128 MiB guests on the builtin
+# engine, created (`run -d`) one after another until the PSS of their
+# monitors and the monitors' children (as tests/bench.sh's density()
+# counts it) reaches 4 GiB, a creation fails, or the time cap
+# (HUSK_NESTED_DENSITY_CAP_S, default 600 s) has passed.
+pss_kib() { awk '/^Pss:/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
+density() {
+  export HUSK_ENGINE=builtin
+  local cap=${HUSK_NESTED_DENSITY_CAP_S:-600} budget=$((4096 * 1024)) used=0 n=0 why t0 t mon p
+  local times=()
+  "$root/tests/make-bundle.sh" "$work/den" sleep 3600 >/dev/null
+  jq '.annotations["husk.memory_mib"] = "128"' "$work/den/config.json" >"$work/c.json" && mv "$work/c.json" "$work/den/config.json"
+  t0=$(now)
+  while :; do
+    if [ "$(ms_since "$t0")" -ge $((cap * 1000)) ]; then why="the ${cap} s time cap"; break; fi
+    t=$(now)
+    if ! h run -d -b "$work/den" "d$n" </dev/null >/dev/null 2>"$work/den.err"; then
+      why="creation $((n + 1)) failing: $(tail -n 3 "$work/den.err" | tr '\n' ' ')"
+      free -m
+      break
+    fi
+    times+=("$(ms_since "$t")")
+    n=$((n + 1))
+    used=0
+    for mon in $(h list -f json | jq '.[].pid'); do
+      for p in "$mon" $(pgrep -P "$mon"); do used=$((used + $(pss_kib "$p"))); done
+    done
+    if [ "$used" -ge "$budget" ]; then why="the 4 GiB PSS budget"; break; fi
+  done
+  local secs=$(( $(ms_since "$t0") / 1000 ))
+  echo
+  echo "density (builtin engine, idle 128 MiB guests, one after another): $n containers running after ${secs} s, stopped by $why"
+  if [ "$n" -gt 0 ]; then
+    awk -v u="$used" -v n="$n" 'BEGIN { printf "PSS of monitors + children: %d MiB in all, %.1f MiB per container, %.1f containers per GiB\n", u / 1024, u / 1024 / n, n * 1024 * 1024 / u }'
+    read -r m lo hi <<<"$(stats "${times[@]}")"
+    echo "time to create+start one more container: median $m ms ($lo-$hi), first ${times[0]} ms, last ${times[-1]} ms"
+  fi
+  for id in $(h list -q); do h delete -f "$id" >/dev/null 2>&1; done
+}
+[ "${2:-}" = density ] && density
 rm -rf "$work"

@@ -196,8 +196,9 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<Entry, BootErr
     };
 
     if let Some(path) = spec.initramfs {
-        let data = std::fs::read(path).map_err(read_err(path))?;
-        let size = data.len() as u64;
+        // Read straight into guest RAM (no copy through the heap).
+        let mut file = std::fs::File::open(path).map_err(read_err(path))?;
+        let size = file.metadata().map_err(read_err(path))?.len();
         let too_big = || BootError::InitramfsTooBig {
             path: path.to_path_buf(),
             size,
@@ -207,8 +208,12 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<Entry, BootErr
             .map(|a| a & !0xfff)
             .filter(|&a| a >= loaded.kernel_end)
             .ok_or_else(too_big)?;
-        mem.write_slice(&data, GuestAddress(addr))
-            .map_err(|_| BootError::Write("the initramfs"))?;
+        let count = usize::try_from(size).map_err(|_| too_big())?;
+        mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
+            .map_err(|e| BootError::Read {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            })?;
         let module = hvm_modlist_entry {
             paddr: addr,
             size,
@@ -308,5 +313,92 @@ mod tests {
         elf[18] = 62;
         std::fs::write(not_elf.path(), &elf).unwrap();
         check_kernel(not_elf.path()).unwrap();
+    }
+
+    /// A minimal PVH kernel: one 16-byte PT_LOAD at 16 MiB and the Xen
+    /// note naming its 32-bit entry.
+    fn tiny_pvh_elf() -> Vec<u8> {
+        let mut f = vec![0u8; 0x210];
+        f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        let put16 =
+            |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        let put32 =
+            |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 =
+            |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put16(&mut f, 16, 2); // ET_EXEC
+        put16(&mut f, 18, 62); // x86-64
+        put32(&mut f, 20, 1);
+        put64(&mut f, 24, HIMEM_START);
+        put64(&mut f, 32, 64); // program headers right after
+        put16(&mut f, 52, 64);
+        put16(&mut f, 54, 56);
+        put16(&mut f, 56, 2);
+        // PT_LOAD: 16 bytes from 0x200 at HIMEM_START.
+        let ph = 64;
+        put32(&mut f, ph, 1);
+        put64(&mut f, ph + 8, 0x200);
+        put64(&mut f, ph + 16, HIMEM_START);
+        put64(&mut f, ph + 24, HIMEM_START);
+        put64(&mut f, ph + 32, 16);
+        put64(&mut f, ph + 40, 16);
+        // PT_NOTE at 0x100: "Xen", XEN_ELFNOTE_PHYS32_ENTRY (18).
+        let ph = 64 + 56;
+        put32(&mut f, ph, 4);
+        put64(&mut f, ph + 8, 0x100);
+        put64(&mut f, ph + 32, 20);
+        put64(&mut f, ph + 40, 20);
+        put64(&mut f, ph + 48, 4);
+        put32(&mut f, 0x100, 4);
+        put32(&mut f, 0x104, 4);
+        put32(&mut f, 0x108, 18);
+        f[0x10c..0x110].copy_from_slice(b"Xen\0");
+        put32(&mut f, 0x110, HIMEM_START as u32);
+        f
+    }
+
+    #[test]
+    fn initramfs_lands_page_aligned_at_the_top_of_low_ram() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(kernel.path(), tiny_pvh_elf()).unwrap();
+        let initramfs = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(initramfs.path(), &data).unwrap();
+        let spec = BootSpec {
+            kernel: kernel.path(),
+            initramfs: Some(initramfs.path()),
+            cmdline: "console=ttyS0",
+            mmio_devices: &[],
+        };
+        let entry = load(&mem, &spec).unwrap();
+        assert_eq!(
+            entry,
+            Entry::Pvh {
+                entry: HIMEM_START,
+                start_info: START_INFO_ADDR
+            }
+        );
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(MODLIST_ADDR)).unwrap();
+        assert_eq!(module.size, data.len() as u64);
+        assert_eq!(module.paddr, ((64 << 20) - data.len() as u64) & !0xfff);
+        let mut back = vec![0u8; data.len()];
+        mem.read_slice(&mut back, GuestAddress(module.paddr))
+            .unwrap();
+        assert_eq!(back, data);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
+        assert_eq!(info.nr_modules, 1);
+
+        // An initramfs too big for RAM above the kernel is refused by name.
+        let big = tempfile::NamedTempFile::new().unwrap();
+        big.as_file().set_len(64 << 20).unwrap();
+        let spec = BootSpec {
+            initramfs: Some(big.path()),
+            ..spec
+        };
+        assert!(matches!(
+            load(&mem, &spec),
+            Err(BootError::InitramfsTooBig { .. })
+        ));
     }
 }

@@ -2,8 +2,10 @@
 //! for where the guest starts (the PVH 32-bit entry for Linux, 16-bit real
 //! mode for the tests' hand-assembled programs).
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Where the boot GDT lives for the PVH entry (below the real-mode IVT's
@@ -129,24 +131,48 @@ const CPUID7_EBX_SMAP: u32 = 1 << 20;
 /// AVX2 and the AVX-512 family need XSAVE-managed state.
 const CPUID7_EBX_AVX_FAMILY: u32 = (1 << 5) | 0xdc23_0000;
 
-/// Sets vCPU `id`'s CPUID: what KVM supports (including its paravirtual
-/// leaves 0x4000_0000.., kvm-clock among them), with this vCPU's APIC id
-/// and the VM's vCPU count.
-pub fn configure_cpuid(
-    kvm: &Kvm,
-    vcpu: &VcpuFd,
-    id: u8,
-    topo: CpuTopology,
-) -> Result<(), CpuError> {
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(vcpu_ioctl(id, "GET_SUPPORTED_CPUID"))?;
-    for e in cpuid.as_mut_slice() {
+/// CPUID leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode.
+const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// What this host's KVM offers beyond `KVM_GET_SUPPORTED_CPUID`: features
+/// KVM implements but leaves the VMM to advertise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvmExtras {
+    /// `KVM_CAP_TSC_DEADLINE_TIMER`: KVM emulates the LAPIC timer's
+    /// TSC-deadline mode, though `KVM_GET_SUPPORTED_CPUID` never lists its
+    /// bit. Advertised, Linux programs its timer with one MSR write per
+    /// event and needs no calibration; without it, Linux measures the
+    /// LAPIC timer's rate against the PIT for 100 ms of guest ticks at
+    /// boot ("Calibrating APIC timer"), which nested or loaded hosts
+    /// stretch well past that.
+    pub tsc_deadline: bool,
+}
+
+impl KvmExtras {
+    /// What `kvm` offers.
+    pub fn probe(kvm: &Kvm) -> Self {
+        Self {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        }
+    }
+}
+
+/// Shapes the CPUID entries KVM supports (`entries`, from
+/// `KVM_GET_SUPPORTED_CPUID`) for vCPU `id`: its APIC id and the VM's vCPU
+/// count (leaves 1, 0xb, 0x1f), the hypervisor bit, what `extras` offers,
+/// and the masks of [`CpuTopology::mask_for_emulation`]. KVM's paravirtual
+/// leaves (0x4000_0000.., kvm-clock, PV EOI, PV unhalt among them) pass
+/// unchanged.
+pub fn shape_cpuid(entries: &mut [kvm_cpuid_entry2], id: u8, topo: CpuTopology, extras: KvmExtras) {
+    for e in entries {
         match e.function {
             1 => {
                 // APIC id, logical processor count, CLFLUSH size 8 qwords.
                 e.ebx = (u32::from(id) << 24) | (u32::from(topo.count) << 16) | (8 << 8);
                 e.ecx |= CPUID1_ECX_HYPERVISOR;
+                if extras.tsc_deadline {
+                    e.ecx |= CPUID1_ECX_TSC_DEADLINE;
+                }
                 if topo.count > 1 {
                     e.edx |= 1 << 28; // HTT: the count above is valid
                 }
@@ -181,6 +207,19 @@ pub fn configure_cpuid(
             _ => {}
         }
     }
+}
+
+/// Sets vCPU `id`'s CPUID: what KVM supports, shaped by [`shape_cpuid`].
+pub fn configure_cpuid(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    id: u8,
+    topo: CpuTopology,
+) -> Result<(), CpuError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(vcpu_ioctl(id, "GET_SUPPORTED_CPUID"))?;
+    shape_cpuid(cpuid.as_mut_slice(), id, topo, KvmExtras::probe(kvm));
     vcpu.set_cpuid2(&cpuid)
         .map_err(vcpu_ioctl(id, "SET_CPUID2"))
 }
@@ -353,4 +392,101 @@ pub fn set_entry(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: Entry) -> Result<(
     }
     vcpu.set_sregs(&sregs).map_err(vcpu_ioctl(0, "SET_SREGS"))?;
     vcpu.set_regs(&regs).map_err(vcpu_ioctl(0, "SET_REGS"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
+    }
+
+    fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *entries
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    const TOPO: CpuTopology = CpuTopology {
+        count: 2,
+        mask_for_emulation: false,
+    };
+
+    #[test]
+    fn tsc_deadline_is_advertised_when_kvm_has_it() {
+        let mut e = vec![leaf(1, 0)];
+        shape_cpuid(&mut e, 0, TOPO, KvmExtras { tsc_deadline: true });
+        assert_ne!(find(&e, 1, 0).ecx & CPUID1_ECX_TSC_DEADLINE, 0);
+
+        let mut e = vec![leaf(1, 0)];
+        shape_cpuid(
+            &mut e,
+            0,
+            TOPO,
+            KvmExtras {
+                tsc_deadline: false,
+            },
+        );
+        assert_eq!(find(&e, 1, 0).ecx & CPUID1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn leaf_1_carries_apic_id_count_and_hypervisor_bit() {
+        let mut e = vec![leaf(1, 0)];
+        shape_cpuid(&mut e, 1, TOPO, KvmExtras::default());
+        let l = find(&e, 1, 0);
+        assert_eq!(l.ebx >> 24, 1);
+        assert_eq!((l.ebx >> 16) & 0xff, 2);
+        assert_ne!(l.ecx & CPUID1_ECX_HYPERVISOR, 0);
+        assert_ne!(l.edx & (1 << 28), 0);
+    }
+
+    #[test]
+    fn paravirtual_leaves_pass_unchanged() {
+        let kvm_features = kvm_cpuid_entry2 {
+            function: 0x4000_0001,
+            eax: 0x0100_7afb,
+            edx: 1,
+            ..Default::default()
+        };
+        let mut e = vec![leaf(1, 0), kvm_features];
+        shape_cpuid(&mut e, 0, TOPO, KvmExtras { tsc_deadline: true });
+        assert_eq!(find(&e, 0x4000_0001, 0), kvm_features);
+    }
+
+    #[test]
+    fn emulation_mask_hides_what_the_emulator_lacks() {
+        let mut one = leaf(1, 0);
+        one.ecx = CPUID1_ECX_XSAVE | CPUID1_ECX_CX16 | CPUID1_ECX_POPCNT;
+        let mut seven = leaf(7, 0);
+        seven.ebx = CPUID7_EBX_SMEP | CPUID7_EBX_SMAP | 1;
+        let mut e = vec![one, seven];
+        let topo = CpuTopology {
+            count: 1,
+            mask_for_emulation: true,
+        };
+        shape_cpuid(&mut e, 0, topo, KvmExtras { tsc_deadline: true });
+        let l = find(&e, 1, 0);
+        assert_eq!(
+            l.ecx & (CPUID1_ECX_XSAVE | CPUID1_ECX_CX16 | CPUID1_ECX_POPCNT),
+            0
+        );
+        assert_ne!(l.ecx & CPUID1_ECX_TSC_DEADLINE, 0);
+        assert_eq!(find(&e, 7, 0).ebx, 1);
+    }
+
+    #[test]
+    fn x2apic_topology_names_each_vcpu() {
+        let mut e = vec![leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2)];
+        shape_cpuid(&mut e, 1, TOPO, KvmExtras::default());
+        assert_eq!(find(&e, 0xb, 0).edx, 1);
+        assert_eq!(find(&e, 0xb, 1).ebx, 2);
+        assert_eq!(find(&e, 0xb, 2).ecx, 2);
+    }
 }
