@@ -51,6 +51,14 @@ echo "husk benchmarks, $(date -u +%FT%TZ), $(nproc) cores, host kernel $(uname -
 echo "husk's hypervisor path here: $engine; N=$N"
 
 bundle() { "$here/make-bundle.sh" "$work/$1" "${@:2}" >/dev/null; }
+# bundle_with_data NAME DIR: an idle bundle with host directory DIR (made
+# if missing) bind-mounted read-write at /data.
+bundle_with_data() {
+  mkdir -p "$2"
+  bundle "$1" sleep 3600
+  jq --arg d "$2" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
+    "$work/$1/config.json" > "$work/$1/c.json" && mv "$work/$1/c.json" "$work/$1/config.json"
+}
 
 lifecycle() {
   header "container lifecycle: create + start + wait + delete of /bin/true (ms)"
@@ -189,10 +197,7 @@ memory() {
 
 io() {
   header "throughput (MiB/s) and small-file ops (ops/s)"
-  mkdir -p "$work/data"
-  bundle io sleep 3600
-  jq --arg d "$work/data" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
-    "$work/io/config.json" > "$work/io/c.json" && mv "$work/io/c.json" "$work/io/config.json"
+  bundle_with_data io "$work/data"
   husk --root "$ROOT" run -d -b "$work/io" io </dev/null >/dev/null 2>&1 || { echo "husk run failed"; return; }
   local gw=() gr=() hw=() hr=() gs=() hs=() vs=() vr=()
   local x="husk --root $ROOT exec io sh -c"
@@ -271,10 +276,7 @@ fs_workload() {
 # and the guest's own memory (tmpfs) as the ceilings, same run.
 fsmodes() {
   header "virtio-fs configurations (MiB/s, ops/s; one 128 MiB file per read)"
-  mkdir -p "$work/fsdata"
-  bundle fs sleep 3600
-  jq --arg d "$work/fsdata" '.mounts += [{"destination": "/data", "type": "bind", "source": $d, "options": ["rbind", "rw"]}]' \
-    "$work/fs/config.json" > "$work/fs/c.json" && mv "$work/fs/c.json" "$work/fs/config.json"
+  bundle_with_data fs "$work/fsdata"
   local mode label first=1
   for mode in ${HUSK_BENCH_FSMODES:-never:: auto:: metadata:: always:: auto:true: always:true: auto::4}; do
     IFS=: read -r cache wb threads <<<"$mode"
