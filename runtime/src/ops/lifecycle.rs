@@ -64,6 +64,9 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
     }
 }
 
+/// How long one try of [`agent_status`] waits for the agent to connect.
+const AGENT_STATUS_SLICE: Duration = Duration::from_millis(300);
+
 /// The live status: the recorded one, corrected by whether the monitor
 /// still runs, by its `vm-state` file (`stopped` the moment the
 /// container's init exited, while the VM still shuts down) and by what the
@@ -80,19 +83,37 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
     if st.status == Status::Creating {
         return st.status;
     }
-    let vm_state = rt
-        .root
-        .dir(&st.id)
-        .ok()
-        .and_then(|d| husk_vmm_contract::journal::vm_state(&d));
-    match vm_state {
-        Some(VmState::Stopped) => return Status::Stopped,
-        Some(VmState::Paused) => return Status::Paused,
-        _ if st.status == Status::Paused => return st.status,
-        _ => {}
+    // What the monitor recorded: its journal, or its being gone.
+    let recorded = || {
+        if !st.monitor_alive() {
+            return Some(Status::Stopped);
+        }
+        let vm_state = rt
+            .root
+            .dir(&st.id)
+            .ok()
+            .and_then(|d| husk_vmm_contract::journal::vm_state(&d));
+        match vm_state {
+            Some(VmState::Stopped) => Some(Status::Stopped),
+            Some(VmState::Paused) => Some(Status::Paused),
+            _ if st.status == Status::Paused => Some(st.status),
+            _ => None,
+        }
+    };
+    if let Some(s) = recorded() {
+        return s;
     }
+    // Asked in slices, the record read again between them: the container
+    // may exit meanwhile, and then its agent shuts down and stops
+    // answering (one connect for the whole deadline made a `state` right
+    // after the exit wait out the deadline, 2 s, one time in two).
     let until = Instant::now() + deadline;
-    let asked = husk_protocol::client::AgentClient::connect(&Runtime::agent_addr(st), deadline)
+    let asked = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let asked = husk_protocol::client::AgentClient::connect(
+            &Runtime::agent_addr(st),
+            left.min(AGENT_STATUS_SLICE),
+        )
         .and_then(|mut a| {
             a.call_with_timeout(
                 Request::State(ContainerRef {
@@ -101,6 +122,13 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
                 until.saturating_duration_since(Instant::now()),
             )
         });
+        if asked.is_ok() || Instant::now() >= until {
+            break asked;
+        }
+        if let Some(s) = recorded() {
+            return s;
+        }
+    };
     if let Err(e) = &asked {
         tracing::debug!(id = %st.id, error = %husk_protocol::error_chain(e), "agent status unknown; using the recorded one");
     }
@@ -347,7 +375,21 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), OpError> {
 /// unmounts the share and removes the state directory.
 /// Best effort: every step runs even if one before it failed.
 pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
-    if st.monitor_alive() {
+    // The monitor recorded the init's exit: it is on its own exit path
+    // (stdio drained, the agent's Shutdown, the VM stopped: tens of ms), so
+    // wait for it; connecting to an agent that is going away would wait out
+    // the connect timeout (a `delete` right after `state` said stopped took
+    // 2 s one time in three).
+    let exiting = st.monitor_alive()
+        && rt
+            .root
+            .dir(&st.id)
+            .ok()
+            .and_then(|d| husk_vmm_contract::journal::vm_state(&d))
+            == Some(VmState::Stopped);
+    if exiting && wait_gone(st, MONITOR_EXIT_GRACE) {
+        tracing::debug!(id = %st.id, "the monitor ended on its own exit path");
+    } else if st.monitor_alive() {
         let pid = Pid::from_raw(st.pid);
         if st.status == Status::Paused {
             if let Err(e) = set_paused(rt, st, false) {
@@ -407,6 +449,10 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
         tracing::warn!(id = %st.id, error = %e, "removing the state directory");
     }
 }
+
+/// How long `teardown` waits for a monitor that recorded its container's
+/// exit to finish its own exit path before stopping the VM itself.
+const MONITOR_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 fn wait_gone(st: &ContainerState, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
