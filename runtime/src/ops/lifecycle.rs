@@ -64,8 +64,9 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
     }
 }
 
-/// How long one try of [`agent_status`] waits for the agent to connect.
-const AGENT_STATUS_SLICE: Duration = Duration::from_millis(300);
+/// How often [`agent_status`] reads the monitor's record while it waits
+/// for the agent's answer.
+const RECORD_POLL: Duration = Duration::from_millis(10);
 
 /// The live status: the recorded one, corrected by whether the monitor
 /// still runs, by its `vm-state` file (`stopped` the moment the
@@ -103,37 +104,51 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
     if let Some(s) = recorded() {
         return s;
     }
-    // Asked in slices, the record read again between them: the container
-    // may exit meanwhile, and then its agent shuts down and stops
-    // answering (one connect for the whole deadline made a `state` right
-    // after the exit wait out the deadline, 2 s, one time in two).
+    // Asked on a thread of its own while the record is read again every
+    // few ms: the container may exit meanwhile, and then its agent shuts
+    // down and stops answering (waiting on the one connect made a `state`
+    // right after the exit wait out the whole deadline, 2 s, one time in
+    // two). The thread is left behind if the record answers first; the
+    // command ends soon after.
     let until = Instant::now() + deadline;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, id) = (Runtime::agent_addr(st), st.id.clone());
+    thread::spawn(move || {
+        let asked =
+            husk_protocol::client::AgentClient::connect(&addr, deadline).and_then(|mut a| {
+                a.call_with_timeout(
+                    Request::State(ContainerRef { container_id: id }),
+                    until.saturating_duration_since(Instant::now()),
+                )
+            });
+        let _ = tx.send(asked);
+    });
     let asked = loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let asked = husk_protocol::client::AgentClient::connect(
-            &Runtime::agent_addr(st),
-            left.min(AGENT_STATUS_SLICE),
-        )
-        .and_then(|mut a| {
-            a.call_with_timeout(
-                Request::State(ContainerRef {
-                    container_id: st.id.clone(),
-                }),
-                until.saturating_duration_since(Instant::now()),
-            )
-        });
-        if asked.is_ok() || Instant::now() >= until {
-            break asked;
-        }
-        if let Some(s) = recorded() {
-            return s;
+        match rx.recv_timeout(RECORD_POLL) {
+            Ok(asked) => break Some(asked),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(s) = recorded() {
+                    return s;
+                }
+                if Instant::now() >= until {
+                    break None;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
         }
     };
-    if let Err(e) = &asked {
-        tracing::debug!(id = %st.id, error = %husk_protocol::error_chain(e), "agent status unknown; using the recorded one");
+    match &asked {
+        Some(Err(e)) => {
+            tracing::debug!(id = %st.id, error = %husk_protocol::error_chain(e), "agent status unknown; using the recorded one")
+        }
+        None => {
+            tracing::debug!(id = %st.id, "no agent status within {deadline:?}; using the recorded one")
+        }
+        Some(Ok(_)) => {}
     }
+    let asked = asked.and_then(Result::ok);
     match asked {
-        Ok(Response::State(s)) => match s.status {
+        Some(Response::State(s)) => match s.status {
             ContainerStatus::Creating => Status::Creating,
             ContainerStatus::Created => Status::Created,
             ContainerStatus::Running => Status::Running,
