@@ -230,7 +230,9 @@ fn a_failed_thread_init_closes_the_stream() {
     let t = tempfile::tempdir().unwrap();
     let init: ThreadInit = Arc::new(|| Err("refused".to_owned()));
     let (_a, mut w, rx) = stdin_only(t.path(), Some(init));
-    w.write_all(b"never").unwrap();
+    // The failed thread may have closed the pipe already (EPIPE): either
+    // way nothing may reach the agent.
+    let _ = w.write_all(b"never");
     let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(got.is_empty(), "{got:?}");
 }
