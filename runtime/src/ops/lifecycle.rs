@@ -64,6 +64,14 @@ fn to_oci(st: &ContainerState, status: Status) -> OciState {
     }
 }
 
+/// What the monitor last wrote in the container's `vm-state` file.
+fn recorded_vm_state(rt: &Runtime, st: &ContainerState) -> Option<VmState> {
+    rt.root
+        .dir(&st.id)
+        .ok()
+        .and_then(|d| husk_vmm_contract::journal::vm_state(&d))
+}
+
 /// How often [`agent_status`] reads the monitor's record while it waits
 /// for the agent's answer.
 const RECORD_POLL: Duration = Duration::from_millis(10);
@@ -89,12 +97,7 @@ fn agent_status(rt: &Runtime, st: &ContainerState, deadline: Duration) -> Status
         if !st.monitor_alive() {
             return Some(Status::Stopped);
         }
-        let vm_state = rt
-            .root
-            .dir(&st.id)
-            .ok()
-            .and_then(|d| husk_vmm_contract::journal::vm_state(&d));
-        match vm_state {
+        match recorded_vm_state(rt, st) {
             Some(VmState::Stopped) => Some(Status::Stopped),
             Some(VmState::Paused) => Some(Status::Paused),
             _ if st.status == Status::Paused => Some(st.status),
@@ -395,13 +398,7 @@ pub(super) fn teardown(rt: &Runtime, st: &ContainerState) {
     // wait for it; connecting to an agent that is going away would wait out
     // the connect timeout (a `delete` right after `state` said stopped took
     // 2 s one time in three).
-    let exiting = st.monitor_alive()
-        && rt
-            .root
-            .dir(&st.id)
-            .ok()
-            .and_then(|d| husk_vmm_contract::journal::vm_state(&d))
-            == Some(VmState::Stopped);
+    let exiting = st.monitor_alive() && recorded_vm_state(rt, st) == Some(VmState::Stopped);
     if exiting && wait_gone(st, MONITOR_EXIT_GRACE) {
         tracing::debug!(id = %st.id, "the monitor ended on its own exit path");
     } else if st.monitor_alive() {
