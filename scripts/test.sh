@@ -43,7 +43,8 @@ echo "rust: $((passed - skipped)) passed, $failed failed, $skipped skipped (full
 
 log "shell tests"
 shell=0
-"$root/tests/run-shell-tests.sh" || shell=$?
+shell_log=$(mktemp /tmp/husk-shell-tests.XXXXXX)
+"$root/tests/run-shell-tests.sh" 2>&1 | tee "$shell_log" || shell=$?
 
 # The builtin KVM engine end to end: the runtime's and the monitor's
 # end-to-end test programs and the shim test again, inside an L1 VM whose
@@ -51,5 +52,11 @@ shell=0
 log "nested tier (builtin engine)"
 nested=0
 "$root/tests/nested/suite.sh" || nested=$?
+# A CI log is often cut in the middle: what failed is said again last.
+if [ "$rust" -ne 0 ] || [ "$shell" -ne 0 ]; then
+  log "what failed (repeated from above)"
+  sed -n '/^failures:$/,/^test result:/p' "$rust_log" | grep -E '^    [a-z0-9_:]+$' | sort -u || true
+  awk '/^FAIL /{p=1} /^(ok|skip|shell:) /{p=0} p' "$shell_log" | tail -60
+fi
 [ "$rust" -eq 0 ] && [ "$shell" -eq 0 ] && [ "$nested" -eq 0 ] \
   || die "failed: cargo test exit $rust, shell tests exit $shell, nested tier exit $nested"
