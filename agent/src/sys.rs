@@ -27,6 +27,40 @@ pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// splice(2) of up to `len` bytes from `from` to `to`, without blocking on
+/// the pipe (the socket's own O_NONBLOCK covers the other side). Through
+/// libc because nix gates its wrapper behind a feature the workspace does
+/// not otherwise need.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> nix::Result<usize> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    // SAFETY: no offsets (both are streams), two borrowed fds: the call
+    // reads and writes no memory of this process.
+    let r = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    nix::errno::Errno::result(r).map(|n| n as usize)
+}
+
+/// How many bytes wait to be read in a pipe or socket (FIONREAD).
+pub fn pending_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid
+    // for the duration of the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
 /// Sets the window size of a pty (master or slave).
 pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
     let ws = libc::winsize {

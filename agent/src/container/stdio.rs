@@ -55,6 +55,23 @@ pub fn adopt_master(
     Ok(())
 }
 
+// An output pipe's size: a process writing in large blocks fills 16
+// pages (the default) at once and sleeps until the agent has spliced them
+// into the stream; under emulation each such switch costs more than the
+// copy. The pages are allocated only as they fill and charged to the
+// writer's memory cgroup (the container's).
+const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
+fn grow_pipe(w: &OwnedFd) {
+    if let Err(e) = nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE),
+    ) {
+        // Only a slower stream: the default pipe still works.
+        tracing::debug!(error = %e, "output pipe keeps its default size");
+    }
+}
+
 /// Makes the pipes or the pty for one process.
 pub fn make(spec: StdioSpec, terminal: bool) -> io::Result<(AgentStdio, ChildStdio)> {
     let mut agent = AgentStdio::default();
@@ -67,6 +84,7 @@ pub fn make(spec: StdioSpec, terminal: bool) -> io::Result<(AgentStdio, ChildStd
     let stdin = if spec.stdin {
         let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
         crate::sys::set_nonblocking(w.as_raw_fd(), true)?;
+        grow_pipe(&w);
         agent.stdin = Some(w);
         r
     } else {
@@ -76,6 +94,7 @@ pub fn make(spec: StdioSpec, terminal: bool) -> io::Result<(AgentStdio, ChildStd
         if attach {
             let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
             crate::sys::set_nonblocking(r.as_raw_fd(), true)?;
+            grow_pipe(&w);
             *slot = Some(r);
             Ok(w)
         } else {

@@ -583,6 +583,9 @@ impl Server {
             buf,
             pos: 0,
             src_eof: false,
+            // The process's output pipe into the stream's socket.
+            splice: matches!(key.stream, StreamKind::Stdout | StreamKind::Stderr),
+            dst_full: false,
             shutdown_dst,
             key: Some(key.clone()),
             peer: None,
@@ -629,6 +632,8 @@ impl Server {
             buf,
             pos: 0,
             src_eof: false,
+            splice: false,
+            dst_full: false,
             shutdown_dst: true,
             key: None,
             peer: Some(peer),

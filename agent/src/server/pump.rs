@@ -2,7 +2,7 @@
 //! master or forwarded TCP socket and a stream connection), with a bounded buffer so a slow reader
 //! back-pressures the writer instead of losing bytes.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use husk_protocol::StreamKind;
 use nix::errno::Errno;
@@ -16,6 +16,9 @@ use nix::sys::socket::{shutdown, Shutdown};
 // guest's CPU is what limits a stream, so the pump also reuses its buffer
 // instead of allocating (and zeroing) one per read.
 const CHUNK: usize = 64 * 1024;
+
+// The most one splice moves: more than a pipe holds, so one call empties it.
+const SPLICE_MAX: usize = 1 << 20;
 
 // Reads and writes per `service` call (1 MiB at most), so one busy stream
 // cannot starve the others.
@@ -45,6 +48,15 @@ pub struct Pump {
     pub pos: usize,
     /// The source reached EOF (or EIO for a pty whose slave closed).
     pub src_eof: bool,
+    /// Move bytes with splice(2) (`src` is a pipe, `dst` a socket): the
+    /// kernel copies from the pipe's pages into the socket's packets, one
+    /// copy instead of a read into `buf` and a write out of it, which under
+    /// emulation is what a process's output stream costs the guest. Cleared
+    /// (read and write from then on) if the kernel refuses the pair.
+    pub splice: bool,
+    /// The last splice found bytes in the pipe but no room in `dst`: wait
+    /// for `dst`, not for the pipe.
+    pub dst_full: bool,
     /// Shut down the write side of `dst` (a socket) at the end, so the host
     /// sees EOF even while another pump holds the same socket.
     pub shutdown_dst: bool,
@@ -71,12 +83,12 @@ pub enum PumpState {
 impl Pump {
     /// Whether to poll the source for input.
     pub fn wants_read(&self) -> bool {
-        !self.src_eof && !self.has_pending()
+        !self.src_eof && !self.has_pending() && !self.dst_full
     }
 
     /// Whether to poll the destination for output room.
     pub fn wants_write(&self) -> bool {
-        self.has_pending()
+        self.has_pending() || self.dst_full
     }
 
     fn has_pending(&self) -> bool {
@@ -85,10 +97,18 @@ impl Pump {
 
     /// Moves what it can without blocking.
     pub fn service(&mut self) -> PumpState {
+        self.dst_full = false;
         for _ in 0..ROUNDS {
             if !self.has_pending() {
                 if self.src_eof {
                     return self.finish();
+                }
+                if self.splice {
+                    match self.splice_once() {
+                        Some(PumpState::Open) => return PumpState::Open,
+                        Some(PumpState::Done) => return PumpState::Done,
+                        None => continue,
+                    }
                 }
                 // Zeroes only what the last short read left unused.
                 self.buf.resize(CHUNK, 0);
@@ -122,6 +142,27 @@ impl Pump {
         PumpState::Open
     }
 
+    /// One splice from the pipe to the socket: `None` to go on, else what
+    /// `service` returns.
+    fn splice_once(&mut self) -> Option<PumpState> {
+        match crate::sys::splice(self.src.as_fd(), self.dst.as_fd(), SPLICE_MAX) {
+            Ok(0) => self.src_eof = true,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                // Either side may be the one that would block; bytes still
+                // in the pipe say it was the socket.
+                self.dst_full = crate::sys::pending_bytes(self.src.as_fd()).unwrap_or(0) > 0;
+                return Some(PumpState::Open);
+            }
+            Err(Errno::EINVAL) => {
+                tracing::debug!("splice refused; the pump reads and writes");
+                self.splice = false;
+            }
+            Err(_) => return Some(PumpState::Done),
+        }
+        None
+    }
+
     fn finish(&mut self) -> PumpState {
         if self.shutdown_dst {
             let _ = shutdown(self.dst.as_raw_fd(), Shutdown::Write);
@@ -144,6 +185,83 @@ mod tests {
             .unwrap();
         }
         (r, w)
+    }
+
+    fn splice_pump(src: OwnedFd, dst: OwnedFd) -> Pump {
+        Pump {
+            src,
+            dst,
+            buf: Vec::new(),
+            pos: 0,
+            src_eof: false,
+            splice: true,
+            dst_full: false,
+            shutdown_dst: true,
+            key: None,
+            peer: None,
+        }
+    }
+
+    /// A stdout pipe spliced into a socket: every byte arrives in order;
+    /// while the socket is full the pump waits for the socket, not the pipe
+    /// (which still holds bytes), and it resumes once the reader drains;
+    /// at the pipe's EOF the socket's write side is shut down.
+    #[test]
+    fn splice_moves_everything_and_waits_for_a_full_socket() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (src_r, src_w) = pipe();
+        nix::fcntl::fcntl(
+            src_w.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        )
+        .unwrap();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let data: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
+        assert_eq!(nix::unistd::write(&src_w, &data).unwrap(), data.len());
+        drop(src_w);
+        let mut p = splice_pump(src_r, ours);
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut saw_full = false;
+        for _ in 0..10_000 {
+            let state = p.service();
+            if p.dst_full {
+                saw_full = true;
+                assert!(p.wants_write() && !p.wants_read());
+            }
+            loop {
+                match nix::unistd::read(theirs.as_raw_fd(), &mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    Err(Errno::EAGAIN) => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            if state == PumpState::Done {
+                break;
+            }
+        }
+        assert!(
+            p.splice,
+            "the kernel refused to splice a pipe into a unix socket"
+        );
+        assert!(saw_full, "1 MiB never filled the socket's buffer");
+        // The shutdown: the reader sees EOF after the last byte.
+        loop {
+            match nix::unistd::read(theirs.as_raw_fd(), &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("no EOF after the data: {e}"),
+            }
+        }
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the bytes arrived changed or out of order");
     }
 
     /// A pump resumed with a chunk still buffered (its destination was
@@ -174,6 +292,8 @@ mod tests {
             buf: vec![1u8; CHUNK],
             pos: 0,
             src_eof: false,
+            splice: false,
+            dst_full: false,
             shutdown_dst: false,
             key: Some(PumpKey {
                 container_id: "c".into(),
