@@ -8,7 +8,7 @@
 #
 # -n 0 skips the engine table. --density adds the density run (idle 128 MiB builtin guests created one
 # after another until their PSS reaches 4 GiB or the time cap,
-# HUSK_NESTED_DENSITY_CAP_S, default 600 s); the L1 then gets 6 GiB of RAM.
+# HUSK_NESTED_DENSITY_CAP_S, default 1800 s); the L1 then gets 6 GiB of RAM.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 N=3 density= mem=4096
