@@ -15,9 +15,7 @@ mkdir -p "$tmp/logs"
 shim_cri_start "$tmp" "husk-cni-host.$$" husk-test hkbr0 10.254.7.0/24 || exit 1
 "$venv/bin/python" "$here/shim/cri/cni_test.py" "$CTR_ADDR" "$IMAGE" "$tmp/logs" "$tmp" "/var/run/netns/$CNI_HOSTNS" \
   || fail "CNI client"
-for _ in $(seq 100); do [ -z "$(shim_leftovers)" ] && break; sleep 0.2; done
-left=$(shim_leftovers)
-[ -z "$left" ] || fail "left behind: $left"
+shim_expect_nothing_left
 new=$(shim_cni_netns_left)
 [ -z "$new" ] || fail "network namespaces left: $new"
 ip -n "$CNI_HOSTNS" link show | grep -q tap0_husk && fail "a tap is left in the host-side netns"

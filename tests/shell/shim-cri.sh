@@ -21,9 +21,7 @@ trap cleanup EXIT
 mkdir -p "$tmp/logs"
 shim_cri_start "$tmp" "husk-cri-host.$$" husk-cri hkbr1 10.254.8.0/24 || exit 1
 "$venv/bin/python" "$here/shim/cri/cri_test.py" "$CTR_ADDR" "$IMAGE" "$tmp/logs" "$tmp" || fail "CRI client"
-for _ in $(seq 100); do [ -z "$(shim_leftovers)" ] && break; sleep 0.2; done
-left=$(shim_leftovers)
-[ -z "$left" ] || fail "left behind: $left"
+shim_expect_nothing_left
 new=$(shim_cni_netns_left)
 [ -z "$new" ] || fail "network namespaces left: $new"
 # Every shim removed its socket (runc's shim does): none of this test's

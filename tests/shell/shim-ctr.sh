@@ -107,8 +107,5 @@ done
 expect_eq "SIGKILL stops" "$st" STOPPED
 c task delete t-created >/dev/null; c container delete t-created
 
-# The shim exits once its VM has stopped: seconds in a nested L1.
-for _ in $(seq 300); do [ -z "$(shim_leftovers)" ] && break; sleep 0.2; done
-left=$(shim_leftovers)
-[ -z "$left" ] || fail "left behind: $left"
+shim_expect_nothing_left
 echo "ok: nothing left behind"

@@ -46,7 +46,5 @@ echo "ok: every write from the guest failed"
 expect_eq "volume data" "$(cat "$tmp/vol/data")" host
 expect_eq "volume entries" "$(ls "$tmp/vol")" data
 
-for _ in $(seq 50); do [ -z "$(shim_leftovers)" ] && break; sleep 0.2; done
-left=$(shim_leftovers)
-[ -z "$left" ] || fail "left behind: $left"
+shim_expect_nothing_left
 echo "ok: nothing left behind"

@@ -167,9 +167,20 @@ shim_leftovers() {
   pgrep -a -f "containerd-shim-husk-v2.*-address $CTR_ADDR" || true
   pgrep -a -f "husk-vmm --config $HUSK_SHIM_ROOT" || true
   pgrep -a -f "qemu-system-x86_64.*$HUSK_SHIM_ROOT" || true
-  pgrep -a -f "(virtiofsd|vhost-device-vsock).*$HUSK_SHIM_ROOT" || true
+  pgrep -a -f "(virtiofsd|husk-vsockd).*$HUSK_SHIM_ROOT" || true
   grep -F "$HUSK_SHIM_ROOT" /proc/self/mountinfo || true
   if [ -d "$HUSK_SHIM_ROOT" ]; then find "$HUSK_SHIM_ROOT" -mindepth 1 -maxdepth 1; fi
+}
+
+# Fails unless nothing of the shim's is left once it had time to go: a
+# shim exits after its VM has stopped and containerd has shut it down,
+# seconds on a loaded host or in a nested L1; the wait ends as soon as
+# nothing is left.
+shim_expect_nothing_left() {
+  local left
+  for _ in $(seq 300); do [ -z "$(shim_leftovers)" ] && break; sleep 0.2; done
+  left=$(shim_leftovers)
+  [ -z "$left" ] || fail "left behind: $left"
 }
 
 # Kills whatever a failed test left (only processes of this test's root).
