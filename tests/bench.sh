@@ -11,12 +11,13 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../scripts/lib.sh"
+. "$here/bench-lib.sh"
 
 N=5
 if [ "${1:-}" = -n ]; then N=$2; shift 2; fi
 sections=${*:-lifecycle boot memory io fsmodes density net}
 [ "$(id -u)" -eq 0 ] || die "run as root"
-apt_need runc crun bc
+apt_need runc crun bc python3
 SHARE=${HUSK_PREFIX:-/usr/local}/share/husk
 KERNEL=${HUSK_KERNEL:-$SHARE/vmlinux}
 INITRAMFS=${HUSK_INITRAMFS:-$SHARE/initramfs.cpio}
@@ -94,6 +95,16 @@ lifecycle() {
   row "husk ($engine)" ms "${h[@]}"
   [ ${#r[@]} -gt 0 ] && row "runc $(runc --version | head -1 | cut -d' ' -f3) (no VM)" ms "${r[@]}"
   [ ${#c[@]} -gt 0 ] && row "crun $(crun --version | head -1 | cut -d' ' -f3) (no VM, cgroups not managed)" ms "${c[@]}"
+  # The exit path alone: from the monitor seeing init's exit to the monitor
+  # gone (stdio drained, the agent's Shutdown answered, engine and daemons
+  # stopped, guest memory released).
+  local e=()
+  for i in $(seq "$N"); do
+    husk --root "$ROOT" create -b "$work/lc" "ex$i" </dev/null >/dev/null 2>&1 || { echo "husk create failed"; return; }
+    e+=("$(exit_path_ms "$ROOT" "ex$i")")
+    husk --root "$ROOT" delete "ex$i"
+  done
+  row "husk: container exit -> monitor exited" ms "${e[@]}"
 }
 
 # wait_line FILE PATTERN START: ms from START until PATTERN is in FILE.

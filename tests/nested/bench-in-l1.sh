@@ -14,6 +14,7 @@ ROOT=$work/r
 now() { date +%s%N; }
 ms_since() { echo $(( ($(now) - $1) / 1000000 )); }
 h() { "$HUSK" --root "$ROOT" "$@"; }
+. "$root/tests/bench-lib.sh"
 
 # stats V...: "median min max"
 stats() {
@@ -38,10 +39,16 @@ declare -A R
 measure() {
   local engine=$1 i t mon q
   export HUSK_ENGINE=$engine
-  local cr=() gu=() rn=() rss=() fw=() fr=()
+  local cr=() gu=() rn=() ex=() rss=() fw=() fr=()
   for i in $(seq "$N"); do
     t=$(now); h run -b "$work/true" "t$i" </dev/null >/dev/null 2>&1 || echo "run t$i failed on $engine"
     rn+=("$(ms_since "$t")")
+    if h create -b "$work/true" "e$i" </dev/null >/dev/null 2>&1; then
+      ex+=("$(exit_path_ms "$ROOT" "e$i")")
+      h delete "e$i"
+    else
+      echo "create e$i failed on $engine"
+    fi
     t=$(now); h create -b "$work/idle" "c$i" </dev/null >/dev/null 2>&1 || { echo "create c$i failed on $engine"; continue; }
     cr+=("$(ms_since "$t")")
     gu+=("$(uptime_at_listen "$ROOT/c$i/console.log")")
@@ -62,6 +69,7 @@ measure() {
   R[$engine,create]=$(stats "${cr[@]}")
   R[$engine,guest]=$(stats "${gu[@]}")
   R[$engine,run]=$(stats "${rn[@]}")
+  R[$engine,exit]=$(stats "${ex[@]}")
   R[$engine,rss]=$(stats "${rss[@]}")
   R[$engine,fsw]=$(stats "${fw[@]}")
   R[$engine,fsr]=$(stats "${fr[@]}")
@@ -82,6 +90,7 @@ line() {
 line "husk create: boot to agent listening + create" create ms
 line "  of which the guest: its clock at agent listening" guest ms
 line "husk run /bin/true: create to exit" run ms
+line "container exit -> monitor exited" exit ms
 line "monitor + engine RSS without guest RAM" rss KiB
 line "virtio-fs sequential write 64 MiB (in guest)" fsw MiB/s
 line "virtio-fs sequential read 64 MiB, cold (in guest)" fsr MiB/s

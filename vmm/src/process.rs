@@ -173,18 +173,27 @@ impl Supervised {
         }
     }
 
+    /// Sends SIGTERM unless the child has exited; does not wait (see
+    /// [`Self::stop`]), so several children can be told at once.
+    pub fn terminate(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        // qemu runs as another uid: the confined monitor raises CAP_KILL
+        // for the signal only.
+        let _ = crate::privileges::with_kill_capability(|| {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        });
+    }
+
     /// SIGTERM, up to `grace` to exit, then SIGKILL; always reaps.
     pub fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(s) = self.try_wait() {
             return s;
         }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        // qemu runs as another uid: the confined monitor raises CAP_KILL
-        // for the signal only.
         if !grace.is_zero() {
-            let _ = crate::privileges::with_kill_capability(|| {
-                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-            });
+            self.terminate();
             if let Some(s) = self.wait_timeout(grace) {
                 return s;
             }

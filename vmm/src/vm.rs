@@ -324,6 +324,18 @@ impl VmHandle {
             let t = Instant::now();
             e.stop(Duration::from_secs(2));
             tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "engine stopped");
+            // With the vCPUs stopped nothing needs the daemons: told now,
+            // they exit while the engine is torn down (the VM destroyed,
+            // the guest's memory unmapped: most of the exit path under
+            // nested emulation) instead of after it, on another core where
+            // there is one, and husk-vsockd does not first reset itself for
+            // a next frontend when the engine's vhost-user connections close.
+            for d in &mut self.daemons {
+                d.terminate();
+            }
+            let t = Instant::now();
+            drop(e);
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "engine torn down");
         }
         // The engine is gone: log what it wrote last, end the relay.
         if let Some(mut c) = self.console.take() {
