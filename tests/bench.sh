@@ -163,7 +163,7 @@ boot() {
 boot_stages() {
   bundle bs sleep 3600
   local -A st=()
-  local names=("device daemons ready" "engine started" "agent answered" "container created")
+  local names=("device daemons ready" "engine started" "agent listening" "agent answered" "container created")
   for i in $(seq "$N"); do
     husk --debug --root "$ROOT" create -b "$work/bs" "bs$i" </dev/null >/dev/null 2>"$work/bs.log" || { echo "husk create failed"; return; }
     husk --root "$ROOT" delete -f "bs$i"

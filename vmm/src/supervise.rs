@@ -198,6 +198,7 @@ fn setup(
 ) -> Result<Setup, Abort> {
     let addr = vm.agent_addr();
     let deadline = Instant::now() + boot_timeout;
+    let mut announced = false;
     let mut control = loop {
         if let Some(exit) = vm.try_wait() {
             return Err(Abort::Failed(format!(
@@ -214,9 +215,14 @@ fn setup(
         // Connect once the agent said it listens; after half the boot
         // timeout try anyway (a console that is not a file, say).
         let half = boot_timeout / 2;
-        if !vm.agent_announced() && Instant::now() + half < deadline {
-            thread::sleep(Duration::from_millis(20));
-            continue;
+        if !announced {
+            if vm.agent_announced() {
+                announced = true;
+                crate::monitor::boot_stage("agent listening");
+            } else if Instant::now() + half < deadline {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
         }
         match AgentClient::connect(&addr, Duration::from_secs(2)) {
             Ok(c) => break c,
@@ -225,7 +231,10 @@ fn setup(
                     "the agent did not answer at {addr} within {boot_timeout:?}: {e}"
                 )))
             }
-            Err(_) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                tracing::debug!("the agent's first connection: {e}; again in 50 ms");
+                thread::sleep(Duration::from_millis(50));
+            }
         }
     };
     crate::monitor::boot_stage("agent answered");
