@@ -35,10 +35,15 @@ pub fn boot_clock_start() {
     STARTED.get_or_init(Instant::now);
 }
 
+/// Milliseconds since `t`, as the monitor's debug timings log them.
+pub fn elapsed_ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
 /// Records that boot stage `stage` is done now (logged at debug, and sent
 /// in the ready report).
 pub fn boot_stage(stage: &str) {
-    let ms = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
+    let ms = elapsed_ms(*STARTED.get_or_init(Instant::now));
     tracing::debug!(ms, "boot: {stage}");
     if let Ok(mut b) = BOOT.lock() {
         b.push(BootStage {

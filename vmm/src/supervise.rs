@@ -416,7 +416,7 @@ fn supervise(
     // Said before the drain and the VM's stop, which take seconds.
     vm.record_stopped();
     let exited = Instant::now();
-    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let ms = crate::monitor::elapsed_ms;
     let status = match result {
         Ok(s) => {
             tracing::info!(status = s, "container init exited");

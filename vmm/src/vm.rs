@@ -12,6 +12,7 @@ use husk_vmm_contract::journal::VmState;
 use crate::console::ConsoleRelay;
 use crate::daemons::{self, remove_socket, remove_vsock_sockets, DaemonError};
 use crate::engine::{self, EngineError, EngineInstance, EngineKind, HostFacts};
+use crate::monitor::elapsed_ms;
 use crate::process::{describe, Supervised};
 
 /// The VM could not be started or failed.
@@ -317,13 +318,14 @@ impl VmHandle {
         }
     }
 
-    /// Stops the engine, then the daemons, reaps them and removes the
-    /// sockets. Idempotent.
+    /// Stops the engine's vCPUs, tells the daemons to stop, tears the
+    /// engine down, then reaps the daemons and removes the sockets.
+    /// Idempotent.
     pub fn shutdown(&mut self) {
         if let Some(mut e) = self.engine.take() {
             let t = Instant::now();
             e.stop(Duration::from_secs(2));
-            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "engine stopped");
+            tracing::debug!(ms = elapsed_ms(t), "engine stopped");
             // With the vCPUs stopped nothing needs the daemons: told now,
             // they exit while the engine is torn down (the VM destroyed,
             // the guest's memory unmapped: most of the exit path under
@@ -335,7 +337,7 @@ impl VmHandle {
             }
             let t = Instant::now();
             drop(e);
-            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "engine torn down");
+            tracing::debug!(ms = elapsed_ms(t), "engine torn down");
         }
         // The engine is gone: log what it wrote last, end the relay.
         if let Some(mut c) = self.console.take() {
@@ -344,11 +346,7 @@ impl VmHandle {
         for mut d in self.daemons.drain(..) {
             let t = Instant::now();
             d.stop(Duration::from_millis(500));
-            tracing::debug!(
-                daemon = d.name(),
-                ms = t.elapsed().as_secs_f64() * 1000.0,
-                "daemon stopped"
-            );
+            tracing::debug!(daemon = d.name(), ms = elapsed_ms(t), "daemon stopped");
         }
         for s in &self.sockets {
             remove_socket(s);
